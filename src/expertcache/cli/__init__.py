@@ -1,0 +1,47 @@
+"""Command line: a thin layer over the Python API. Each area registers its own commands."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import ExpertcacheError
+
+app = typer.Typer(
+    name="expertcache",
+    help="Trace, measure, simulate and run expert offloading for Mixture-of-Experts models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    from . import cache_commands, capture_commands, locality_commands, trace_commands
+
+    for module in (trace_commands, capture_commands, locality_commands, cache_commands):
+        module.register(app)
+
+
+def main() -> None:
+    """Entry point: user mistakes end with one line on stderr and exit status 2."""
+    _register_all()
+    try:
+        app(standalone_mode=False)
+    except ExpertcacheError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click's own usage errors
+        import click
+
+        if isinstance(e, click.exceptions.Abort):
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,8 @@
+"""Routing traces: the format, reading and writing, model adapters, capture and corpora."""
+
+from .format import DECODE, PREFILL
+from .model_info import ModelInfo
+from .trace import Trace
+from .writer import TraceWriter
+
+__all__ = ["DECODE", "PREFILL", "ModelInfo", "Trace", "TraceWriter"]

@@ -1,0 +1,91 @@
+"""On-disk layout of a routing trace (documented in docs/trace-format.md).
+
+A trace is a directory: `manifest.json` plus `shards/NNNNN/`, each shard a self-contained
+group of whole sequences stored as `.npy` arrays (memory-mappable) and a `shard.json` that
+records their shapes and byte sizes, so truncation and mix-ups are caught on load.
+
+Shape key: S sequences, N tokens (all sequences concatenated), L MoE layers, K top-k, E experts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExpertcacheError
+
+FORMAT_NAME = "expertcache-trace"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+SHARD_META = "shard.json"
+
+PREFILL, DECODE = 0, 1
+
+# name -> (dtype or None when it depends on the model, shape description)
+SEQUENCE_ARRAYS = {
+    "seq_lengths": np.dtype(np.int64),  # [S]
+    "seq_domain": np.dtype(np.int16),  # [S] index into manifest["domains"]
+    "seq_turn": np.dtype(np.int32),  # [S] conversation turn (0 when not a chat)
+}
+TOKEN_ARRAYS = {
+    "tokens": np.dtype(np.int32),  # [N] token id the model saw, -1 when unknown
+    "positions": np.dtype(np.int32),  # [N] position of the token in its sequence
+    "phase": np.dtype(np.uint8),  # [N] PREFILL or DECODE
+    "weights": np.dtype(np.float16),  # [N, L, K] routing weights, score order
+}
+OPTIONAL_ARRAYS = ("logits", "stale_gate")  # [N, L, E] float16 each
+
+
+def expert_dtype(max_experts: int) -> np.dtype:
+    """Smallest unsigned type holding ids 0..E-1 plus the pad id (its maximum value)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_experts <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ExpertcacheError(f"{max_experts} experts per layer is more than any id type holds")
+
+
+def pad_id(dtype: np.dtype) -> int:
+    """Id stored where a layer did not route a token (e.g. a prefill token the last layer skips)."""
+    return int(np.iinfo(dtype).max)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON so a crash leaves either the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ExpertcacheError(f"{path}: missing {what}")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExpertcacheError(f"{path}: corrupt {what} ({e})") from None
+    if not isinstance(data, dict):
+        raise ExpertcacheError(f"{path}: corrupt {what} (not a JSON object)")
+    return data
+
+
+def load_array(path: Path, expected_bytes: int, mmap: bool = True) -> np.ndarray:
+    """Memory-map one shard array, checking it is whole."""
+    if not path.is_file():
+        raise ExpertcacheError(f"{path}: missing array file")
+    size = path.stat().st_size
+    if size != expected_bytes:
+        raise ExpertcacheError(
+            f"{path}: truncated or replaced ({size} bytes on disk, {expected_bytes} recorded)"
+        )
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ExpertcacheError(f"{path}: unreadable array ({e})") from None

@@ -1,0 +1,329 @@
+"""The in-memory view of a routing trace: dense integer arrays, loaded lazily from shards.
+
+Shape key: S sequences, N tokens (all sequences concatenated), L MoE layers, K top-k,
+E experts (the largest layer's count). Sequence i covers tokens seq_offsets[i]:seq_offsets[i+1].
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExpertcacheError
+from .format import (
+    DECODE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    OPTIONAL_ARRAYS,
+    SEQUENCE_ARRAYS,
+    SHARD_META,
+    SHARDS,
+    TOKEN_ARRAYS,
+    expert_dtype,
+    load_array,
+    pad_id,
+    read_json,
+)
+from .model_info import ModelInfo
+from .writer import TraceWriter
+
+__all__ = ["Trace"]
+
+_PER_TOKEN = ("experts", *TOKEN_ARRAYS, *OPTIONAL_ARRAYS)
+
+
+class Trace:
+    """Routing of every token in every MoE layer (SPEC §1), as numpy arrays.
+
+    Arrays of a trace loaded from disk are memory-mapped per shard; a property that spans
+    shards concatenates them on first use. `layer_experts(l)` reads one layer only, which is
+    what analyses that must stay within one layer's memory use.
+    """
+
+    def __init__(self, model: ModelInfo, shards: list[dict[str, np.ndarray]], domains: list[str],
+                 capture: dict | None = None, corpus: dict | None = None, path: Path | None = None):
+        self.model = model
+        self.domains = domains
+        self.capture = capture or {}
+        self.corpus = corpus or {}
+        self.path = path
+        self._shards = shards
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_arrays(
+        cls,
+        experts,
+        num_experts: int | None = None,
+        *,
+        weights=None,
+        tokens=None,
+        domains: list[str] | str | None = None,
+        phase=None,
+        model: ModelInfo | None = None,
+    ) -> "Trace":
+        """Build a trace from arrays [S, T, L, K] (or a list of [T_i, L, K] for ragged lengths).
+
+        `domains` names each sequence's domain (or one name for all); `phase` is [S, T] or a
+        list like `experts` (default: all decode); `weights` matches `experts`; `tokens` is
+        [S, T]. Negative ids mean "not routed". All layers are taken as MoE layers with
+        `num_experts` experts each unless `model` is given.
+        """
+        seqs = _as_sequences(experts, "experts")
+        if not seqs:
+            raise ExpertcacheError("no sequences given")
+        L, K = seqs[0].shape[1:]
+        if any(s.shape[1:] != (L, K) for s in seqs):
+            raise ExpertcacheError("every sequence needs the same number of layers and k")
+        if model is None:
+            if num_experts is None:
+                raise ExpertcacheError("give num_experts (or a model description)")
+            model = ModelInfo.synthetic(L, int(num_experts), K)
+        per_seq = {name: _as_sequences(v, name) if v is not None else None
+                   for name, v in (("weights", weights), ("tokens", tokens), ("phase", phase))}
+        if isinstance(domains, str) or domains is None:
+            domains = [domains or "default"] * len(seqs)
+        if len(domains) != len(seqs):
+            raise ExpertcacheError(f"{len(domains)} domain labels for {len(seqs)} sequences")
+        for name, values in per_seq.items():
+            if values is not None and len(values) != len(seqs):
+                raise ExpertcacheError(f"{name} has {len(values)} sequences, experts has {len(seqs)}")
+        writer = _MemoryWriter(model)
+        for i, seq in enumerate(seqs):
+            writer.add_sequence(
+                seq,
+                None if per_seq["weights"] is None else per_seq["weights"][i],
+                tokens=None if per_seq["tokens"] is None else per_seq["tokens"][i],
+                phase=DECODE if per_seq["phase"] is None else per_seq["phase"][i],
+                domain=domains[i],
+            )
+        return writer.trace()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Trace":
+        """Open a trace directory; arrays stay on disk until used."""
+        path = Path(path)
+        if not path.exists():
+            raise ExpertcacheError(f"{path}: no such trace")
+        if not path.is_dir():
+            raise ExpertcacheError(f"{path}: a trace is a directory, this is a file")
+        manifest = read_json(path / MANIFEST, "trace manifest")
+        if manifest.get("format") != FORMAT_NAME:
+            raise ExpertcacheError(f"{path / MANIFEST}: not an expertcache trace")
+        if manifest.get("version") != FORMAT_VERSION:
+            raise ExpertcacheError(
+                f"{path / MANIFEST}: trace format version {manifest.get('version')}, this expertcache reads {FORMAT_VERSION}"
+            )
+        try:
+            model = ModelInfo.from_json(manifest["model"])
+        except (KeyError, TypeError) as e:
+            raise ExpertcacheError(f"{path / MANIFEST}: bad model description ({e})") from None
+        ids = expert_dtype(model.max_experts)
+        if manifest.get("expert_dtype") != ids.name:
+            raise ExpertcacheError(f"{path / MANIFEST}: expert_dtype {manifest.get('expert_dtype')} does not fit the model")
+        domains = list(manifest.get("domains", []))
+        shards = []
+        shard_dirs = sorted(p for p in (path / SHARDS).glob("*") if p.name.isdigit()) if (path / SHARDS).is_dir() else []
+        for shard_dir in shard_dirs:
+            shard = _load_shard(shard_dir, model, ids, manifest.get("optional_arrays", []))
+            local = shard.pop("_domains")
+            for name in local:
+                if name not in domains:
+                    domains.append(name)
+            shard["seq_domain"] = np.array([domains.index(local[d]) for d in shard["seq_domain"]], np.int16)
+            shards.append(shard)
+        if not shards:
+            raise ExpertcacheError(f"{path}: the trace holds no finished shard yet")
+        return cls(model, shards, domains, manifest.get("capture"), manifest.get("corpus"), path)
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write this trace as a directory (see docs/trace-format.md)."""
+        optional = tuple(n for n in OPTIONAL_ARRAYS if self._shards[0].get(n) is not None)
+        with TraceWriter(path, self.model, capture=self.capture, corpus=self.corpus, domains=self.domains,
+                         optional=optional, overwrite=overwrite) as writer:
+            for i in range(self.num_sequences):
+                s = self.sequence(i)
+                writer.add_sequence(
+                    self.experts[s], self.weights[s], tokens=self.tokens[s], positions=self.positions[s],
+                    phase=self.phase[s], domain=self.domains[self.seq_domain[i]], turn=int(self.seq_turn[i]),
+                    **{n: getattr(self, n)[s] for n in optional},
+                )
+
+    # ----------------------------------------------------------------- shape
+    @property
+    def num_sequences(self) -> int:
+        return len(self.seq_lengths)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.seq_offsets[-1])
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.model.num_moe_layers
+
+    @property
+    def top_k(self) -> int:
+        return self.model.top_k
+
+    @property
+    def num_experts(self) -> int:
+        """Experts of the largest MoE layer (all layers have this many in most models)."""
+        return self.model.max_experts
+
+    @property
+    def pad_id(self) -> int:
+        """Id stored where a layer did not route a token."""
+        return pad_id(expert_dtype(self.model.max_experts))
+
+    @cached_property
+    def seq_offsets(self) -> np.ndarray:
+        """[S + 1] token offsets of the sequences."""
+        return np.concatenate([[0], np.cumsum(self.seq_lengths)]).astype(np.int64)
+
+    def sequence(self, i: int) -> slice:
+        """Token slice of sequence i, for indexing any per-token array."""
+        return slice(int(self.seq_offsets[i]), int(self.seq_offsets[i + 1]))
+
+    # ----------------------------------------------------------------- arrays
+    def _concat(self, name: str) -> np.ndarray | None:
+        parts = [s.get(name) for s in self._shards]
+        if parts[0] is None:
+            return None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    @cached_property
+    def seq_lengths(self) -> np.ndarray:
+        return self._concat("seq_lengths")  # [S]
+
+    @cached_property
+    def seq_domain(self) -> np.ndarray:
+        return self._concat("seq_domain")  # [S] index into self.domains
+
+    @cached_property
+    def seq_turn(self) -> np.ndarray:
+        return self._concat("seq_turn")  # [S]
+
+    @cached_property
+    def experts(self) -> np.ndarray:
+        return self._concat("experts")  # [N, L, K], pad_id where not routed
+
+    @cached_property
+    def weights(self) -> np.ndarray:
+        return self._concat("weights")  # [N, L, K] float16
+
+    @cached_property
+    def tokens(self) -> np.ndarray:
+        return self._concat("tokens")  # [N] int32, -1 unknown
+
+    @cached_property
+    def positions(self) -> np.ndarray:
+        return self._concat("positions")  # [N] int32
+
+    @cached_property
+    def phase(self) -> np.ndarray:
+        return self._concat("phase")  # [N] uint8: 0 prefill, 1 decode
+
+    @cached_property
+    def logits(self) -> np.ndarray | None:
+        return self._concat("logits")  # [N, L, E] float16 or None
+
+    @cached_property
+    def stale_gate(self) -> np.ndarray | None:
+        """[N, L, E] float16: row l = MoE layer l's router applied to the hidden state entering
+        MoE layer l-1 (known one layer ahead, for prefetch); row 0 is NaN. None if not captured."""
+        return self._concat("stale_gate")
+
+    def layer_experts(self, layer: int) -> np.ndarray:
+        """[N, K] expert ids of one MoE layer, read without loading the other layers."""
+        if not 0 <= layer < self.num_moe_layers:
+            raise ExpertcacheError(f"MoE layer {layer} outside 0..{self.num_moe_layers - 1}")
+        return np.concatenate([np.ascontiguousarray(s["experts"][:, layer, :]) for s in self._shards])
+
+    @cached_property
+    def token_domain(self) -> np.ndarray:
+        """[N] domain index of each token."""
+        return np.repeat(self.seq_domain, self.seq_lengths)
+
+    def select(self, sequences) -> "Trace":
+        """A new in-memory trace holding only the given sequences (indices or a boolean mask)."""
+        idx = np.arange(self.num_sequences)[sequences]
+        if len(idx) == 0:
+            raise ExpertcacheError("the selection holds no sequence")
+        token_idx = np.concatenate([np.arange(self.seq_offsets[i], self.seq_offsets[i + 1]) for i in idx])
+        shard = {name: getattr(self, name)[token_idx] for name in _PER_TOKEN if getattr(self, name) is not None}
+        shard["seq_lengths"] = self.seq_lengths[idx]
+        shard["seq_domain"] = self.seq_domain[idx]
+        shard["seq_turn"] = self.seq_turn[idx]
+        return Trace(self.model, [shard], self.domains, self.capture, self.corpus)
+
+    def with_domain(self, domain: str) -> "Trace":
+        """Only the sequences of one domain."""
+        if domain not in self.domains:
+            raise ExpertcacheError(f"no domain {domain!r} in this trace; it has {', '.join(self.domains)}")
+        return self.select(self.seq_domain == self.domains.index(domain))
+
+    def __repr__(self) -> str:
+        return (f"Trace({self.model.name!r}, sequences={self.num_sequences}, tokens={self.num_tokens}, "
+                f"moe_layers={self.num_moe_layers}, experts={self.num_experts}, k={self.top_k})")
+
+
+class _MemoryWriter(TraceWriter):
+    """A TraceWriter whose single shard stays in memory (for from_arrays)."""
+
+    def __init__(self, model: ModelInfo):  # noqa: D107 - deliberately skips the directory set-up
+        self.model = model
+        self.optional = ()
+        self.shard_tokens = float("inf")
+        self.expert_dtype = expert_dtype(model.max_experts)
+        self._buffer = []
+        self._buffered_tokens = 0
+
+    def trace(self) -> Trace:
+        domains = list(dict.fromkeys(s["domain"] for s in self._buffer))
+        shard = {name: np.concatenate([s["arrays"][name] for s in self._buffer]) for name in ("experts", *TOKEN_ARRAYS)}
+        shard["seq_lengths"] = np.array([len(s["arrays"]["phase"]) for s in self._buffer], np.int64)
+        shard["seq_domain"] = np.array([domains.index(s["domain"]) for s in self._buffer], np.int16)
+        shard["seq_turn"] = np.array([s["turn"] for s in self._buffer], np.int32)
+        return Trace(self.model, [shard], domains)
+
+
+def _as_sequences(values, name: str) -> list[np.ndarray]:
+    if isinstance(values, np.ndarray):
+        if values.ndim == 0:
+            raise ExpertcacheError(f"{name} must be an array, got a scalar")
+        return list(values)
+    if isinstance(values, (list, tuple)):
+        return [np.asarray(v) for v in values]
+    raise ExpertcacheError(f"{name} must be a numpy array or a list of arrays")
+
+
+def _load_shard(shard_dir: Path, model: ModelInfo, ids: np.dtype, optional: list[str]) -> dict:
+    meta = read_json(shard_dir / SHARD_META, "shard description")
+    files = meta.get("arrays", {})
+    L, K, E = model.num_moe_layers, model.top_k, model.max_experts
+    S, N = meta.get("num_sequences"), meta.get("num_tokens")
+    expected = {name: ((S,), dtype) for name, dtype in SEQUENCE_ARRAYS.items()}
+    expected.update({"tokens": ((N,), np.int32), "positions": ((N,), np.int32), "phase": ((N,), np.uint8),
+                     "weights": ((N, L, K), np.float16), "experts": ((N, L, K), ids)})
+    expected.update({name: ((N, L, E), np.float16) for name in optional})
+    shard = {"_domains": meta.get("domains", [])}
+    for name, (shape, dtype) in expected.items():
+        file = shard_dir / f"{name}.npy"
+        if name not in files:
+            raise ExpertcacheError(f"{file}: not recorded in {shard_dir / SHARD_META}")
+        array = load_array(file, files[name]["bytes"])
+        if array.shape != shape or array.dtype != np.dtype(dtype):
+            raise ExpertcacheError(
+                f"{file}: shape {array.shape} {array.dtype}, the manifest implies {shape} {np.dtype(dtype)}"
+            )
+        shard[name] = array
+    if int(shard["seq_lengths"].sum()) != N:
+        raise ExpertcacheError(f"{shard_dir / 'seq_lengths.npy'}: lengths add up to {shard['seq_lengths'].sum()}, not {N}")
+    if len(shard["_domains"]) and shard["seq_domain"].max(initial=0) >= len(shard["_domains"]):
+        raise ExpertcacheError(f"{shard_dir / 'seq_domain.npy'}: domain index out of range")
+    return shard

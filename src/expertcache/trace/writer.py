@@ -1,0 +1,225 @@
+"""Streamed, crash-safe trace writing.
+
+Sequences are buffered and committed as shards: each shard is written into a temporary
+directory and renamed into place, so a kill at any moment leaves only whole shards. Re-opening
+the same trace with the same settings resumes: `done_keys` tells the caller which sequences
+are already stored.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExpertcacheError
+from .format import (
+    DECODE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    OPTIONAL_ARRAYS,
+    SEQUENCE_ARRAYS,
+    SHARD_META,
+    SHARDS,
+    TOKEN_ARRAYS,
+    expert_dtype,
+    pad_id,
+    read_json,
+    write_json_atomic,
+)
+from .model_info import ModelInfo
+
+__all__ = ["TraceWriter"]
+
+
+class TraceWriter:
+    """Append sequences to a trace directory, one atomic shard per `shard_tokens` tokens.
+
+    Use as a context manager: leaving the block (normally, on Ctrl-C or on an error) commits
+    the sequences already added, so nothing finished is lost.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        model: ModelInfo,
+        *,
+        capture: dict | None = None,
+        corpus: dict | None = None,
+        domains: list[str] | None = None,
+        optional: tuple[str, ...] = (),
+        shard_tokens: int = 1 << 16,
+        overwrite: bool = False,
+    ):
+        unknown = set(optional) - set(OPTIONAL_ARRAYS)
+        if unknown:
+            raise ExpertcacheError(f"unknown optional arrays {sorted(unknown)}; known: {OPTIONAL_ARRAYS}")
+        self.path = Path(path)
+        self.model = model
+        self.optional = tuple(optional)
+        self.shard_tokens = shard_tokens
+        self.expert_dtype = expert_dtype(model.max_experts)
+        self._buffer: list[dict] = []
+        self._buffered_tokens = 0
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "model": model.to_json(),
+            "capture": capture or {},
+            "corpus": corpus or {},
+            "domains": list(domains or []),
+            "expert_dtype": self.expert_dtype.name,
+            "optional_arrays": list(self.optional),
+        }
+        self.done_keys: set[str] = set()
+        self._next_shard = 0
+        self._open(manifest, overwrite)
+
+    def _open(self, manifest: dict, overwrite: bool) -> None:
+        manifest_path = self.path / MANIFEST
+        if self.path.exists() and overwrite:
+            shutil.rmtree(self.path)
+        if manifest_path.exists():
+            existing = read_json(manifest_path, "trace manifest")
+            if _settings(existing) != _settings(manifest):
+                raise ExpertcacheError(
+                    f"{self.path} holds a trace made with other settings; "
+                    "choose another output or pass --overwrite"
+                )
+            self._resume()
+            return
+        if self.path.exists() and any(self.path.iterdir()):
+            raise ExpertcacheError(f"{self.path} exists and is not a trace; choose another output")
+        (self.path / SHARDS).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(manifest_path, manifest)
+
+    def _resume(self) -> None:
+        shards = self.path / SHARDS
+        shards.mkdir(exist_ok=True)
+        for entry in sorted(shards.iterdir()):
+            if not entry.name.isdigit():  # an interrupted shard write
+                shutil.rmtree(entry, ignore_errors=True)
+                continue
+            meta = read_json(entry / SHARD_META, "shard description")
+            self.done_keys.update(k for k in meta.get("keys", []) if k is not None)
+            self._next_shard = max(self._next_shard, int(entry.name) + 1)
+
+    def add_sequence(
+        self,
+        experts: np.ndarray,
+        weights: np.ndarray | None = None,
+        *,
+        tokens: np.ndarray | None = None,
+        positions: np.ndarray | None = None,
+        phase: np.ndarray | int = DECODE,
+        domain: str = "default",
+        turn: int = 0,
+        key: str | None = None,
+        logits: np.ndarray | None = None,
+        stale_gate: np.ndarray | None = None,
+    ) -> None:
+        """Buffer one sequence: experts [T, L, K] (pad id where a layer did not route)."""
+        experts = np.asarray(experts)
+        if experts.ndim != 3:
+            raise ExpertcacheError(f"experts of one sequence must be [tokens, layers, k], got shape {experts.shape}")
+        T, L, K = experts.shape
+        m = self.model
+        if L != m.num_moe_layers or K != m.top_k:
+            raise ExpertcacheError(
+                f"experts shape {experts.shape} does not match the model ({m.num_moe_layers} MoE layers, k={m.top_k})"
+            )
+        seq = {
+            "experts": _checked_ids(experts, m, self.expert_dtype),  # [T, L, K]
+            "weights": np.zeros((T, L, K), np.float16) if weights is None else _shaped(weights, (T, L, K), "weights", np.float16),
+            "tokens": np.full(T, -1, np.int32) if tokens is None else _shaped(tokens, (T,), "tokens", np.int32),
+            "positions": np.arange(T, dtype=np.int32) if positions is None else _shaped(positions, (T,), "positions", np.int32),
+            "phase": np.broadcast_to(np.asarray(phase, np.uint8), (T,)).copy(),
+        }
+        extras = {"logits": logits, "stale_gate": stale_gate}
+        for name in OPTIONAL_ARRAYS:
+            if name in self.optional:
+                if extras[name] is None:
+                    raise ExpertcacheError(f"this trace stores {name}; the sequence has none")
+                seq[name] = _shaped(extras[name], (T, L, m.max_experts), name, np.float16)
+        self._buffer.append({"arrays": seq, "domain": domain, "turn": turn, "key": key})
+        self._buffered_tokens += T
+        if self._buffered_tokens >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit the buffered sequences as one shard (atomic rename)."""
+        if not self._buffer:
+            return
+        domains = list(dict.fromkeys(s["domain"] for s in self._buffer))
+        arrays = {
+            "seq_lengths": np.array([len(s["arrays"]["phase"]) for s in self._buffer], SEQUENCE_ARRAYS["seq_lengths"]),
+            "seq_domain": np.array([domains.index(s["domain"]) for s in self._buffer], SEQUENCE_ARRAYS["seq_domain"]),
+            "seq_turn": np.array([s["turn"] for s in self._buffer], SEQUENCE_ARRAYS["seq_turn"]),
+        }
+        for name in ("experts", *TOKEN_ARRAYS, *self.optional):
+            arrays[name] = np.concatenate([s["arrays"][name] for s in self._buffer])
+        name = f"{self._next_shard:05d}"
+        tmp = self.path / SHARDS / f"{name}.tmp-{os.getpid()}"
+        tmp.mkdir(parents=True)
+        files = {}
+        for array_name, array in arrays.items():
+            file = tmp / f"{array_name}.npy"
+            with open(file, "wb") as f:
+                np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            files[array_name] = {"shape": list(array.shape), "dtype": array.dtype.name, "bytes": file.stat().st_size}
+        meta = {
+            "num_sequences": len(self._buffer),
+            "num_tokens": int(arrays["seq_lengths"].sum()),
+            "domains": domains,
+            "keys": [s["key"] for s in self._buffer],
+            "arrays": files,
+        }
+        write_json_atomic(tmp / SHARD_META, meta)
+        os.rename(tmp, self.path / SHARDS / name)
+        self.done_keys.update(s["key"] for s in self._buffer if s["key"] is not None)
+        self._next_shard += 1
+        self._buffer.clear()
+        self._buffered_tokens = 0
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _settings(manifest: dict) -> dict:
+    """The part of a manifest that must agree for a resume to continue the same trace."""
+    return {k: manifest.get(k) for k in ("format", "version", "model", "capture", "corpus", "expert_dtype", "optional_arrays")}
+
+
+def _shaped(array, shape: tuple, name: str, dtype) -> np.ndarray:
+    array = np.asarray(array)
+    if array.shape != shape:
+        raise ExpertcacheError(f"{name} has shape {array.shape}, expected {shape}")
+    return array.astype(dtype, copy=False)
+
+
+def _checked_ids(experts: np.ndarray, model: ModelInfo, dtype: np.dtype) -> np.ndarray:
+    """Validate ids against each layer's expert count; negative ids mean "not routed"."""
+    if not np.issubdtype(experts.dtype, np.integer):
+        raise ExpertcacheError(f"expert ids must be integers, got {experts.dtype}")
+    ids = experts.astype(np.int64)
+    routed = ids >= 0
+    limits = np.asarray(model.num_experts)[None, :, None]
+    bad = routed & (ids >= limits) & (ids != pad_id(dtype))
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        raise ExpertcacheError(
+            f"expert id {ids[tuple(where)]} at token {where[0]}, MoE layer {where[1]} "
+            f"is outside 0..{model.num_experts[where[1]] - 1}"
+        )
+    return np.where(routed, ids, pad_id(dtype)).astype(dtype)
