@@ -64,13 +64,16 @@ class Trace:
         tokens=None,
         domains: list[str] | str | None = None,
         phase=None,
+        positions=None,
+        turns=None,
         model: ModelInfo | None = None,
+        capture: dict | None = None,
     ) -> "Trace":
         """Build a trace from arrays [S, T, L, K] (or a list of [T_i, L, K] for ragged lengths).
 
-        `domains` names each sequence's domain (or one name for all); `phase` is [S, T] or a
-        list like `experts` (default: all decode); `weights` matches `experts`; `tokens` is
-        [S, T]. Negative ids mean "not routed". All layers are taken as MoE layers with
+        `domains` names each sequence's domain (or one name for all); `phase`, `tokens` and
+        `positions` are [S, T] or lists like `experts` (defaults: all decode, unknown, 0..T-1);
+        `weights` matches `experts`; `turns` gives one int per sequence. Negative ids mean "not routed". All layers are taken as MoE layers with
         `num_experts` experts each unless `model` is given.
         """
         seqs = _as_sequences(experts, "experts")
@@ -84,24 +87,26 @@ class Trace:
                 raise ExpertcacheError("give num_experts (or a model description)")
             model = ModelInfo.synthetic(L, int(num_experts), K)
         per_seq = {name: _as_sequences(v, name) if v is not None else None
-                   for name, v in (("weights", weights), ("tokens", tokens), ("phase", phase))}
+                   for name, v in (("weights", weights), ("tokens", tokens), ("phase", phase),
+                                   ("positions", positions))}
         if isinstance(domains, str) or domains is None:
             domains = [domains or "default"] * len(seqs)
         if len(domains) != len(seqs):
             raise ExpertcacheError(f"{len(domains)} domain labels for {len(seqs)} sequences")
-        for name, values in per_seq.items():
+        turns = [0] * len(seqs) if turns is None else list(turns)
+        for name, values in (*per_seq.items(), ("turns", turns)):
             if values is not None and len(values) != len(seqs):
                 raise ExpertcacheError(f"{name} has {len(values)} sequences, experts has {len(seqs)}")
         writer = _MemoryWriter(model)
         for i, seq in enumerate(seqs):
+            given = {name: None if values is None else values[i] for name, values in per_seq.items()}
             writer.add_sequence(
-                seq,
-                None if per_seq["weights"] is None else per_seq["weights"][i],
-                tokens=None if per_seq["tokens"] is None else per_seq["tokens"][i],
-                phase=DECODE if per_seq["phase"] is None else per_seq["phase"][i],
-                domain=domains[i],
+                seq, given["weights"], tokens=given["tokens"], positions=given["positions"],
+                phase=DECODE if given["phase"] is None else given["phase"], domain=domains[i], turn=turns[i],
             )
-        return writer.trace()
+        trace = writer.trace()
+        trace.capture = capture or {}
+        return trace
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Trace":
