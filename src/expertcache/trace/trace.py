@@ -147,6 +147,9 @@ class Trace:
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write this trace as a directory (see docs/trace-format.md)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ExpertcacheError(f"{path} already exists; choose another output or pass --overwrite")
         optional = tuple(n for n in OPTIONAL_ARRAYS if self._shards[0].get(n) is not None)
         with TraceWriter(path, self.model, capture=self.capture, corpus=self.corpus, domains=self.domains,
                          optional=optional, overwrite=overwrite) as writer:
@@ -157,6 +160,22 @@ class Trace:
                     phase=self.phase[s], domain=self.domains[self.seq_domain[i]], turn=int(self.seq_turn[i]),
                     **{n: getattr(self, n)[s] for n in optional},
                 )
+
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(experts [S, T, L, K] signed ints, -1 where not routed; weights [S, T, L, K] float16;
+        tokens [S, T]) for a trace whose sequences all have the same length."""
+        lengths = np.unique(self.seq_lengths)
+        if len(lengths) != 1:
+            raise ExpertcacheError(
+                f"sequences have {len(lengths)} different lengths ({lengths.min()}..{lengths.max()}); "
+                "array export needs one fixed length"
+            )
+        S, T = self.num_sequences, int(lengths[0])
+        ids = np.int16 if self.num_experts < np.iinfo(np.int16).max else np.int32
+        experts = self.experts.astype(ids)
+        experts[self.experts == self.pad_id] = -1
+        shape = (S, T, self.num_moe_layers, self.top_k)
+        return experts.reshape(shape), np.asarray(self.weights).reshape(shape), np.asarray(self.tokens).reshape(S, T)
 
     # ----------------------------------------------------------------- shape
     @property

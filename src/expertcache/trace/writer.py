@@ -8,6 +8,7 @@ are already stored.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -197,8 +198,9 @@ class TraceWriter:
 
 
 def _settings(manifest: dict) -> dict:
-    """The part of a manifest that must agree for a resume to continue the same trace."""
-    return {k: manifest.get(k) for k in ("format", "version", "model", "capture", "corpus", "expert_dtype", "optional_arrays")}
+    """The part of a manifest that must agree for a resume to continue the same trace (as JSON)."""
+    keys = ("format", "version", "model", "capture", "corpus", "expert_dtype", "optional_arrays")
+    return json.loads(json.dumps({k: manifest.get(k) for k in keys}))
 
 
 def _shaped(array, shape: tuple, name: str, dtype) -> np.ndarray:

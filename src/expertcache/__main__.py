@@ -1,0 +1,5 @@
+"""`python -m expertcache` runs the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""Import and export traces as plain `.npy` arrays [sequences, tokens, layers, k].
+
+The array form lets any tool produce or consume routing: ids are signed integers with -1
+where a layer did not route a token, and the exported token ids let anyone re-run the model
+on the same inputs to check the routing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExpertcacheError
+from .trace import Trace
+
+__all__ = ["export_arrays", "import_arrays"]
+
+
+def import_arrays(
+    experts_path: str | os.PathLike,
+    num_experts: int,
+    *,
+    weights_path: str | os.PathLike | None = None,
+    tokens_path: str | os.PathLike | None = None,
+) -> Trace:
+    """Trace from EXPERTS.npy [S, T, L, K] (all layers MoE with `num_experts` each)."""
+    experts = _load(experts_path, "expert ids")
+    if experts.ndim != 4:
+        raise ExpertcacheError(f"{experts_path}: expert ids must be [sequences, tokens, layers, k], got shape {experts.shape}")
+    if not np.issubdtype(experts.dtype, np.integer):
+        raise ExpertcacheError(f"{experts_path}: expert ids must be integers, got {experts.dtype}")
+    weights = tokens = None
+    if weights_path is not None:
+        weights = _load(weights_path, "routing weights")
+        if weights.shape != experts.shape:
+            raise ExpertcacheError(f"{weights_path}: shape {weights.shape} differs from the expert ids' {experts.shape}")
+    if tokens_path is not None:
+        tokens = _load(tokens_path, "token ids")
+        if tokens.shape != experts.shape[:2]:
+            raise ExpertcacheError(f"{tokens_path}: shape {tokens.shape}, expected {experts.shape[:2]}")
+    return Trace.from_arrays(experts, num_experts, weights=weights, tokens=tokens)
+
+
+def export_arrays(
+    trace: Trace,
+    experts_path: str | os.PathLike,
+    *,
+    weights_path: str | os.PathLike | None = None,
+    tokens_path: str | os.PathLike | None = None,
+) -> None:
+    """Write a fixed-length trace's ids (and optionally weights and token ids) as .npy files."""
+    experts, weights, tokens = trace.to_arrays()
+    for path, array in ((experts_path, experts), (weights_path, weights), (tokens_path, tokens)):
+        if path is not None:
+            _save(path, array)
+
+
+def _load(path, what: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise ExpertcacheError(f"{path}: no such file ({what})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ExpertcacheError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def _save(path, array: np.ndarray) -> None:
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+    os.replace(tmp, path)
