@@ -3,7 +3,8 @@
 Format (see the real traces' README): `#` header lines (`route_trace v1`, a `model=… arch=…
 n_layer=… n_expert=… n_expert_used=…` line, one `layer=L expert_bytes=B dense_bytes=D` line
 per layer), then a table `turn,phase,step,layer,slot,expert,weight,residency,expert_bytes`.
-Each turn becomes one sequence, tokens ordered by (phase, step); a (token, layer) the engine
+The table's `expert_bytes` column is what the recording engine read for that row (0 on a hit);
+expert sizes come from the header. Each turn becomes one sequence, tokens ordered by (phase, step); a (token, layer) the engine
 did not route (the last layer skips all prompt tokens but the final one) gets the pad id.
 """
 
@@ -61,6 +62,7 @@ def import_bigmoe(path: str | os.PathLike) -> Trace:
         "file": path.name,
         "recorded_residency": {name: int((table["residency"] == code).sum())
                                for code, name in ((0, "miss"), (1, "hit"), (2, "prefetch_hit"))},
+        "recorded_read_bytes": int(table["expert_bytes"].sum()),
     }
     return Trace.from_arrays(sequences, model=model, weights=weights, phase=phases, positions=positions,
                              turns=turns, domains="bigmoe", capture=capture)
@@ -68,9 +70,12 @@ def import_bigmoe(path: str | os.PathLike) -> Trace:
 
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     header, body = [], []
-    with open(path, newline="") as f:
-        for line in f:
-            (header if line.startswith("#") else body).append(line)
+    try:
+        with open(path, newline="") as f:
+            for line in f:
+                (header if line.startswith("#") else body).append(line)
+    except UnicodeDecodeError:
+        raise ExpertcacheError(f"{path}: not a route_trace v1 file (not text)") from None
     if not header or header[0].strip("# \n") != "route_trace v1":
         raise ExpertcacheError(f"{path}: not a route_trace v1 file (first line must be '# route_trace v1')")
     rows = list(csv.reader(body))

@@ -1,0 +1,91 @@
+"""Import/export contracts: .npy arrays and the route_trace v1 CSV of the shared real traces."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from expertcache import ExpertcacheError, Trace
+from expertcache.trace.arrays_io import export_arrays, import_arrays
+from expertcache.trace.bigmoe import import_bigmoe
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-traces"
+
+
+@pytest.mark.parametrize("shape, experts", [((3, 17, 4, 2), 8), ((1, 1, 1, 1), 1), ((2, 5, 3, 8), 300)])
+def test_arrays_round_trip(rng, tmp_path, shape, experts):
+    ids = rng.integers(0, experts, shape)
+    ids[0, 0, 0, :] = -1  # a token the layer did not route
+    weights = rng.random(shape).astype(np.float16)
+    tokens = rng.integers(0, 50_000, shape[:2])
+    for name, array in (("e", ids), ("w", weights), ("t", tokens)):
+        np.save(tmp_path / f"{name}.npy", array)
+    trace = import_arrays(tmp_path / "e.npy", experts, weights_path=tmp_path / "w.npy", tokens_path=tmp_path / "t.npy")
+    trace.save(tmp_path / "trace")
+    export_arrays(Trace.load(tmp_path / "trace"), tmp_path / "e2.npy", weights_path=tmp_path / "w2.npy",
+                  tokens_path=tmp_path / "t2.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "e2.npy"), ids)
+    np.testing.assert_array_equal(np.load(tmp_path / "w2.npy"), weights)
+    np.testing.assert_array_equal(np.load(tmp_path / "t2.npy"), tokens)
+
+
+def test_export_needs_fixed_length(rng, tmp_path):
+    trace = Trace.from_arrays([rng.integers(0, 4, (t, 1, 1)) for t in (2, 3)], 4)
+    with pytest.raises(ExpertcacheError, match="fixed length"):
+        export_arrays(trace, tmp_path / "e.npy")
+
+
+def test_import_errors_name_the_file(tmp_path):
+    np.save(tmp_path / "three_d.npy", np.zeros((2, 3, 4), int))
+    (tmp_path / "garbage.npy").write_bytes(b"not an array")
+    with pytest.raises(ExpertcacheError, match=r"three_d\.npy: expert ids must be \[sequences"):
+        import_arrays(tmp_path / "three_d.npy", 4)
+    with pytest.raises(ExpertcacheError, match=r"garbage\.npy: not a readable"):
+        import_arrays(tmp_path / "garbage.npy", 4)
+    with pytest.raises(ExpertcacheError, match="no such file"):
+        import_arrays(tmp_path / "missing.npy", 4)
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+@pytest.mark.parametrize("name, layers, k, prompt, decode", [("qwen", 48, 6, 28, 128), ("gptoss", 36, 2, 85, 64)])
+def test_bigmoe_import_keeps_every_row(tmp_path, name, layers, k, prompt, decode):
+    path = REAL / f"{name}.route.csv"
+    trace = import_bigmoe(path)
+    rows = read_rows(path)
+    assert (trace.num_moe_layers, trace.top_k, trace.num_experts) == (layers, k, 128)
+    assert trace.phase.tolist() == [0] * prompt + [1] * decode
+    assert trace.positions.tolist() == list(range(prompt + decode))
+    routed = trace.experts != trace.pad_id
+    assert routed.sum() == len(rows)
+    # the last layer routes only the final prompt token in prefill
+    assert routed[:, -1, 0].tolist() == [False] * (prompt - 1) + [True] * (decode + 1)
+    for row in rows[:: max(1, len(rows) // 500)]:
+        t = int(row["step"])  # one turn, steps are token positions
+        assert trace.experts[t, int(row["layer"]), int(row["slot"])] == int(row["expert"])
+        assert trace.weights[t, int(row["layer"]), int(row["slot"])] == np.float16(float(row["weight"]))
+    # the table's expert_bytes column is what the engine read: the layer's expert size on a miss, else 0
+    read = {(int(r["layer"]), int(r["expert_bytes"])) for r in rows if r["expert_bytes"] != "0"}
+    assert read == set(enumerate(trace.model.expert_bytes))
+    assert trace.capture["recorded_read_bytes"] == sum(int(r["expert_bytes"]) for r in rows)
+    assert trace.capture["recorded_residency"]["hit"] == sum(r["residency"] == "1" for r in rows)
+    trace.save(tmp_path / "t")
+    np.testing.assert_array_equal(Trace.load(tmp_path / "t").experts, trace.experts)
+
+
+def test_bigmoe_bad_files(tmp_path):
+    (tmp_path / "a.csv").write_text("turn,phase\n0,0\n")
+    with pytest.raises(ExpertcacheError, match="not a route_trace v1 file"):
+        import_bigmoe(tmp_path / "a.csv")
+    head = "# route_trace v1\n# model=m.gguf arch=x n_layer=2 n_expert=4 n_expert_used=2\n"
+    cols = "turn,phase,step,layer,slot,expert,weight,residency,expert_bytes\n"
+    (tmp_path / "b.csv").write_text(head + cols + "0,1,0,0,0,3,0.5,0,10\n")
+    with pytest.raises(ExpertcacheError, match="lacks some of its k slots"):
+        import_bigmoe(tmp_path / "b.csv")
+    (tmp_path / "c.csv").write_text(head + cols + "0,1,0,0,0,9,0.5,0,10\n0,1,0,0,1,1,0.5,0,10\n")
+    with pytest.raises(ExpertcacheError, match="exceeds the header"):
+        import_bigmoe(tmp_path / "c.csv")

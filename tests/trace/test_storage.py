@@ -1,0 +1,170 @@
+"""Trace format: round trips, crash safety, resume and clear errors on damaged traces."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from expertcache import ExpertcacheError, ModelInfo, Trace, TraceWriter
+from expertcache.trace import DECODE, PREFILL
+
+
+def ragged_trace(rng, lengths=(5, 1, 9), layers=3, k=2, experts=6):
+    seqs = [rng.integers(0, experts, (t, layers, k)) for t in lengths]
+    weights = [rng.random((t, layers, k)).astype(np.float32) for t in lengths]
+    phases = [np.r_[np.zeros(t // 2), np.ones(t - t // 2)].astype(np.uint8) for t in lengths]
+    return seqs, weights, phases, Trace.from_arrays(
+        seqs, experts, weights=weights, phase=phases, domains=["b" if i == 1 else "a" for i in range(len(lengths))]
+    )
+
+
+def test_from_arrays_keeps_every_value(rng):
+    seqs, weights, phases, trace = ragged_trace(rng)
+    assert (trace.num_sequences, trace.num_tokens, trace.num_moe_layers, trace.top_k) == (3, 15, 3, 2)
+    assert trace.seq_offsets.tolist() == [0, 5, 6, 15]
+    assert trace.experts.dtype == np.uint8
+    np.testing.assert_array_equal(trace.experts[trace.sequence(2)], seqs[2])
+    np.testing.assert_array_equal(trace.weights[trace.sequence(0)], weights[0].astype(np.float16))
+    np.testing.assert_array_equal(trace.phase, np.concatenate(phases))
+    assert trace.domains == ["a", "b"]
+    assert trace.seq_domain.tolist() == [0, 1, 0]
+    np.testing.assert_array_equal(trace.layer_experts(1), np.concatenate(seqs)[:, 1, :])
+
+
+def test_save_load_round_trip_across_shards(rng, tmp_path):
+    seqs, _, _, trace = ragged_trace(rng, lengths=(7, 3, 11, 2, 5))
+    with TraceWriter(tmp_path / "t", trace.model, shard_tokens=8) as writer:
+        for i, seq in enumerate(seqs):
+            s = trace.sequence(i)
+            writer.add_sequence(seq, trace.weights[s], phase=trace.phase[s], domain=trace.domains[trace.seq_domain[i]])
+    loaded = Trace.load(tmp_path / "t")
+    assert len(list((tmp_path / "t" / "shards").iterdir())) == 3  # 7+3, 11, 2+5
+    for name in ("experts", "weights", "phase", "tokens", "positions", "seq_lengths"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(trace, name))
+    assert [loaded.domains[d] for d in loaded.seq_domain] == [trace.domains[d] for d in trace.seq_domain]
+    assert isinstance(loaded._shards[0]["experts"], np.memmap)  # arrays stay on disk
+
+
+def test_negative_ids_become_pad_and_export_as_minus_one(tmp_path):
+    experts = np.array([[[[0, 1]], [[-1, -1]], [[2, 3]]]])  # [S=1, T=3, L=1, K=2]
+    trace = Trace.from_arrays(experts, 4)
+    assert trace.experts[1, 0].tolist() == [trace.pad_id] * 2 == [255, 255]
+    ids, _, _ = trace.to_arrays()
+    np.testing.assert_array_equal(ids, experts)
+
+
+def test_id_type_is_the_smallest_that_fits():
+    assert Trace.from_arrays(np.zeros((1, 2, 1, 1), int), 255).experts.dtype == np.uint8
+    assert Trace.from_arrays(np.zeros((1, 2, 1, 1), int), 256).experts.dtype == np.uint16
+
+
+@pytest.mark.parametrize(
+    "experts, num_experts, message",
+    [
+        (np.zeros((1, 2, 1, 3), int), 2, "top-k 3 is larger than the number of experts 2"),
+        (np.full((1, 2, 1, 1), 5), 4, "expert id 5"),
+        (np.zeros((1, 2, 1, 1), float), 4, "must be integers"),
+    ],
+)
+def test_bad_arrays_are_refused(experts, num_experts, message):
+    with pytest.raises(ExpertcacheError, match=message):
+        Trace.from_arrays(experts, num_experts)
+
+
+def test_interrupted_shard_is_ignored_and_resume_skips_finished_keys(rng, tmp_path):
+    model = ModelInfo.synthetic(2, 4, 1)
+    path = tmp_path / "t"
+    with TraceWriter(path, model, shard_tokens=1) as writer:
+        writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="s0")
+    (path / "shards" / "00001.tmp-999").mkdir()  # what a kill during a shard write leaves
+    assert Trace.load(path).num_sequences == 1
+    writer = TraceWriter(path, model, shard_tokens=1)
+    assert writer.done_keys == {"s0"}
+    writer.add_sequence(rng.integers(0, 4, (2, 2, 1)), key="s1")
+    writer.close()
+    assert sorted(p.name for p in (path / "shards").iterdir()) == ["00000", "00001"]
+    assert Trace.load(path).seq_lengths.tolist() == [3, 2]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    TraceWriter(tmp_path / "t", ModelInfo.synthetic(2, 4, 1)).close()
+    with pytest.raises(ExpertcacheError, match="other settings"):
+        TraceWriter(tmp_path / "t", ModelInfo.synthetic(2, 8, 1))
+
+
+def test_kill_9_leaves_a_valid_trace_of_finished_shards(tmp_path):
+    path = tmp_path / "t"
+    script = textwrap.dedent(f"""
+        import numpy as np, os, sys
+        from expertcache import ModelInfo, TraceWriter
+        w = TraceWriter({str(path)!r}, ModelInfo.synthetic(2, 4, 1), shard_tokens=4)
+        for i in range(1000):
+            w.add_sequence(np.full((2, 2, 1), i % 4), key=str(i))
+            if i == 5:
+                print("ready", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    trace = Trace.load(path)
+    assert trace.num_sequences % 2 == 0 and trace.num_sequences >= 6  # whole shards of 2 sequences
+    np.testing.assert_array_equal(trace.experts[::2, 0, 0], np.arange(trace.num_sequences) % 4)
+
+
+@pytest.fixture
+def saved(rng, tmp_path):
+    _, _, _, trace = ragged_trace(rng)
+    trace.save(tmp_path / "t")
+    return tmp_path / "t"
+
+
+def test_truncated_array_names_the_file(saved):
+    file = saved / "shards" / "00000" / "experts.npy"
+    file.write_bytes(file.read_bytes()[:-5])
+    with pytest.raises(ExpertcacheError, match=r"experts\.npy: truncated"):
+        Trace.load(saved)
+
+
+def test_corrupt_manifest_names_the_file(saved):
+    (saved / "manifest.json").write_text("{not json")
+    with pytest.raises(ExpertcacheError, match=r"manifest\.json: corrupt trace manifest"):
+        Trace.load(saved)
+
+
+def test_mismatched_array_names_the_file(saved):
+    meta_path = saved / "shards" / "00000" / "shard.json"
+    meta = json.loads(meta_path.read_text())
+    np.save(saved / "shards" / "00000" / "weights.npy", np.zeros((15, 3, 3), np.float16))  # wrong K
+    meta["arrays"]["weights"]["bytes"] = (saved / "shards" / "00000" / "weights.npy").stat().st_size
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ExpertcacheError, match=r"weights\.npy: shape \(15, 3, 3\)"):
+        Trace.load(saved)
+
+
+def test_other_version_and_missing_trace(saved, tmp_path):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["version"] = 99
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExpertcacheError, match="version 99"):
+        Trace.load(saved)
+    with pytest.raises(ExpertcacheError, match="no such trace"):
+        Trace.load(tmp_path / "nope")
+
+
+def test_select_and_domain_views(rng):
+    seqs, _, _, trace = ragged_trace(rng)
+    only_a = trace.with_domain("a")
+    assert only_a.num_sequences == 2
+    np.testing.assert_array_equal(only_a.experts, np.concatenate([seqs[0], seqs[2]]))
+    with pytest.raises(ExpertcacheError, match="no domain 'zzz'"):
+        trace.with_domain("zzz")
+
+
+def test_phase_constants():
+    assert (PREFILL, DECODE) == (0, 1)
