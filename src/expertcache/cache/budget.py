@@ -1,0 +1,86 @@
+"""Budgets (SPEC §4): slots, bytes (MiB = 2^20 bytes) or a multiple of the active experts;
+scope global (one pool) or per layer (equal shares floor(budget / MoE layers), or shares
+proportional to each layer's expert bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ExpertcacheError
+
+__all__ = ["Budget", "resolve_budget", "SCOPES", "MIB"]
+
+MIB = 1 << 20
+SCOPES = ("global", "layer")
+SHARES = ("equal", "bytes")
+
+
+@dataclass(frozen=True)
+class Budget:
+    key_pool: np.ndarray  # [K] pool of each key
+    key_cost: np.ndarray  # [K] budget units one key takes (bytes, or 1 for slots)
+    pool_budget: np.ndarray  # [P] units per pool
+    unit: str  # "bytes" or "slots"
+    total: int  # the whole budget in its unit
+
+    @property
+    def budget_bytes(self) -> int | None:
+        return self.total if self.unit == "bytes" else None
+
+    @property
+    def budget_slots(self) -> int | None:
+        return self.total if self.unit == "slots" else None
+
+
+def layer_expert_bytes(model) -> np.ndarray | None:
+    """[L] bytes of one expert per MoE layer, or None when the trace does not say."""
+    return np.asarray(model.expert_bytes, np.int64) if model.expert_bytes else None
+
+
+def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budget_mib=None, budget_slots=None,
+                   budget_x=None, shares: str = "equal", reserve_slots: int = 0) -> Budget:
+    """Pools and per-pool limits for one configuration. `reserve_slots` are taken off the main
+    budget for a prefetch buffer (each reserved slot costs one of the largest experts)."""
+    given = [v is not None for v in (budget_mib, budget_slots, budget_x)]
+    if sum(given) != 1:
+        raise ExpertcacheError("give exactly one budget: budget_mib, budget_slots or budget_x")
+    if scope not in SCOPES:
+        raise ExpertcacheError(f"unknown scope {scope!r}; choose global or layer")
+    if shares not in SHARES:
+        raise ExpertcacheError(f"unknown per-layer shares {shares!r}; choose equal or bytes")
+    sizes = layer_expert_bytes(model)
+    L, k = model.num_moe_layers, model.top_k
+    if budget_mib is not None:
+        if sizes is None:
+            raise ExpertcacheError("this trace records no expert sizes; give the budget in slots or as a multiple")
+        if budget_mib <= 0:
+            raise ExpertcacheError(f"budget must be positive, got {budget_mib} MiB")
+        unit, total = "bytes", int(round(budget_mib * MIB))
+    elif budget_slots is not None:
+        if budget_slots <= 0:
+            raise ExpertcacheError(f"budget must be positive, got {budget_slots} slots")
+        unit, total = "slots", int(budget_slots)
+    else:
+        if budget_x <= 0:
+            raise ExpertcacheError(f"budget multiple must be positive, got {budget_x}")
+        # one "x" = the experts active in one token cycle: k per MoE layer
+        if sizes is None:
+            unit, total = "slots", int(budget_x * L * k)
+        else:
+            unit, total = "bytes", int(budget_x * k * int(sizes.sum()))
+    cost_per_layer = sizes if unit == "bytes" else np.ones(L, np.int64)
+    if reserve_slots:
+        total -= int(reserve_slots) * int(cost_per_layer.max())
+        if total <= 0:
+            raise ExpertcacheError(f"{reserve_slots} reserved prefetch slots take the whole budget")
+    key_cost = cost_per_layer[key_layer].astype(np.int64)
+    if scope == "global":
+        return Budget(np.zeros(len(key_layer), np.int64), key_cost, np.array([total], np.int64), unit, total)
+    if shares == "equal" or unit == "slots":
+        pool_budget = np.full(L, total // L, np.int64)
+    else:
+        pool_budget = (total * sizes // sizes.sum()).astype(np.int64)
+    return Budget(key_layer.astype(np.int64), key_cost, pool_budget, unit, total)

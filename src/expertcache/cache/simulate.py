@@ -1,0 +1,127 @@
+"""`simulate`: replay a trace through a cache policy with engine accounting (SPEC §4).
+
+Shape key: B batches, L MoE layers, N tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .budget import Budget, resolve_budget
+from .policies import Policy, get_policy
+from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
+from .replay import PF_BYTES, replay
+from .stream import LookupStream, build_stream
+
+__all__ = ["simulate", "SimulationResult", "run_stream"]
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Counts of one replay. Totals are attributes; breakdowns come from the per-batch arrays."""
+
+    policy: str
+    scope: str
+    budget_bytes: int | None
+    budget_slots: int | None
+    lookups: int
+    hits: int
+    decode_lookups: int
+    decode_hits: int
+    bytes_read: int | None  # misses plus prefetches; None when the trace has no expert sizes
+    prefetch: PrefetchReport | None
+    batch_hits: np.ndarray = field(repr=False)  # [B]
+    batch_misses: np.ndarray = field(repr=False)  # [B]
+    batch_read: np.ndarray = field(repr=False)  # [B] bytes read by misses
+    stream: LookupStream = field(repr=False)
+
+    @property
+    def misses(self) -> int:
+        return self.lookups - self.hits
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    @property
+    def decode_hit_rate(self) -> float:
+        return self.decode_hits / self.decode_lookups if self.decode_lookups else 0.0
+
+    def _group(self, index: np.ndarray, size: int) -> dict[str, np.ndarray]:
+        lookups = np.bincount(index, self.batch_hits + self.batch_misses, size).astype(np.int64)
+        hits = np.bincount(index, self.batch_hits, size).astype(np.int64)
+        return {"lookups": lookups, "hits": hits, "bytes_read": np.bincount(index, self.batch_read, size).astype(np.int64),
+                "hit_rate": np.divide(hits, lookups, out=np.zeros(size), where=lookups > 0)}
+
+    def per_layer(self) -> dict[str, np.ndarray]:
+        """[L] lookups, hits, bytes read (misses), hit rate per MoE layer."""
+        return self._group(self.stream.batch_layer, len(self.stream.key_offset) - 1)
+
+    def per_phase(self) -> dict[str, np.ndarray]:
+        """[2] the same per phase: index 0 prefill, 1 decode."""
+        return self._group(self.stream.batch_phase.astype(np.int64), 2)
+
+    def per_step(self) -> dict[str, np.ndarray]:
+        """[N] the same per token (a prefill pass is counted at its first token)."""
+        return self._group(self.stream.batch_token, self.stream.num_tokens)
+
+    def to_json(self) -> dict:
+        """The public JSON contract of `expertcache simulate --json`."""
+        return {
+            "policy": self.policy, "scope": self.scope, "budget_bytes": self.budget_bytes,
+            "lookups": self.lookups, "hits": self.hits, "hit_rate": self.hit_rate,
+            "decode_lookups": self.decode_lookups, "decode_hits": self.decode_hits,
+            "decode_hit_rate": self.decode_hit_rate, "bytes_read": self.bytes_read,
+            "prefetch": None if self.prefetch is None else self.prefetch.to_json(),
+        }
+
+
+def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np.ndarray | None = None,
+               distance: int = 1, reserve: int = 0, key_bytes: np.ndarray | None = None):
+    """Drive the compiled loop; returns per-batch hits, misses, read bytes and prefetch counters."""
+    state = policy.new_state(budget.key_pool, budget.key_cost, len(budget.pool_budget), stream)
+    hint = stream.next_use if policy.uses_future else np.empty(0, np.int64)
+    B = stream.num_batches
+    hits, misses, read = np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.int64)
+    if key_bytes is None:
+        key_bytes = np.zeros(stream.num_keys, np.int64)
+    if pf_keys is None:
+        pf_keys = np.empty((B, 0), np.int64)
+    pf = replay(state, stream.keys, stream.batch_start, hint, budget.key_cost, key_bytes, budget.pool_budget,
+                pf_keys, int(distance), int(reserve), hits, misses, read)
+    return hits, misses, read, pf
+
+
+def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: float | None = None,
+             budget_slots: int | None = None, budget_x: float | None = None, prefetch=None, *,
+             shares: str = "equal", stream: LookupStream | None = None) -> SimulationResult:
+    """Replay `trace` through `policy` under one budget (exactly one of mib / slots / x).
+
+    `policy` is a registered name ("lru", "lfu", "belady", ...; a "layer-" prefix selects the
+    per-layer scope) or a policy object. `prefetch` is a prefetcher name or object, or a
+    PrefetchConfig (count, distance, reserved slots). Pass `stream=build_stream(trace)` to
+    reuse the lookup stream across many calls.
+    """
+    if isinstance(policy, str) and policy.strip().lower().startswith("layer-"):
+        policy, scope = policy.strip()[len("layer-"):], "layer"
+    policy = get_policy(policy)
+    stream = build_stream(trace) if stream is None else stream
+    config = None if prefetch is None else PrefetchConfig.of(prefetch)
+    budget = resolve_budget(trace.model, stream.key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,
+                            budget_x=budget_x, shares=shares, reserve_slots=0 if config is None else config.reserve)
+    sizes = trace.model.expert_bytes
+    key_bytes = np.asarray(sizes, np.int64)[stream.key_layer] if sizes else None
+    pf_keys = None if config is None else plan_prefetch(trace, stream, config)
+    hits, misses, read, pf = run_stream(stream, policy, budget, pf_keys, 1 if config is None else config.distance,
+                                        0 if config is None else config.reserve, key_bytes)
+    decode = stream.batch_phase == 1
+    report = None if config is None else PrefetchReport.from_counts(config, pf, pf_keys, stream, sizes)
+    return SimulationResult(
+        policy=policy.name, scope=scope, budget_bytes=budget.budget_bytes, budget_slots=budget.budget_slots,
+        lookups=int(hits.sum() + misses.sum()), hits=int(hits.sum()),
+        decode_lookups=int(hits[decode].sum() + misses[decode].sum()), decode_hits=int(hits[decode].sum()),
+        bytes_read=int(read.sum() + pf[PF_BYTES]) if sizes else None, prefetch=report,
+        batch_hits=hits, batch_misses=misses, batch_read=read, stream=stream,
+    )

@@ -1,0 +1,106 @@
+"""Turn a trace into the engine's lookup stream (SPEC §4), once, with numpy.
+
+A prefill pass (a run of consecutive prefill tokens of one sequence) gives one batch per MoE
+layer holding all its tokens' experts, token-major and in score order; each decode token gives
+one batch per layer, layers in order. Sequences follow each other. Pad ids (a layer that did
+not route a token) are dropped. Keys number (layer, expert) pairs densely: key_offset[l] + e.
+
+Shape key: R requests, B batches, N tokens, L MoE layers, K keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ..trace.format import PREFILL
+
+__all__ = ["LookupStream", "build_stream"]
+
+NEVER = np.iinfo(np.int64).max // 4  # "next use" of a key never used again
+
+
+@dataclass(frozen=True)
+class LookupStream:
+    keys: np.ndarray  # [R] int64 key of each request, stream order
+    batch_start: np.ndarray  # [B + 1] int64 request offsets of the batches
+    batch_layer: np.ndarray  # [B] int64 MoE layer of each batch
+    batch_phase: np.ndarray  # [B] uint8 0 prefill, 1 decode
+    batch_token: np.ndarray  # [B] int64 first token of the batch (global token index)
+    key_offset: np.ndarray  # [L + 1] int64 first key of each layer
+    num_tokens: int
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.batch_layer)
+
+    @property
+    def num_keys(self) -> int:
+        return int(self.key_offset[-1])
+
+    @cached_property
+    def key_layer(self) -> np.ndarray:
+        """[K] MoE layer of each key."""
+        return np.repeat(np.arange(len(self.key_offset) - 1), np.diff(self.key_offset))
+
+    @cached_property
+    def request_batch(self) -> np.ndarray:
+        """[R] batch of each request."""
+        return np.repeat(np.arange(self.num_batches), np.diff(self.batch_start))
+
+    @cached_property
+    def next_use(self) -> np.ndarray:
+        """[R] batch of the key's next request (same batch for a repeat not last in its batch),
+        NEVER when none follows: what Belady reads from the future, computed in one pass."""
+        order = np.argsort(self.keys, kind="stable")
+        nxt = np.full(len(self.keys), NEVER, np.int64)
+        same = self.keys[order[1:]] == self.keys[order[:-1]]
+        nxt[order[:-1][same]] = self.request_batch[order[1:][same]]
+        return nxt
+
+    @cached_property
+    def key_counts(self) -> np.ndarray:
+        """[K] requests per key over the stream (the frequency profile)."""
+        return np.bincount(self.keys, minlength=self.num_keys)
+
+
+def build_stream(trace) -> LookupStream:
+    """The lookup stream of a whole trace (sequences back to back)."""
+    experts = np.asarray(trace.experts)  # [N, L, K]
+    N, L, K = experts.shape
+    phase = np.asarray(trace.phase)  # [N]
+    num_experts = np.asarray(trace.model.num_experts, np.int64)
+    key_offset = np.concatenate([[0], np.cumsum(num_experts)]).astype(np.int64)
+
+    # Each token's group: itself when decoding; the first token of its prefill run otherwise.
+    starts = np.zeros(N, bool)
+    starts[np.asarray(trace.seq_offsets[:-1], np.int64)] = True  # a sequence starts a new run
+    is_prefill = phase == PREFILL
+    run_start = starts | ~is_prefill | np.concatenate([[True], ~is_prefill[:-1]])
+    group = np.maximum.accumulate(np.where(run_start, np.arange(N), 0))  # [N]
+
+    layer = np.broadcast_to(np.arange(L)[None, :, None], experts.shape)
+    batch_key = group[:, None, None] * L + layer  # [N, L, K] increasing per batch
+    flat_key = batch_key.reshape(-1)
+    ids = experts.reshape(-1).astype(np.int64)
+    if is_prefill.any():  # prefill batches gather a run's tokens per layer: reorder
+        order = np.argsort(flat_key, kind="stable")
+        flat_key, ids = flat_key[order], ids[order]
+    valid = ids != trace.pad_id
+    flat_key, ids = flat_key[valid], ids[valid]
+    layer_of = flat_key % L
+    new_batch = np.concatenate([[True], flat_key[1:] != flat_key[:-1]])
+    starts_at = np.flatnonzero(new_batch)
+    batch_start = np.append(starts_at, len(ids)).astype(np.int64)
+    batch_token = flat_key[starts_at] // L
+    return LookupStream(
+        keys=key_offset[layer_of] + ids,
+        batch_start=batch_start,
+        batch_layer=layer_of[starts_at],
+        batch_phase=phase[batch_token].astype(np.uint8),
+        batch_token=batch_token,
+        key_offset=key_offset,
+        num_tokens=N,
+    )
