@@ -1,0 +1,204 @@
+"""Numba kernels: one pass over a request stream gives the hits of every cache size (SPEC §2).
+
+All four policies are stack policies: caches of every size are the top C entries of one
+stack. A token's requests are judged against the stack as it stood before the token (depth
+d hits for every C > d; a first use hits for every C above the number of distinct experts
+requested before it), then applied one by one.
+
+- LRU: the stack is the recency order, so a depth is the number of experts used since the
+  expert's last use: a Fenwick tree over use times answers it in O(log R).
+- LFU, Belady, FSF: Mattson's update. Admitting x into every cache smaller than its depth p
+  evicts, size by size, the running minimum of priority over the stack's top; one scan of
+  the p entries above x moves those minima down one step. Cost O(p) per request.
+
+Shape key: R requests of one stream, T tokens, I ids (E per layer, sum of E at model level).
+hist[d] counts requests whose smallest hitting cache size is d (d = 1..I); hist[I + 1]
+counts requests that miss at every size (a repeat of a first use inside one token).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+LRU, LFU, BELADY, FSF = 0, 1, 2, 3
+POLICY_CODES = {"lru": LRU, "lfu": LFU, "belady": BELADY, "fsf": FSF}
+
+_SHIFT = np.int64(1) << np.int64(32)
+
+
+@numba.njit(cache=True)
+def _fenwick_add(tree, i, value):
+    i += 1
+    while i < tree.shape[0]:
+        tree[i] += value
+        i += i & (-i)
+
+
+@numba.njit(cache=True)
+def _fenwick_prefix(tree, i):
+    """Sum of entries [0, i)."""
+    total = 0
+    while i > 0:
+        total += tree[i]
+        i -= i & (-i)
+    return total
+
+
+@numba.njit(cache=True)
+def _widest_token(tok):
+    width = 1
+    for t in range(tok.shape[0] - 1):
+        width = max(width, tok[t + 1] - tok[t])
+    return width
+
+
+@numba.njit(cache=True)
+def _judge_token(ids, a, b, t, depth, seen, stamp, hist, n_ids):
+    """Record the hit sizes of token t's requests ids[a:b]; depth[x] < 0 means never used."""
+    new = 0
+    for q in range(a, b):
+        x = ids[q]
+        d = depth[q - a]
+        if d >= 0:
+            hist[d + 1] += 1
+        elif stamp[x] == t:  # second request of a first use in one token: not cached before it
+            hist[n_ids + 1] += 1
+        else:
+            stamp[x] = t
+            hist[seen + new + 1] += 1
+            new += 1
+
+
+@numba.njit(cache=True)
+def lru_hist(ids, tok, n_ids, hist):
+    """Accumulate the LRU hit histogram of one sequence's stream into hist [n_ids + 2]."""
+    n = ids.shape[0]
+    tree = np.zeros(n + 1, np.int32)
+    last = np.full(n_ids, -1, np.int64)
+    stamp = np.full(n_ids, -1, np.int64)
+    depth = np.empty(_widest_token(tok), np.int64)
+    seen = 0
+    for t in range(tok.shape[0] - 1):
+        a, b = tok[t], tok[t + 1]
+        for q in range(a, b):
+            lt = last[ids[q]]
+            depth[q - a] = seen - _fenwick_prefix(tree, lt + 1) if lt >= 0 else -1
+        _judge_token(ids, a, b, t, depth, seen, stamp, hist, n_ids)
+        for q in range(a, b):
+            x = ids[q]
+            if last[x] >= 0:
+                _fenwick_add(tree, last[x], -1)
+            else:
+                seen += 1
+            _fenwick_add(tree, q, 1)
+            last[x] = q
+
+
+@numba.njit(cache=True)
+def _next_uses(ids, n_ids):
+    """[R] position of each request's expert's next request (R when never again)."""
+    n = ids.shape[0]
+    nxt = np.empty(n, np.int64)
+    upcoming = np.full(n_ids, n, np.int64)
+    for q in range(n - 1, -1, -1):
+        nxt[q] = upcoming[ids[q]]
+        upcoming[ids[q]] = q
+    return nxt
+
+
+@numba.njit(cache=True)
+def priority_hist(ids, tok, n_ids, policy, m, hist):
+    """Accumulate the LFU / Belady / FSF(m) hit histogram of one sequence's stream.
+
+    Priorities are int64 keys (larger = kept): LFU count * 2^32 + last use, FSF pending
+    future requests * 2^32 + last use, Belady -(next use). `key` holds the key of each
+    stack entry so the Mattson scan reads memory in order.
+    """
+    n = ids.shape[0]
+    T = tok.shape[0] - 1
+    stack = np.empty(n_ids, np.int32)  # stack[i] = id at depth i
+    key = np.empty(n_ids, np.int64)  # key[i] = priority of stack[i]
+    where = np.full(n_ids, -1, np.int64)  # depth of each id, -1 if never used
+    count = np.zeros(n_ids, np.int64)
+    future = np.zeros(n_ids, np.int64)
+    stamp = np.full(n_ids, -1, np.int64)
+    nxt = _next_uses(ids, n_ids) if policy == BELADY else np.empty(0, np.int64)
+    depth = np.empty(_widest_token(tok), np.int64)
+    size = 0
+    if policy == FSF:
+        for q in range(tok[0], tok[min(m - 1, T)]):
+            future[ids[q]] += 1
+    for t in range(T):
+        a, b = tok[t], tok[t + 1]
+        if policy == FSF and t + m - 1 < T:  # token t + m - 1 enters the window t .. t + m - 1
+            for q in range(tok[t + m - 1], tok[t + m]):
+                y = ids[q]
+                future[y] += 1
+                if where[y] >= 0:
+                    key[where[y]] += _SHIFT
+        for q in range(a, b):
+            depth[q - a] = where[ids[q]]
+        _judge_token(ids, a, b, t, depth, size, stamp, hist, n_ids)
+        for q in range(a, b):
+            x = ids[q]
+            if policy == LFU:
+                count[x] += 1
+                kx = count[x] * _SHIFT + q
+            elif policy == FSF:
+                future[x] -= 1
+                kx = future[x] * _SHIFT + q
+            else:
+                kx = -nxt[q]
+            p = where[x]
+            if p < 0:
+                p = size
+                size += 1
+            if p > 0:
+                carry = stack[0]
+                carry_key = key[0]
+                for i in range(1, p):
+                    ki = key[i]
+                    if ki < carry_key:  # the running minimum moves down one step
+                        y = stack[i]
+                        stack[i] = carry
+                        key[i] = carry_key
+                        where[carry] = i
+                        carry = y
+                        carry_key = ki
+                stack[p] = carry
+                key[p] = carry_key
+                where[carry] = p
+            stack[0] = x
+            key[0] = kx
+            where[x] = 0
+
+
+@numba.njit(cache=True, parallel=True)
+def stream_hists(ids, tok, stream_tok, stream_row, stream_ids, n_rows, width, policy, m, n_threads):
+    """Hit histograms of many independent streams, summed into rows [n_rows, width].
+
+    Stream j covers tokens stream_tok[j]:stream_tok[j + 1] of the flat token offsets `tok`
+    (requests ids[tok[...]]), uses ids 0..stream_ids[j]-1 and adds into row stream_row[j].
+    """
+    n_streams = stream_row.shape[0]
+    out = np.zeros((n_threads, n_rows, width), np.int64)
+    for w in numba.prange(n_threads):
+        for j in range(w, n_streams, n_threads):
+            t0 = stream_tok[j]
+            t1 = stream_tok[j + 1]
+            if t1 <= t0:
+                continue
+            sub_tok = tok[t0:t1 + 1] - tok[t0]
+            sub_ids = ids[tok[t0]:tok[t1]]
+            n_ids = stream_ids[j]
+            hist = np.zeros(n_ids + 2, np.int64)
+            if policy == LRU:
+                lru_hist(sub_ids, sub_tok, n_ids, hist)
+            else:
+                priority_hist(sub_ids, sub_tok, n_ids, policy, m, hist)
+            row = stream_row[j]
+            for d in range(1, n_ids + 1):
+                out[w, row, d] += hist[d]
+            out[w, row, width - 1] += hist[n_ids + 1]
+    return out.sum(axis=0)

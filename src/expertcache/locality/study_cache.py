@@ -1,0 +1,169 @@
+"""Hit rates of LRU, LFU, Belady and FSF(m) at every cache size, study accounting (SPEC §2).
+
+One pass per policy gives every size C = 1..E per MoE layer and C = 1..sum(E) for the
+model-level cache. Each sequence starts with an empty cache; results pool hits and requests
+over sequences, and are kept per domain so one pass also answers every domain.
+
+Shape key: L MoE layers, E experts (largest layer), I = sum of the layers' experts, D domains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from ..errors import ExpertcacheError
+from ..trace import Trace
+from . import _stack
+from ._streams import blocks, layer_offsets, layer_stream, model_stream
+
+__all__ = ["POLICIES", "HitCurves", "curves", "hit_counts"]
+
+POLICIES = tuple(_stack.POLICY_CODES)
+
+
+@dataclass(frozen=True)
+class HitCounts:
+    """Raw tallies of one pass: hits per size, per domain, for every layer and the model."""
+
+    per_layer: np.ndarray  # [D, L, E] hits at C = 1..E
+    per_layer_requests: np.ndarray  # [D, L]
+    model_level: np.ndarray  # [D, I] hits at C = 1..I
+    model_requests: np.ndarray  # [D]
+
+
+@dataclass(frozen=True)
+class HitCurves:
+    """Hit rate for every cache size of one policy; `per_layer[l, C-1]`, `model_level[C-1]`.
+
+    Sizes beyond a layer's own expert count (layers with fewer than E experts) hit always.
+    Rates are NaN where there were no requests.
+    """
+
+    policy: str
+    m: int | None
+    num_experts: int
+    top_k: int
+    per_layer: np.ndarray  # [L, E]
+    model_level: np.ndarray  # [I]
+    requests_per_layer: np.ndarray = field(repr=False)  # [L]
+    domain: str | None = None
+
+    def to_json(self) -> dict:
+        """The CLI's JSON contract: policy, m, num_experts, per_layer, model_level."""
+        return {
+            "policy": self.policy,
+            "m": self.m,
+            "num_experts": self.num_experts,
+            "per_layer": [_floats(row) for row in self.per_layer],
+            "model_level": _floats(self.model_level),
+        }
+
+
+def _floats(values: np.ndarray) -> list:
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def check_policy(policy: str, m: int | None) -> int | None:
+    """Validate a policy name and its segment length; returns m as used (None unless fsf)."""
+    if policy not in _stack.POLICY_CODES:
+        raise ExpertcacheError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if policy == "fsf":
+        if m is None:
+            raise ExpertcacheError("policy fsf needs a segment length m (e.g. m=16)")
+        return check_m(m)
+    if m is not None:
+        raise ExpertcacheError(f"segment length m applies only to fsf, not to {policy}")
+    return None
+
+
+def check_m(m) -> int:
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+        raise ExpertcacheError(f"segment length m must be an integer >= 1, got {m!r}")
+    return int(m)
+
+
+def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: bool = True,
+               shuffle: tuple[int, ...] | None = None, progress=None) -> HitCounts:
+    """One pass over the trace: hits at every size, per domain, layer and model level.
+
+    `shuffle` permutes tokens within sequences (see `_streams.blocks`); `progress(n)` is
+    called with the number of sequences done after each block.
+    """
+    m = check_policy(policy, m)
+    code = _stack.POLICY_CODES[policy]
+    L, D = trace.num_moe_layers, len(trace.domains)
+    sizes = np.asarray(trace.model.num_experts, np.int64)
+    E = int(sizes.max())
+    offsets = layer_offsets(trace)
+    I = int(offsets[-1])
+    pad = trace.pad_id
+    threads = numba.get_num_threads()
+    seq_domain = np.asarray(trace.seq_domain, np.int64)
+    layer_hist = np.zeros((D * L, E + 2), np.int64)
+    model_hist = np.zeros((D, I + 2), np.int64)
+    layer_requests = np.zeros((D, L), np.int64)
+    model_requests = np.zeros(D, np.int64)
+    fsf_m = m or 1
+    for block in blocks(trace, shuffle=shuffle):
+        domain = seq_domain[block.seq_start:block.seq_stop]  # [s]
+        s = len(domain)
+        # Per-layer streams, layer-major: stream (l, i) is sequence i of the block in layer l.
+        parts = [layer_stream(block.experts[:, l, :], pad) for l in range(L)]
+        ids = np.concatenate([p[0] for p in parts])
+        tok, base = [np.zeros(1, np.int64)], 0
+        for p in parts:
+            tok.append(p[1][1:] + base)
+            base += p[1][-1]
+        tok = np.concatenate(tok)
+        n = len(block.experts)
+        stream_tok = (np.arange(L)[:, None] * n + block.seq_offsets[None, :-1]).ravel()
+        stream_tok = np.append(stream_tok, L * n)
+        rows = (domain[None, :] * L + np.arange(L)[:, None]).ravel()
+        layer_hist += _stack.stream_hists(ids, tok, stream_tok, rows, np.repeat(sizes, s), D * L, E + 2,
+                                          code, fsf_m, threads)
+        routed = (block.experts != pad).sum(axis=2)  # [n, L]
+        per_seq = np.add.reduceat(routed, block.seq_offsets[:-1], axis=0) if n else routed  # [s, L]
+        np.add.at(layer_requests, domain, per_seq)
+        if model_level:
+            ids, tok = model_stream(block.experts, pad, offsets)
+            model_hist += _stack.stream_hists(ids, tok, block.seq_offsets, domain, np.full(s, I, np.int64),
+                                              D, I + 2, code, fsf_m, threads)
+            np.add.at(model_requests, domain, per_seq.sum(axis=1))
+        if progress is not None:
+            progress(block.seq_stop)
+    per_layer = np.cumsum(layer_hist[:, 1:E + 1], axis=1).reshape(D, L, E)
+    return HitCounts(per_layer, layer_requests, np.cumsum(model_hist[:, 1:I + 1], axis=1), model_requests)
+
+
+def _domain_index(trace: Trace, domain: str | None) -> slice | list[int]:
+    if domain is None:
+        return slice(None)
+    if domain not in trace.domains:
+        raise ExpertcacheError(f"no domain {domain!r} in this trace; it has {', '.join(trace.domains)}")
+    return [trace.domains.index(domain)]
+
+
+def rates(trace: Trace, counts: HitCounts, policy: str, m: int | None, domain: str | None = None) -> HitCurves:
+    """Turn pooled tallies (all domains, or one) into hit-rate curves."""
+    pick = _domain_index(trace, domain)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        layer_requests = counts.per_layer_requests[pick].sum(axis=0)  # [L]
+        per_layer = counts.per_layer[pick].sum(axis=0) / layer_requests[:, None]  # [L, E]
+        model_level = counts.model_level[pick].sum(axis=0) / counts.model_requests[pick].sum()  # [I]
+    return HitCurves(policy, m, trace.num_experts, trace.top_k, per_layer, model_level, layer_requests, domain)
+
+
+def curves(trace: Trace, policy: str, m: int | None = None, domain: str | None = None, *,
+           model_level: bool = True, progress=None) -> HitCurves:
+    """Hit rate at every cache size of `policy` ("lru", "lfu", "belady" or "fsf" with m).
+
+    SCH(m, C) is `curves(trace, "fsf", m).per_layer[:, C-1]` (per layer) or `.model_level`.
+    `domain` restricts the pooling to one domain's sequences.
+    """
+    m = check_policy(policy, m)
+    _domain_index(trace, domain)
+    counts = hit_counts(trace, policy, m, model_level=model_level, progress=progress)
+    return rates(trace, counts, policy, m, domain)

@@ -1,0 +1,114 @@
+"""Hit-rate curves (SPEC §2) against hand-worked cases and the brute-force reference."""
+
+import numpy as np
+import pytest
+
+from expertcache import ExpertcacheError, Trace
+from expertcache.locality import curves
+
+from . import reference
+from .helpers import random_trace
+
+
+def one_layer(tokens, num_experts, domains=None):
+    """A trace with one sequence per item of `tokens`, one layer, each token a list of experts."""
+    return Trace.from_arrays([np.array(seq)[:, None, :] for seq in tokens], num_experts, domains=domains)
+
+
+@pytest.mark.parametrize("policy,m,sequence,num_experts,expected", [
+    # First uses hit while empty slots remain: C=1 keeps only expert 0's first use.
+    ("lru", None, [[0, 1], [2, 0]], 4, [1 / 4, 3 / 4, 1, 1]),
+    # Expert 0, admitted for token 0, is evicted by expert 1 of the same token at C=1.
+    ("lru", None, [[0, 1], [1, 2]], 3, [2 / 4, 3 / 4, 1]),
+    # k = E: every token asks for all experts.
+    ("lru", None, [[0, 1, 2], [0, 1, 2]], 3, [1 / 3, 2 / 3, 1]),
+    ("belady", None, [[0, 1, 2], [0, 1, 2]], 3, [1 / 3, 2 / 3, 1]),
+    # FSF(2): when expert 2 is admitted at token 1, expert 0's request of that token is
+    # already applied and no longer counts, so 0 (nothing pending) goes, not 1.
+    ("fsf", 2, [[1, 0], [0, 2], [1, 2]], 3, [3 / 6, 5 / 6, 1]),
+    # LFU keeps the frequent expert 0 over the recent expert 1.
+    ("lfu", None, [[0], [0], [1], [2], [0]], 3, [2 / 5, 4 / 5, 1]),
+    ("lru", None, [[0], [0], [1], [2], [0]], 3, [2 / 5, 3 / 5, 1]),
+    # Belady evicts the expert used furthest in the future.
+    ("belady", None, [[0], [1], [2], [0], [1]], 3, [1 / 5, 3 / 5, 1]),
+    # A single token.
+    ("fsf", 4, [[2, 0]], 3, [1 / 2, 1, 1]),
+])
+def test_hand_worked(policy, m, sequence, num_experts, expected):
+    result = curves(one_layer([sequence], num_experts), policy, m)
+    np.testing.assert_allclose(result.per_layer[0], expected, atol=1e-12)
+    np.testing.assert_allclose(result.model_level, expected, atol=1e-12)
+    assert reference.hit_rates([sequence], num_experts, policy, m) == pytest.approx(expected)
+
+
+def test_sequences_start_afresh_and_pool():
+    # Two copies of a sequence pool to the single sequence's rate; no carry-over between them.
+    seq = [[0], [1], [0], [2]]
+    once = curves(one_layer([seq], 3), "lru")
+    twice = curves(one_layer([seq, seq], 3), "lru")
+    np.testing.assert_allclose(once.per_layer, twice.per_layer)
+
+
+@pytest.mark.parametrize("policy,m", [("lru", None), ("lfu", None), ("belady", None), ("fsf", 1), ("fsf", 3), ("fsf", 40)])
+@pytest.mark.parametrize("seed", range(6))
+def test_random_traces_match_reference(policy, m, seed):
+    rng = np.random.default_rng([seed, len(policy), m or 0])
+    trace = random_trace(rng, pad_share=0.15 if seed % 2 else 0.0, skew=seed % 3 != 0)
+    fast = curves(trace, policy, m)
+    per_layer, model = reference.trace_curves(trace, policy, m)
+    np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(fast.model_level, model, atol=1e-9, rtol=0)
+    assert fast.per_layer.shape == (trace.num_moe_layers, trace.num_experts)
+    assert fast.model_level.shape == (trace.num_moe_layers * trace.num_experts,)
+
+
+def test_many_experts_long_sequences_match_reference():
+    rng = np.random.default_rng(7)
+    trace = random_trace(rng, sequences=(2, 2), tokens=(30, 40), layers=(2, 2), experts=(12, 12), k=3)
+    for policy, m in (("lru", None), ("lfu", None), ("belady", None), ("fsf", 4)):
+        fast = curves(trace, policy, m)
+        per_layer, model = reference.trace_curves(trace, policy, m)
+        np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
+        np.testing.assert_allclose(fast.model_level, model, atol=1e-9, rtol=0)
+
+
+def test_domains_pool_separately():
+    rng = np.random.default_rng(3)
+    trace = random_trace(rng, sequences=(4, 4), domains=("code", "prose", "math"))
+    for domain in trace.domains:
+        fast = curves(trace, "fsf", 2, domain=domain)
+        per_layer, model = reference.trace_curves(trace, "fsf", 2, domain=domain)
+        np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
+        np.testing.assert_allclose(fast.model_level, model, atol=1e-9, rtol=0)
+
+
+def test_never_used_expert_and_full_cache():
+    result = curves(one_layer([[[0, 1], [1, 2], [0, 2]]], 5), "lfu")
+    assert result.per_layer[0, 2:].tolist() == [1.0, 1.0, 1.0]  # C >= distinct experts used: all hit
+
+
+def test_repeated_first_use_inside_a_token_misses():
+    # Malformed routing that names an expert twice: the repeat was not cached before the token.
+    trace = one_layer([[[0, 0], [0, 1]]], 2)
+    expected = [2 / 4, 3 / 4]
+    assert reference.hit_rates([[[0, 0], [0, 1]]], 2, "lru") == pytest.approx(expected)
+    np.testing.assert_allclose(curves(trace, "lru").per_layer[0], expected)
+
+
+def test_to_json_contract():
+    out = curves(one_layer([[[0, 1], [2, 0]]], 4), "fsf", 2).to_json()
+    assert set(out) == {"policy", "m", "num_experts", "per_layer", "model_level"}
+    assert out["policy"] == "fsf" and out["m"] == 2 and out["num_experts"] == 4
+    assert len(out["per_layer"]) == 1 and len(out["per_layer"][0]) == 4 and len(out["model_level"]) == 4
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"policy": "arc"}, "unknown policy"),
+    ({"policy": "fsf"}, "needs a segment length"),
+    ({"policy": "fsf", "m": 0}, "m must be an integer >= 1"),
+    ({"policy": "lru", "m": 4}, "applies only to fsf"),
+    ({"policy": "lru", "domain": "nope"}, "no domain 'nope'"),
+])
+def test_invalid_parameters(kwargs, message):
+    with pytest.raises(ExpertcacheError, match=message):
+        curves(one_layer([[[0, 1]]], 2), **kwargs)
