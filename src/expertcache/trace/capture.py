@@ -1,0 +1,344 @@
+"""Capture routing traces from Hugging Face MoE models: loading, model description, prefill.
+
+Shape key: B sequences per batch, T tokens per sequence, L MoE layers, K top-k.
+
+`capture_corpus` runs teacher-forced prefill over seeded corpus windows and streams each
+sequence's routing into a trace (crash-safe shards; re-running the same call resumes and
+skips finished sequences). `generate.capture_generation` covers prompt + decode. A seq2seq
+model (Switch Transformers) has two stacks: they are written as OUT/encoder and OUT/decoder,
+two ordinary traces, with OUT/stacks.json naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ExpertcacheError
+from .adapters import Adapter, MoEBlock, adapter_for, find_blocks
+from .format import PREFILL, write_json_atomic
+from .model_info import ModelInfo
+from .recorder import RoutingRecorder
+from .trace import Trace
+from .writer import TraceWriter
+
+__all__ = ["CaptureResult", "LoadedModel", "capture_corpus", "describe", "load_model", "open_writers"]
+
+STACKS_FILE = "stacks.json"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for capture: the network, its family adapter, its MoE layers per stack."""
+
+    name: str
+    model: nn.Module
+    adapter: Adapter
+    blocks: list[MoEBlock]
+    infos: dict[str, ModelInfo]  # stack -> description
+    tokenizer: object | None = None
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return bool(getattr(self.model.config, "is_encoder_decoder", False))
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def recorder(self, *, logits: bool = False, stale_gate: bool = False) -> RoutingRecorder:
+        return RoutingRecorder(self.model, self.adapter, self.blocks, logits=logits, stale_gate=stale_gate)
+
+
+@dataclass
+class CaptureResult:
+    """Where the traces went and how fast capture ran."""
+
+    path: Path
+    traces: dict[str, Path]  # stack -> trace directory
+    new_tokens: int  # tokens captured by this run (resumed ones excluded)
+    seconds: float  # time spent in forward passes
+    skipped_sequences: int = 0
+    details: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def load(self, stack: str | None = None) -> Trace:
+        """The captured trace (of `stack`, for seq2seq models)."""
+        if stack is None:
+            if len(self.traces) != 1:
+                raise ExpertcacheError(f"this capture holds stacks {sorted(self.traces)}; name one")
+            stack = next(iter(self.traces))
+        return Trace.load(self.traces[stack])
+
+
+# ---------------------------------------------------------------------------- loading
+def load_model(model_id: str | os.PathLike, *, device_map: str | None = None, dtype: str = "auto",
+               trust_remote_code: bool = False, tokenizer: str | os.PathLike | None = None,
+               need_tokenizer: bool = True) -> LoadedModel:
+    """Load a hub id or local folder with `from_pretrained` and locate its MoE layers."""
+    import transformers
+
+    name = str(model_id)
+    if dtype not in DTYPES:
+        raise ExpertcacheError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    local = Path(name).expanduser()
+    if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name):
+        raise ExpertcacheError(f"model folder {name} does not exist")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise ExpertcacheError(f"{name} has no config.json; not a transformers model folder")
+    if device_map == "auto":
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise ExpertcacheError("device_map 'auto' needs accelerate: pip install accelerate") from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ExpertcacheError(_load_error(name, e)) from None
+    checkpoint_dtype = _dtype_name(getattr(config, "dtype", None))
+    auto = transformers.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else transformers.AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(name, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        raise ExpertcacheError(_load_error(name, e)) from None
+    model.eval()
+    if checkpoint_dtype == "unknown":
+        checkpoint_dtype = _dtype_name(next(model.parameters()).dtype)
+    adapter = adapter_for(model)
+    blocks = find_blocks(model, adapter)
+    if not blocks:
+        raise ExpertcacheError(f"{name} ({type(model).__name__}) has no MoE layers")
+    loaded = LoadedModel(name, model, adapter, blocks, describe(name, model, adapter, blocks, checkpoint_dtype))
+    if need_tokenizer:
+        loaded.tokenizer = _load_tokenizer(tokenizer or name, trust_remote_code)
+    return loaded
+
+
+def _load_error(name: str, error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "does not recognize this architecture" in str(error) or "model_type" in str(error):
+        return f"unknown architecture in {name}: {text} (a custom model needs --trust-remote-code)"
+    return f"cannot load {name}: {text}"
+
+
+def _load_tokenizer(name: str, trust_remote_code: bool):
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(name), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExpertcacheError(f"no usable tokenizer in {name} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                               "pass --tokenizer") from None
+
+
+def _dtype_name(dtype) -> str:
+    if dtype is None:
+        return "unknown"
+    return str(dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------------------- description
+def describe(name: str, model: nn.Module, adapter: Adapter, blocks: list[MoEBlock], dtype: str) -> dict[str, ModelInfo]:
+    """One ModelInfo per stack: MoE layers, experts, k, shared experts, bytes of one expert."""
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size() if hasattr(torch, dtype) else None
+    config = model.config
+    architecture = (getattr(config, "architectures", None) or [type(model).__name__])[0]
+    infos = {}
+    for stack in sorted({b.stack for b in blocks}, key=lambda s: s != "encoder"):
+        mine = sorted((b for b in blocks if b.stack == stack), key=lambda b: b.layer)
+        top_ks = {b.top_k for b in mine}
+        if None in top_ks:
+            top_ks = {_config_top_k(config)}
+        if len(top_ks) != 1 or None in top_ks:
+            raise ExpertcacheError(f"cannot tell the top-k of {name} (layers report {sorted(map(str, top_ks))})")
+        infos[stack] = ModelInfo(
+            name=name,
+            architecture=architecture,
+            num_layers=mine[0].num_layers,
+            moe_layers=tuple(b.layer for b in mine),
+            num_experts=tuple(b.num_experts for b in mine),
+            top_k=top_ks.pop(),
+            num_shared_experts=_shared_experts(mine[0], config),
+            expert_bytes=tuple(_expert_bytes(b, itemsize) for b in mine),
+            dtype=dtype,
+            stack=stack,
+            extra={"family": adapter.name, "model_type": config.model_type, "routing": adapter.routing,
+                   "capture_source": "experts registry" if adapter.source == "experts" else "router hook"},
+        )
+    return infos
+
+
+def _config_top_k(config) -> int | None:
+    for key in ("num_experts_per_tok", "moe_top_k", "top_k"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return 1 if config.model_type == "switch_transformers" else None
+
+
+def _shared_experts(block: MoEBlock, config) -> int:
+    if block.shared is None:
+        return 0
+    n = getattr(config, "n_shared_experts", None)
+    return int(n) if isinstance(n, int) and n > 0 else 1
+
+
+def _expert_bytes(block: MoEBlock, itemsize: int | None) -> int:
+    """Bytes of one routed expert: the experts' parameters divided by their count."""
+    params = list(block.experts.parameters())
+    numel = sum(p.numel() for p in params)
+    size = itemsize or params[0].element_size()
+    return int(numel * size // block.num_experts)
+
+
+# ---------------------------------------------------------------------------- writing
+def open_writers(loaded: LoadedModel, out: str | os.PathLike, *, capture: dict, corpus: dict | None,
+                 domains: list[str] | None, optional: tuple[str, ...], overwrite: bool,
+                 shard_tokens: int | None = None) -> dict[str, TraceWriter]:
+    """One TraceWriter per stack: OUT itself for one stack, OUT/<stack> for seq2seq models."""
+    out = Path(out)
+    stacks = list(loaded.infos)
+    kwargs = dict(capture=capture, corpus=corpus, domains=domains, optional=optional, overwrite=overwrite)
+    if shard_tokens:
+        kwargs["shard_tokens"] = shard_tokens
+    if len(stacks) == 1:
+        return {stacks[0]: TraceWriter(out, loaded.infos[stacks[0]], **kwargs)}
+    if out.exists() and overwrite:
+        import shutil
+
+        shutil.rmtree(out)
+    if out.exists() and not (out / STACKS_FILE).is_file() and any(out.iterdir()):
+        raise ExpertcacheError(f"{out} exists and is not a capture of a seq2seq model; choose another output")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / STACKS_FILE, {
+        "note": "a seq2seq model: each stack is a separate trace in the folder of its name",
+        "stacks": stacks, "model": loaded.name,
+    })
+    return {stack: TraceWriter(out / stack, loaded.infos[stack], **{**kwargs, "overwrite": False}) for stack in stacks}
+
+
+def trace_paths(out: str | os.PathLike) -> dict[str, Path]:
+    """stack -> trace directory of a capture output (one trace, or the stacks of a seq2seq model)."""
+    out = Path(out)
+    if (out / STACKS_FILE).is_file():
+        stacks = json.loads((out / STACKS_FILE).read_text())["stacks"]
+        return {s: out / s for s in stacks}
+    return {"decoder": out}
+
+
+# ---------------------------------------------------------------------------- prefill
+def capture_corpus(
+    model: str | os.PathLike | LoadedModel,
+    corpus: list[str],
+    out: str | os.PathLike,
+    *,
+    samples: int = 16,
+    length: int = 512,
+    seed: int = 0,
+    device_map: str | None = None,
+    dtype: str = "auto",
+    logits: bool = False,
+    stale_gate: bool = False,
+    overwrite: bool = False,
+    batch_tokens: int = 8192,
+    tokenizer: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+    shard_tokens: int | None = None,
+    progress: bool = False,
+) -> CaptureResult:
+    """Teacher-forced prefill over `samples` windows of `length` tokens from each corpus source."""
+    from .corpus import corpus_description, open_sources, sample_windows
+
+    domains = open_sources(list(corpus))  # a bad source fails before the model loads
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, device_map=device_map, dtype=dtype, trust_remote_code=trust_remote_code, tokenizer=tokenizer)
+    if loaded.tokenizer is None:
+        raise ExpertcacheError("capture over a corpus needs the model's tokenizer")
+    windows = list(sample_windows(domains, loaded.tokenizer, samples, length, seed))
+    _check_vocab(loaded, max(int(w.token_ids.max()) for w in windows))
+    settings = {"mode": "prefill", "samples_per_domain": samples, "length": length, "seed": seed,
+                "dtype": dtype, "model": loaded.name}
+    optional = tuple(n for n, on in (("logits", logits), ("stale_gate", stale_gate)) if on)
+    writers = open_writers(loaded, out, capture=settings, corpus=corpus_description(domains),
+                           domains=[d.name for d in domains], optional=optional, overwrite=overwrite,
+                           shard_tokens=shard_tokens)
+    done = set.intersection(*(w.done_keys for w in writers.values()))
+    todo = [w for w in windows if w.key not in done]
+    batch = max(1, batch_tokens // length)
+    seconds, new_tokens = 0.0, 0
+    try:
+        with loaded.recorder(logits=logits, stale_gate=stale_gate) as recorder, _progress(progress, len(todo) * length) as bar:
+            for start in range(0, len(todo), batch):
+                chunk = todo[start:start + batch]
+                ids = torch.from_numpy(np.stack([w.token_ids for w in chunk])).long()  # [B, T]
+                t0 = time.perf_counter()
+                inputs = _prefill_inputs(loaded, ids.to(loaded.input_device))
+                with torch.inference_mode():
+                    loaded.model.base_model(**inputs, use_cache=False)
+                routed = {stack: recorder.take(stack) for stack in writers}
+                seconds += time.perf_counter() - t0
+                for stack, writer in writers.items():
+                    tokens = inputs["decoder_input_ids" if stack == "decoder" and loaded.is_seq2seq else "input_ids"]
+                    _add_batch(writer, routed[stack], tokens.cpu().numpy(), chunk, PREFILL)
+                new_tokens += ids.numel()
+                bar(ids.numel(), new_tokens / seconds)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return CaptureResult(Path(out), trace_paths(out), new_tokens, seconds, len(windows) - len(todo))
+
+
+def _check_vocab(loaded: LoadedModel, max_id: int) -> None:
+    vocab = loaded.model.get_input_embeddings().num_embeddings
+    if max_id >= vocab:
+        raise ExpertcacheError(f"the tokenizer produced id {max_id}, but {loaded.name} has only {vocab} embeddings; "
+                               "use the model's own tokenizer")
+
+
+def _prefill_inputs(loaded: LoadedModel, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    if not loaded.is_seq2seq:
+        return {"input_ids": ids}
+    # Teacher forcing for an encoder-decoder: the decoder reads the same window shifted right.
+    return {"input_ids": ids, "decoder_input_ids": loaded.model.prepare_decoder_input_ids_from_labels(labels=ids)}
+
+
+def _add_batch(writer: TraceWriter, routed: dict[str, np.ndarray], tokens: np.ndarray, chunk, phase: int) -> None:
+    B, T = tokens.shape
+    arrays = {name: value.reshape(B, T, *value.shape[1:]) for name, value in routed.items()}  # [B, T, L, ...]
+    for b, window in enumerate(chunk):
+        writer.add_sequence(
+            arrays["experts"][b], arrays["weights"][b], tokens=tokens[b], phase=phase, domain=window.domain,
+            key=window.key, **{n: arrays[n][b] for n in ("logits", "stale_gate") if n in arrays},
+        )
+
+
+class _progress:
+    """A rich progress bar over tokens (or nothing); call it with (tokens done, tokens/s)."""
+
+    def __init__(self, enabled: bool, total: int, what: str = "capturing"):
+        self.enabled, self.total, self.what = enabled, total, what
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda advance, rate: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+                             TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=False)
+        self._bar.start()
+        task = self._bar.add_task(self.what, total=self.total, rate="")
+        return lambda advance, rate: self._bar.update(task, advance=advance, rate=f"{rate:,.0f} tok/s")
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.stop()
