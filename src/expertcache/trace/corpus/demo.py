@@ -122,7 +122,9 @@ def _read_docs() -> Iterator[str]:
 def _module_reference(module) -> str:
     """A plain-text reference page for a module built into the interpreter (no source file,
     so none of it overlaps the code domain)."""
-    lines = [module.__name__, "=" * len(module.__name__), "", inspect.getdoc(module) or "", ""]
+    lines = [module.__name__, "=" * len(module.__name__), ""]
+    if inspect.getdoc(module):
+        lines += [inspect.getdoc(module), ""]
     for name, member in sorted(vars(module).items()):
         if name.startswith("_") or not (callable(member) or inspect.isclass(member)):
             continue
@@ -188,18 +190,20 @@ def demo_tokenizer():
         )
 
 
-def train_demo_tokenizer(out: Path, vocab_size: int = 4096, chars_per_domain: int = 2 << 20):
-    """Train the demo tokenizer on the first ``chars_per_domain`` characters of each domain."""
+def train_demo_tokenizer(out: Path, vocab_size: int = 4096, chars_per_domain: int = 1 << 20):
+    """Train the demo tokenizer on ``chars_per_domain`` characters of each domain (a small
+    domain is repeated), so every domain weighs the same in the learned merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     def corpus() -> Iterator[str]:
         for name in DEMO_DOMAINS:
             remaining = chars_per_domain
-            for text in demo_domain(name).texts():
-                yield text[:remaining]
-                remaining -= len(text)
-                if remaining <= 0:
-                    break
+            while remaining > 0:
+                for text in demo_domain(name).texts():
+                    yield text[:remaining]
+                    remaining -= len(text)
+                    if remaining <= 0:
+                        break
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
