@@ -1,0 +1,150 @@
+"""Capture as a long job: resume after kill -9 and Ctrl-C, model description, user mistakes, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from expertcache.errors import ExpertcacheError
+from expertcache.trace import Trace
+from expertcache.trace.capture import capture_corpus, load_model
+
+SMALL = dict(samples=3, length=16, batch_tokens=16, shard_tokens=32)  # 6 windows, one per forward, 2 per shard
+
+
+def test_kill_9_after_the_first_shard_leaves_a_valid_trace_and_the_rerun_resumes(tiny_model, text_corpus, tmp_path):
+    folder, out = tiny_model("olmoe"), tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from expertcache.trace import writer
+        commit = writer.TraceWriter.flush
+        def flush_then_die(self):
+            commit(self)
+            if self._next_shard == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+        writer.TraceWriter.flush = flush_then_die
+        from expertcache.trace.capture import capture_corpus
+        capture_corpus({folder!r}, {text_corpus!r}, {str(out)!r}, **{SMALL!r})
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == -9, run.stderr[-2000:]
+    partial = Trace.load(out)
+    assert partial.num_sequences == 2
+
+    resumed = capture_corpus(folder, text_corpus, out, **SMALL)
+    assert resumed.skipped_sequences == 2 and resumed.new_tokens == 4 * 16
+    fresh = capture_corpus(folder, text_corpus, tmp_path / "fresh", **SMALL)
+    a, b = Trace.load(out), fresh.load()
+    assert a.num_sequences == 6
+    np.testing.assert_array_equal(a.experts, b.experts)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert [a.domains[i] for i in a.seq_domain] == [b.domains[i] for i in b.seq_domain]
+
+
+def test_ctrl_c_commits_the_finished_sequences(tiny_model, text_corpus, tmp_path, monkeypatch):
+    from expertcache.trace import recorder
+
+    folder, out = tiny_model("olmoe"), tmp_path / "interrupted"
+    take, calls = recorder.RoutingRecorder.take, []
+
+    def take_then_interrupt(self, stack="decoder"):
+        calls.append(stack)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return take(self, stack)
+
+    monkeypatch.setattr(recorder.RoutingRecorder, "take", take_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        capture_corpus(folder, text_corpus, out, **{**SMALL, "shard_tokens": 1000})
+    assert Trace.load(out).num_sequences == 3  # nothing was flushed before the interrupt
+    monkeypatch.undo()
+    assert capture_corpus(folder, text_corpus, out, **SMALL).skipped_sequences == 3
+    assert Trace.load(out).num_sequences == 6
+
+
+def test_other_settings_on_the_same_output_are_refused(tiny_model, text_corpus, tmp_path):
+    folder = tiny_model("olmoe")
+    capture_corpus(folder, text_corpus, tmp_path / "t", **SMALL)
+    with pytest.raises(ExpertcacheError, match="other settings"):
+        capture_corpus(folder, text_corpus, tmp_path / "t", **{**SMALL, "seed": 1})
+    assert capture_corpus(folder, text_corpus, tmp_path / "t", **{**SMALL, "seed": 1}, overwrite=True).skipped_sequences == 0
+
+
+def test_model_description_counts_expert_bytes_in_the_checkpoint_dtype(tiny_model, tmp_path):
+    import torch
+    import transformers
+
+    # OLMoE: gate, up, down of [I=32, H=32] per expert; GPT-OSS adds the biases (2I + H).
+    assert load_model(tiny_model("olmoe"), need_tokenizer=False).infos["decoder"].expert_bytes == (3 * 32 * 32 * 4,) * 2
+    gpt = load_model(tiny_model("gpt_oss"), need_tokenizer=False).infos["decoder"]
+    assert gpt.expert_bytes == ((3 * 32 * 32 + 2 * 32 + 32) * 4,) * 2 and gpt.dtype == "float32"
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model("qwen3_moe"), dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    info = load_model(tmp_path / "bf16", need_tokenizer=False, dtype="float32").infos["decoder"]
+    assert info.dtype == "bfloat16" and info.expert_bytes == (3 * 16 * 32 * 2,) * 2
+    assert info.num_layers == 4 and info.num_experts == (16, 16) and info.top_k == 4
+    assert info.extra["family"] == "Qwen3-MoE" and info.extra["capture_source"] == "experts registry"
+
+
+@pytest.fixture
+def dense_model(tmp_path_factory, tokenizer):
+    import transformers
+
+    folder = tmp_path_factory.mktemp("dense")
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=32,
+                                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return str(folder)
+
+
+def test_user_mistakes_are_one_line_errors(tiny_model, text_corpus, tmp_path, dense_model):
+    folder = tiny_model("olmoe")
+    cases = [
+        (dict(model=str(tmp_path / "nowhere")), "does not exist"),
+        (dict(model=str(_folder_with(tmp_path / "alien", {"model_type": "no_such_family"}))), "unknown architecture"),
+        (dict(model=dense_model), "no MoE layers"),
+        (dict(corpus=[str(_folder_with(tmp_path / "empty", None))]), "empty|no text"),
+        (dict(length=10_000), "fewer than one window"),
+    ]
+    for change, message in cases:
+        args = {"model": folder, "corpus": text_corpus, "out": tmp_path / "o", "samples": 1, "length": 16, **change}
+        with pytest.raises(ExpertcacheError, match=message) as error:
+            capture_corpus(args.pop("model"), args.pop("corpus"), args.pop("out"), **args)
+        assert "\n" not in str(error.value)
+
+
+def _folder_with(folder, config):
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-c", "from expertcache.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_trace_prefill_then_generate_and_errors(tiny_model, text_corpus, tmp_path):
+    folder = tiny_model("qwen3_moe")
+    run = _cli("trace", folder, "--corpus", text_corpus[0], "--corpus", text_corpus[1], "--samples", "2",
+               "--length", "16", "--out", str(tmp_path / "p"), "--logits")
+    assert run.returncode == 0, run.stderr
+    assert "tokens/s" in run.stderr
+    trace = Trace.load(tmp_path / "p")
+    assert trace.num_sequences == 4 and trace.logits is not None and trace.capture["mode"] == "prefill"
+
+    run = _cli("trace", folder, "--prompt", "import os", "--generate", "3", "--out", str(tmp_path / "g"))
+    assert run.returncode == 0, run.stderr
+    assert (Trace.load(tmp_path / "g").phase == 1).sum() == 3
+
+    for args in (("trace", str(tmp_path / "missing"), "--corpus", text_corpus[0], "--out", str(tmp_path / "x")),
+                 ("trace", folder, "--out", str(tmp_path / "x")),
+                 ("trace", folder, "--prompt", "hi", "--out", str(tmp_path / "x"))):
+        run = _cli(*args)
+        assert run.returncode == 2 and run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
