@@ -1,18 +1,18 @@
 """Compiled policy kernels: the four calls every cache loop makes (SPEC §4).
 
-    on_access(state, key, t, batch, hint, repeat)
-                                            a request for `key` at stream position t; the first
-                                            of its batch is the lookup (hit or miss), a repeat
-                                            only refreshes recency (counts once per batch)
-    on_insert(state, key, t, prefetched)    `key` became resident (end of its batch, or a prefetch)
-    on_evict(state, key)                    `key` left the cache
-    victim(state, pool, busy, epoch)        lowest-priority key of `pool` whose busy[key] < epoch,
-                                            or -1; no side effects, so a runtime may ask first
+    on_access(I, F, key, t, batch, hint, repeat)
+        a request for `key` at stream position t; the first of its batch is the lookup (hit or
+        miss), a repeat only refreshes recency (frequencies count once per batch)
+    on_insert(I, F, key, t, prefetched) `key` became resident (end of its batch, or a prefetch)
+    on_evict(I, F, key)                 `key` left the cache
+    victim(I, F, pool, busy, epoch)     lowest-priority key of `pool` with busy[key] < epoch,
+                                        or -1; no side effects, so a runtime may ask first
 
-`hint` carries what an oracle reads from the future (Belady: the next batch that uses the key),
-annotated once over the trace. Ties always break the same way: least recently used first, then
-the lower key. The simulator calls these inside one compiled loop; the runtime calls them per
-layer call. Each policy's logic is a few lines below; `kind` selects it.
+(I, F) are a PolicyState's two arrays (state.py), passed as arrays: a compiled call that
+unpacks a tuple costs several times the work of an LRU access. `hint` carries what an oracle reads from the future
+(Belady: the next batch that uses the key), annotated once over the trace. Ties always break
+the same way: least recently used first, then the lower key. The simulator calls these inside
+one compiled loop; the runtime calls them per layer call. `kind` selects a policy's branch.
 """
 
 from __future__ import annotations
@@ -22,189 +22,191 @@ import math
 import numba
 import numpy as np
 
-LRU, FIFO, LFU, LFU_DECAY, BELADY, STATIC, GDSF, RANDOM = range(8)
-LIST_KINDS = (LRU, FIFO)
+from .state import (COUNT, FIXED, HEADER, HEAP, HEAP_POS, KEY_POOL, KEY_SIZE, LAST_USE, MEMBER, NXT, PARAMS,
+                    POOL_CLOCK, POOL_EVICTIONS, POOL_LEN, POOL_START, PREV, PRIO, SCRATCH, STAMP)
 
-_jit = numba.njit(cache=True)
+LRU, FIFO, LFU, LFU_DECAY, BELADY, STATIC, GDSF, RANDOM = range(8)
+
+# No reference counting inside kernels (they never allocate): with it, every call from the
+# loop pays atomic increments worth several times an LRU access.
+_jit = numba.njit(cache=True, _nrt=False)
 
 
 # ----------------------------------------------------------------- recency / insertion lists
 @_jit
-def _unlink(st, k):
-    p, n = st.prev[k], st.nxt[k]
-    st.nxt[p] = n
-    st.prev[n] = p
+def _unlink(I, k):
+    p, n = I[PREV, k], I[NXT, k]
+    I[NXT, p] = n
+    I[PREV, n] = p
 
 
 @_jit
-def _link_after(st, at, k):
-    n = st.nxt[at]
-    st.nxt[at] = k
-    st.prev[k] = at
-    st.nxt[k] = n
-    st.prev[n] = k
+def _link_after(I, at, k):
+    n = I[NXT, at]
+    I[NXT, at] = k
+    I[PREV, k] = at
+    I[NXT, k] = n
+    I[PREV, n] = k
 
 
 @_jit
-def _list_victim(st, pool, busy, epoch):
-    sentinel = len(st.key_pool) + pool
-    k = st.prev[sentinel]  # tail = least recent / oldest
+def _list_victim(I, pool, busy, epoch):
+    sentinel = I[HEADER, 1] + pool
+    k = I[PREV, sentinel]  # tail = least recent / oldest
     while k != sentinel and busy[k] >= epoch:
-        k = st.prev[k]
+        k = I[PREV, k]
     return -1 if k == sentinel else k
 
 
 # ----------------------------------------------------------------- indexed min-heap per pool
 @_jit
-def _before(st, a, b):
+def _before(I, F, a, b):
     """True if key a is evicted before key b: (prio, last use, key) ascending."""
-    if st.prio[a] != st.prio[b]:
-        return st.prio[a] < st.prio[b]
-    if st.last_use[a] != st.last_use[b]:
-        return st.last_use[a] < st.last_use[b]
+    if F[PRIO, a] != F[PRIO, b]:
+        return F[PRIO, a] < F[PRIO, b]
+    if I[LAST_USE, a] != I[LAST_USE, b]:
+        return I[LAST_USE, a] < I[LAST_USE, b]
     return a < b
 
 
 @_jit
-def _place(st, base, i, k):
-    st.heap[base + i] = k
-    st.heap_pos[k] = i
+def _place(I, base, i, k):
+    I[HEAP, base + i] = k
+    I[HEAP_POS, k] = i
 
 
 @_jit
-def _sift_up(st, base, i):
-    k = st.heap[base + i]
+def _sift_up(I, F, base, i):
+    k = I[HEAP, base + i]
     while i > 0:
         parent = (i - 1) >> 1
-        pk = st.heap[base + parent]
-        if not _before(st, k, pk):
+        pk = I[HEAP, base + parent]
+        if not _before(I, F, k, pk):
             break
-        _place(st, base, i, pk)
+        _place(I, base, i, pk)
         i = parent
-    _place(st, base, i, k)
+    _place(I, base, i, k)
 
 
 @_jit
-def _sift_down(st, base, n, i):
-    k = st.heap[base + i]
+def _sift_down(I, F, base, n, i):
+    k = I[HEAP, base + i]
     while True:
         child = 2 * i + 1
         if child >= n:
             break
-        ck = st.heap[base + child]
+        ck = I[HEAP, base + child]
         if child + 1 < n:
-            rk = st.heap[base + child + 1]
-            if _before(st, rk, ck):
+            rk = I[HEAP, base + child + 1]
+            if _before(I, F, rk, ck):
                 child += 1
                 ck = rk
-        if not _before(st, ck, k):
+        if not _before(I, F, ck, k):
             break
-        _place(st, base, i, ck)
+        _place(I, base, i, ck)
         i = child
-    _place(st, base, i, k)
+    _place(I, base, i, k)
 
 
 @_jit
-def _heap_push(st, k):
-    pool = st.key_pool[k]
-    base, n = st.pool_start[pool], st.pool_len[pool]
-    _place(st, base, n, k)
-    st.pool_len[pool] = n + 1
-    _sift_up(st, base, n)
+def _heap_push(I, F, k):
+    pool = I[KEY_POOL, k]
+    base, n = I[POOL_START, pool], I[POOL_LEN, pool]
+    _place(I, base, n, k)
+    I[POOL_LEN, pool] = n + 1
+    _sift_up(I, F, base, n)
 
 
 @_jit
-def _heap_remove(st, k):
-    pool = st.key_pool[k]
-    base, n = st.pool_start[pool], st.pool_len[pool] - 1
-    i = st.heap_pos[k]
-    st.heap_pos[k] = -1
-    st.pool_len[pool] = n
+def _heap_remove(I, F, k):
+    pool = I[KEY_POOL, k]
+    base, n = I[POOL_START, pool], I[POOL_LEN, pool] - 1
+    i = I[HEAP_POS, k]
+    I[HEAP_POS, k] = -1
+    I[POOL_LEN, pool] = n
     if i == n:
         return
-    moved = st.heap[base + n]
-    _place(st, base, i, moved)
-    _sift_up(st, base, i)
-    _sift_down(st, base, n, st.heap_pos[moved])
+    moved = I[HEAP, base + n]
+    _place(I, base, i, moved)
+    _sift_up(I, F, base, i)
+    _sift_down(I, F, base, n, I[HEAP_POS, moved])
 
 
 @_jit
-def _heap_update(st, k):
-    """Restore heap order after prio/last_use of member k changed."""
-    pool = st.key_pool[k]
-    base, n = st.pool_start[pool], st.pool_len[pool]
-    i = st.heap_pos[k]
-    _sift_up(st, base, i)
-    _sift_down(st, base, n, st.heap_pos[k])
+def _heap_update(I, F, k):
+    """Restore heap order after the priority or last use of member k changed."""
+    pool = I[KEY_POOL, k]
+    base, n = I[POOL_START, pool], I[POOL_LEN, pool]
+    _sift_up(I, F, base, I[HEAP_POS, k])
+    _sift_down(I, F, base, n, I[HEAP_POS, k])
 
 
 @_jit
-def _heap_victim(st, pool, busy, epoch):
+def _heap_victim(I, F, pool, busy, epoch):
     """Least key not busy. Busy keys near the root are stepped over by a pruned search."""
-    base, n = st.pool_start[pool], st.pool_len[pool]
+    base, n = I[POOL_START, pool], I[POOL_LEN, pool]
     if n == 0:
         return -1
-    root = st.heap[base]
+    root = I[HEAP, base]
     if busy[root] < epoch:
         return root
     best = -1
-    stack = np.empty(n, np.int64)
-    stack[0] = 0
+    I[SCRATCH, 0] = 0  # stack of heap indices
     top = 1
     while top > 0:
         top -= 1
-        i = stack[top]
-        k = st.heap[base + i]
-        if best >= 0 and not _before(st, k, best):
+        i = I[SCRATCH, top]
+        k = I[HEAP, base + i]
+        if best >= 0 and not _before(I, F, k, best):
             continue  # this subtree cannot beat the best found
         if busy[k] < epoch:
             best = k
             continue
         for child in (2 * i + 1, 2 * i + 2):
             if child < n:
-                stack[top] = child
+                I[SCRATCH, top] = child
                 top += 1
     return best
 
 
 # ----------------------------------------------------------------- unordered set (random policy)
 @_jit
-def _set_add(st, k):
-    pool = st.key_pool[k]
-    _place(st, st.pool_start[pool], st.pool_len[pool], k)
-    st.pool_len[pool] += 1
+def _set_add(I, k):
+    pool = I[KEY_POOL, k]
+    _place(I, I[POOL_START, pool], I[POOL_LEN, pool], k)
+    I[POOL_LEN, pool] += 1
 
 
 @_jit
-def _set_remove(st, k):
-    pool = st.key_pool[k]
-    base, n = st.pool_start[pool], st.pool_len[pool] - 1
-    i = st.heap_pos[k]
-    st.heap_pos[k] = -1
-    st.pool_len[pool] = n
+def _set_remove(I, k):
+    pool = I[KEY_POOL, k]
+    base, n = I[POOL_START, pool], I[POOL_LEN, pool] - 1
+    i = I[HEAP_POS, k]
+    I[HEAP_POS, k] = -1
+    I[POOL_LEN, pool] = n
     if i != n:
-        _place(st, base, i, st.heap[base + n])
+        _place(I, base, i, I[HEAP, base + n])
 
 
 @_jit
 def _mix(x):
     """splitmix64 finaliser: a reproducible pseudo-random draw from a counter."""
-    x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
 
 
 @_jit
-def _random_victim(st, pool, busy, epoch):
-    base, n = st.pool_start[pool], st.pool_len[pool]
+def _random_victim(I, F, pool, busy, epoch):
+    base, n = I[POOL_START, pool], I[POOL_LEN, pool]
     if n == 0:
         return -1
-    seed = np.uint64(int(st.params[0])) * np.uint64(1000003) + np.uint64(pool)
-    draw = _mix(seed * np.uint64(0x100000001B3) + np.uint64(st.pool_evictions[pool]))
+    seed = np.uint64(int(F[PARAMS, 0])) * np.uint64(1000003) + np.uint64(pool)
+    draw = _mix(seed * np.uint64(0x100000001B3) + np.uint64(I[POOL_EVICTIONS, pool]))
     start = np.int64(draw % np.uint64(n))
-    for j in range(n):  # first non-busy key from a random start
-        k = st.heap[base + (start + j) % n]
+    for j in range(n):  # the first key not busy from a random start
+        k = I[HEAP, base + (start + j) % n]
         if busy[k] < epoch:
             return k
     return -1
@@ -212,82 +214,82 @@ def _random_victim(st, pool, busy, epoch):
 
 # ----------------------------------------------------------------- the four calls
 @_jit
-def on_access(st, k, t, batch, hint, repeat):
-    kind = st.kind[0]
-    st.last_use[k] = t
+def on_access(I, F, k, t, batch, hint, repeat):
+    kind = I[HEADER, 0]
+    I[LAST_USE, k] = t
     if kind == LRU:
-        if st.member[k]:
-            _unlink(st, k)
-            _link_after(st, len(st.key_pool) + st.key_pool[k], k)
+        if I[MEMBER, k]:
+            _unlink(I, k)
+            _link_after(I, I[HEADER, 1] + I[KEY_POOL, k], k)
         return
     if kind == FIFO or kind == RANDOM:
         return
     if kind == BELADY:
-        st.prio[k] = -float(hint)  # the later the next use, the sooner evicted
+        F[PRIO, k] = -float(hint)  # the later the next use, the sooner evicted
     elif repeat:
-        pass  # counts once per batch; the new last use still moves it in the heap
+        pass  # frequencies count once per batch; the new last use still reorders ties
     elif kind == LFU:
-        st.count[k] += 1.0
-        st.prio[k] = st.count[k]
+        F[COUNT, k] += 1.0
+        F[PRIO, k] = F[COUNT, k]
     elif kind == LFU_DECAY:
-        rate = st.params[0]
-        st.count[k] = st.count[k] * math.exp(-rate * (batch - st.stamp[k])) + 1.0
-        st.stamp[k] = batch
-        st.prio[k] = math.log(st.count[k]) + rate * batch  # order-preserving, time-invariant
+        rate = F[PARAMS, 0]
+        F[COUNT, k] = F[COUNT, k] * math.exp(-rate * (batch - I[STAMP, k])) + 1.0
+        I[STAMP, k] = batch
+        F[PRIO, k] = math.log(F[COUNT, k]) + rate * batch  # order-preserving, time-invariant
     elif kind == STATIC:
-        st.prio[k] = st.fixed[k]
+        F[PRIO, k] = F[FIXED, k]
     elif kind == GDSF:
-        st.count[k] += 1.0
-        st.prio[k] = st.pool_clock[st.key_pool[k]] + st.count[k] / st.key_size[k]
-    if st.member[k]:
-        _heap_update(st, k)
+        F[COUNT, k] += 1.0
+        F[PRIO, k] = F[POOL_CLOCK, I[KEY_POOL, k]] + F[COUNT, k] / F[KEY_SIZE, k]
+    if I[MEMBER, k]:
+        _heap_update(I, F, k)
 
 
 @_jit
-def on_insert(st, k, t, prefetched):
-    kind = st.kind[0]
-    st.member[k] = 1
-    if prefetched:  # a prefetch counts as a use at its issue time; no frequency credit
-        st.last_use[k] = t
+def on_insert(I, F, k, t, prefetched):
+    kind = I[HEADER, 0]
+    I[MEMBER, k] = 1
+    if prefetched:  # a prefetch counts as a use at its issue time, without frequency credit
+        I[LAST_USE, k] = t
         if kind == STATIC:
-            st.prio[k] = st.fixed[k]
+            F[PRIO, k] = F[FIXED, k]
         elif kind == GDSF:
-            st.prio[k] = st.pool_clock[st.key_pool[k]] + st.count[k] / st.key_size[k]
-    if kind == LRU:  # keep the list sorted by last use: misses of a batch go behind later hits
-        at = len(st.key_pool) + st.key_pool[k]
-        sentinel = at
-        while st.nxt[at] != sentinel and st.last_use[st.nxt[at]] > st.last_use[k]:
-            at = st.nxt[at]
-        _link_after(st, at, k)
+            F[PRIO, k] = F[POOL_CLOCK, I[KEY_POOL, k]] + F[COUNT, k] / F[KEY_SIZE, k]
+    if kind == LRU:  # keep the list sorted by last use: a batch's misses go behind its later hits
+        sentinel = I[HEADER, 1] + I[KEY_POOL, k]
+        at = sentinel
+        while I[NXT, at] != sentinel and I[LAST_USE, I[NXT, at]] > I[LAST_USE, k]:
+            at = I[NXT, at]
+        _link_after(I, at, k)
     elif kind == FIFO:
-        _link_after(st, len(st.key_pool) + st.key_pool[k], k)
+        _link_after(I, I[HEADER, 1] + I[KEY_POOL, k], k)
     elif kind == RANDOM:
-        _set_add(st, k)
+        _set_add(I, k)
     else:
-        _heap_push(st, k)
+        _heap_push(I, F, k)
 
 
 @_jit
-def on_evict(st, k):
-    kind = st.kind[0]
-    pool = st.key_pool[k]
-    st.member[k] = 0
-    st.pool_evictions[pool] += 1
+def on_evict(I, F, k):
+    kind = I[HEADER, 0]
+    pool = I[KEY_POOL, k]
+    I[MEMBER, k] = 0
+    I[POOL_EVICTIONS, pool] += 1
     if kind == LRU or kind == FIFO:
-        _unlink(st, k)
+        _unlink(I, k)
     elif kind == RANDOM:
-        _set_remove(st, k)
+        _set_remove(I, k)
     else:
         if kind == GDSF:
-            st.pool_clock[pool] = max(st.pool_clock[pool], st.prio[k])
-        _heap_remove(st, k)
+            F[POOL_CLOCK, pool] = max(F[POOL_CLOCK, pool], F[PRIO, k])
+        _heap_remove(I, F, k)
 
 
 @_jit
-def victim(st, pool, busy, epoch):
-    kind = st.kind[0]
+def victim(I, F, pool, busy, epoch):
+    kind = I[HEADER, 0]
     if kind == LRU or kind == FIFO:
-        return _list_victim(st, pool, busy, epoch)
+        return _list_victim(I, pool, busy, epoch)
     if kind == RANDOM:
-        return _random_victim(st, pool, busy, epoch)
-    return _heap_victim(st, pool, busy, epoch)
+        return _random_victim(I, F, pool, busy, epoch)
+    return _heap_victim(I, F, pool, busy, epoch)

@@ -15,16 +15,17 @@ import numba
 import numpy as np
 
 from .kernels import on_access, on_evict, on_insert, victim
+from .state import KEY_POOL
 
 __all__ = ["replay", "PF_ISSUED", "PF_USED", "PF_WASTED", "PF_BYTES", "PF_WASTED_BYTES"]
 
 PF_ISSUED, PF_USED, PF_WASTED, PF_BYTES, PF_WASTED_BYTES = range(5)
 
 
-@numba.njit(cache=True)
-def _evict_over(st, pool, used, budget, key_cost, resident, busy, epoch, pending, key_bytes, pf):
+@numba.njit(cache=True, _nrt=False)  # called per batch: no refcounting (see kernels.py)
+def _evict_over(I, F, pool, used, budget, key_cost, resident, busy, epoch, pending, key_bytes, pf):
     while used[pool] > budget[pool]:
-        v = victim(st, pool, busy, epoch)
+        v = victim(I, F, pool, busy, epoch)
         if v < 0:
             return  # everything left is in flight: the engine must wait; stay over budget
         resident[v] = 0
@@ -33,11 +34,43 @@ def _evict_over(st, pool, used, budget, key_cost, resident, busy, epoch, pending
             pending[v] = 0
             pf[PF_WASTED] += 1
             pf[PF_WASTED_BYTES] += key_bytes[v]
-        on_evict(st, v)
+        on_evict(I, F, v)
+
+
+@numba.njit(cache=True, _nrt=False)
+def _issue_prefetch(I, F, predicted, b, target, t, reserve, resident, in_buffer, pending, busy, ring, ring_slot,
+                    used, budget, key_cost, key_bytes, pf):
+    """After batch b: load the keys predicted for batch `target` (ring[reserve] = next ring slot)."""
+    for j in range(len(predicted)):
+        k = predicted[j]
+        if k < 0 or resident[k] or in_buffer[k]:
+            continue
+        pf[PF_ISSUED] += 1
+        pf[PF_BYTES] += key_bytes[k]
+        if reserve > 0:  # FIFO buffer of reserved slots; overwriting an unused entry wastes it
+            head = ring[reserve]
+            old = ring[head]
+            if old >= 0 and in_buffer[old] and ring_slot[old] == head:
+                in_buffer[old] = 0
+                pf[PF_WASTED] += 1
+                pf[PF_WASTED_BYTES] += key_bytes[old]
+            ring[head] = k
+            ring_slot[k] = head
+            in_buffer[k] = 1
+            ring[reserve] = (head + 1) % reserve
+        else:  # into the main pool, protected until its target batch
+            pool = I[KEY_POOL, k]
+            resident[k] = 1
+            pending[k] = 1
+            busy[k] = max(busy[k], target)
+            used[pool] += key_cost[k]
+            on_insert(I, F, k, t, True)
+            if used[pool] > budget[pool]:
+                _evict_over(I, F, pool, used, budget, key_cost, resident, busy, b + 1, pending, key_bytes, pf)
 
 
 @numba.njit(cache=True)
-def replay(st, keys, batch_start, hint, key_cost, key_bytes, budget,
+def replay(I, F, keys, batch_start, hint, key_cost, key_bytes, budget,
            pf_keys, pf_distance, pf_reserve, hits, misses, read):
     """Fill hits/misses/read ([B] each); return the prefetch counters [5].
 
@@ -52,9 +85,9 @@ def replay(st, keys, batch_start, hint, key_cost, key_bytes, budget,
     busy = np.full(K, -1, np.int64)  # last batch that needs the key resident (in flight)
     pending = np.zeros(K, np.uint8)  # prefetched into the main pool, not used yet
     in_buffer = np.zeros(K, np.uint8)
-    ring = np.full(max(pf_reserve, 1), -1, np.int64)
+    ring = np.full(pf_reserve + 1, -1, np.int64)
+    ring[pf_reserve] = 0  # next slot to fill
     ring_slot = np.full(K, -1, np.int64)
-    ring_head = 0
     used = np.zeros(len(budget), np.int64)
     pf = np.zeros(5, np.int64)
     has_hint = len(hint) > 0
@@ -62,7 +95,7 @@ def replay(st, keys, batch_start, hint, key_cost, key_bytes, budget,
     for b in range(B):
         max_batch = max(max_batch, batch_start[b + 1] - batch_start[b])
     admit = np.empty(max_batch, np.int64)
-    F = pf_keys.shape[1]
+    prefetching = pf_keys.shape[1] > 0
 
     for b in range(B):
         s, e = batch_start[b], batch_start[b + 1]
@@ -75,64 +108,39 @@ def replay(st, keys, batch_start, hint, key_cost, key_bytes, budget,
             repeat = mark[k] == b
             if not repeat:
                 mark[k] = b
-                busy[k] = max(busy[k], b)
+                if busy[k] < b:
+                    busy[k] = b
                 if resident[k]:
                     h += 1
-                    if pending[k]:
+                    if prefetching and pending[k]:
                         pending[k] = 0
                         pf[PF_USED] += 1
-                elif in_buffer[k]:
-                    h += 1
-                    pf[PF_USED] += 1
-                    in_buffer[k] = 0
-                    admit[n_admit] = k
-                    n_admit += 1
                 else:
-                    m += 1
-                    rb += key_bytes[k]
+                    if prefetching and in_buffer[k]:
+                        h += 1
+                        pf[PF_USED] += 1
+                        in_buffer[k] = 0
+                    else:
+                        m += 1
+                        rb += key_bytes[k]
                     admit[n_admit] = k
                     n_admit += 1
-            on_access(st, k, r, b, hint[r] if has_hint else 0, repeat)
+            on_access(I, F, k, r, b, hint[r] if has_hint else 0, repeat)
         hits[b] = h
         misses[b] = m
         read[b] = rb
-        if e == s:
-            continue
-        pool = st.key_pool[keys[s]]
-        for i in range(n_admit):
-            k = admit[i]
-            resident[k] = 1
-            used[pool] += key_cost[k]
-            on_insert(st, k, e - 1, False)
-        _evict_over(st, pool, used, budget, key_cost, resident, busy, b, pending, key_bytes, pf)
-
-        target = b + pf_distance
-        if F == 0 or target >= B:
-            continue
-        for j in range(F):
-            k = pf_keys[target, j]
-            if k < 0 or resident[k] or in_buffer[k]:
-                continue
-            pf[PF_ISSUED] += 1
-            pf[PF_BYTES] += key_bytes[k]
-            if pf_reserve > 0:
-                old = ring[ring_head]
-                if old >= 0 and in_buffer[old] and ring_slot[old] == ring_head:
-                    in_buffer[old] = 0
-                    pf[PF_WASTED] += 1
-                    pf[PF_WASTED_BYTES] += key_bytes[old]
-                ring[ring_head] = k
-                ring_slot[k] = ring_head
-                in_buffer[k] = 1
-                ring_head = (ring_head + 1) % pf_reserve
-            else:
-                p2 = st.key_pool[k]
+        if e > s:
+            pool = I[KEY_POOL, keys[s]]
+            for i in range(n_admit):
+                k = admit[i]
                 resident[k] = 1
-                pending[k] = 1
-                busy[k] = max(busy[k], target)
-                used[p2] += key_cost[k]
-                on_insert(st, k, e - 1, True)
-                _evict_over(st, p2, used, budget, key_cost, resident, busy, b + 1, pending, key_bytes, pf)
+                used[pool] += key_cost[k]
+                on_insert(I, F, k, e - 1, False)
+            if used[pool] > budget[pool]:  # also when an earlier batch left the pool over budget
+                _evict_over(I, F, pool, used, budget, key_cost, resident, busy, b, pending, key_bytes, pf)
+        if prefetching and b + pf_distance < B:
+            _issue_prefetch(I, F, pf_keys[b + pf_distance], b, b + pf_distance, e - 1, pf_reserve, resident, in_buffer,
+                            pending, busy, ring, ring_slot, used, budget, key_cost, key_bytes, pf)
 
     for k in range(K):  # prefetched and never used before the end
         if pending[k] or in_buffer[k]:

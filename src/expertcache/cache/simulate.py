@@ -89,7 +89,7 @@ def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np
         key_bytes = np.zeros(stream.num_keys, np.int64)
     if pf_keys is None:
         pf_keys = np.empty((B, 0), np.int64)
-    pf = replay(state, stream.keys, stream.batch_start, hint, budget.key_cost, key_bytes, budget.pool_budget,
+    pf = replay(state.ints, state.floats, stream.keys, stream.batch_start, hint, budget.key_cost, key_bytes, budget.pool_budget,
                 pf_keys, int(distance), int(reserve), hits, misses, read)
     return hits, misses, read, pf
 
