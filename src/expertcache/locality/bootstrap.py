@@ -9,6 +9,8 @@ Shape key: B resamples, S sequences, G groups (layers, domains, ...), V statisti
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["RESAMPLES", "basic_interval", "resample_counts"]
@@ -37,7 +39,10 @@ def basic_interval(estimate: np.ndarray, replicates: np.ndarray, level: float = 
     Quantiles are numpy's default (linear interpolation); NaN replicates are ignored.
     """
     alpha = (1.0 - level) / 2.0
-    with np.errstate(invalid="ignore"):
-        lo, hi = np.nanquantile(replicates, [alpha, 1.0 - alpha], axis=0) if np.isnan(replicates).any() \
-            else np.quantile(replicates, [alpha, 1.0 - alpha], axis=0)
+    if np.isnan(replicates).any():
+        with warnings.catch_warnings():  # a group with no window in any resample: NaN interval
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo, hi = np.nanquantile(replicates, [alpha, 1.0 - alpha], axis=0)
+    else:
+        lo, hi = np.quantile(replicates, [alpha, 1.0 - alpha], axis=0)
     return np.stack([2 * estimate - hi, 2 * estimate - lo], axis=-1)

@@ -111,7 +111,8 @@ def best_f1(hist: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         value = np.take_along_axis(f1, tau[..., None], -1)[..., 0]
         defined = np.isfinite(value)
         group = np.take_along_axis(predictions, tau[..., None], -1)[..., 0] / activations[..., 0]
-    return np.where(defined, value, np.nan), np.where(defined, tau, -1), np.where(defined, group, np.nan)
+    group = np.where(defined & (activations[..., 0] > 0), group, np.nan)  # undefined without activations
+    return np.where(defined, value, np.nan), np.where(defined, tau, -1), group
 
 
 def _values(hist, m, ratio, ci=None) -> list[SRPValue]:
