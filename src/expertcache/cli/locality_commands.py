@@ -1,7 +1,134 @@
-"""CLI commands of the locality area (placeholder until they land)."""
+"""`expertcache curves`, `srp` and `analyze`: the locality metrics from the command line.
+
+The JSON printed by `curves --json` and `srp --json` is a public contract (docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import ExpertcacheError
+from ..locality import curves as curves_api
+from ..locality import srp as srp_api
+from ..locality.analyze import analyze as analyze_api
+from ..locality.analyze import tasks as analyze_tasks
+from ..locality.srp import DEFAULT_M
+from ..trace import Trace
+
+TraceArg = Annotated[Path, typer.Argument(metavar="TRACE", help="Trace directory.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+_stderr = Console(stderr=True)
+
+
+@contextmanager
+def _progress(total: int, description: str):
+    """A rich progress bar on stderr; yields a callback taking the units done so far."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_stderr, transient=True, disable=not _stderr.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _segment_lengths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ExpertcacheError(f"--m takes integers separated by commas, got {text!r}") from None
+    if not values:
+        raise ExpertcacheError("--m needs at least one segment length")
+    return values
+
+
+def curves(
+    trace_path: TraceArg,
+    policy: Annotated[str, typer.Option("--policy", help="lru, lfu, belady or fsf.")],
+    m: Annotated[Optional[int], typer.Option("--m", help="Segment length of fsf (SCH).")] = None,
+    domain: Annotated[Optional[str], typer.Option("--domain", help="Only this domain's sequences.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Hit rate at every cache size, per MoE layer and for one model-level cache (study accounting)."""
+    trace = Trace.load(trace_path)
+    with _progress(trace.num_sequences, f"{policy} curves") as done:
+        result = curves_api(trace, policy, m, domain, progress=done)
+    if as_json:
+        print(json.dumps(result.to_json()))
+        return
+    k, L = trace.top_k, trace.num_moe_layers
+    table = Table(title=f"{policy}{'' if m is None else f'(m={m})'} hit rate by cache size (multiple of active experts)")
+    table.add_column("scope")
+    multiples = [1, 2, 4, 8]
+    for x in multiples:
+        table.add_column(f"{x}x", justify="right")
+    def cells(values, active):
+        return [f"{values[min(x * active, len(values)) - 1]:.3f}" for x in multiples]
+    table.add_row("model", *cells(result.model_level, k * L))
+    for l, row in enumerate(result.per_layer):
+        table.add_row(f"layer {l}", *cells(row, k))
+    Console().print(table)
+
+
+def srp(
+    trace_path: TraceArg,
+    m: Annotated[str, typer.Option("--m", help="Segment lengths, comma separated.")] = ",".join(map(str, DEFAULT_M)),
+    by: Annotated[Optional[list[str]], typer.Option("--by", help="Extra breakdowns: expert, domain, position (repeat or comma separate).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (0: no interval).")] = 1000,
+    as_json: JsonOpt = False,
+) -> None:
+    """SRP (segment routing best performance) with its best threshold and bootstrap 95 % interval."""
+    trace = Trace.load(trace_path)
+    breakdowns = tuple(b.strip() for item in (by or []) for b in item.split(",") if b.strip())
+    with _progress(trace.num_sequences, "srp") as done:
+        report = srp_api(trace, _segment_lengths(m), breakdowns, seed=seed, resamples=resamples, progress=done)
+    if as_json:
+        print(json.dumps(report.to_json()))
+        return
+    table = Table(title="SRP (model level; per-layer range)")
+    for column in ("m", "SRP", "95 % CI", "threshold", "group ratio", "k/E", "layers min..max"):
+        table.add_column(column, justify="right")
+    for mm, result in report.results.items():
+        v = result["model"]
+        layers = [x.srp for x in result["per_layer"]]
+        table.add_row(str(mm), f"{v.srp:.4f}", "-" if v.ci is None else f"[{v.ci[0]:.4f}, {v.ci[1]:.4f}]",
+                      str(v.threshold), f"{v.group_ratio:.3f}", f"{v.activation_ratio:.4f}",
+                      f"{min(layers):.3f}..{max(layers):.3f}")
+    Console().print(table)
+
+
+def analyze(
+    trace_path: TraceArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the tables and summary.json.")],
+    m: Annotated[str, typer.Option("--m", help="Segment lengths, comma separated.")] = ",".join(map(str, DEFAULT_M)),
+    permutations: Annotated[int, typer.Option("--permutations", help="Shuffles for the chance levels (0: none).")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffles and the bootstrap.")] = 0,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")] = 1000,
+) -> None:
+    """Every locality metric as tidy tables (Parquet + CSV) and a summary led by excess over chance."""
+    trace = Trace.load(trace_path)
+    m_values = _segment_lengths(m)
+    total = len(analyze_tasks(m_values, permutations))
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_stderr) as bar:
+        task = bar.add_task("analyze", total=total)
+        summary = analyze_api(
+            trace, out, m=m_values, permutations=permutations, seed=seed, resamples=resamples,
+            progress=lambda description, advance: bar.update(task, advance=advance, description=description or "analyze"))
+    excess = summary["locality_excess_over_chance"]
+    _stderr.print(f"wrote {out}: {', '.join(summary['tables'])} (.parquet, .csv) and summary.json")
+    Console().print_json(data={"locality_excess_over_chance": excess})
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
+    app.command("curves")(curves)
+    app.command("srp")(srp)
+    app.command("analyze")(analyze)

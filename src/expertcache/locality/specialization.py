@@ -1,0 +1,98 @@
+"""Vocabulary and domain specialization of experts (SPEC §6).
+
+Vocabulary, per layer and token kind: take every position whose token (of that kind) is
+known and that the layer routed; for a token id v seen at least `min_count` (20) times there,
+share(v) = max_e n(v, e) / n(v), where n(v, e) counts v's positions routed to expert e and n(v)
+counts v's positions. v's dominant expert is that argmax (ties: lowest id); an expert's
+specialization is the mean share over the tokens it dominates. Kinds:
+- input: the token at the position itself;
+- next: the token at the following position of the same sequence;
+- predicted: the token the model produced at the position = the next token, but only where
+  that next token is a decode-phase token (generated from this position); prefill positions
+  are teacher-forced, their prediction was not recorded, and they are left out.
+
+Domain, per layer and expert: rate(e, d) = activations of e in domain d / routed tokens of
+domain d (the share of d's tokens sent to e); q(e, d) = rate(e, d) / sum_d rate(e, d);
+specialization(e) = 1 - H(q_e) / log D (0 = the same rate in every domain, 1 = used in one
+domain only; NaN with fewer than two domains or an unused expert).
+
+Shape key: N tokens, L MoE layers, K top-k, E experts, D domains.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..trace import DECODE, Trace
+
+__all__ = ["KINDS", "MIN_COUNT", "domain_specialization", "vocabulary_specialization"]
+
+KINDS = ("input", "predicted", "next")
+MIN_COUNT = 20
+
+
+def _token_kinds(trace: Trace) -> dict[str, np.ndarray]:
+    """[N] token id of each kind per position, -1 where unknown or not applicable."""
+    tokens = np.asarray(trace.tokens, np.int64)
+    nxt = np.full_like(tokens, -1)
+    nxt[:-1] = tokens[1:]
+    last = trace.seq_offsets[1:] - 1  # a sequence's last position has no next token
+    nxt[last] = -1
+    generated = np.zeros(len(tokens), bool)
+    generated[:-1] = np.asarray(trace.phase)[1:] == DECODE
+    return {"input": tokens, "predicted": np.where(generated, nxt, -1), "next": nxt}
+
+
+def vocabulary_specialization(trace: Trace, min_count: int = MIN_COUNT) -> list[dict]:
+    """Rows (kind, layer, expert, tokens, share): tokens an expert dominates and their mean
+    share; expert -1 summarizes the layer (all frequent tokens)."""
+    rows = []
+    kinds = _token_kinds(trace)
+    for l in range(trace.num_moe_layers):
+        E = trace.model.num_experts[l]
+        experts = trace.layer_experts(l)  # [N, K]
+        routed = experts != trace.pad_id
+        for kind, tokens in kinds.items():
+            valid = (tokens >= 0) & routed.any(axis=1)  # [N]
+            vocab, dense = np.unique(tokens[valid], return_inverse=True)
+            occurrences = np.bincount(dense, minlength=len(vocab))  # [V]
+            hit = routed[valid]  # [n, K]
+            pair = dense[:, None] * E + experts[valid].astype(np.int64)  # [n, K]
+            codes, counts = np.unique(pair[hit], return_counts=True)
+            v, e = codes // E, codes % E
+            order = np.lexsort((e, -counts, v))  # per token: most frequent expert first, lowest id on ties
+            first = order[np.r_[True, v[order][1:] != v[order][:-1]]]
+            top_v, top_e, top_n = v[first], e[first], counts[first]
+            frequent = occurrences[top_v] >= min_count
+            share = top_n[frequent] / occurrences[top_v[frequent]]
+            dominant = top_e[frequent]
+            for expert in range(E):
+                mine = share[dominant == expert]
+                rows.append({"kind": kind, "layer": l, "expert": expert, "tokens": int(len(mine)),
+                             "share": float(mine.mean()) if len(mine) else math.nan})
+            rows.append({"kind": kind, "layer": l, "expert": -1, "tokens": int(len(share)),
+                         "share": float(share.mean()) if len(share) else math.nan})
+    return rows
+
+
+def domain_specialization(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """(rate [L, E, D], specialization [L, E]) as defined above."""
+    L, E, D = trace.num_moe_layers, trace.num_experts, len(trace.domains)
+    token_domain = trace.token_domain.astype(np.int64)  # [N]
+    rate = np.full((L, E, D), np.nan)
+    for l in range(L):
+        experts = trace.layer_experts(l)  # [N, K]
+        routed = experts != trace.pad_id
+        tokens = np.bincount(token_domain[routed.any(axis=1)], minlength=D)  # [D]
+        dom = np.broadcast_to(token_domain[:, None], experts.shape)[routed]
+        counts = np.bincount(experts[routed].astype(np.int64) * D + dom, minlength=E * D).reshape(E, D)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate[l] = np.where(tokens > 0, counts / tokens, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = rate / np.nansum(rate, axis=2, keepdims=True)
+        plogp = np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0.0)
+        spec = 1 + np.nansum(plogp, axis=2) / math.log(D) if D > 1 else np.full((L, E), np.nan)
+        spec = np.where(np.nansum(rate, axis=2) > 0, spec, np.nan)
+    return rate, spec
