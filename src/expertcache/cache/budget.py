@@ -1,6 +1,10 @@
 """Budgets (SPEC §4): slots, bytes (MiB = 2^20 bytes) or a multiple of the active experts;
 scope global (one pool) or per layer (equal shares floor(budget / MoE layers), or shares
 proportional to each layer's expert bytes).
+
+A global cache smaller than one token cycle (every MoE layer's k experts) evicts each layer's
+experts before the next token comes back to them: LRU then collapses to no hits at all, which
+`budget_warnings` says.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import numpy as np
 
 from ..errors import ExpertcacheError
 
-__all__ = ["Budget", "resolve_budget", "SCOPES", "MIB"]
+__all__ = ["Budget", "resolve_budget", "SCOPES", "MIB", "cycle_size", "budget_warnings"]
 
 MIB = 1 << 20
 SCOPES = ("global", "layer")
@@ -84,3 +88,26 @@ def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budge
     else:
         pool_budget = (total * sizes // sizes.sum()).astype(np.int64)
     return Budget(key_layer.astype(np.int64), key_cost, pool_budget, unit, total)
+
+
+def cycle_size(model) -> tuple[int, int | None]:
+    """(slots, bytes) one token cycle needs: k experts in every MoE layer (bytes None if unknown)."""
+    sizes = layer_expert_bytes(model)
+    slots = model.num_moe_layers * model.top_k
+    return slots, None if sizes is None else int(sizes.sum() * model.top_k)
+
+
+def budget_warnings(model, scope: str, budget: Budget) -> list[str]:
+    if scope != "global":
+        per_layer_need = model.top_k * (layer_expert_bytes(model) if budget.unit == "bytes" else np.ones(model.num_moe_layers))
+        if (budget.pool_budget < per_layer_need).any():
+            return [f"a per-layer share is smaller than the {model.top_k} experts one layer call needs: "
+                    "each layer keeps only its last call's experts"]
+        return []
+    slots, nbytes = cycle_size(model)
+    need = nbytes if budget.unit == "bytes" else slots
+    if budget.total < need:
+        unit = f"{need / 2**20:.1f} MiB" if budget.unit == "bytes" else f"{need} slots"
+        return [f"the budget cannot hold one token cycle ({model.num_moe_layers} layers x k={model.top_k} = {unit}): "
+                "a global LRU cache gets no hits below it"]
+    return []

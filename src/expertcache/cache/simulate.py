@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .budget import Budget, resolve_budget
+from .budget import Budget, budget_warnings, resolve_budget
 from .policies import Policy, get_policy
 from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
 from .replay import PF_BYTES, replay
@@ -36,6 +36,7 @@ class SimulationResult:
     batch_misses: np.ndarray = field(repr=False)  # [B]
     batch_read: np.ndarray = field(repr=False)  # [B] bytes read by misses
     stream: LookupStream = field(repr=False)
+    warnings: tuple[str, ...] = ()  # sizing problems (sizing.py), for people, not for the JSON contract
 
     @property
     def misses(self) -> int:
@@ -124,4 +125,5 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
         decode_lookups=int(hits[decode].sum() + misses[decode].sum()), decode_hits=int(hits[decode].sum()),
         bytes_read=int(read.sum() + pf[PF_BYTES]) if sizes else None, prefetch=report,
         batch_hits=hits, batch_misses=misses, batch_read=read, stream=stream,
+        warnings=tuple(budget_warnings(trace.model, scope, budget)),
     )

@@ -1,7 +1,145 @@
-"""CLI commands of the cache area (placeholder until they land)."""
+"""`expertcache simulate`, `sweep`, `bench-hw`: the cache simulator from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from ..errors import ExpertcacheError
+
+_err = Console(stderr=True)
+
+
+def open_trace(path: Path):
+    """A trace directory, or a route-trace CSV recorded by an on-device engine."""
+    from ..trace import Trace
+
+    if path.is_file() and path.suffix == ".csv":
+        from ..trace.bigmoe import import_bigmoe
+
+        return import_bigmoe(path)
+    return Trace.load(path)
+
+
+def _profile(path: Optional[Path]):
+    from ..cache.throughput import HardwareProfile
+
+    return None if path is None else HardwareProfile.load(path)
+
+
+def simulate_command(
+    trace: Annotated[Path, typer.Argument(help="trace directory (or a *.route.csv)")],
+    policy: Annotated[str, typer.Option(help="cache policy (lru, lfu, lfu-decay, fifo, random, belady, static, gdsf)")] = "lru",
+    scope: Annotated[str, typer.Option(help="global (one pool) or layer (one pool per MoE layer)")] = "global",
+    budget_mib: Annotated[Optional[float], typer.Option(help="budget in MiB (2^20 bytes)")] = None,
+    budget_slots: Annotated[Optional[int], typer.Option(help="budget in experts")] = None,
+    budget_x: Annotated[Optional[float], typer.Option(help="budget as a multiple of the active experts (L x k)")] = None,
+    shares: Annotated[str, typer.Option(help="per-layer shares: equal or bytes")] = "equal",
+    prefetch: Annotated[Optional[str], typer.Option(help="prefetcher: previous, frequency, stale-gate, oracle, learned")] = None,
+    prefetch_count: Annotated[Optional[int], typer.Option(help="experts prefetched per layer (default k)")] = None,
+    prefetch_distance: Annotated[int, typer.Option(help="layers ahead the prefetch is issued")] = 1,
+    prefetch_reserve: Annotated[int, typer.Option(help="slots reserved for prefetched experts (0: main cache)")] = 0,
+    profile: Annotated[Optional[Path], typer.Option(help="hardware profile JSON (bench-hw --out) for a throughput bound")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Replay a trace through one cache configuration (engine accounting)."""
+    from ..cache import PrefetchConfig, simulate
+    from ..cache.prefetch import PREFETCHERS
+    from ..cache.throughput import predict_throughput
+
+    config = None
+    if prefetch is not None:
+        if prefetch not in PREFETCHERS:
+            raise ExpertcacheError(f"unknown prefetcher {prefetch!r}; choose from {', '.join(sorted(PREFETCHERS))}")
+        config = PrefetchConfig(PREFETCHERS[prefetch](), prefetch_count, prefetch_distance, prefetch_reserve)
+    hw = _profile(profile)
+    result = simulate(open_trace(trace), policy, scope, budget_mib, budget_slots, budget_x, config, shares=shares)
+    for w in result.warnings:
+        _err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+    out = result.to_json()
+    if hw is not None:
+        out["throughput"] = predict_throughput(result, hw).to_json()
+    if as_json:
+        print(json.dumps(out))
+        return
+    budget = f"{out['budget_bytes'] / 2**20:.1f} MiB" if out["budget_bytes"] is not None else f"{result.budget_slots} slots"
+    print(f"{out['policy']} ({out['scope']}), budget {budget}: hit rate {100 * out['hit_rate']:.2f} % "
+          f"({out['hits']}/{out['lookups']}), decode {100 * out['decode_hit_rate']:.2f} %")
+    if out["bytes_read"] is not None:
+        print(f"read {out['bytes_read'] / 2**20:.1f} MiB")
+    if result.prefetch is not None:
+        p = result.prefetch
+        print(f"prefetch {p.name}: issued {p.issued}, used {p.used}, wasted {p.wasted}, precision {p.precision:.3f}, "
+              f"recall {p.recall:.3f}")
+    if hw is not None:
+        t = out["throughput"]
+        print(f"bound: decode {t['decode_tokens_per_s']:.2f} tok/s ({t['bound']}-bound)")
+
+
+def sweep_command(
+    trace: Annotated[Path, typer.Argument(help="trace directory (or a *.route.csv)")],
+    out: Annotated[Path, typer.Option(help="output directory for sweep.csv, sweep.parquet, sweep.png")],
+    policies: Annotated[str, typer.Option(help="comma-separated policies (a layer- prefix: per-layer scope)")] = "belady,lru,lfu",
+    budgets: Annotated[str, typer.Option(help="comma-separated budgets")] = "1000,2000,4000,8000",
+    unit: Annotated[str, typer.Option(help="unit of --budgets: mib, slots or x")] = "mib",
+    scopes: Annotated[str, typer.Option(help="comma-separated scopes")] = "global",
+    profile: Annotated[Optional[Path], typer.Option(help="hardware profile JSON: adds tokens/s columns")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="processes (default: all cores)")] = None,
+) -> None:
+    """Hit rates (and bytes, throughput) for every policy x budget, written as a table and a plot."""
+    from ..cache.sweep import sweep, write_sweep
+
+    try:
+        values = [float(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        raise ExpertcacheError(f"--budgets must be numbers separated by commas, got {budgets!r}") from None
+    t = open_trace(trace)
+    hw = _profile(profile)
+    with Progress(console=_err, transient=True) as bar:
+        task = bar.add_task("simulating", total=None)
+        rows = sweep(t, [p.strip() for p in policies.split(",") if p.strip()], values, unit=unit,
+                     scopes=tuple(s.strip() for s in scopes.split(",") if s.strip()), profile=hw, workers=workers,
+                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    paths = write_sweep(rows, out, title=getattr(t.model, "name", ""))
+    print(f"{len(rows)} configurations -> {paths['csv']}, {paths['parquet']}, {paths['plot']}")
+
+
+def bench_hw_command(
+    hidden: Annotated[int, typer.Option(help="model hidden size")] = 2048,
+    intermediate: Annotated[int, typer.Option(help="expert intermediate size")] = 768,
+    dtype: Annotated[str, typer.Option(help="torch dtype of the expert weights")] = "float32",
+    layers: Annotated[int, typer.Option(help="layers (for the dense time per token)")] = 48,
+    link: Annotated[str, typer.Option(help="what feeds the cache: disk (disk->RAM) or memory")] = "disk",
+    disk_mib: Annotated[int, typer.Option(help="size of the disk read test")] = 256,
+    directory: Annotated[Optional[Path], typer.Option(help="directory for the disk read test (default: temp)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="write the profile JSON here (for simulate/sweep --profile)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Measure this machine's hardware profile for the throughput model."""
+    from ..cache.hwbench import bench_hw
+
+    profile, raw = bench_hw(hidden, intermediate, dtype, layers, disk_mib, None if directory is None else str(directory), link)
+    if out is not None:
+        profile.save(out)
+    if as_json:
+        print(json.dumps({"profile": profile.to_json(), "measured": raw}))
+        return
+    print(f"memory copy  {raw['memcpy_bytes_per_s'] / 2**30:.2f} GiB/s")
+    print(f"disk read    {raw['disk_read_bytes_per_s'] / 2**30:.2f} GiB/s{'' if raw['disk_cold'] else ' (page cache)'}")
+    print(f"one expert   {raw['expert_s'] * 1e6:.1f} us per token ({raw['expert_bytes'] / 2**20:.2f} MiB, {dtype})")
+    print(f"dense layer  {raw['dense_layer_s'] * 1e6:.1f} us per token")
+    if out is not None:
+        print(f"profile -> {out}", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the app."""
+    """Add simulate, sweep and bench-hw."""
+    app.command("simulate")(simulate_command)
+    app.command("sweep")(sweep_command)
+    app.command("bench-hw")(bench_hw_command)

@@ -1,0 +1,55 @@
+"""Sizing advice: the smallest budget that is enough (warnings for too-small budgets live in
+budget.py, so every simulation can carry them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ExpertcacheError
+from .simulate import simulate
+from .stream import build_stream
+
+__all__ = ["Advice", "recommend_budget"]
+
+
+@dataclass(frozen=True)
+class Advice:
+    policy: str
+    scope: str
+    fraction: float
+    best_hit_rate: float  # hit rate with an unlimited cache (only cold misses)
+    budget_x: float  # recommended budget as a multiple of the active experts
+    budget_bytes: int | None
+    budget_slots: int | None
+    hit_rate: float
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (budget_x, hit rate) explored
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def recommend_budget(trace, policy: str = "lru", fraction: float = 0.9, scope: str = "global") -> Advice:
+    """Smallest budget (multiple of the active experts, to 1 % of a cycle) reaching `fraction`
+    of the best achievable hit rate of `policy`."""
+    if not 0 < fraction <= 1:
+        raise ExpertcacheError(f"fraction must be in (0, 1], got {fraction}")
+    stream = build_stream(trace)
+    full_x = trace.num_experts / trace.top_k  # every expert of every layer fits
+    best = simulate(trace, policy, scope, budget_x=full_x, stream=stream).hit_rate
+    target = fraction * best
+    curve = {}
+
+    def rate(x):
+        if x not in curve:
+            curve[x] = simulate(trace, policy, scope, budget_x=x, stream=stream).hit_rate
+        return curve[x]
+
+    ladder = [x for x in (0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if x < full_x] + [full_x]
+    hi = next(x for x in ladder if rate(x) >= target)
+    lo = max([0.0] + [x for x in ladder if x < hi])
+    while hi - lo > 0.01:  # bisection: hit rates rise with the budget for the policies we ship
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if rate(mid) >= target else (mid, hi)
+    r = simulate(trace, policy, scope, budget_x=hi, stream=stream)
+    return Advice(policy, scope, fraction, best, hi, r.budget_bytes, r.budget_slots, r.hit_rate,
+                  sorted(curve.items()))

@@ -1,0 +1,105 @@
+"""`sweep`: every (policy, scope, budget) of a grid over one trace, in parallel over cores,
+written as a table (CSV and Parquet) and a hit-rate-versus-budget plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from ..errors import ExpertcacheError
+from .budget import MIB
+from .policies import get_policy
+from .stream import build_stream
+from .throughput import HardwareProfile, predict_throughput
+
+__all__ = ["sweep", "write_sweep", "BUDGET_UNITS"]
+
+BUDGET_UNITS = ("mib", "slots", "x")
+_WORKER = {}  # the trace and its stream, inherited by forked workers
+
+
+def _row(task) -> dict:
+    from .simulate import simulate
+
+    policy, scope, budget, unit = task
+    trace, stream, profile = _WORKER["trace"], _WORKER["stream"], _WORKER["profile"]
+    kw = {f"budget_{unit}": budget}
+    r = simulate(trace, policy, scope, stream=stream, **kw)
+    row = {"policy": r.policy, "scope": r.scope, "budget": budget, "budget_unit": unit,
+           "budget_bytes": r.budget_bytes, "budget_slots": r.budget_slots, **{
+               k: v for k, v in r.to_json().items() if k not in ("policy", "scope", "budget_bytes", "prefetch")}}
+    row["read_mib"] = None if r.bytes_read is None else r.bytes_read / MIB
+    if profile is not None:
+        t = predict_throughput(r, profile)
+        row["decode_tokens_per_s"], row["prefill_tokens_per_s"] = t.decode_tokens_per_s, t.prefill_tokens_per_s
+    return row
+
+
+def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), profile: HardwareProfile | None = None,
+          workers: int | None = None, progress=None) -> list[dict]:
+    """One row per (policy, scope, budget). `progress(done, total)` is called as rows finish."""
+    if unit not in BUDGET_UNITS:
+        raise ExpertcacheError(f"budget unit must be one of {', '.join(BUDGET_UNITS)}")
+    if not policies or not budgets:
+        raise ExpertcacheError("give at least one policy and one budget")
+    names = [get_policy(p).name if isinstance(p, str) and not p.startswith("layer-") else p for p in policies]
+    tasks = [(p, s, float(b) if unit != "slots" else int(b), unit) for p in names for s in scopes for b in budgets]
+    _WORKER.update(trace=trace, stream=build_stream(trace), profile=profile)
+    _row(tasks[0])  # fail fast on a bad configuration, and compile before forking
+    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    rows = []
+    if workers <= 1:
+        for i, t in enumerate(tasks):
+            rows.append(_row(t))
+            if progress:
+                progress(i + 1, len(tasks))
+        return rows
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        for i, row in enumerate(pool.map(_row, tasks, chunksize=max(1, len(tasks) // (8 * workers)))):
+            rows.append(row)
+            if progress:
+                progress(i + 1, len(tasks))
+    return rows
+
+
+def write_sweep(rows: list[dict], out: str | os.PathLike, title: str = "") -> dict[str, Path]:
+    """Write sweep.csv, sweep.parquet and sweep.png into `out`; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "sweep.csv", "parquet": out / "sweep.parquet", "plot": out / "sweep.png"}
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = paths["csv"].with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, paths["csv"])
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, paths["parquet"].with_suffix(".parquet.tmp"))
+    os.replace(paths["parquet"].with_suffix(".parquet.tmp"), paths["parquet"])
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (policy, scope) in dict.fromkeys((r["policy"], r["scope"]) for r in rows):
+        pts = sorted((r["budget"], 100 * r["hit_rate"]) for r in rows if r["policy"] == policy and r["scope"] == scope)
+        ax.plot(*zip(*pts), marker="o", label=policy if scope == "global" else f"{policy} ({scope})")
+    unit = rows[0]["budget_unit"]
+    ax.set_xlabel({"mib": "budget (MiB)", "slots": "budget (slots)", "x": "budget (x active experts)"}[unit])
+    ax.set_ylabel("hit rate (%)")
+    ax.set_title(title or "cache hit rate by budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths["plot"], dpi=120)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,145 @@
+"""Throughput model (SPEC §7): how fast a cache configuration can decode on given hardware.
+
+Per decode token t, compute_t = dense_time + lookups_t * expert_time and transfer_t =
+bytes_read_t / link_bandwidth; the step takes max(compute_t, transfer_t) when loads overlap
+compute, compute_t + transfer_t when they do not. Misses computed where the weights live (e.g.
+on the CPU) cost bytes / source_bandwidth instead of a transfer. The result is a bound: measured
+throughput divided by it says how close an engine comes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExpertcacheError
+from ..trace.format import DECODE, PREFILL
+
+__all__ = ["HardwareProfile", "ThroughputEstimate", "step_times", "predict_throughput", "fit_link"]
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """What the model needs to know about a machine (bytes per second, seconds)."""
+
+    link_bandwidth: float  # bytes/s moving a missed expert into fast memory (host->device, disk->RAM)
+    expert_time: float  # s to compute one expert for one token
+    dense_time: float = 0.0  # s for the non-expert part of one token (all layers together)
+    overlap: bool = True  # loads overlap compute
+    source_bandwidth: float | None = None  # bytes/s of the memory holding all experts (compute-at-source misses)
+    name: str = "custom"
+
+    def __post_init__(self):
+        if self.link_bandwidth <= 0 or self.expert_time < 0 or self.dense_time < 0:
+            raise ExpertcacheError("hardware profile: bandwidth must be > 0 and times >= 0")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "HardwareProfile":
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ExpertcacheError(f"bad hardware profile ({e})") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HardwareProfile":
+        path = Path(path)
+        if not path.is_file():
+            raise ExpertcacheError(f"{path}: no such hardware profile (make one with `expertcache bench-hw --out`)")
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ExpertcacheError(f"{path}: not a JSON hardware profile ({e})") from None
+
+
+def step_times(compute_s, bytes_read, bandwidth: float, overlap: bool) -> np.ndarray:
+    """The SPEC §7 bound per step: max or sum of compute and transfer time."""
+    transfer = np.asarray(bytes_read, np.float64) / bandwidth
+    compute = np.asarray(compute_s, np.float64)
+    return np.maximum(compute, transfer) if overlap else compute + transfer
+
+
+@dataclass(frozen=True)
+class ThroughputEstimate:
+    decode_tokens_per_s: float
+    prefill_tokens_per_s: float | None
+    decode_compute_s: float  # per decode token, mean
+    decode_transfer_s: float  # per decode token, mean
+    bound: str  # "compute" or "transfer": what limits decode
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def predict_throughput(result, profile: HardwareProfile, *, misses_at_source: bool = False) -> ThroughputEstimate:
+    """Bound on decode and prefill tokens/s for one simulated configuration."""
+    if result.bytes_read is None:
+        raise ExpertcacheError("the trace records no expert sizes: bytes moved, hence throughput, are unknown")
+    bandwidth = profile.link_bandwidth
+    if misses_at_source:
+        if not profile.source_bandwidth:
+            raise ExpertcacheError("computing misses at the source needs the profile's source_bandwidth")
+        bandwidth = profile.source_bandwidth
+    stream = result.stream
+    steps = result.per_step()
+    phase = np.zeros(stream.num_tokens, np.uint8)
+    phase[stream.batch_token] = stream.batch_phase
+    decode = np.flatnonzero(steps["lookups"] > 0)
+    decode = decode[phase[decode] == DECODE]
+    compute = profile.dense_time + steps["lookups"][decode] * profile.expert_time
+    times = step_times(compute, steps["bytes_read"][decode], bandwidth, profile.overlap)
+    transfer = steps["bytes_read"][decode] / bandwidth
+    prefill_rate = None
+    prefill = stream.batch_phase == PREFILL
+    if prefill.any():
+        tokens = _prefill_tokens(stream)
+        # every prompt token passes its L * k experts; batching on real hardware only does better
+        p_compute = tokens * (profile.dense_time + _experts_per_token(result) * profile.expert_time)
+        p_time = float(step_times(p_compute, result.batch_read[prefill].sum(), bandwidth, profile.overlap))
+        prefill_rate = tokens / p_time if p_time > 0 else float("inf")
+    total = float(times.sum())
+    return ThroughputEstimate(
+        decode_tokens_per_s=len(decode) / total if total > 0 else float("inf"),
+        prefill_tokens_per_s=prefill_rate,
+        decode_compute_s=float(compute.mean()) if len(decode) else 0.0,
+        decode_transfer_s=float(transfer.mean()) if len(decode) else 0.0,
+        bound="transfer" if transfer.sum() > compute.sum() else "compute",
+    )
+
+
+def _prefill_tokens(stream) -> int:
+    decode_tokens = np.unique(stream.batch_token[stream.batch_phase == DECODE]).size
+    return stream.num_tokens - decode_tokens
+
+
+def _experts_per_token(result) -> float:
+    """Routed experts per token over all layers (L * k), from the decode batches or prefill."""
+    stream = result.stream
+    sizes = np.diff(stream.batch_start)
+    decode = stream.batch_phase == DECODE
+    if decode.any():
+        tokens = np.unique(stream.batch_token[decode]).size
+        return float(sizes[decode].sum() / tokens)
+    return float(sizes.sum() / max(_prefill_tokens(stream), 1))
+
+
+def fit_link(bytes_read, wall_s, compute_s) -> tuple[float, bool, float]:
+    """Link bandwidth and overlap mode that best explain measured step times (median relative
+    error, searched over a log grid): how to calibrate a profile on a real engine's log."""
+    wall = np.asarray(wall_s, np.float64)
+    best = (0.0, True, np.inf)
+    for overlap in (True, False):
+        for bandwidth in np.logspace(6, 12, 1201):
+            err = float(np.median(np.abs(step_times(compute_s, bytes_read, bandwidth, overlap) - wall) / wall))
+            if err < best[2]:
+                best = (float(bandwidth), overlap, err)
+    return best
