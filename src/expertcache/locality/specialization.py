@@ -63,7 +63,9 @@ def vocabulary_specialization(trace: Trace, min_count: int = MIN_COUNT) -> list[
             codes, counts = np.unique(pair[hit], return_counts=True)
             v, e = codes // E, codes % E
             order = np.lexsort((e, -counts, v))  # per token: most frequent expert first, lowest id on ties
-            first = order[np.r_[True, v[order][1:] != v[order][:-1]]]
+            leads = np.ones(len(order), bool)
+            leads[1:] = v[order][1:] != v[order][:-1]
+            first = order[leads]  # one row per token id: its dominant expert
             top_v, top_e, top_n = v[first], e[first], counts[first]
             frequent = occurrences[top_v] >= min_count
             share = top_n[frequent] / occurrences[top_v[frequent]]

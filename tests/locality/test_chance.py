@@ -1,0 +1,50 @@
+"""Chance levels: shuffles stay inside sequences, are seeded, and remove order effects only."""
+
+import numpy as np
+import pytest
+
+from expertcache import ExpertcacheError, Trace
+from expertcache.locality import chance_curves, chance_overlap, chance_srp, consecutive_overlap, curves, srp
+from expertcache.locality._streams import blocks
+
+from .helpers import random_trace
+
+
+def test_shuffle_permutes_within_sequences_and_is_seeded():
+    trace = random_trace(np.random.default_rng(1), sequences=(4, 4), tokens=(5, 12))
+    whole = np.asarray(trace.experts)
+    a = np.concatenate([b.experts for b in blocks(trace, shuffle=(3, 0))])
+    b = np.concatenate([b.experts for b in blocks(trace, shuffle=(3, 0), max_requests=1)])  # other block split
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, whole)
+    for i in range(trace.num_sequences):
+        s = trace.sequence(i)
+        assert sorted(map(bytes, a[s])) == sorted(map(bytes, whole[s]))  # same tokens, all layers together
+
+
+def test_order_free_trace_has_no_excess():
+    # Every token of a sequence uses the same experts: any order gives the same metrics.
+    seqs = [np.tile(np.array([[0, 1], [2, 3]]), (6, 1, 1)), np.tile(np.array([[1, 2], [0, 3]]), (4, 1, 1))]
+    trace = Trace.from_arrays(seqs, 4)
+    for policy, m in (("lru", None), ("fsf", 2)):
+        np.testing.assert_allclose(chance_curves(trace, policy, m).model_level, curves(trace, policy, m).model_level)
+    assert chance_srp(trace, (3,))[3][0] == pytest.approx(srp(trace, 3, resamples=0).results[3]["model"].srp)
+    assert chance_overlap(trace)[0] == consecutive_overlap(trace)[0] == 1.0
+
+
+def test_local_trace_beats_chance():
+    # Long runs of the same experts: real locality, which shuffling destroys.
+    rng = np.random.default_rng(0)
+    seq = np.repeat(np.stack([rng.choice(16, 2, replace=False) for _ in range(8)])[:, None, :], 8, axis=0)
+    trace = Trace.from_arrays([seq], 16)
+    assert curves(trace, "lru").model_level[1] > chance_curves(trace, "lru").model_level[1] + 0.2
+    assert srp(trace, 8, resamples=0).results[8]["model"].srp > chance_srp(trace, (8,))[8][0] + 0.2
+    assert consecutive_overlap(trace)[0] > chance_overlap(trace)[0] + 0.3
+
+
+def test_seeded_and_invalid():
+    trace = random_trace(np.random.default_rng(2), sequences=(3, 3), tokens=(8, 12))
+    a = chance_curves(trace, "lfu", permutations=2, seed=5).per_layer
+    np.testing.assert_array_equal(a, chance_curves(trace, "lfu", permutations=2, seed=5).per_layer)
+    with pytest.raises(ExpertcacheError, match="permutations must be >= 1"):
+        chance_curves(trace, "lru", permutations=0)

@@ -1,0 +1,106 @@
+"""The locality commands from a user's seat, `analyze`'s tables, and a real recorded trace."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from expertcache import Trace
+from expertcache.locality import analyze, curves, srp
+
+from . import reference
+from .helpers import random_trace
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-traces" / "qwen.route.csv"
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "expertcache", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trace")
+    trace = random_trace(np.random.default_rng(3), sequences=(3, 3), tokens=(10, 20), layers=(2, 2), experts=(6, 6),
+                         k=2, domains=("a", "b"))
+    trace.save(path / "t")
+    return path, trace
+
+
+def test_curves_and_srp_json(saved):
+    path, trace = saved
+    result = run("curves", "t", "--policy", "fsf", "--m", 3, "--json", cwd=path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out == json.loads(json.dumps(curves(trace, "fsf", 3).to_json()))
+    assert len(out["per_layer"]) == 2 and len(out["per_layer"][0]) == 6 and len(out["model_level"]) == 12
+    result = run("srp", "t", "--m", "2,4", "--by", "expert", "--by", "domain,position", "--json", cwd=path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    expected = srp(trace, (2, 4), ("expert", "domain", "position")).to_json()
+    assert out == json.loads(json.dumps(expected))
+    assert set(out["4"]) == {"model", "per_layer", "per_expert", "per_domain", "per_position"}
+    assert run("srp", "t", "--json", cwd=path).returncode == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (("curves", "t", "--policy", "arc"), "error: unknown policy 'arc'"),
+    (("curves", "t", "--policy", "fsf"), "error: policy fsf needs a segment length"),
+    (("curves", "t", "--policy", "fsf", "--m", 0), "error: segment length m must be an integer >= 1"),
+    (("curves", "t", "--policy", "lru", "--domain", "zz"), "error: no domain 'zz'"),
+    (("srp", "t", "--m", "4,x"), "error: --m takes integers"),
+    (("srp", "t", "--by", "vocab"), "error: unknown SRP breakdown"),
+    (("analyze", "t", "--out", "o", "--m", "-1"), "error: segment length m must be an integer >= 1"),
+    (("curves", "missing", "--policy", "lru"), "error: missing: no such trace"),
+])
+def test_user_mistakes_give_one_line(saved, args, message):
+    result = run(*args, cwd=saved[0])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_analyze_writes_tidy_tables(saved, tmp_path):
+    path, trace = saved
+    result = run("analyze", "t", "--out", tmp_path / "out", "--m", "2,4", "--permutations", 2, "--resamples", 50, cwd=path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert list(summary)[0] == "locality_excess_over_chance"
+    for name in ("curves", "srp", "overlap", "balance", "vocabulary", "domains"):
+        table = pq.read_table(tmp_path / "out" / f"{name}.parquet").to_pylist()
+        assert (tmp_path / "out" / f"{name}.csv").read_text().count("\n") == len(table) + 1
+    rows = pq.read_table(tmp_path / "out" / "curves.parquet").to_pylist()
+    fsf = [r for r in rows if r["policy"] == "fsf" and r["m"] == 2 and r["scope"] == "layer" and r["layer"] == 1]
+    np.testing.assert_allclose([r["observed"] for r in fsf], curves(trace, "fsf", 2).per_layer[1])
+    for r in rows:
+        assert r["excess"] == pytest.approx(r["observed"] - r["chance"])
+    at_2x = [r for r in rows if r["policy"] == "fsf" and r["m"] == 4 and r["scope"] == "model" and r["cache_multiple"] == 2]
+    assert summary["locality_excess_over_chance"]["sch_2x"]["fsf_m4"] == pytest.approx(at_2x[0]["excess"])
+
+
+def test_analyze_without_chance(tmp_path):
+    trace = random_trace(np.random.default_rng(9), sequences=(2, 2), tokens=(6, 8))
+    summary = analyze(trace, tmp_path, m=3, permutations=0, resamples=0)
+    assert summary["srp"]["3"]["excess"] is None and summary["srp"]["3"]["observed"] is not None
+
+
+@pytest.mark.skipif(not REAL.exists(), reason="real traces not available")
+def test_real_qwen_trace_matches_reference():
+    from expertcache.trace.bigmoe import import_bigmoe
+
+    real = import_bigmoe(REAL)  # 156 tokens, 48 layers x 128 experts, k = 6; last layer pads prefill tokens
+    experts = np.asarray(real.experts)[:30, [0, 47], :].astype(np.int64)
+    experts[experts == real.pad_id] = -1
+    trace = Trace.from_arrays(experts[None], 128)
+    for policy, m in (("lru", None), ("fsf", 16)):
+        fast = curves(trace, policy, m)
+        per_layer, model = reference.trace_curves(trace, policy, m)
+        np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
+        np.testing.assert_allclose(fast.model_level, model, atol=1e-9, rtol=0)
+    full = srp(real, (4, 16), resamples=0).results[16]["per_layer"][47]
+    expected = reference.srp_value(reference.srp_windows(real, 16, layers=[47]), 16)
+    assert (full.srp, full.threshold) == (pytest.approx(expected[0], abs=1e-9), expected[1])
