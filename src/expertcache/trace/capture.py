@@ -97,11 +97,7 @@ def load_model(model_id: str | os.PathLike, *, device_map: str | None = None, dt
         raise ExpertcacheError(f"model folder {name} does not exist")
     if local.is_dir() and not (local / "config.json").is_file():
         raise ExpertcacheError(f"{name} has no config.json; not a transformers model folder")
-    if device_map == "auto":
-        try:
-            import accelerate  # noqa: F401
-        except ImportError:
-            raise ExpertcacheError("device_map 'auto' needs accelerate: pip install accelerate") from None
+    device_map, move_to = _placement(device_map)
     try:
         config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
@@ -112,6 +108,8 @@ def load_model(model_id: str | os.PathLike, *, device_map: str | None = None, dt
         model = auto.from_pretrained(name, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError) as e:
         raise ExpertcacheError(_load_error(name, e)) from None
+    if move_to is not None:
+        model.to(move_to)
     model.eval()
     if checkpoint_dtype == "unknown":
         checkpoint_dtype = _dtype_name(next(model.parameters()).dtype)
@@ -123,6 +121,23 @@ def load_model(model_id: str | os.PathLike, *, device_map: str | None = None, dt
     if need_tokenizer:
         loaded.tokenizer = _load_tokenizer(tokenizer or name, trust_remote_code)
     return loaded
+
+
+def _placement(device_map: str | None) -> tuple[str | None, str | None]:
+    """(device_map for from_pretrained, device to move to after loading).
+
+    One device ("cpu", "cuda", "cuda:1") needs no accelerate: load, then move. "auto" and
+    other accelerate maps (several GPUs, CPU offload) are passed through and need it.
+    """
+    if device_map in (None, "", "cpu"):
+        return None, None
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        if device_map.split(":")[0] in ("cuda", "mps", "xpu", "npu"):
+            return None, device_map
+        raise ExpertcacheError(f"device_map {device_map!r} needs accelerate: pip install accelerate") from None
+    return device_map, None
 
 
 def _load_error(name: str, error: Exception) -> str:
