@@ -1,0 +1,63 @@
+"""The CLI's public JSON contract, outputs and error handling."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from .helpers import REAL
+from .test_golden import TRACE
+
+KEYS = ["policy", "scope", "budget_bytes", "lookups", "hits", "hit_rate", "decode_lookups", "decode_hits",
+        "decode_hit_rate", "bytes_read", "prefetch"]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-c", "from expertcache.cli import main; main()", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_simulate_json_contract():
+    p = cli("simulate", TRACE, "--policy", "lfu", "--scope", "layer", "--budget-slots", 8, "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert list(out) == KEYS
+    assert (out["policy"], out["scope"], out["prefetch"]) == ("lfu", "layer", None)
+    assert out["hit_rate"] == out["hits"] / out["lookups"]
+    p = cli("simulate", TRACE, "--policy", "lru", "--budget-x", 1, "--prefetch", "previous", "--json")
+    pf = json.loads(p.stdout)["prefetch"]
+    assert {"issued", "used", "wasted", "bytes", "bytes_wasted", "precision", "recall"} <= set(pf)
+
+
+def test_simulate_route_csv_directly():
+    path = REAL / "gptoss.route.csv"
+    if not path.is_file():
+        pytest.skip("real traces not available")
+    out = json.loads(cli("simulate", path, "--budget-mib", 3000, "--json").stdout)
+    assert round(100 * out["hit_rate"], 1) == 32.4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget-slots", 4, "--budget-x", 1], "exactly one budget"),
+    (["--budget-slots", 4, "--policy", "nope"], "unknown policy"),
+    (["--budget-slots", 4, "--prefetch", "stale-gate"], "no stale-gate scores"),
+    (["--budget-slots", 4, "--profile", "/nonexistent.json"], "no such hardware profile"),
+])
+def test_user_mistakes_exit_2_with_one_line(args, message):
+    p = cli("simulate", TRACE, *args)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_sweep_writes_table_parquet_and_plot(tmp_path):
+    p = cli("sweep", TRACE, "--out", tmp_path, "--policies", "lru,belady,layer-lfu", "--budgets", "4,8",
+            "--unit", "slots", "--workers", 2)
+    assert p.returncode == 0, p.stderr
+    table = pq.read_table(tmp_path / "sweep.parquet").to_pylist()
+    assert len(table) == 6 and (tmp_path / "sweep.png").stat().st_size > 0
+    assert (tmp_path / "sweep.csv").read_text().count("\n") == 7
+    layer = [r for r in table if r["policy"] == "lfu"]
+    assert {r["scope"] for r in layer} == {"layer"}
+    assert cli("sweep", TRACE, "--out", tmp_path, "--budgets", "a,b").returncode == 2

@@ -1,0 +1,34 @@
+"""Sizing advice: the token-cycle warning and the smallest budget reaching a fraction of the best."""
+
+import numpy as np
+import pytest
+
+from expertcache import ExpertcacheError
+from expertcache.cache import build_stream, cycle_size, recommend_budget, simulate
+
+from .helpers import decode_trace
+
+
+def test_warns_below_one_token_cycle_where_global_lru_collapses():
+    tokens = [[[t % 3, 3 + t % 2], [t % 3, 3 + t % 2]] for t in range(12)]  # L=2, k=2
+    trace = decode_trace(tokens, 6, expert_bytes=(10, 10))
+    assert cycle_size(trace.model) == (4, 40)
+    small = simulate(trace, "lru", budget_mib=39 / 2**20)
+    assert small.hits == 0 and small.warnings and "one token cycle" in small.warnings[0]
+    assert not simulate(trace, "lru", budget_mib=40 / 2**20).warnings
+    assert simulate(trace, "lru", budget_slots=3).warnings and not simulate(trace, "lru", budget_slots=4).warnings
+
+
+def test_recommends_the_smallest_budget_reaching_the_fraction():
+    rng = np.random.default_rng(0)
+    hot = rng.integers(0, 4, (200, 2, 1))
+    tokens = np.concatenate([hot, (hot + 1 + rng.integers(0, 3, hot.shape)) % 8], axis=2)  # k=2, E=8
+    trace = decode_trace(tokens, 8)
+    advice = recommend_budget(trace, "lru", fraction=0.9)
+    assert advice.hit_rate >= 0.9 * advice.best_hit_rate
+    smaller = simulate(trace, "lru", budget_x=advice.budget_x - 0.01)
+    assert smaller.hit_rate < 0.9 * advice.best_hit_rate
+    cold = len(np.unique(build_stream(trace).keys))  # an unlimited cache misses only first uses
+    assert advice.best_hit_rate == pytest.approx(1 - cold / smaller.lookups)
+    with pytest.raises(ExpertcacheError):
+        recommend_budget(trace, fraction=1.5)
