@@ -142,6 +142,8 @@ def _placement(device_map: str | None) -> tuple[str | None, str | None]:
 
 def _load_error(name: str, error: Exception) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "custom code" in str(error) or "trust_remote_code" in str(error):
+        return f"{name} ships its own modeling code; pass --trust-remote-code (trust_remote_code=True) if you trust it"
     if "does not recognize this architecture" in str(error) or "model_type" in str(error):
         return f"unknown architecture in {name}: {text} (a custom model needs --trust-remote-code)"
     return f"cannot load {name}: {text}"
