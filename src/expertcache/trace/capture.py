@@ -331,6 +331,9 @@ def _prefill_inputs(loaded: LoadedModel, ids: torch.Tensor) -> dict[str, torch.T
 
 def _add_batch(writer: TraceWriter, routed: dict[str, np.ndarray], tokens: np.ndarray, chunk, phase: int) -> None:
     B, T = tokens.shape
+    if len(routed["experts"]) != B * T:
+        raise ExpertcacheError(f"recorded routing for {len(routed['experts'])} tokens of {B * T} fed: the model's experts "
+                               "bypass both the experts registry and the router hook (e.g. hub kernels); load it without them")
     arrays = {name: value.reshape(B, T, *value.shape[1:]) for name, value in routed.items()}  # [B, T, L, ...]
     for b, window in enumerate(chunk):
         writer.add_sequence(
