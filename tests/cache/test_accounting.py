@@ -157,3 +157,15 @@ def test_breakdowns_add_up():
     for part in (r.per_layer(), r.per_phase(), r.per_step()):
         assert part["lookups"].sum() == r.lookups and part["hits"].sum() == r.hits
     assert r.per_phase()["lookups"][1] == r.decode_lookups == 15 * 3 * 2
+
+
+def test_decode_fast_path_equals_the_general_stream_builder():
+    from expertcache.cache.stream import _batched
+
+    rng = np.random.default_rng(3)
+    trace = make_trace([rng.integers(0, 5, (7, 3, 2)), rng.integers(0, 5, (4, 3, 2))], 5)
+    fast = build_stream(trace)
+    general = _batched(np.asarray(trace.experts), np.asarray(trace.phase), trace.seq_offsets[:-1], trace.pad_id,
+                       fast.key_offset)
+    for name in ("keys", "batch_start", "batch_layer", "batch_phase", "batch_token"):
+        assert np.array_equal(getattr(fast, name), getattr(general, name)), name

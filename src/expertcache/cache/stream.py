@@ -69,18 +69,23 @@ class LookupStream:
 def build_stream(trace) -> LookupStream:
     """The lookup stream of a whole trace (sequences back to back)."""
     experts = np.asarray(trace.experts)  # [N, L, K]
-    N, L, K = experts.shape
     phase = np.asarray(trace.phase)  # [N]
     num_experts = np.asarray(trace.model.num_experts, np.int64)
     key_offset = np.concatenate([[0], np.cumsum(num_experts)]).astype(np.int64)
 
-    # Each token's group: itself when decoding; the first token of its prefill run otherwise.
-    starts = np.zeros(N, bool)
-    starts[np.asarray(trace.seq_offsets[:-1], np.int64)] = True  # a sequence starts a new run
-    is_prefill = phase == PREFILL
-    run_start = starts | ~is_prefill | np.concatenate([[True], ~is_prefill[:-1]])
-    group = np.maximum.accumulate(np.where(run_start, np.arange(N), 0))  # [N]
+    if not (phase == PREFILL).any() and not (experts == trace.pad_id).any():
+        return _decode_only(experts, phase, key_offset)
+    return _batched(experts, phase, np.asarray(trace.seq_offsets[:-1], np.int64), trace.pad_id, key_offset)
 
+
+def _batched(experts, phase, seq_starts, pad, key_offset) -> LookupStream:
+    """General path: gather each prefill run's tokens per layer, drop pad ids."""
+    N, L, K = experts.shape
+    # Each token's group: itself when decoding; the first token of its prefill run otherwise.
+    is_prefill = phase == PREFILL
+    run_start = ~is_prefill | np.concatenate([[True], ~is_prefill[:-1]])
+    run_start[seq_starts] = True  # a sequence starts a new run
+    group = np.maximum.accumulate(np.where(run_start, np.arange(N), 0))  # [N]
     layer = np.broadcast_to(np.arange(L)[None, :, None], experts.shape)
     batch_key = group[:, None, None] * L + layer  # [N, L, K] increasing per batch
     flat_key = batch_key.reshape(-1)
@@ -88,7 +93,7 @@ def build_stream(trace) -> LookupStream:
     if is_prefill.any():  # prefill batches gather a run's tokens per layer: reorder
         order = np.argsort(flat_key, kind="stable")
         flat_key, ids = flat_key[order], ids[order]
-    valid = ids != trace.pad_id
+    valid = ids != pad
     flat_key, ids = flat_key[valid], ids[valid]
     layer_of = flat_key % L
     new_batch = np.concatenate([[True], flat_key[1:] != flat_key[:-1]])
@@ -101,6 +106,21 @@ def build_stream(trace) -> LookupStream:
         batch_layer=layer_of[starts_at],
         batch_phase=phase[batch_token].astype(np.uint8),
         batch_token=batch_token,
+        key_offset=key_offset,
+        num_tokens=N,
+    )
+
+
+def _decode_only(experts: np.ndarray, phase: np.ndarray, key_offset: np.ndarray) -> LookupStream:
+    """Fast path: every (token, layer) is one full batch of k requests, already in order."""
+    N, L, K = experts.shape
+    keys = (experts.astype(np.int64) + key_offset[:-1][None, :, None]).reshape(-1)  # [R]
+    return LookupStream(
+        keys=keys,
+        batch_start=np.arange(0, N * L * K + 1, K, dtype=np.int64),
+        batch_layer=np.tile(np.arange(L, dtype=np.int64), N),
+        batch_phase=np.repeat(phase.astype(np.uint8), L),
+        batch_token=np.repeat(np.arange(N, dtype=np.int64), L),
         key_offset=key_offset,
         num_tokens=N,
     )
