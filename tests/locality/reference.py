@@ -153,3 +153,79 @@ def srp_windows(trace, m, layers=None, experts=None, domain=None, sequences_idx=
                     continue
                 out.append(c if experts is None else [c[e] for e in experts])
     return out
+
+
+# ----------------------------------------------------------------- speed baseline
+def hit_counts_one_pass(tokens, num_ids, policy, m=None):
+    """Hits at every size C = 1..num_ids in one pure-Python pass, request by request.
+
+    The straightforward all-sizes method (a Mattson stack with the policy's priorities, as the
+    study's own code does in Python): the baseline the benchmark measures speed-ups against.
+    """
+    flat = [x for reqs in tokens for x in reqs]
+    next_use, upcoming = [0] * len(flat), {}
+    for q in range(len(flat) - 1, -1, -1):
+        next_use[q] = upcoming.get(flat[q], len(flat))
+        upcoming[flat[q]] = q
+    stack, count, last, pending = [], {}, {}, {}
+    hist = [0] * (num_ids + 2)
+    offsets = [0]
+    for reqs in tokens:
+        offsets.append(offsets[-1] + len(reqs))
+    for u in range(min(m - 1, len(tokens)) if policy == "fsf" else 0):
+        for x in tokens[u]:
+            pending[x] = pending.get(x, 0) + 1
+    q = 0
+    for t, reqs in enumerate(tokens):
+        if policy == "fsf" and t + m - 1 < len(tokens):
+            for x in tokens[t + m - 1]:
+                pending[x] = pending.get(x, 0) + 1
+        seen, new = len(stack), 0
+        first_in_token = set()
+        for x in reqs:
+            if x in last:
+                hist[stack.index(x) + 1] += 1
+            elif x in first_in_token:
+                hist[num_ids + 1] += 1
+            else:
+                first_in_token.add(x)
+                hist[seen + new + 1] += 1
+                new += 1
+        for x in reqs:
+            count[x] = count.get(x, 0) + 1
+            last[x] = q
+            if policy == "fsf":
+                pending[x] -= 1
+            if policy == "lru":
+                key = q
+            elif policy == "lfu":
+                key = (count[x], q)
+            elif policy == "fsf":
+                key = (pending[x], q)
+            else:
+                key = -next_use[q]
+            p = stack.index(x) if x in stack else len(stack)
+            if p == len(stack):
+                stack.append(x)
+            carry = stack[0]
+            for i in range(1, p):
+                y = stack[i]
+                if _key(policy, y, last, count, pending, next_use) < _key(policy, carry, last, count, pending, next_use):
+                    stack[i] = carry
+                    carry = y
+            if p > 0:
+                stack[p] = carry
+            stack[0] = x
+            q += 1
+    hits = np.cumsum(hist[1:num_ids + 1])
+    return hits, len(flat)
+
+
+def _key(policy, y, last, count, pending, next_use):
+    if policy == "lru":
+        return last[y]
+    if policy == "lfu":
+        return (count[y], last[y])
+    if policy == "fsf":
+        return (pending.get(y, 0), last[y])
+    return -next_use[last[y]]
