@@ -29,7 +29,8 @@ from .recorder import RoutingRecorder
 from .trace import Trace
 from .writer import TraceWriter
 
-__all__ = ["CaptureResult", "LoadedModel", "capture_corpus", "describe", "load_model", "open_writers"]
+__all__ = ["CaptureResult", "LoadedModel", "capture_corpus", "describe", "ensure_loaded", "load_model", "open_writers",
+           "optional_arrays", "trace_paths"]
 
 STACKS_FILE = "stacks.json"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -165,6 +166,19 @@ def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def ensure_loaded(model: str | os.PathLike | LoadedModel, **load_options) -> LoadedModel:
+    """`model` itself if already loaded (with a tokenizer), else `load_model(model, **load_options)`."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, **load_options)
+    if loaded.tokenizer is None:
+        raise ExpertcacheError(f"capturing {loaded.name} needs its tokenizer; load it with need_tokenizer=True")
+    return loaded
+
+
+def optional_arrays(logits: bool, stale_gate: bool) -> tuple[str, ...]:
+    """The optional trace arrays asked for, in the trace format's order."""
+    return tuple(name for name, wanted in (("logits", logits), ("stale_gate", stale_gate)) if wanted)
+
+
 # ---------------------------------------------------------------------------- description
 def describe(name: str, model: nn.Module, adapter: Adapter, blocks: list[MoEBlock], dtype: str) -> dict[str, ModelInfo]:
     """One ModelInfo per stack: MoE layers, experts, k, shared experts, bytes of one expert."""
@@ -277,15 +291,13 @@ def capture_corpus(
     from .corpus import corpus_description, open_sources, sample_windows
 
     domains = open_sources(list(corpus))  # a bad source fails before the model loads
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, device_map=device_map, dtype=dtype, trust_remote_code=trust_remote_code, tokenizer=tokenizer)
-    if loaded.tokenizer is None:
-        raise ExpertcacheError("capture over a corpus needs the model's tokenizer")
+    loaded = ensure_loaded(model, device_map=device_map, dtype=dtype, trust_remote_code=trust_remote_code,
+                           tokenizer=tokenizer)
     windows = list(sample_windows(domains, loaded.tokenizer, samples, length, seed))
     _check_vocab(loaded, max(int(w.token_ids.max()) for w in windows))
     settings = {"mode": "prefill", "samples_per_domain": samples, "length": length, "seed": seed,
                 "dtype": dtype, "model": loaded.name}
-    optional = tuple(n for n, on in (("logits", logits), ("stale_gate", stale_gate)) if on)
+    optional = optional_arrays(logits, stale_gate)
     writers = open_writers(loaded, out, capture=settings, corpus=corpus_description(domains),
                            domains=[d.name for d in domains], optional=optional, overwrite=overwrite,
                            shard_tokens=shard_tokens)
@@ -294,7 +306,7 @@ def capture_corpus(
     batch = max(1, batch_tokens // length)
     seconds, new_tokens = 0.0, 0
     try:
-        with loaded.recorder(logits=logits, stale_gate=stale_gate) as recorder, _progress(progress, len(todo) * length) as bar:
+        with loaded.recorder(logits=logits, stale_gate=stale_gate) as recorder, ProgressBar(progress, len(todo) * length) as bar:
             for start in range(0, len(todo), batch):
                 chunk = todo[start:start + batch]
                 ids = torch.from_numpy(np.stack([w.token_ids for w in chunk])).long()  # [B, T]
@@ -342,7 +354,7 @@ def _add_batch(writer: TraceWriter, routed: dict[str, np.ndarray], tokens: np.nd
         )
 
 
-class _progress:
+class ProgressBar:
     """A rich progress bar over tokens (or nothing); call it with (tokens done, tokens/s)."""
 
     def __init__(self, enabled: bool, total: int, what: str = "capturing"):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ExpertcacheError
-from .capture import CaptureResult, LoadedModel, _progress, load_model, open_writers, trace_paths
+from .capture import CaptureResult, LoadedModel, ProgressBar, ensure_loaded, open_writers, optional_arrays, trace_paths
 from .format import DECODE, PREFILL
 
 __all__ = ["capture_generation"]
@@ -48,15 +48,15 @@ def capture_generation(
         raise ExpertcacheError(f"--generate must be at least 1, got {new_tokens}")
     if not prompt:
         raise ExpertcacheError("the prompt is empty")
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, device_map=device_map, dtype=dtype, trust_remote_code=trust_remote_code, tokenizer=tokenizer)
+    loaded = ensure_loaded(model, device_map=device_map, dtype=dtype, trust_remote_code=trust_remote_code,
+                           tokenizer=tokenizer)
     prompt_ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids  # [1, P]
     if prompt_ids.numel() == 0:
         raise ExpertcacheError("the prompt encodes to no tokens")
     settings = {"mode": "generate", "prompt": prompt, "new_tokens": new_tokens, "seed": seed,
                 "sampling": f"sample(temperature={temperature})" if sample else "greedy", "dtype": dtype,
                 "model": loaded.name}
-    optional = tuple(n for n, on in (("logits", logits), ("stale_gate", stale_gate)) if on)
+    optional = optional_arrays(logits, stale_gate)
     writers = open_writers(loaded, out, capture=settings, corpus={"prompt": prompt}, domains=["prompt"],
                            optional=optional, overwrite=overwrite)
     result = CaptureResult(Path(out), trace_paths(out), 0, 0.0)
@@ -73,7 +73,7 @@ def capture_generation(
             options.update(temperature=temperature, top_k=None, top_p=None)
         torch.manual_seed(seed)
         with loaded.recorder(logits=logits, stale_gate=stale_gate) as recorder, \
-                _progress(progress, steps, "generating") as bar:
+                ProgressBar(progress, steps, "generating") as bar:
             t0 = time.perf_counter()
             with torch.inference_mode():
                 sequences = loaded.model.generate(
