@@ -22,6 +22,7 @@ def reference_replay(batches, key_pool, key_cost, budgets, policy, half_life_bat
     resident, used = set(), [0] * len(budgets)
     last_use, count, inserted, stamp, score = {}, {}, {}, {}, {}
     clock = [0.0] * len(budgets)
+    admitted_at, uses_since = {}, {}
     gd = {}
     out = []
     t = 0
@@ -40,6 +41,8 @@ def reference_replay(batches, key_pool, key_cost, budgets, policy, half_life_bat
             if i != batch.index(k):
                 continue  # a repeat inside the batch only refreshes recency
             count[k] = count.get(k, 0) + 1
+            if k in resident:
+                uses_since[k] += 1
             if half_life_batches is not None:
                 rate = math.log(2) / half_life_batches
                 score[k] = score.get(k, 0.0) * math.exp(-rate * (b - stamp.get(k, 0))) + 1
@@ -48,6 +51,7 @@ def reference_replay(batches, key_pool, key_cost, budgets, policy, half_life_bat
         for n, k in enumerate(admit):
             resident.add(k)
             inserted[k] = (b, n)
+            admitted_at[k], uses_since[k] = t - 1, 1
             used[key_pool[k]] += key_cost[k]
         pool = key_pool[batch[0]] if batch else 0
         while used[pool] > budgets[pool]:
@@ -70,6 +74,8 @@ def reference_replay(batches, key_pool, key_cost, budgets, policy, half_life_bat
                     return (profile[k], last_use[k], k)
                 if policy == "gdsf":
                     return (gd[k], last_use[k], k)
+                if policy == "hyperbolic":
+                    return (uses_since[k] / (t - 1 - admitted_at[k] + 1), last_use[k], k)
                 raise ValueError(policy)
 
             v = min(candidates, key=prio)

@@ -25,7 +25,7 @@ import numpy as np
 from .state import (COUNT, FIXED, HEADER, HEAP, HEAP_POS, KEY_POOL, KEY_SIZE, LAST_USE, MEMBER, NXT, PARAMS,
                     POOL_CLOCK, POOL_EVICTIONS, POOL_LEN, POOL_START, PREV, PRIO, SCRATCH, STAMP)
 
-LRU, FIFO, LFU, LFU_DECAY, BELADY, STATIC, GDSF, RANDOM = range(8)
+LRU, FIFO, LFU, LFU_DECAY, BELADY, STATIC, GDSF, RANDOM, HYPERBOLIC = range(9)
 
 # No reference counting inside kernels (they never allocate): with it, every call from the
 # loop pays atomic increments worth several times an LRU access.
@@ -212,6 +212,23 @@ def _random_victim(I, F, pool, busy, epoch):
     return -1
 
 
+@_jit
+def _hyperbolic_victim(I, F, pool, busy, epoch):
+    """Lowest uses-per-time-in-cache, computed now (the order changes with time: a full scan)."""
+    base, n = I[POOL_START, pool], I[POOL_LEN, pool]
+    now = I[HEADER, 3]
+    best, best_p = -1, 0.0
+    for j in range(n):
+        k = I[HEAP, base + j]
+        if busy[k] >= epoch:
+            continue
+        p = F[COUNT, k] / (now - I[STAMP, k] + 1)
+        if best < 0 or p < best_p or (p == best_p and (I[LAST_USE, k] < I[LAST_USE, best]
+                                                       or (I[LAST_USE, k] == I[LAST_USE, best] and k < best))):
+            best, best_p = k, p
+    return best
+
+
 # ----------------------------------------------------------------- the four calls
 @_jit
 def on_access(I, F, k, t, batch, hint, repeat):
@@ -223,6 +240,11 @@ def on_access(I, F, k, t, batch, hint, repeat):
             _link_after(I, I[HEADER, 1] + I[KEY_POOL, k], k)
         return
     if kind == FIFO or kind == RANDOM:
+        return
+    if kind == HYPERBOLIC:
+        I[HEADER, 3] = t  # the clock victim() reads
+        if I[MEMBER, k] and not repeat:
+            F[COUNT, k] += 1.0  # uses since admission
         return
     if kind == BELADY:
         F[PRIO, k] = -float(hint)  # the later the next use, the sooner evicted
@@ -265,6 +287,11 @@ def on_insert(I, F, k, t, prefetched):
         _link_after(I, I[HEADER, 1] + I[KEY_POOL, k], k)
     elif kind == RANDOM:
         _set_add(I, k)
+    elif kind == HYPERBOLIC:
+        F[COUNT, k] = 1.0
+        I[STAMP, k] = t
+        I[HEADER, 3] = max(I[HEADER, 3], t)
+        _set_add(I, k)
     else:
         _heap_push(I, F, k)
 
@@ -277,7 +304,7 @@ def on_evict(I, F, k):
     I[POOL_EVICTIONS, pool] += 1
     if kind == LRU or kind == FIFO:
         _unlink(I, k)
-    elif kind == RANDOM:
+    elif kind == RANDOM or kind == HYPERBOLIC:
         _set_remove(I, k)
     else:
         if kind == GDSF:
@@ -292,4 +319,6 @@ def victim(I, F, pool, busy, epoch):
         return _list_victim(I, pool, busy, epoch)
     if kind == RANDOM:
         return _random_victim(I, F, pool, busy, epoch)
+    if kind == HYPERBOLIC:
+        return _hyperbolic_victim(I, F, pool, busy, epoch)
     return _heap_victim(I, F, pool, busy, epoch)

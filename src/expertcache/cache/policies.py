@@ -19,7 +19,7 @@ from .state import PolicyState, new_state
 from .stream import LookupStream
 
 __all__ = ["Policy", "POLICIES", "register", "get_policy", "LRU", "FIFO", "LFU", "LFUDecay", "Belady",
-           "StaticFrequency", "GDSF", "Random"]
+           "StaticFrequency", "GDSF", "Hyperbolic", "Random"]
 
 
 class Policy(Protocol):
@@ -152,6 +152,17 @@ class GDSF(_Kernel):
 
     name: ClassVar[str] = "gdsf"
     kind: ClassVar[int] = kernels.GDSF
+
+
+@register
+@dataclass(frozen=True)
+class Hyperbolic(_Kernel):
+    """Hyperbolic caching (Blankstein et al., USENIX ATC 2017): evict the lowest
+    uses-since-admission / time-in-cache, evaluated at eviction time over the whole pool (the
+    exact form, not the paper's sampled one). Frequency and recency in one number."""
+
+    name: ClassVar[str] = "hyperbolic"
+    kind: ClassVar[int] = kernels.HYPERBOLIC
 
 
 @register

@@ -20,11 +20,11 @@ import numpy as np
 __all__ = ["PolicyState", "new_state"]
 
 # rows of `ints` [13, C] (int64)
-HEADER = 0  # [3] policy kind code (kernels.py), number of keys K, number of pools P
+HEADER = 0  # [4] policy kind code (kernels.py), number of keys K, number of pools P, clock (hyperbolic)
 KEY_POOL = 1  # [K] pool of each key
 MEMBER = 2  # [K] 1 while the policy tracks the key as cached
 LAST_USE = 3  # [K] stream position of the last use, -1 never used
-STAMP = 4  # [K] batch of the last count update (lfu-decay)
+STAMP = 4  # [K] batch of the last count update (lfu-decay), admission time (hyperbolic)
 PREV = 5  # [C] doubly linked recency/insertion lists; pool p's sentinel is column K + p
 NXT = 6  # [C]
 HEAP = 7  # [K] keys of each pool's region (a heap, or an unordered set for random)
@@ -38,7 +38,7 @@ NUM_INT_ROWS = 13
 # rows of `floats` [6, C] (float64)
 PARAMS = 0  # [4] policy parameters (decay rate, seed, ...)
 KEY_SIZE = 1  # [K] budget units one key takes (1 for slot budgets)
-COUNT = 2  # [K] use count (decayed for lfu-decay); persists after eviction
+COUNT = 2  # [K] use count (decayed for lfu-decay; since admission for hyperbolic); persists after eviction
 PRIO = 3  # [K] primary priority of heap policies (lower = evicted first)
 FIXED = 4  # [K] fixed per-key priority (the static policy's profile)
 POOL_CLOCK = 5  # [P] GDSF inflation value
