@@ -110,17 +110,10 @@ def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: 
     for block in blocks(trace, shuffle=shuffle):
         domain = seq_domain[block.seq_start:block.seq_stop]  # [s]
         s = len(domain)
-        # Per-layer streams, layer-major: stream (l, i) is sequence i of the block in layer l.
-        parts = [layer_stream(block.experts[:, l, :], pad) for l in range(L)]
-        ids = np.concatenate([p[0] for p in parts])
-        tok, base = [np.zeros(1, np.int64)], 0
-        for p in parts:
-            tok.append(p[1][1:] + base)
-            base += p[1][-1]
-        tok = np.concatenate(tok)
         n = len(block.experts)
-        stream_tok = (np.arange(L)[:, None] * n + block.seq_offsets[None, :-1]).ravel()
-        stream_tok = np.append(stream_tok, L * n)
+        # Per-layer streams, layer-major: stream (l, i) is sequence i of the block in layer l.
+        ids, tok = layer_stream(block.experts.transpose(1, 0, 2).reshape(L * n, -1), pad)
+        stream_tok = np.append((np.arange(L)[:, None] * n + block.seq_offsets[None, :-1]).ravel(), L * n)
         rows = (domain[None, :] * L + np.arange(L)[:, None]).ravel()
         layer_hist += _stack.stream_hists(ids, tok, stream_tok, rows, np.repeat(sizes, s), D * L, E + 2,
                                           code, fsf_m, threads)
