@@ -125,26 +125,57 @@ def _folder_with(folder, config):
     return folder
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-c", "from expertcache.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=300)
+def _cli(capsys, monkeypatch, *args) -> tuple[int, str]:
+    """Run the CLI in this process: (exit status, stderr)."""
+    from expertcache.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["expertcache", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
 
 
-def test_cli_trace_prefill_then_generate_and_errors(tiny_model, text_corpus, tmp_path):
-    folder = tiny_model("qwen3_moe")
-    run = _cli("trace", folder, "--corpus", text_corpus[0], "--corpus", text_corpus[1], "--samples", "2",
-               "--length", "16", "--out", str(tmp_path / "p"), "--logits")
+def test_cli_entry_point_runs_a_capture(tiny_model, text_corpus, tmp_path):
+    run = subprocess.run([sys.executable, "-c", "from expertcache.cli import main; main()", "trace", tiny_model("qwen3_moe"),
+                          "--corpus", text_corpus[0], "--samples", "2", "--length", "16", "--out", str(tmp_path / "p")],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "tokens/s" in run.stderr
+    assert "tokens/s" in run.stderr and Trace.load(tmp_path / "p").num_sequences == 2
+
+
+def test_cli_trace_prefill_then_generate_and_errors(tiny_model, text_corpus, tmp_path, capsys, monkeypatch):
+    folder = tiny_model("qwen3_moe")
+    code, err = _cli(capsys, monkeypatch, "trace", folder, "--corpus", text_corpus[0], "--corpus", text_corpus[1],
+                     "--samples", "2", "--length", "16", "--out", str(tmp_path / "p"), "--logits")
+    assert code == 0, err
     trace = Trace.load(tmp_path / "p")
     assert trace.num_sequences == 4 and trace.logits is not None and trace.capture["mode"] == "prefill"
 
-    run = _cli("trace", folder, "--prompt", "import os", "--generate", "3", "--out", str(tmp_path / "g"))
-    assert run.returncode == 0, run.stderr
-    assert (Trace.load(tmp_path / "g").phase == 1).sum() == 3
+    code, err = _cli(capsys, monkeypatch, "trace", folder, "--prompt", "import os", "--generate", "3", "--out", str(tmp_path / "g"))
+    assert code == 0, err
+    assert "generated:" in err and (Trace.load(tmp_path / "g").phase == 1).sum() == 3
 
     for args in (("trace", str(tmp_path / "missing"), "--corpus", text_corpus[0], "--out", str(tmp_path / "x")),
                  ("trace", folder, "--out", str(tmp_path / "x")),
-                 ("trace", folder, "--prompt", "hi", "--out", str(tmp_path / "x"))):
-        run = _cli(*args)
-        assert run.returncode == 2 and run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+                 ("trace", folder, "--prompt", "hi", "--out", str(tmp_path / "x")),
+                 ("trace", folder, "--corpus", text_corpus[0], "--prompt", "hi", "--generate", "2", "--out", str(tmp_path / "x"))):
+        code, err = _cli(capsys, monkeypatch, *args)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_demo_builds_its_model_once_and_captures_every_demo_domain(tmp_path):
+    from expertcache.trace.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", samples=1, length=32)
+    trace = result.load()
+    assert trace.num_sequences == len(trace.domains) >= 4
+    assert trace.model.architecture == "Qwen3MoeForCausalLM" and trace.model.num_moe_layers == 4
+    assert (trace.tokens >= 0).all() and trace.capture["mode"] == "prefill"
+    weights = (tmp_path / "demo" / "model" / "model.safetensors").stat().st_mtime_ns
+    again = run_demo(tmp_path / "demo", samples=1, length=32)
+    assert again.skipped_sequences == trace.num_sequences and again.new_tokens == 0
+    assert (tmp_path / "demo" / "model" / "model.safetensors").stat().st_mtime_ns == weights
