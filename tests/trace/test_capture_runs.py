@@ -80,7 +80,11 @@ def test_model_description_counts_expert_bytes_in_the_checkpoint_dtype(tiny_mode
     import transformers
 
     # OLMoE: gate, up, down of [I=32, H=32] per expert; GPT-OSS adds the biases (2I + H).
-    assert load_model(tiny_model("olmoe"), need_tokenizer=False).infos["decoder"].expert_bytes == (3 * 32 * 32 * 4,) * 2
+    olmoe = load_model(tiny_model("olmoe"), need_tokenizer=False)
+    assert olmoe.infos["decoder"].expert_bytes == (3 * 32 * 32 * 4,) * 2
+    layer = olmoe.model.model.layers[0]
+    rest = sum(p.numel() for n, p in layer.named_parameters() if not n.startswith("mlp.experts."))
+    assert olmoe.infos["decoder"].dense_bytes == (rest * 4,) * 2
     gpt = load_model(tiny_model("gpt_oss"), need_tokenizer=False).infos["decoder"]
     assert gpt.expert_bytes == ((3 * 32 * 32 + 2 * 32 + 32) * 4,) * 2 and gpt.dtype == "float32"
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model("qwen3_moe"), dtype=torch.bfloat16)
@@ -179,3 +183,12 @@ def test_demo_builds_its_model_once_and_captures_every_demo_domain(tmp_path):
     again = run_demo(tmp_path / "demo", samples=1, length=32)
     assert again.skipped_sequences == trace.num_sequences and again.new_tokens == 0
     assert (tmp_path / "demo" / "model" / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_seq2seq_generation_prefills_the_encoder_and_decodes_the_decoder(tiny_model, tmp_path):
+    from expertcache.trace.generate import capture_generation
+
+    result = capture_generation(tiny_model("switch_transformers"), "a b c d", tmp_path / "g", new_tokens=5)
+    encoder, decoder = result.load("encoder"), result.load("decoder")
+    assert (encoder.phase == 0).all() and encoder.num_tokens == len(encoder.tokens) > 0
+    assert (decoder.phase == 1).all() and decoder.num_tokens == 5 and decoder.tokens[0] == 0  # decoder start

@@ -181,7 +181,8 @@ def optional_arrays(logits: bool, stale_gate: bool) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------- description
 def describe(name: str, model: nn.Module, adapter: Adapter, blocks: list[MoEBlock], dtype: str) -> dict[str, ModelInfo]:
-    """One ModelInfo per stack: MoE layers, experts, k, shared experts, bytes of one expert."""
+    """One ModelInfo per stack: MoE layers, experts, k, shared experts, bytes of one expert and of
+    the rest of each MoE layer (in the checkpoint dtype)."""
     itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size() if hasattr(torch, dtype) else None
     config = model.config
     architecture = (getattr(config, "architectures", None) or [type(model).__name__])[0]
@@ -202,6 +203,7 @@ def describe(name: str, model: nn.Module, adapter: Adapter, blocks: list[MoEBloc
             top_k=top_ks.pop(),
             num_shared_experts=_shared_experts(mine[0], config),
             expert_bytes=tuple(_expert_bytes(b, itemsize) for b in mine),
+            dense_bytes=tuple(_dense_bytes(b, itemsize) for b in mine),
             dtype=dtype,
             stack=stack,
             extra={"family": adapter.name, "model_type": config.model_type, "routing": adapter.routing,
@@ -230,6 +232,13 @@ def _expert_bytes(block: MoEBlock, itemsize: int | None) -> int:
     numel = sum(p.numel() for p in params)
     size = itemsize or params[0].element_size()
     return int(numel * size // block.num_experts)
+
+
+def _dense_bytes(block: MoEBlock, itemsize: int | None) -> int:
+    """Bytes of the layer without its routed experts (attention, norms, router, shared experts)."""
+    routed = {id(p) for p in block.experts.parameters()}
+    params = [p for p in block.layer_module.parameters() if id(p) not in routed]
+    return int(sum(p.numel() * (itemsize or p.element_size()) for p in params))
 
 
 # ---------------------------------------------------------------------------- writing

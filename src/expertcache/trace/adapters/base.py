@@ -81,6 +81,7 @@ class MoEBlock:
     num_experts: int
     top_k: int | None
     shared: nn.Module | None
+    layer_module: nn.Module | None = None  # the whole layer (attention, norms, MoE block)
 
 
 def find_blocks(model: nn.Module, adapter: Adapter) -> list[MoEBlock]:
@@ -99,8 +100,9 @@ def find_blocks(model: nn.Module, adapter: Adapter) -> list[MoEBlock]:
         num_experts = _count_experts(experts, router)
         top_k = getattr(router, "top_k", None) or getattr(module, "top_k", None)
         shared = next((getattr(module, a) for a in adapter.shared_attrs if isinstance(getattr(module, a, None), nn.Module)), None)
-        blocks.append(MoEBlock(stack, int(match["index"]), len(model.get_submodule(stack_path)), path, module,
-                               router, experts, num_experts, top_k, shared))
+        layers = model.get_submodule(stack_path)
+        blocks.append(MoEBlock(stack, int(match["index"]), len(layers), path, module, router, experts, num_experts,
+                               top_k, shared, layers[int(match["index"])]))
     return blocks
 
 
