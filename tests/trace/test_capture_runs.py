@@ -192,3 +192,18 @@ def test_seq2seq_generation_prefills_the_encoder_and_decodes_the_decoder(tiny_mo
     encoder, decoder = result.load("encoder"), result.load("decoder")
     assert (encoder.phase == 0).all() and encoder.num_tokens == len(encoder.tokens) > 0
     assert (decoder.phase == 1).all() and decoder.num_tokens == 5 and decoder.tokens[0] == 0  # decoder start
+
+
+def test_ids_from_an_unsorted_top_k_are_put_in_descending_weight_order_unless_the_router_order_is_the_score():
+    import torch
+
+    from expertcache.trace.recorder import _Tap
+
+    ids, weights = torch.tensor([[3, 1, 7], [0, 5, 2]]), torch.tensor([[0.1, 0.6, 0.3], [0.2, 0.2, 0.5]])
+    tap = _Tap(block=None, slot=0, sort_by_weight=True)
+    tap.note(ids, weights)
+    assert tap.ids[0].tolist() == [[1, 7, 3], [2, 0, 5]]  # ties keep the router's order
+    assert torch.equal(tap.weights[0], torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.2, 0.2]]))
+    keep = _Tap(block=None, slot=0, sort_by_weight=False)  # PhiMoE: pick order is the score order
+    keep.note(ids, weights)
+    assert keep.ids[0].tolist() == ids.tolist()
