@@ -110,7 +110,7 @@ class RoutingRecorder:
                 self._handles.append(tap.block.router.register_forward_hook(self._router_hook(tap)))
         if self.want_logits or self.want_stale:
             for tap in taps:
-                self._handles.append(tap.block.router.register_forward_pre_hook(self._router_input_hook(tap)))
+                self._handles.append(tap.block.router.register_forward_pre_hook(self._router_input_hook(tap), with_kwargs=True))
 
     def _switch_registry(self, taps: list[_Tap]) -> None:
         from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
@@ -157,7 +157,7 @@ class RoutingRecorder:
         logits_fn = self.adapter.router_logits
         stack = tap.block.stack
 
-        def hook(router, args, kwargs=None):
+        def hook(router, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
             x = x.reshape(-1, x.shape[-1]).detach()  # [T, H]
             with torch.no_grad():
