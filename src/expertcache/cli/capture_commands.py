@@ -66,6 +66,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo model and its trace.")] = Path("expertcache-demo"),
     samples: Annotated[int, typer.Option("--samples", "-n", help="Windows per demo domain.")] = 8,
     length: Annotated[int, typer.Option("--length", "-T", help="Tokens per window.")] = 256,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Capture the demo trace afresh.")] = False,
 ) -> None:
     """Build a tiny MoE model, capture the built-in demo corpus with it, print the trace summary."""
     from transformers.utils import logging as hf_logging
@@ -76,7 +77,7 @@ def demo(
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    result = run_demo(out, samples=samples, length=length, progress=True)
+    result = run_demo(out, samples=samples, length=length, overwrite=overwrite, progress=True)
     _report(result)
     print_summary(summarize(result.load()))
 

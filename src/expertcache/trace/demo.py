@@ -178,10 +178,11 @@ def _build(factory: Callable, path, *, vocab_size: int, seed: int, tokenizer) ->
 
 
 def run_demo(out: str | os.PathLike = "expertcache-demo", *, samples: int = 8, length: int = 256, seed: int = 0,
-             progress: bool = False):
+             overwrite: bool = False, progress: bool = False):
     """Build the demo model in OUT/model (once), capture the demo corpus into OUT/trace.
 
-    Re-running resumes: the model is reused and finished sequences are skipped.
+    Re-running resumes: the model is reused and finished sequences are skipped; `overwrite`
+    captures the trace afresh (other settings on an existing trace need it).
     """
     from .capture import capture_corpus
     from .corpus import demo_tokenizer
@@ -196,4 +197,4 @@ def run_demo(out: str | os.PathLike = "expertcache-demo", *, samples: int = 8, l
             shutil.rmtree(model_dir)
         os.replace(partial, model_dir)
     return capture_corpus(model_dir, ["demo"], out / "trace", samples=samples, length=length, seed=seed,
-                          progress=progress)
+                          overwrite=overwrite, progress=progress)
