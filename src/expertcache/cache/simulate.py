@@ -5,6 +5,7 @@ Shape key: B batches, L MoE layers, N tokens.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,21 @@ from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
 from .replay import PF_BYTES, replay
 from .stream import LookupStream, build_stream
 
-__all__ = ["simulate", "SimulationResult", "run_stream"]
+__all__ = ["simulate", "SimulationResult", "run_stream", "open_trace"]
+
+
+def open_trace(path):
+    """A trace directory, or a route-trace CSV recorded by an on-device engine."""
+    from pathlib import Path
+
+    from ..trace import Trace
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".csv":
+        from ..trace.bigmoe import import_bigmoe
+
+        return import_bigmoe(path)
+    return Trace.load(path)
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,7 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
              shares: str = "equal", stream: LookupStream | None = None) -> SimulationResult:
     """Replay `trace` through `policy` under one budget (exactly one of mib / slots / x).
 
-    `policy` is a registered name ("lru", "lfu", "belady", ...; a "layer-" prefix selects the
+    `trace` is a Trace or a path (trace directory or *.route.csv). `policy` is a registered name ("lru", "lfu", "belady", ...; a "layer-" prefix selects the
     per-layer scope) or a policy object. `prefetch` is a prefetcher name or object, or a
     PrefetchConfig (count, distance, reserved slots). Pass `stream=build_stream(trace)` to
     reuse the lookup stream across many calls.
@@ -108,6 +123,8 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     if isinstance(policy, str) and policy.strip().lower().startswith("layer-"):
         policy, scope = policy.strip()[len("layer-"):], "layer"
     policy = get_policy(policy)
+    if isinstance(trace, (str, os.PathLike)):
+        trace = open_trace(trace)
     stream = build_stream(trace) if stream is None else stream
     config = None if prefetch is None else PrefetchConfig.of(prefetch)
     budget = resolve_budget(trace.model, stream.key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,

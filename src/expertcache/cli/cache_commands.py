@@ -11,20 +11,10 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
+from ..cache.simulate import open_trace
 from ..errors import ExpertcacheError
 
 _err = Console(stderr=True)
-
-
-def open_trace(path: Path):
-    """A trace directory, or a route-trace CSV recorded by an on-device engine."""
-    from ..trace import Trace
-
-    if path.is_file() and path.suffix == ".csv":
-        from ..trace.bigmoe import import_bigmoe
-
-        return import_bigmoe(path)
-    return Trace.load(path)
 
 
 def _profile(path: Optional[Path]):
