@@ -1,4 +1,4 @@
-"""Capture overhead: prefill tokens/s with routing capture on vs off, same model, same inputs.
+"""Capture overhead: tokens/s with routing capture on vs off, same model, same inputs.
 
 Goal (issue 3): capture costs at most 5 % of tokens/s. Three measurements, interleaved in
 rounds so drift hits all alike; the figure is the best round of each (the machine is shared, so
@@ -7,6 +7,7 @@ the minimum is the least disturbed estimate; the median is printed too):
 - recorder:  the same forward with the routing recorder installed, plus copying the routing
              out (`take`) after each forward;
 - capture:   everything `capture_corpus` does per batch: the above plus writing the trace.
+- decode:    greedy generation of --decode tokens, recorder off vs on.
 The model is a randomly initialised Qwen3-MoE-style model saved to a temporary folder and
 loaded with from_pretrained, so it goes through the same path as a hub model.
 
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--forwards", type=int, default=2, help="forward passes per measurement")
+    parser.add_argument("--decode", type=int, default=64, help="decode steps in the generation measurement")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -94,6 +96,22 @@ def main() -> None:
                     forward()
                     _add_batch(writer, recorder.take(), ids.cpu().numpy(), windows, 0)
 
+        prompt = ids[:1, :32]  # [1, 32]
+
+        def decode(record: bool) -> float:
+            """Greedy decode of --decode tokens; seconds, with the recorder on or off."""
+            options = dict(max_new_tokens=args.decode, min_new_tokens=args.decode, do_sample=False, pad_token_id=0)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                if record:
+                    with loaded.recorder() as recorder:
+                        loaded.model.generate(prompt, **options)
+                        recorder.take()
+                else:
+                    loaded.model.generate(prompt, **options)
+            sync()
+            return time.perf_counter() - t0
+
         off()  # warm-up
         recorded()
         times = {"off": [], "recorder": [], "capture": []}
@@ -103,6 +121,11 @@ def main() -> None:
                 fn()
                 times[name].append(time.perf_counter() - t0)
         writer.close()
+        decode_times = {"off": [], "recorder": []}
+        decode(False)
+        for _ in range(args.rounds):
+            decode_times["off"].append(decode(False))
+            decode_times["recorder"].append(decode(True))
         tokens = args.forwards * ids.numel()
         best = {name: tokens / min(t) for name, t in times.items()}
         median = {name: tokens / statistics.median(t) for name, t in times.items()}
@@ -112,6 +135,10 @@ def main() -> None:
         for name in times:
             print(f"  {name:9s} best {best[name]:9,.0f} tokens/s  overhead {100 * (1 - best[name] / best['off']):+6.2f} %"
                   f"   | median {median[name]:9,.0f} tokens/s  overhead {100 * (1 - median[name] / median['off']):+6.2f} %")
+        rate = {name: args.decode / min(t) for name, t in decode_times.items()}
+        print(f"greedy decode, {args.decode} tokens after a 32-token prompt (best of {args.rounds}):")
+        for name in rate:
+            print(f"  {name:9s} best {rate[name]:9,.1f} tokens/s  overhead {100 * (1 - rate[name] / rate['off']):+6.2f} %")
 
 
 if __name__ == "__main__":
