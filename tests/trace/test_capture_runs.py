@@ -207,3 +207,16 @@ def test_ids_from_an_unsorted_top_k_are_put_in_descending_weight_order_unless_th
     keep = _Tap(block=None, slot=0, sort_by_weight=False)  # PhiMoE: pick order is the score order
     keep.note(ids, weights)
     assert keep.ids[0].tolist() == ids.tolist()
+
+
+def test_a_second_recorder_on_the_same_model_is_refused_and_the_first_keeps_recording(tiny_model):
+    import torch
+
+    loaded = load_model(tiny_model("olmoe"), need_tokenizer=False)
+    with loaded.recorder() as first:
+        with pytest.raises(ExpertcacheError, match="already recording"):
+            with loaded.recorder():
+                pass
+        with torch.no_grad():
+            loaded.model(torch.zeros((1, 5), dtype=torch.long))
+        assert first.take()["experts"].shape == (5, 2, 2)

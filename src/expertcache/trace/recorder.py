@@ -125,6 +125,8 @@ class RoutingRecorder:
                     f"{type(experts).__name__} does not dispatch through transformers' experts registry; "
                     f"the {self.adapter.name} adapter needs source='router'"
                 )
+            if original == REGISTRY_NAME:
+                raise ExpertcacheError("another RoutingRecorder is already recording this model")
             tap.inner = ALL_EXPERTS_FUNCTIONS.get_interface(original, wrapped)
             _TAPS[id(experts)] = tap
         self._saved_impl = self.model.get_experts_implementation()
@@ -139,7 +141,8 @@ class RoutingRecorder:
         self._handles.clear()
         for taps in self.stacks.values():
             for tap in taps:
-                _TAPS.pop(id(tap.block.experts), None)
+                if _TAPS.get(id(tap.block.experts)) is tap:
+                    del _TAPS[id(tap.block.experts)]
         if self._saved_impl is not None:
             self.model.set_experts_implementation(self._saved_impl)
             self._saved_impl = None
