@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+NEVER = (2**63 - 1) // 4  # the stream's "never used again" batch (what the compiled oracle is given)
+
 
 def reference_replay(batches, key_pool, key_cost, budgets, policy, half_life_batches=None, profile=None):
     """batches: list of lists of keys (stream order). Returns per-batch (hits, misses)."""
@@ -16,9 +18,9 @@ def reference_replay(batches, key_pool, key_cost, budgets, policy, half_life_bat
         for k in batch:
             uses.setdefault(k, []).append(b)
 
-    def next_use(k, b):
+    def next_use(k, b, never=math.inf):
         later = [u for u in uses[k] if u > b]
-        return later[0] if later else math.inf
+        return later[0] if later else never
     resident, used = set(), [0] * len(budgets)
     last_use, count, inserted, stamp, score = {}, {}, {}, {}, {}
     clock = [0.0] * len(budgets)
@@ -70,6 +72,8 @@ def reference_replay(batches, key_pool, key_cost, budgets, policy, half_life_bat
                     return (math.log(score[k]) + math.log(2) / half_life_batches * stamp[k], last_use[k], k)
                 if policy == "belady":
                     return (-next_use(k, b), last_use[k], k)
+                if policy == "belady-size":  # largest distance x size first; never used = NEVER
+                    return (-(next_use(k, b, NEVER) - b) * key_cost[k], last_use[k], k)
                 if policy == "static":
                     return (profile[k], last_use[k], k)
                 if policy == "gdsf":

@@ -25,7 +25,7 @@ import numpy as np
 from .state import (COUNT, FIXED, HEADER, HEAP, HEAP_POS, KEY_POOL, KEY_SIZE, LAST_USE, MEMBER, NXT, PARAMS,
                     POOL_CLOCK, POOL_EVICTIONS, POOL_LEN, POOL_START, PREV, PRIO, SCRATCH, STAMP)
 
-LRU, FIFO, LFU, LFU_DECAY, BELADY, STATIC, GDSF, RANDOM, HYPERBOLIC = range(9)
+LRU, FIFO, LFU, LFU_DECAY, BELADY, STATIC, GDSF, RANDOM, HYPERBOLIC, BELADY_SIZE = range(10)
 
 # No reference counting inside kernels (they never allocate): with it, every call from the
 # loop pays atomic increments worth several times an LRU access.
@@ -229,6 +229,23 @@ def _hyperbolic_victim(I, F, pool, busy, epoch):
     return best
 
 
+@_jit
+def _belady_size_victim(I, F, pool, busy, epoch):
+    """Largest (batches to next use) x size: the byte-aware offline heuristic (a full scan)."""
+    base, n = I[POOL_START, pool], I[POOL_LEN, pool]
+    now = I[HEADER, 3]
+    best, best_s = -1, 0.0
+    for j in range(n):
+        k = I[HEAP, base + j]
+        if busy[k] >= epoch:
+            continue
+        s = (F[PRIO, k] - now) * F[KEY_SIZE, k]
+        if best < 0 or s > best_s or (s == best_s and (I[LAST_USE, k] < I[LAST_USE, best]
+                                                       or (I[LAST_USE, k] == I[LAST_USE, best] and k < best))):
+            best, best_s = k, s
+    return best
+
+
 # ----------------------------------------------------------------- the four calls
 @_jit
 def on_access(I, F, k, t, batch, hint, repeat):
@@ -240,6 +257,10 @@ def on_access(I, F, k, t, batch, hint, repeat):
             _link_after(I, I[HEADER, 1] + I[KEY_POOL, k], k)
         return
     if kind == FIFO or kind == RANDOM:
+        return
+    if kind == BELADY_SIZE:
+        I[HEADER, 3] = batch  # the clock victim() reads
+        F[PRIO, k] = float(hint)  # batch of the next use
         return
     if kind == HYPERBOLIC:
         I[HEADER, 3] = t  # the clock victim() reads
@@ -285,7 +306,7 @@ def on_insert(I, F, k, t, prefetched):
         _link_after(I, at, k)
     elif kind == FIFO:
         _link_after(I, I[HEADER, 1] + I[KEY_POOL, k], k)
-    elif kind == RANDOM:
+    elif kind == RANDOM or kind == BELADY_SIZE:
         _set_add(I, k)
     elif kind == HYPERBOLIC:
         F[COUNT, k] = 1.0
@@ -304,7 +325,7 @@ def on_evict(I, F, k):
     I[POOL_EVICTIONS, pool] += 1
     if kind == LRU or kind == FIFO:
         _unlink(I, k)
-    elif kind == RANDOM or kind == HYPERBOLIC:
+    elif kind == RANDOM or kind == HYPERBOLIC or kind == BELADY_SIZE:
         _set_remove(I, k)
     else:
         if kind == GDSF:
@@ -321,4 +342,6 @@ def victim(I, F, pool, busy, epoch):
         return _random_victim(I, F, pool, busy, epoch)
     if kind == HYPERBOLIC:
         return _hyperbolic_victim(I, F, pool, busy, epoch)
+    if kind == BELADY_SIZE:
+        return _belady_size_victim(I, F, pool, busy, epoch)
     return _heap_victim(I, F, pool, busy, epoch)

@@ -19,7 +19,7 @@ from .state import PolicyState, new_state
 from .stream import LookupStream
 
 __all__ = ["Policy", "POLICIES", "register", "get_policy", "LRU", "FIFO", "LFU", "LFUDecay", "Belady",
-           "StaticFrequency", "GDSF", "Hyperbolic", "Random"]
+           "BeladySize", "StaticFrequency", "GDSF", "Hyperbolic", "Random"]
 
 
 class Policy(Protocol):
@@ -122,6 +122,17 @@ class Belady(_Kernel):
 
     name: ClassVar[str] = "belady"
     kind: ClassVar[int] = kernels.BELADY
+    uses_future: ClassVar[bool] = True
+
+
+@register
+@dataclass(frozen=True)
+class BeladySize(_Kernel):
+    """Byte-aware offline heuristic for experts of differing sizes: evict the largest
+    (batches until the next use) x size; with slot budgets it is Belady."""
+
+    name: ClassVar[str] = "belady-size"
+    kind: ClassVar[int] = kernels.BELADY_SIZE
     uses_future: ClassVar[bool] = True
 
 
