@@ -61,3 +61,13 @@ def test_sweep_writes_table_parquet_and_plot(tmp_path):
     layer = [r for r in table if r["policy"] == "lfu"]
     assert {r["scope"] for r in layer} == {"layer"}
     assert cli("sweep", TRACE, "--out", tmp_path, "--budgets", "a,b").returncode == 2
+
+
+def test_bench_hw_writes_a_profile_simulate_can_use(tmp_path):
+    hw = tmp_path / "hw.json"
+    p = cli("bench-hw", "--hidden", 64, "--intermediate", 32, "--layers", 2, "--disk-mib", 4, "--copy-mib", 8,
+            "--directory", tmp_path, "--out", hw, "--json")
+    assert p.returncode == 0, p.stderr
+    assert set(json.loads(p.stdout)) == {"profile", "measured"}
+    p = cli("simulate", TRACE, "--budget-x", 1, "--profile", hw, "--json")
+    assert json.loads(p.stdout)["throughput"]["decode_tokens_per_s"] > 0

@@ -79,3 +79,15 @@ def test_model_against_the_phone(name, budget):
     # the SPEC §7 bound (perfect overlap) on the same machine is never slower than the phone
     bound = step_times(compute, ours, bandwidth, True).sum()
     assert bound <= wall.sum()
+
+
+def test_bench_hw_measures_a_usable_profile(tmp_path):
+    from expertcache.cache import bench_hw
+
+    profile, raw = bench_hw(hidden=64, intermediate=32, layers=2, disk_mib=4, copy_mib=8, directory=str(tmp_path))
+    assert raw["expert_bytes"] == (2 * 32 * 64 + 64 * 32) * 4
+    assert profile.link_bandwidth == raw["disk_read_bytes_per_s"] > 0 and profile.source_bandwidth > 0
+    assert profile.expert_time > 0 and profile.dense_time == pytest.approx(2 * raw["dense_layer_s"])
+    assert list(tmp_path.iterdir()) == []  # the disk test cleans up
+    with pytest.raises(ExpertcacheError):
+        bench_hw(hidden=0)

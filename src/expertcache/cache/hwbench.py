@@ -86,14 +86,15 @@ def expert_times(hidden: int, intermediate: int, dtype: str = "float32", repeats
 
 
 def bench_hw(hidden: int = 2048, intermediate: int = 768, dtype: str = "float32", layers: int = 48,
-             disk_mib: int = 256, directory: str | None = None, link: str = "disk") -> tuple[HardwareProfile, dict]:
+             disk_mib: int = 256, directory: str | None = None, link: str = "disk",
+             copy_mib: int = 256) -> tuple[HardwareProfile, dict]:
     """Measure and return (profile, raw figures). `link` picks which bandwidth feeds the cache:
     "disk" (disk -> RAM offloading) or "memory" (RAM -> fast memory, host copy as a stand-in)."""
     if link not in ("disk", "memory"):
         raise ExpertcacheError(f"link must be disk or memory, got {link!r}")
-    if min(hidden, intermediate, layers, disk_mib) <= 0:
+    if min(hidden, intermediate, layers, disk_mib, copy_mib) <= 0:
         raise ExpertcacheError("dimensions, layers and sizes must be positive")
-    mem = memcpy_bandwidth()
+    mem = memcpy_bandwidth(copy_mib)
     disk, cold = disk_read_bandwidth(disk_mib, directory)
     t_expert, t_dense_layer, expert_bytes = expert_times(hidden, intermediate, dtype)
     raw = {"memcpy_bytes_per_s": mem, "disk_read_bytes_per_s": disk, "disk_cold": cold,

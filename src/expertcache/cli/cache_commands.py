@@ -107,6 +107,7 @@ def bench_hw_command(
     layers: Annotated[int, typer.Option(help="layers (for the dense time per token)")] = 48,
     link: Annotated[str, typer.Option(help="what feeds the cache: disk (disk->RAM) or memory")] = "disk",
     disk_mib: Annotated[int, typer.Option(help="size of the disk read test")] = 256,
+    copy_mib: Annotated[int, typer.Option(help="size of the memory copy test")] = 256,
     directory: Annotated[Optional[Path], typer.Option(help="directory for the disk read test (default: temp)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="write the profile JSON here (for simulate/sweep --profile)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -114,7 +115,8 @@ def bench_hw_command(
     """Measure this machine's hardware profile for the throughput model."""
     from ..cache.hwbench import bench_hw
 
-    profile, raw = bench_hw(hidden, intermediate, dtype, layers, disk_mib, None if directory is None else str(directory), link)
+    profile, raw = bench_hw(hidden, intermediate, dtype, layers, disk_mib, None if directory is None else str(directory),
+                            link, copy_mib)
     if out is not None:
         profile.save(out)
     if as_json:
