@@ -204,11 +204,14 @@ def test_switch_stacks_are_separate_traces_and_capacity_drops_are_not_routed(tin
         assert stack == "decoder" or (trace.experts == trace.pad_id).any(), "capacity never hit: fixture too small"
 
 
-@pytest.mark.parametrize("model_type", ["olmoe", "llama4_text"])
-def test_capture_leaves_the_model_output_unchanged(model_type, tiny_model, tokenizer):
+@pytest.mark.parametrize("model_type,implementation", [
+    ("olmoe", "grouped_mm"), ("olmoe", "batched_mm"), ("olmoe", "eager"), ("gpt_oss", "eager"), ("llama4_text", None)])
+def test_capture_leaves_the_model_output_unchanged(model_type, implementation, tiny_model, tokenizer):
     from expertcache.trace.capture import load_model
 
     loaded = load_model(tiny_model(model_type), need_tokenizer=False)
+    if implementation:
+        loaded.model.set_experts_implementation(implementation)
     ids = torch.randint(0, len(tokenizer), (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         plain = loaded.model(ids).logits
@@ -217,7 +220,7 @@ def test_capture_leaves_the_model_output_unchanged(model_type, tiny_model, token
             assert recorder.take()["experts"].shape[0] == 48
         after = loaded.model(ids).logits
     assert torch.equal(plain, captured) and torch.equal(plain, after)
-    assert loaded.model.config._experts_implementation != "expertcache_capture"
+    assert loaded.model.config._experts_implementation == (implementation or "eager")
 
 
 @pytest.mark.parametrize("model_type", ["olmoe", "deepseek_v3"])
