@@ -168,3 +168,9 @@ def test_select_and_domain_views(rng):
 
 def test_phase_constants():
     assert (PREFILL, DECODE) == (0, 1)
+
+
+def test_seq2seq_capture_folder_points_to_its_stacks(tmp_path):
+    (tmp_path / "stacks.json").write_text(json.dumps({"stacks": ["encoder", "decoder"]}))
+    with pytest.raises(ExpertcacheError, match=r"seq2seq capture .* open .*encoder or .*decoder"):
+        Trace.load(tmp_path)

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import ExpertcacheError
 from .adapters import Adapter, MoEBlock, adapter_for, find_blocks
-from .format import PREFILL, write_json_atomic
+from .format import PREFILL, STACKS, write_json_atomic
 from .model_info import ModelInfo
 from .recorder import RoutingRecorder
 from .trace import Trace
@@ -32,7 +32,6 @@ from .writer import TraceWriter
 __all__ = ["CaptureResult", "LoadedModel", "capture_corpus", "describe", "ensure_loaded", "load_model", "open_writers",
            "optional_arrays", "trace_paths"]
 
-STACKS_FILE = "stacks.json"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -257,10 +256,10 @@ def open_writers(loaded: LoadedModel, out: str | os.PathLike, *, capture: dict, 
         import shutil
 
         shutil.rmtree(out)
-    if out.exists() and not (out / STACKS_FILE).is_file() and any(out.iterdir()):
+    if out.exists() and not (out / STACKS).is_file() and any(out.iterdir()):
         raise ExpertcacheError(f"{out} exists and is not a capture of a seq2seq model; choose another output")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / STACKS_FILE, {
+    write_json_atomic(out / STACKS, {
         "note": "a seq2seq model: each stack is a separate trace in the folder of its name",
         "stacks": stacks, "model": loaded.name,
     })
@@ -270,8 +269,8 @@ def open_writers(loaded: LoadedModel, out: str | os.PathLike, *, capture: dict, 
 def trace_paths(out: str | os.PathLike) -> dict[str, Path]:
     """stack -> trace directory of a capture output (one trace, or the stacks of a seq2seq model)."""
     out = Path(out)
-    if (out / STACKS_FILE).is_file():
-        stacks = json.loads((out / STACKS_FILE).read_text())["stacks"]
+    if (out / STACKS).is_file():
+        stacks = json.loads((out / STACKS).read_text())["stacks"]
         return {s: out / s for s in stacks}
     return {"decoder": out}
 

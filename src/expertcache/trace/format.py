@@ -22,6 +22,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 SHARD_META = "shard.json"
+STACKS = "stacks.json"  # in a seq2seq capture folder: names the stacks, each a trace of its own
 
 PREFILL, DECODE = 0, 1
 

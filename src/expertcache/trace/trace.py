@@ -22,6 +22,7 @@ from .format import (
     SEQUENCE_ARRAYS,
     SHARD_META,
     SHARDS,
+    STACKS,
     TOKEN_ARRAYS,
     expert_dtype,
     load_array,
@@ -116,6 +117,12 @@ class Trace:
             raise ExpertcacheError(f"{path}: no such trace")
         if not path.is_dir():
             raise ExpertcacheError(f"{path}: a trace is a directory, this is a file")
+        if (path / STACKS).is_file() and not (path / MANIFEST).exists():
+            stacks = read_json(path / STACKS, "list of stacks").get("stacks", [])
+            raise ExpertcacheError(
+                f"{path} holds a seq2seq capture with one trace per stack: open "
+                + " or ".join(str(path / s) for s in stacks)
+            )
         manifest = read_json(path / MANIFEST, "trace manifest")
         if manifest.get("format") != FORMAT_NAME:
             raise ExpertcacheError(f"{path / MANIFEST}: not an expertcache trace")
