@@ -121,3 +121,19 @@ def test_one_pass_python_baseline_matches_brute_force(policy, m):
     tokens = [list(rng.choice(7, 3, replace=False)) for _ in range(25)]
     hits, total = reference.hit_counts_one_pass(tokens, 7, policy, m)
     np.testing.assert_allclose(hits / total, reference.hit_rates([tokens], 7, policy, m), atol=1e-12)
+
+
+def test_layers_with_different_expert_counts():
+    from expertcache import ModelInfo
+
+    rng = np.random.default_rng(12)
+    model = ModelInfo(name="mixed", architecture="test", num_layers=3, moe_layers=(0, 2), num_experts=(3, 6), top_k=2)
+    seqs = [np.stack([np.stack([rng.choice(3, 2, replace=False), rng.choice(6, 2, replace=False)]) for _ in range(T)])
+            for T in (9, 5)]
+    trace = Trace.from_arrays(seqs, model=model)
+    for policy, m in (("lru", None), ("fsf", 2)):
+        fast = curves(trace, policy, m)
+        per_layer, model_level = reference.trace_curves(trace, policy, m)
+        np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
+        np.testing.assert_allclose(fast.model_level, model_level, atol=1e-9, rtol=0)
+    assert fast.per_layer.shape == (2, 6) and fast.model_level.shape == (9,)

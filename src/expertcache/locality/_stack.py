@@ -30,7 +30,7 @@ POLICY_CODES = {"lru": LRU, "lfu": LFU, "belady": BELADY, "fsf": FSF}
 _SHIFT = np.int64(1) << np.int64(32)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
 def _fenwick_add(tree, i, value):
     i += 1
     while i < tree.shape[0]:
@@ -38,7 +38,7 @@ def _fenwick_add(tree, i, value):
         i += i & (-i)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
 def _fenwick_prefix(tree, i):
     """Sum of entries [0, i)."""
     total = 0
@@ -56,7 +56,7 @@ def _widest_token(tok):
     return width
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
 def _judge_token(ids, a, b, t, depth, seen, stamp, hist, n_ids):
     """Record the hit sizes of token t's requests ids[a:b]; depth[x] < 0 means never used."""
     new = 0
@@ -178,31 +178,21 @@ def priority_hist(ids, tok, n_ids, policy, m, hist):
             where[x] = 0
 
 
-@numba.njit(cache=True, parallel=True)
-def stream_hists(ids, tok, stream_tok, stream_row, stream_ids, n_rows, width, policy, m, n_threads):
-    """Hit histograms of many independent streams, summed into rows [n_rows, width].
+@numba.njit(cache=True, nogil=True)
+def stream_hists(ids, tok, seq_offsets, seq_row, n_ids, policy, m, out):
+    """Add the hit histograms of a block's sequences into out [rows, n_ids + 2].
 
-    Stream j covers tokens stream_tok[j]:stream_tok[j + 1] of the flat token offsets `tok`
-    (requests ids[tok[...]]), uses ids 0..stream_ids[j]-1 and adds into row stream_row[j].
+    Sequence j covers tokens seq_offsets[j]:seq_offsets[j + 1] of the token offsets `tok`
+    into the requests `ids`, and adds into row seq_row[j]. Releases the GIL: callers run
+    independent blocks on threads.
     """
-    n_streams = stream_row.shape[0]
-    out = np.zeros((n_threads, n_rows, width), np.int64)
-    for w in numba.prange(n_threads):
-        for j in range(w, n_streams, n_threads):
-            t0 = stream_tok[j]
-            t1 = stream_tok[j + 1]
-            if t1 <= t0:
-                continue
+    for j in range(seq_row.shape[0]):
+        t0 = seq_offsets[j]
+        t1 = seq_offsets[j + 1]
+        if t1 > t0:
             sub_tok = tok[t0:t1 + 1] - tok[t0]
             sub_ids = ids[tok[t0]:tok[t1]]
-            n_ids = stream_ids[j]
-            hist = np.zeros(n_ids + 2, np.int64)
             if policy == LRU:
-                lru_hist(sub_ids, sub_tok, n_ids, hist)
+                lru_hist(sub_ids, sub_tok, n_ids, out[seq_row[j]])
             else:
-                priority_hist(sub_ids, sub_tok, n_ids, policy, m, hist)
-            row = stream_row[j]
-            for d in range(1, n_ids + 1):
-                out[w, row, d] += hist[d]
-            out[w, row, width - 1] += hist[n_ids + 1]
-    return out.sum(axis=0)
+                priority_hist(sub_ids, sub_tok, n_ids, policy, m, out[seq_row[j]])

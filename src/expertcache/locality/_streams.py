@@ -10,14 +10,16 @@ Shape key: S sequences, N tokens, L MoE layers, K top-k, E experts, R requests o
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
+import numba
 import numpy as np
 
 from ..trace import Trace
 
-__all__ = ["Block", "blocks", "layer_offsets", "layer_stream", "model_stream"]
+__all__ = ["Block", "blocks", "layer_offsets", "layer_stream", "model_stream", "parallel_map", "split"]
 
 # About one layer of the study-scale trace (1 M tokens x k = 8): blocks never hold more.
 DEFAULT_BLOCK_REQUESTS = 1 << 23
@@ -83,3 +85,23 @@ def model_stream(experts: np.ndarray, pad: int, offsets: np.ndarray) -> tuple[np
     pair = experts.astype(np.int32) + offsets[:-1, None].astype(np.int32)  # [n, L, K]
     ids = pair[routed]
     return ids, np.concatenate([[0], np.cumsum(routed.reshape(len(experts), -1).sum(axis=1))]).astype(np.int64)
+
+
+def parallel_map(fn: Callable, items: Iterable) -> list:
+    """fn over items on `numba.get_num_threads()` threads (the kernels release the GIL).
+
+    Plain threads rather than numba's parallel loops: on a shared, oversubscribed machine
+    every numba parallel region waited milliseconds at its barrier.
+    """
+    items = list(items)
+    workers = min(numba.get_num_threads(), len(items))
+    if workers <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges cutting 0..n into at most `parts` nearly equal, non-empty pieces."""
+    edges = np.linspace(0, n, min(parts, n) + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]

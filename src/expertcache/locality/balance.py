@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from ..trace import Trace
-from ._streams import blocks
+from ._streams import blocks, parallel_map
 
 __all__ = ["balance_of", "global_balance", "local_balance"]
 
@@ -51,7 +51,7 @@ def _xlogx(c):
     return c * math.log(c) if c > 0 else 0.0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _window_balance(ids, seq_offsets, n_experts, m):
     """Sums over windows of (balance, cv) and the number of windows with activations.
 
@@ -104,11 +104,14 @@ def local_balance(trace: Trace, m_values) -> dict[int, np.ndarray]:
     L = trace.num_moe_layers
     sums = {m: np.zeros((L, 3)) for m in m_values}
     for block in blocks(trace):
-        ids = block.experts.astype(np.int32)
+        ids = block.experts.astype(np.int32)  # [n, L, K]
         ids[block.experts == trace.pad_id] = -1
-        for l in range(L):
-            layer = np.ascontiguousarray(ids[:, l, :])
-            for m in m_values:
-                sums[m][l] += _window_balance(layer, block.seq_offsets, trace.model.num_experts[l], m)
+
+        def one(task):
+            l, m = task
+            sums[m][l] += _window_balance(np.ascontiguousarray(ids[:, l, :]), block.seq_offsets,
+                                          trace.model.num_experts[l], m)  # each task owns its row
+
+        parallel_map(one, [(l, m) for l in range(L) for m in m_values])
     with np.errstate(invalid="ignore", divide="ignore"):
         return {m: s[:, :2] / s[:, 2:] for m, s in sums.items()}

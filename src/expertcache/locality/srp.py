@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
 from ..errors import ExpertcacheError
 from ..trace import Trace
-from ._streams import blocks
+from ._streams import blocks, parallel_map
 from ._windows import window_hists
 from .bootstrap import RESAMPLES, basic_interval, resample_counts, resampled_sums
 from .study_cache import check_m
@@ -69,7 +68,6 @@ def window_stats(trace: Trace, m_values, *, positions: bool = False, shuffle=Non
     sizes = trace.model.num_experts
     E = max(sizes)
     pad = trace.pad_id
-    threads = numba.get_num_threads()
     longest = int(trace.seq_lengths.max())
     out = {}
     for m in m_values:
@@ -78,15 +76,19 @@ def window_stats(trace: Trace, m_values, *, positions: bool = False, shuffle=Non
     for block in blocks(trace, shuffle=shuffle):
         ids = block.experts.astype(np.int32)  # [n, L, K]
         ids[block.experts == pad] = -1
-        for l in range(L):
-            layer_ids = np.ascontiguousarray(ids[:, l, :])  # [n, K]
-            for m, st in out.items():
-                windows = st.per_position.shape[0] if positions else 0
-                seq, expert, pos = window_hists(layer_ids, block.seq_offsets, sizes[l], m, windows, threads)
-                st.per_sequence[block.seq_start:block.seq_stop, l] = seq
-                st.per_expert[l, :sizes[l]] += expert
-                if positions and windows:
-                    st.per_position += pos
+
+        def one(task):
+            l, st = task
+            windows = st.per_position.shape[0] if positions else 0
+            seq, expert, pos = window_hists(np.ascontiguousarray(ids[:, l, :]), block.seq_offsets, sizes[l], st.m, windows)
+            st.per_sequence[block.seq_start:block.seq_stop, l] = seq
+            st.per_expert[l, :sizes[l]] += expert  # each task owns its (m, layer) slices
+            return pos
+
+        tasks = [(l, st) for l in range(L) for st in out.values()]
+        for (l, st), pos in zip(tasks, parallel_map(one, tasks)):
+            if positions and len(pos):
+                st.per_position += pos
         if progress is not None:
             progress(block.seq_stop)
     return out

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ExpertcacheError
 from ..trace import Trace
 from . import _stack
-from ._streams import blocks, layer_offsets, layer_stream, model_stream
+from ._streams import blocks, layer_offsets, layer_stream, model_stream, parallel_map, split
 
 __all__ = ["POLICIES", "HitCurves", "curves", "hit_counts"]
 
@@ -100,34 +100,39 @@ def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: 
     offsets = layer_offsets(trace)
     I = int(offsets[-1])
     pad = trace.pad_id
-    threads = numba.get_num_threads()
     seq_domain = np.asarray(trace.seq_domain, np.int64)
-    layer_hist = np.zeros((D * L, E + 2), np.int64)
+    layer_hist = np.zeros((L, D, E + 1), np.int64)  # [L, D, depth 0..E]
     model_hist = np.zeros((D, I + 2), np.int64)
     layer_requests = np.zeros((D, L), np.int64)
     model_requests = np.zeros(D, np.int64)
     fsf_m = m or 1
     for block in blocks(trace, shuffle=shuffle):
         domain = seq_domain[block.seq_start:block.seq_stop]  # [s]
-        s = len(domain)
-        n = len(block.experts)
-        # Per-layer streams, layer-major: stream (l, i) is sequence i of the block in layer l.
-        ids, tok = layer_stream(block.experts.transpose(1, 0, 2).reshape(L * n, -1), pad)
-        stream_tok = np.append((np.arange(L)[:, None] * n + block.seq_offsets[None, :-1]).ravel(), L * n)
-        rows = (domain[None, :] * L + np.arange(L)[:, None]).ravel()
-        layer_hist += _stack.stream_hists(ids, tok, stream_tok, rows, np.repeat(sizes, s), D * L, E + 2,
-                                          code, fsf_m, threads)
+
+        def one_layer(l):
+            ids, tok = layer_stream(block.experts[:, l, :], pad)
+            hist = np.zeros((D, sizes[l] + 2), np.int64)  # [D, E_l + 2], last column: never hits
+            _stack.stream_hists(ids, tok, block.seq_offsets, domain, int(sizes[l]), code, fsf_m, hist)
+            layer_hist[l, :, :sizes[l] + 1] += hist[:, :-1]
+
+        def some_sequences(span):
+            a, b = span
+            ids, tok = model_stream(block.experts[block.seq_offsets[a]:block.seq_offsets[b]], pad, offsets)
+            hist = np.zeros((D, I + 2), np.int64)
+            _stack.stream_hists(ids, tok, block.seq_offsets[a:b + 1] - block.seq_offsets[a], domain[a:b], I, code,
+                                fsf_m, hist)
+            return hist
+
+        parallel_map(one_layer, range(L))  # each layer adds into its own rows
         routed = (block.experts != pad).sum(axis=2)  # [n, L]
-        per_seq = np.add.reduceat(routed, block.seq_offsets[:-1], axis=0) if n else routed  # [s, L]
+        per_seq = np.add.reduceat(routed, block.seq_offsets[:-1], axis=0)  # [s, L]
         np.add.at(layer_requests, domain, per_seq)
         if model_level:
-            ids, tok = model_stream(block.experts, pad, offsets)
-            model_hist += _stack.stream_hists(ids, tok, block.seq_offsets, domain, np.full(s, I, np.int64),
-                                              D, I + 2, code, fsf_m, threads)
+            model_hist += sum(parallel_map(some_sequences, split(len(domain), numba.get_num_threads())))
             np.add.at(model_requests, domain, per_seq.sum(axis=1))
         if progress is not None:
             progress(block.seq_stop)
-    per_layer = np.cumsum(layer_hist[:, 1:E + 1], axis=1).reshape(D, L, E)
+    per_layer = np.cumsum(layer_hist[:, :, 1:E + 1], axis=2).transpose(1, 0, 2)  # [D, L, E]
     return HitCounts(per_layer, layer_requests, np.cumsum(model_hist[:, 1:I + 1], axis=1), model_requests)
 
 
