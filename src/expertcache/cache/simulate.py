@@ -14,6 +14,7 @@ from .budget import Budget, budget_warnings, resolve_budget
 from .policies import Policy, get_policy
 from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
 from .replay import PF_BYTES, replay
+from ..trace.format import DECODE
 from .stream import LookupStream, build_stream
 
 __all__ = ["simulate", "SimulationResult", "run_stream", "open_trace"]
@@ -100,7 +101,7 @@ def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np
     state = policy.new_state(budget.key_pool, budget.key_cost, len(budget.pool_budget), stream)
     hint = stream.next_use if policy.uses_future else np.empty(0, np.int64)
     B = stream.num_batches
-    hits, misses, read = np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.int64)
+    hits, misses, read = np.zeros(B, np.int32), np.zeros(B, np.int32), np.zeros(B, np.int64)
     if key_bytes is None:
         key_bytes = np.zeros(stream.num_keys, np.int64)
     if pf_keys is None:
@@ -134,12 +135,12 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     pf_keys = None if config is None else plan_prefetch(trace, stream, config)
     hits, misses, read, pf = run_stream(stream, policy, budget, pf_keys, 1 if config is None else config.distance,
                                         0 if config is None else config.reserve, key_bytes)
-    decode = stream.batch_phase == 1
+    decode = stream.batch_phase == DECODE  # [B]
     report = None if config is None else PrefetchReport.from_counts(config, pf, pf_keys, stream, sizes)
     return SimulationResult(
         policy=policy.name, scope=scope, budget_bytes=budget.budget_bytes, budget_slots=budget.budget_slots,
         lookups=int(hits.sum() + misses.sum()), hits=int(hits.sum()),
-        decode_lookups=int(hits[decode].sum() + misses[decode].sum()), decode_hits=int(hits[decode].sum()),
+        decode_lookups=int(np.dot(hits, decode) + np.dot(misses, decode)), decode_hits=int(np.dot(hits, decode)),
         bytes_read=int(read.sum() + pf[PF_BYTES]) if sizes else None, prefetch=report,
         batch_hits=hits, batch_misses=misses, batch_read=read, stream=stream,
         warnings=tuple(budget_warnings(trace.model, scope, budget)),

@@ -115,12 +115,13 @@ def _decode_only(experts: np.ndarray, phase: np.ndarray, key_offset: np.ndarray)
     """Fast path: every (token, layer) is one full batch of k requests, already in order."""
     N, L, K = experts.shape
     keys = (experts.astype(np.int64) + key_offset[:-1][None, :, None]).reshape(-1)  # [R]
+    batch_token = np.arange(N * L, dtype=np.int64) // L  # [B]
     return LookupStream(
         keys=keys,
         batch_start=np.arange(0, N * L * K + 1, K, dtype=np.int64),
         batch_layer=np.tile(np.arange(L, dtype=np.int64), N),
-        batch_phase=np.repeat(phase.astype(np.uint8), L),
-        batch_token=np.repeat(np.arange(N, dtype=np.int64), L),
+        batch_phase=phase.astype(np.uint8)[batch_token],
+        batch_token=batch_token,
         key_offset=key_offset,
         num_tokens=N,
     )
