@@ -40,8 +40,9 @@ def _row(task) -> dict:
 
 
 def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), profile: HardwareProfile | None = None,
-          workers: int | None = None, progress=None) -> list[dict]:
-    """One row per (policy, scope, budget). `progress(done, total)` is called as rows finish."""
+          workers: int | None = None, progress=None, into: list | None = None) -> list[dict]:
+    """One row per (policy, scope, budget), in grid order. `progress(done, total)` is called as
+    rows finish; rows are also appended to `into` as they come, so an interrupted sweep keeps them."""
     if unit not in BUDGET_UNITS:
         raise ExpertcacheError(f"budget unit must be one of {', '.join(BUDGET_UNITS)}")
     if not policies or not budgets:
@@ -49,20 +50,25 @@ def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), pr
     names = [get_policy(p).name if isinstance(p, str) and not p.startswith("layer-") else p for p in policies]
     tasks = [(p, s, float(b) if unit != "slots" else int(b), unit) for p in names for s in scopes for b in budgets]
     _WORKER.update(trace=trace, stream=build_stream(trace), profile=profile)
-    _row(tasks[0])  # fail fast on a bad configuration, and compile before forking
-    workers = min(workers or os.cpu_count() or 1, len(tasks))
-    rows = []
+    rows = [] if into is None else into
+    rows.append(_row(tasks[0]))  # fail fast on a bad configuration, and compile before forking
+    workers = min(workers or os.cpu_count() or 1, len(tasks) - 1)
     if workers <= 1:
-        for i, t in enumerate(tasks):
-            rows.append(_row(t))
-            if progress:
-                progress(i + 1, len(tasks))
-        return rows
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        for i, row in enumerate(pool.map(_row, tasks, chunksize=max(1, len(tasks) // (8 * workers)))):
+        results = map(_row, tasks[1:])
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        results = pool.map(_row, tasks[1:], chunksize=max(1, len(tasks) // (8 * workers)))
+    try:
+        if progress:
+            progress(1, len(tasks))
+        for row in results:
             rows.append(row)
             if progress:
-                progress(i + 1, len(tasks))
+                progress(len(rows), len(tasks))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return rows
 
 

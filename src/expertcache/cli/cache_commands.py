@@ -91,12 +91,19 @@ def sweep_command(
         raise ExpertcacheError(f"--budgets must be numbers separated by commas, got {budgets!r}") from None
     t = open_trace(trace)
     hw = _profile(profile)
-    with Progress(console=_err, transient=True) as bar:
-        task = bar.add_task("simulating", total=None)
-        rows = sweep(t, [p.strip() for p in policies.split(",") if p.strip()], values, unit=unit,
-                     scopes=tuple(s.strip() for s in scopes.split(",") if s.strip()), profile=hw, workers=workers,
-                     progress=lambda done, total: bar.update(task, completed=done, total=total))
-    paths = write_sweep(rows, out, title=getattr(t.model, "name", ""))
+    rows = []
+    try:
+        with Progress(console=_err, transient=True) as bar:
+            task = bar.add_task("simulating", total=None)
+            sweep(t, [p.strip() for p in policies.split(",") if p.strip()], values, unit=unit,
+                  scopes=tuple(s.strip() for s in scopes.split(",") if s.strip()), profile=hw, workers=workers,
+                  progress=lambda done, total: bar.update(task, completed=done, total=total), into=rows)
+    except KeyboardInterrupt:
+        if rows:  # keep what finished
+            write_sweep(rows, out, title=t.model.name)
+            _err.print(f"interrupted: {len(rows)} finished configurations written to {out}")
+        raise
+    paths = write_sweep(rows, out, title=t.model.name)
     print(f"{len(rows)} configurations -> {paths['csv']}, {paths['parquet']}, {paths['plot']}")
 
 
