@@ -17,6 +17,13 @@ from ..errors import ExpertcacheError
 _err = Console(stderr=True)
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 def _profile(path: Optional[Path]):
     from ..cache.throughput import HardwareProfile
 
@@ -25,7 +32,7 @@ def _profile(path: Optional[Path]):
 
 def simulate_command(
     trace: Annotated[Path, typer.Argument(help="trace directory (or a *.route.csv)")],
-    policy: Annotated[str, typer.Option(help="cache policy (lru, lfu, lfu-decay, fifo, random, belady, static, gdsf)")] = "lru",
+    policy: Annotated[str, typer.Option(help="cache policy: lru, fifo, lfu, lfu-decay, gdsf, hyperbolic, static, random, belady, belady-size (a layer- prefix: per-layer scope)")] = "lru",
     scope: Annotated[str, typer.Option(help="global (one pool) or layer (one pool per MoE layer)")] = "global",
     budget_mib: Annotated[Optional[float], typer.Option(help="budget in MiB (2^20 bytes)")] = None,
     budget_slots: Annotated[Optional[int], typer.Option(help="budget in experts")] = None,
@@ -58,11 +65,11 @@ def simulate_command(
     if as_json:
         print(json.dumps(out))
         return
-    budget = f"{out['budget_bytes'] / 2**20:.1f} MiB" if out["budget_bytes"] is not None else f"{result.budget_slots} slots"
+    budget = _size(out["budget_bytes"]) if out["budget_bytes"] is not None else f"{result.budget_slots} slots"
     print(f"{out['policy']} ({out['scope']}), budget {budget}: hit rate {100 * out['hit_rate']:.2f} % "
           f"({out['hits']}/{out['lookups']}), decode {100 * out['decode_hit_rate']:.2f} %")
     if out["bytes_read"] is not None:
-        print(f"read {out['bytes_read'] / 2**20:.1f} MiB")
+        print(f"read {_size(out['bytes_read'])}")
     if result.prefetch is not None:
         p = result.prefetch
         print(f"prefetch {p.name}: issued {p.issued}, used {p.used}, wasted {p.wasted}, precision {p.precision:.3f}, "
