@@ -31,6 +31,15 @@ def test_simulate_json_contract():
     assert {"issued", "used", "wasted", "bytes", "bytes_wasted", "precision", "recall"} <= set(pf)
 
 
+def test_simulate_writes_breakdowns(tmp_path):
+    p = cli("simulate", TRACE, "--budget-slots", 8, "--breakdown", tmp_path, "--json")
+    out = json.loads(p.stdout)
+    layers = (tmp_path / "layers.csv").read_text().splitlines()
+    assert layers[0] == "layer,lookups,hits,bytes_read,hit_rate" and len(layers) == 1 + 4
+    assert sum(int(line.split(",")[2]) for line in layers[1:]) == out["hits"]
+    assert (tmp_path / "steps.csv").is_file() and (tmp_path / "phases.csv").is_file()
+
+
 def test_simulate_route_csv_directly():
     path = REAL / "gptoss.route.csv"
     if not path.is_file():

@@ -43,6 +43,7 @@ def simulate_command(
     prefetch_distance: Annotated[int, typer.Option(help="layers ahead the prefetch is issued")] = 1,
     prefetch_reserve: Annotated[int, typer.Option(help="slots reserved for prefetched experts (0: main cache)")] = 0,
     profile: Annotated[Optional[Path], typer.Option(help="hardware profile JSON (bench-hw --out) for a throughput bound")] = None,
+    breakdown: Annotated[Optional[Path], typer.Option(help="write per-layer, per-phase and per-step CSVs into this directory")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Replay a trace through one cache configuration (engine accounting)."""
@@ -60,6 +61,8 @@ def simulate_command(
     for w in result.warnings:
         _err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
     out = result.to_json()
+    if breakdown is not None:
+        _write_breakdown(result, breakdown)
     if hw is not None:
         out["throughput"] = predict_throughput(result, hw).to_json()
     if as_json:
@@ -77,6 +80,18 @@ def simulate_command(
     if hw is not None:
         t = out["throughput"]
         print(f"bound: decode {t['decode_tokens_per_s']:.2f} tok/s ({t['bound']}-bound)")
+
+
+def _write_breakdown(result, directory: Path) -> None:
+    import csv
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, part, index in (("layers", result.per_layer(), "layer"), ("phases", result.per_phase(), "phase"),
+                              ("steps", result.per_step(), "token")):
+        with open(directory / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow([index, *part])
+            w.writerows(zip(range(len(part["lookups"])), *(v.tolist() for v in part.values())))
 
 
 def sweep_command(
