@@ -80,3 +80,10 @@ def test_bench_hw_writes_a_profile_simulate_can_use(tmp_path):
     assert set(json.loads(p.stdout)) == {"profile", "measured"}
     p = cli("simulate", TRACE, "--budget-x", 1, "--profile", hw, "--json")
     assert json.loads(p.stdout)["throughput"]["decode_tokens_per_s"] > 0
+
+
+def test_advise_json():
+    p = cli("advise", TRACE, "--fraction", 0.8, "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["hit_rate"] >= 0.8 * out["best_hit_rate"] and out["budget_x"] > 0

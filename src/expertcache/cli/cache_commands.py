@@ -159,8 +159,32 @@ def bench_hw_command(
         print(f"profile -> {out}", file=sys.stderr)
 
 
+def advise_command(
+    trace: Annotated[Path, typer.Argument(help="trace directory (or a *.route.csv)")],
+    policy: Annotated[str, typer.Option(help="cache policy")] = "lru",
+    scope: Annotated[str, typer.Option(help="global or layer")] = "global",
+    fraction: Annotated[float, typer.Option(help="share of the best achievable hit rate to reach")] = 0.9,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Smallest cache budget reaching a fraction of the best achievable hit rate."""
+    from ..cache import cycle_size, recommend_budget
+
+    t = open_trace(trace)
+    advice = recommend_budget(t, policy, fraction, scope)
+    if as_json:
+        print(json.dumps(advice.to_json()))
+        return
+    slots, nbytes = cycle_size(t.model)
+    size = _size(advice.budget_bytes) if advice.budget_bytes is not None else f"{advice.budget_slots} slots"
+    print(f"{policy} ({scope}): {advice.budget_x:.2f}x the active experts = {size} reaches "
+          f"{100 * advice.hit_rate:.1f} % (best {100 * advice.best_hit_rate:.1f} %, target {100 * fraction:.0f} % of it)")
+    cycle = _size(nbytes) if nbytes is not None else f"{slots} slots"
+    print(f"one token cycle needs {cycle}: a global cache below it gets no LRU hits")
+
+
 def register(app: typer.Typer) -> None:
-    """Add simulate, sweep and bench-hw."""
+    """Add simulate, sweep, advise and bench-hw."""
     app.command("simulate")(simulate_command)
     app.command("sweep")(sweep_command)
+    app.command("advise")(advise_command)
     app.command("bench-hw")(bench_hw_command)
