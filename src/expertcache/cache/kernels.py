@@ -213,25 +213,9 @@ def _random_victim(I, F, pool, busy, epoch):
 
 
 @_jit
-def _hyperbolic_victim(I, F, pool, busy, epoch):
-    """Lowest uses-per-time-in-cache, computed now (the order changes with time: a full scan)."""
-    base, n = I[POOL_START, pool], I[POOL_LEN, pool]
-    now = I[HEADER, 3]
-    best, best_p = -1, 0.0
-    for j in range(n):
-        k = I[HEAP, base + j]
-        if busy[k] >= epoch:
-            continue
-        p = F[COUNT, k] / (now - I[STAMP, k] + 1)
-        if best < 0 or p < best_p or (p == best_p and (I[LAST_USE, k] < I[LAST_USE, best]
-                                                       or (I[LAST_USE, k] == I[LAST_USE, best] and k < best))):
-            best, best_p = k, p
-    return best
-
-
-@_jit
-def _belady_size_victim(I, F, pool, busy, epoch):
-    """Largest (batches to next use) x size: the byte-aware offline heuristic (a full scan)."""
+def _scan_victim(I, F, pool, busy, epoch, kind):
+    """Lowest score now, over the whole pool: for priorities whose order changes with time.
+    hyperbolic: uses since admission / time in cache; belady-size: -(batches to next use) x size."""
     base, n = I[POOL_START, pool], I[POOL_LEN, pool]
     now = I[HEADER, 3]
     best, best_s = -1, 0.0
@@ -239,8 +223,11 @@ def _belady_size_victim(I, F, pool, busy, epoch):
         k = I[HEAP, base + j]
         if busy[k] >= epoch:
             continue
-        s = (F[PRIO, k] - now) * F[KEY_SIZE, k]
-        if best < 0 or s > best_s or (s == best_s and (I[LAST_USE, k] < I[LAST_USE, best]
+        if kind == HYPERBOLIC:
+            s = F[COUNT, k] / (now - I[STAMP, k] + 1)
+        else:
+            s = -(F[PRIO, k] - now) * F[KEY_SIZE, k]
+        if best < 0 or s < best_s or (s == best_s and (I[LAST_USE, k] < I[LAST_USE, best]
                                                        or (I[LAST_USE, k] == I[LAST_USE, best] and k < best))):
             best, best_s = k, s
     return best
@@ -340,8 +327,6 @@ def victim(I, F, pool, busy, epoch):
         return _list_victim(I, pool, busy, epoch)
     if kind == RANDOM:
         return _random_victim(I, F, pool, busy, epoch)
-    if kind == HYPERBOLIC:
-        return _hyperbolic_victim(I, F, pool, busy, epoch)
-    if kind == BELADY_SIZE:
-        return _belady_size_victim(I, F, pool, busy, epoch)
+    if kind == HYPERBOLIC or kind == BELADY_SIZE:
+        return _scan_victim(I, F, pool, busy, epoch, kind)
     return _heap_victim(I, F, pool, busy, epoch)
