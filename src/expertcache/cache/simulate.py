@@ -140,7 +140,8 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     return SimulationResult(
         policy=policy.name, scope=scope, budget_bytes=budget.budget_bytes, budget_slots=budget.budget_slots,
         lookups=int(hits.sum() + misses.sum()), hits=int(hits.sum()),
-        decode_lookups=int(np.dot(hits, decode) + np.dot(misses, decode)), decode_hits=int(np.dot(hits, decode)),
+        decode_lookups=int(np.sum(hits, where=decode, dtype=np.int64) + np.sum(misses, where=decode, dtype=np.int64)),
+        decode_hits=int(np.sum(hits, where=decode, dtype=np.int64)),
         bytes_read=int(read.sum() + pf[PF_BYTES]) if sizes else None, prefetch=report,
         batch_hits=hits, batch_misses=misses, batch_read=read, stream=stream,
         warnings=tuple(budget_warnings(trace.model, scope, budget)),
