@@ -19,10 +19,10 @@ import numpy as np
 
 from ..trace import Trace
 
-__all__ = ["Block", "blocks", "layer_offsets", "layer_stream", "model_stream", "parallel_map", "split"]
+__all__ = ["Block", "blocks", "layer_offsets", "layer_stream", "model_stream", "layer_ids", "parallel_map", "split"]
 
-# About one layer of the study-scale trace (1 M tokens x k = 8): blocks never hold more.
-DEFAULT_BLOCK_REQUESTS = 1 << 23
+# Half a layer of the study-scale trace (1 M tokens x k = 8): blocks never hold more.
+DEFAULT_BLOCK_REQUESTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,10 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     """[start, stop) ranges cutting 0..n into at most `parts` nearly equal, non-empty pieces."""
     edges = np.linspace(0, n, min(parts, n) + 1).astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def layer_ids(experts: np.ndarray, layer: int, pad: int) -> np.ndarray:
+    """[n, K] int32 expert ids of one layer of a block, -1 where not routed."""
+    ids = experts[:, layer, :].astype(np.int32)
+    ids[experts[:, layer, :] == pad] = -1
+    return ids

@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from ..trace import Trace
-from ._streams import blocks, parallel_map
+from ._streams import blocks, layer_ids, parallel_map
 
 __all__ = ["balance_of", "global_balance", "local_balance"]
 
@@ -104,12 +104,9 @@ def local_balance(trace: Trace, m_values) -> dict[int, np.ndarray]:
     L = trace.num_moe_layers
     sums = {m: np.zeros((L, 3)) for m in m_values}
     for block in blocks(trace):
-        ids = block.experts.astype(np.int32)  # [n, L, K]
-        ids[block.experts == trace.pad_id] = -1
-
         def one(task):
             l, m = task
-            sums[m][l] += _window_balance(np.ascontiguousarray(ids[:, l, :]), block.seq_offsets,
+            sums[m][l] += _window_balance(layer_ids(block.experts, l, trace.pad_id), block.seq_offsets,
                                           trace.model.num_experts[l], m)  # each task owns its row
 
         parallel_map(one, [(l, m) for l in range(L) for m in m_values])

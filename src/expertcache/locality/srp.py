@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ExpertcacheError
 from ..trace import Trace
-from ._streams import blocks, parallel_map
+from ._streams import blocks, layer_ids, parallel_map
 from ._windows import window_hists
 from .bootstrap import RESAMPLES, basic_interval, resample_counts, resampled_sums
 from .study_cache import check_m
@@ -74,13 +74,10 @@ def window_stats(trace: Trace, m_values, *, positions: bool = False, shuffle=Non
         per_position = np.zeros((max(longest - m + 1, 0), m + 1), np.int64) if positions else None
         out[m] = WindowStats(m, np.zeros((S, L, m + 1), np.int32), np.zeros((L, E, m + 1), np.int64), per_position)
     for block in blocks(trace, shuffle=shuffle):
-        ids = block.experts.astype(np.int32)  # [n, L, K]
-        ids[block.experts == pad] = -1
-
         def one(task):
             l, st = task
             windows = st.per_position.shape[0] if positions else 0
-            seq, expert, pos = window_hists(np.ascontiguousarray(ids[:, l, :]), block.seq_offsets, sizes[l], st.m, windows)
+            seq, expert, pos = window_hists(layer_ids(block.experts, l, pad), block.seq_offsets, sizes[l], st.m, windows)
             st.per_sequence[block.seq_start:block.seq_stop, l] = seq
             st.per_expert[l, :sizes[l]] += expert  # each task owns its (m, layer) slices
             return pos
@@ -125,10 +122,18 @@ def _values(hist, m, ratio, ci=None) -> list[SRPValue]:
             for i, (v, t, g, r) in enumerate(zip(value.ravel(), tau.ravel(), group.ravel(), ratio.ravel()))]
 
 
+_CHUNK_VALUES = 1 << 18  # resampled sums held at once (2 MiB; F1 needs ~8 such temporaries)
+
+
 def _interval(per_sequence: np.ndarray, m: int, resamples: int, seed) -> np.ndarray:
     """[G, 2] basic bootstrap interval of SRP per group from per-sequence histograms [S, G, M]."""
+    S, G, M = per_sequence.shape
     estimate = best_f1(per_sequence.sum(axis=0, dtype=np.int64), m)[0]  # [G]
-    replicates = best_f1(resampled_sums(per_sequence, resample_counts(len(per_sequence), resamples, seed)), m)[0]
+    counts = resample_counts(S, resamples, seed)  # [B, S]
+    replicates = np.empty((resamples, G))
+    step = max(1, _CHUNK_VALUES // (resamples * M))
+    for g in range(0, G, step):
+        replicates[:, g:g + step] = best_f1(resampled_sums(per_sequence[:, g:g + step], counts), m)[0]
     return basic_interval(estimate, replicates)
 
 
@@ -167,12 +172,12 @@ def summarize(trace: Trace, stats: WindowStats, by=(), *, seed: int = 0, resampl
     model_ratio = k * len(sizes) / sizes.sum()
     per_seq = stats.per_sequence  # [S, L, M]
     whole = per_seq.sum(axis=1, dtype=np.int64)  # [S, M]
-    interval = resamples > 0
-    both = np.concatenate([whole[:, None], per_seq], axis=1)  # [S, 1 + L, M]
-    ci = _interval(both, m, resamples, [seed, m]) if interval else None
+    interval = resamples > 0  # model and layers share the draws of seed (seed, m)
     out = {
-        "model": _values(whole.sum(axis=0), m, model_ratio, None if ci is None else ci[:1])[0],
-        "per_layer": _values(per_seq.sum(axis=0, dtype=np.int64), m, layer_ratio, None if ci is None else ci[1:]),
+        "model": _values(whole.sum(axis=0), m, model_ratio,
+                         _interval(whole[:, None], m, resamples, [seed, m]) if interval else None)[0],
+        "per_layer": _values(per_seq.sum(axis=0, dtype=np.int64), m, layer_ratio,
+                             _interval(per_seq, m, resamples, [seed, m]) if interval else None),
     }
     if "expert" in by:
         out["per_expert"] = [_values(stats.per_expert[l, :int(e)], m, layer_ratio[l]) for l, e in enumerate(sizes)]
