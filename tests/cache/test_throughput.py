@@ -91,3 +91,5 @@ def test_bench_hw_measures_a_usable_profile(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the disk test cleans up
     with pytest.raises(ExpertcacheError):
         bench_hw(hidden=0)
+    with pytest.raises(ExpertcacheError, match="CUDA"):
+        bench_hw(link="device")

@@ -1,8 +1,9 @@
 """`bench-hw`: measure this machine's profile for the throughput model.
 
 Memory copy bandwidth (numpy), disk read bandwidth of a temporary file (page cache dropped
-with posix_fadvise where the OS allows, else reported as cached), and the time of one SwiGLU
-expert and of a dense block (attention projections) for one token at given dimensions (torch).
+with posix_fadvise where the OS allows, else reported as cached), host-to-device bandwidth from
+pinned memory when a CUDA device is used, and the time of one SwiGLU expert and of a dense block
+(attention projections) for one token at given dimensions (torch, on the chosen device).
 """
 
 from __future__ import annotations
@@ -62,7 +63,36 @@ def disk_read_bandwidth(mib: int = 256, directory: str | None = None) -> tuple[f
     return (mib << 20) / elapsed, cold
 
 
-def expert_times(hidden: int, intermediate: int, dtype: str = "float32", repeats: int = 20) -> tuple[float, float, int]:
+def _torch_device(device: str):
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ExpertcacheError(f"bad device {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ExpertcacheError("no CUDA device is available here: use --device cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    return dev, sync
+
+
+def host_to_device_bandwidth(device: str, mib: int = 256, repeats: int = 5) -> float:
+    """Bytes/s copying pinned host memory to the device."""
+    import torch
+
+    dev, sync = _torch_device(device)
+    src = torch.empty(mib << 20, dtype=torch.uint8).pin_memory()
+    dst = torch.empty(mib << 20, dtype=torch.uint8, device=dev)
+
+    def copy():
+        dst.copy_(src, non_blocking=True)
+        sync()
+
+    return src.numel() / _best(copy, repeats)
+
+
+def expert_times(hidden: int, intermediate: int, dtype: str = "float32", repeats: int = 20,
+                 device: str = "cpu") -> tuple[float, float, int]:
     """(one expert for one token, dense attention projections for one token, bytes of one expert)."""
     import torch
 
@@ -70,37 +100,51 @@ def expert_times(hidden: int, intermediate: int, dtype: str = "float32", repeats
         dt = getattr(torch, dtype)
     except AttributeError:
         raise ExpertcacheError(f"unknown torch dtype {dtype!r}") from None
-    x = torch.randn(1, hidden, dtype=dt)
-    gate_up = torch.randn(2 * intermediate, hidden, dtype=dt)
-    down = torch.randn(hidden, intermediate, dtype=dt)
-    attn = torch.randn(4 * hidden, hidden, dtype=dt)
+    dev, sync = _torch_device(device)
+    x = torch.randn(1, hidden, dtype=dt, device=dev)
+    gate_up = torch.randn(2 * intermediate, hidden, dtype=dt, device=dev)
+    down = torch.randn(hidden, intermediate, dtype=dt, device=dev)
+    attn = torch.randn(4 * hidden, hidden, dtype=dt, device=dev)
 
     def expert():
         g, u = (x @ gate_up.T).chunk(2, dim=-1)
-        return (torch.nn.functional.silu(g) * u) @ down.T
+        y = (torch.nn.functional.silu(g) * u) @ down.T
+        sync()
+        return y
+
+    def dense():
+        y = x @ attn.T
+        sync()
+        return y
 
     with torch.inference_mode():
         t_expert = _best(expert, repeats)
-        t_dense = _best(lambda: x @ attn.T, repeats)
+        t_dense = _best(dense, repeats)
     return t_expert, t_dense, (gate_up.numel() + down.numel()) * gate_up.element_size()
 
 
 def bench_hw(hidden: int = 2048, intermediate: int = 768, dtype: str = "float32", layers: int = 48,
              disk_mib: int = 256, directory: str | None = None, link: str = "disk",
-             copy_mib: int = 256) -> tuple[HardwareProfile, dict]:
-    """Measure and return (profile, raw figures). `link` picks which bandwidth feeds the cache:
-    "disk" (disk -> RAM offloading) or "memory" (RAM -> fast memory, host copy as a stand-in)."""
-    if link not in ("disk", "memory"):
-        raise ExpertcacheError(f"link must be disk or memory, got {link!r}")
+             copy_mib: int = 256, device: str = "cpu") -> tuple[HardwareProfile, dict]:
+    """Measure and return (profile, raw figures). Experts compute on `device`; `link` picks which
+    bandwidth feeds the cache: "disk" (disk -> RAM offloading), "device" (pinned host memory ->
+    the CUDA device) or "memory" (host memory copy, a stand-in for a fast tier)."""
+    if link not in ("disk", "device", "memory"):
+        raise ExpertcacheError(f"link must be disk, device or memory, got {link!r}")
+    if link == "device" and device == "cpu":
+        raise ExpertcacheError("link device needs a CUDA device: give --device cuda")
     if min(hidden, intermediate, layers, disk_mib, copy_mib) <= 0:
         raise ExpertcacheError("dimensions, layers and sizes must be positive")
     mem = memcpy_bandwidth(copy_mib)
     disk, cold = disk_read_bandwidth(disk_mib, directory)
-    t_expert, t_dense_layer, expert_bytes = expert_times(hidden, intermediate, dtype)
+    t_expert, t_dense_layer, expert_bytes = expert_times(hidden, intermediate, dtype, device=device)
+    h2d = host_to_device_bandwidth(device, copy_mib) if device != "cpu" else None
     raw = {"memcpy_bytes_per_s": mem, "disk_read_bytes_per_s": disk, "disk_cold": cold,
+           "host_to_device_bytes_per_s": h2d, "device": device,
            "expert_s": t_expert, "dense_layer_s": t_dense_layer, "expert_bytes": expert_bytes,
            "hidden": hidden, "intermediate": intermediate, "dtype": dtype, "layers": layers}
-    profile = HardwareProfile(link_bandwidth=disk if link == "disk" else mem, expert_time=t_expert,
+    bandwidth = {"disk": disk, "device": h2d, "memory": mem}[link]
+    profile = HardwareProfile(link_bandwidth=bandwidth, expert_time=t_expert,
                               dense_time=t_dense_layer * layers, overlap=True, source_bandwidth=mem,
                               name=f"{os.uname().nodename}-{link}")
     return profile, raw

@@ -134,7 +134,8 @@ def bench_hw_command(
     intermediate: Annotated[int, typer.Option(help="expert intermediate size")] = 768,
     dtype: Annotated[str, typer.Option(help="torch dtype of the expert weights")] = "float32",
     layers: Annotated[int, typer.Option(help="layers (for the dense time per token)")] = 48,
-    link: Annotated[str, typer.Option(help="what feeds the cache: disk (disk->RAM) or memory")] = "disk",
+    link: Annotated[str, typer.Option(help="what feeds the cache: disk (disk->RAM), device (host->GPU) or memory")] = "disk",
+    device: Annotated[str, typer.Option(help="where experts compute: cpu or cuda")] = "cpu",
     disk_mib: Annotated[int, typer.Option(help="size of the disk read test")] = 256,
     copy_mib: Annotated[int, typer.Option(help="size of the memory copy test")] = 256,
     directory: Annotated[Optional[Path], typer.Option(help="directory for the disk read test (default: temp)")] = None,
@@ -145,7 +146,7 @@ def bench_hw_command(
     from ..cache.hwbench import bench_hw
 
     profile, raw = bench_hw(hidden, intermediate, dtype, layers, disk_mib, None if directory is None else str(directory),
-                            link, copy_mib)
+                            link, copy_mib, device)
     if out is not None:
         profile.save(out)
     if as_json:
@@ -153,6 +154,8 @@ def bench_hw_command(
         return
     print(f"memory copy  {raw['memcpy_bytes_per_s'] / 2**30:.2f} GiB/s")
     print(f"disk read    {raw['disk_read_bytes_per_s'] / 2**30:.2f} GiB/s{'' if raw['disk_cold'] else ' (page cache)'}")
+    if raw["host_to_device_bytes_per_s"] is not None:
+        print(f"host->device {raw['host_to_device_bytes_per_s'] / 2**30:.2f} GiB/s (pinned)")
     print(f"one expert   {raw['expert_s'] * 1e6:.1f} us per token ({raw['expert_bytes'] / 2**20:.2f} MiB, {dtype})")
     print(f"dense layer  {raw['dense_layer_s'] * 1e6:.1f} us per token")
     if out is not None:
