@@ -1,0 +1,25 @@
+"""Sweep: parallel rows equal serial ones, in grid order, with throughput columns on request."""
+
+from expertcache.cache import HardwareProfile, simulate, sweep
+from expertcache.trace import Trace
+
+from .test_golden import TRACE
+
+
+def test_parallel_sweep_equals_serial_and_simulate():
+    trace = Trace.load(TRACE)
+    grid = dict(unit="slots", scopes=("global", "layer"))
+    serial = sweep(trace, ["lru", "belady", "gdsf"], [4, 8, 16], workers=1, **grid)
+    parallel = sweep(trace, ["lru", "belady", "gdsf"], [4, 8, 16], workers=2, **grid)
+    assert serial == parallel and len(serial) == 18
+    row = serial[4]  # lru, layer, 8 slots (grid order: policy, scope, budget)
+    assert (row["policy"], row["scope"], row["budget"]) == ("lru", "layer", 8)
+    assert row["hits"] == simulate(trace, "lru", scope="layer", budget_slots=8).hits
+
+
+def test_sweep_adds_throughput_with_a_profile():
+    trace = Trace.load(TRACE)
+    hw = HardwareProfile(link_bandwidth=100.0, expert_time=0.01, dense_time=0.1)
+    rows = sweep(trace, ["lru"], [1, 2], unit="x", profile=hw, workers=1)
+    assert all(r["decode_tokens_per_s"] > 0 for r in rows)
+    assert rows[1]["decode_tokens_per_s"] >= rows[0]["decode_tokens_per_s"]  # more cache, fewer reads
