@@ -13,6 +13,10 @@ unpacks a tuple costs several times the work of an LRU access. `hint` carries wh
 (Belady: the next batch that uses the key), annotated once over the trace. Ties always break
 the same way: least recently used first, then the lower key. The simulator calls these inside
 one compiled loop; the runtime calls them per layer call. `kind` selects a policy's branch.
+
+Editing this file: numba's on-disk cache keys each compiled function on its own source file,
+so callers compiled elsewhere (replay.py, the runtime) keep the old kernels until their cache
+is cleared: delete the `*.nbi`/`*.nbc` files under `__pycache__` after a change.
 """
 
 from __future__ import annotations
