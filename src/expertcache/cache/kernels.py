@@ -9,9 +9,9 @@
                                         or -1; no side effects, so a runtime may ask first
 
 (I, F) are a PolicyState's two arrays (state.py), passed as arrays: a compiled call that
-unpacks a tuple costs several times the work of an LRU access. `hint` carries what an oracle reads from the future
-(Belady: the next batch that uses the key), annotated once over the trace. Ties always break
-the same way: least recently used first, then the lower key. The simulator calls these inside
+unpacks a tuple costs several times the work of an LRU access. `hint` carries what an oracle
+reads from the future (Belady: the next batch that uses the key), annotated once over the
+trace. Ties always break the same way: least recently used first, then the lower key. The simulator calls these inside
 one compiled loop; the runtime calls them per layer call. `kind` selects a policy's branch.
 
 Editing this file: numba's on-disk cache keys each compiled function on its own source file,
