@@ -55,10 +55,7 @@ def synthetic(S: int, T: int, L: int, E: int, K: int, seed: int = 0, reuse: floa
 
 def _hist(ids, tok, n_ids, code, m):
     hist = np.zeros(n_ids + 2, np.int64)
-    if code == _stack.LRU:
-        _stack.lru_hist(ids, tok, n_ids, hist)
-    else:
-        _stack.priority_hist(ids, tok, n_ids, code, m, hist)
+    _stack.sequence_hist(ids, tok, n_ids, code, m, hist)
     return hist
 
 

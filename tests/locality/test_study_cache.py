@@ -137,3 +137,21 @@ def test_layers_with_different_expert_counts():
         np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
         np.testing.assert_allclose(fast.model_level, model_level, atol=1e-9, rtol=0)
     assert fast.per_layer.shape == (2, 6) and fast.model_level.shape == (9,)
+
+
+def test_lru_fenwick_and_scan_agree():
+    # LRU uses a stack scan up to LRU_SCAN_MAX_IDS ids and a Fenwick tree beyond (model level).
+    from expertcache.locality import _stack
+
+    rng = np.random.default_rng(13)
+    for n_ids, T, K in ((5, 30, 2), (400, 120, 30)):
+        ids = np.concatenate([rng.choice(n_ids, K, replace=False) for _ in range(T)]).astype(np.int32)
+        ids[5] = ids[4]  # a repeat inside one token
+        tok = np.arange(0, T * K + 1, K, dtype=np.int64)
+        scan, fenwick = np.zeros(n_ids + 2, np.int64), np.zeros(n_ids + 2, np.int64)
+        _stack.priority_hist(ids, tok, n_ids, _stack.LRU, 1, scan)
+        _stack.lru_hist(ids, tok, n_ids, fenwick)
+        np.testing.assert_array_equal(scan, fenwick)
+    tokens = [ids[t * K:(t + 1) * K].tolist() for t in range(T)]
+    expected = reference.hit_counts_one_pass(tokens, n_ids, "lru")[0]
+    np.testing.assert_array_equal(np.cumsum(fenwick[1:n_ids + 1]), expected)

@@ -6,7 +6,8 @@ d hits for every C > d; a first use hits for every C above the number of distinc
 requested before it), then applied one by one.
 
 - LRU: the stack is the recency order, so a depth is the number of experts used since the
-  expert's last use: a Fenwick tree over use times answers it in O(log R).
+  expert's last use: a Fenwick tree over use times answers it in O(log R), whatever the
+  number of ids. Per layer (at most LRU_SCAN_MAX_IDS ids) the scan below is faster.
 - LFU, Belady, FSF: Mattson's update. Admitting x into every cache smaller than its depth p
   evicts, size by size, the running minimum of priority over the stack's top; those minima
   ("records") move down one step and nothing else moves. One scan of the p entries above x,
@@ -28,6 +29,7 @@ LRU, LFU, BELADY, FSF = 0, 1, 2, 3
 POLICY_CODES = {"lru": LRU, "lfu": LFU, "belady": BELADY, "fsf": FSF}
 
 _SHIFT = np.int64(1) << np.int64(32)
+LRU_SCAN_MAX_IDS = 256  # below this a stack scan beats the Fenwick tree (benchmarks/bench_locality.py)
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
@@ -112,10 +114,10 @@ def _next_uses(ids, n_ids):
 
 @numba.njit(cache=True)
 def priority_hist(ids, tok, n_ids, policy, m, hist):
-    """Accumulate the LFU / Belady / FSF(m) hit histogram of one sequence's stream.
+    """Accumulate the LFU / Belady / FSF(m) (or LRU) hit histogram of one sequence's stream.
 
     Priorities are int64 keys (larger = kept): LFU count * 2^32 + last use, FSF pending
-    future requests * 2^32 + last use, Belady -(next use). key[i] is the key of the entry at
+    future requests * 2^32 + last use, Belady -(next use), LRU last use. key[i] is the key of the entry at
     depth i, so the scan reads one contiguous array.
     """
     T = tok.shape[0] - 1
@@ -150,8 +152,10 @@ def priority_hist(ids, tok, n_ids, policy, m, hist):
             elif policy == FSF:
                 future[x] -= 1
                 kx = future[x] * _SHIFT + q
-            else:
+            elif policy == BELADY:
                 kx = -nxt[q]
+            else:  # LRU: the recency order itself
+                kx = q
             p = where[x]
             if p < 0:
                 p = size
@@ -179,6 +183,15 @@ def priority_hist(ids, tok, n_ids, policy, m, hist):
 
 
 @numba.njit(cache=True, nogil=True)
+def sequence_hist(ids, tok, n_ids, policy, m, hist):
+    """Accumulate one sequence's hit histogram with the faster method for its size."""
+    if policy == LRU and n_ids > LRU_SCAN_MAX_IDS:
+        lru_hist(ids, tok, n_ids, hist)
+    else:
+        priority_hist(ids, tok, n_ids, policy, m, hist)
+
+
+@numba.njit(cache=True, nogil=True)
 def stream_hists(ids, tok, seq_offsets, seq_row, n_ids, policy, m, out):
     """Add the hit histograms of a block's sequences into out [rows, n_ids + 2].
 
@@ -192,7 +205,4 @@ def stream_hists(ids, tok, seq_offsets, seq_row, n_ids, policy, m, out):
         if t1 > t0:
             sub_tok = tok[t0:t1 + 1] - tok[t0]
             sub_ids = ids[tok[t0]:tok[t1]]
-            if policy == LRU:
-                lru_hist(sub_ids, sub_tok, n_ids, out[seq_row[j]])
-            else:
-                priority_hist(sub_ids, sub_tok, n_ids, policy, m, out[seq_row[j]])
+            sequence_hist(sub_ids, sub_tok, n_ids, policy, m, out[seq_row[j]])
