@@ -5,33 +5,19 @@ Shape key: B batches, L MoE layers, N tokens.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..trace.format import DECODE
+from ..trace.opening import open_trace
 from .budget import Budget, budget_warnings, resolve_budget
 from .policies import Policy, get_policy
 from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
 from .replay import PF_BYTES, replay
-from ..trace.format import DECODE
 from .stream import LookupStream, build_stream
 
-__all__ = ["simulate", "SimulationResult", "run_stream", "open_trace"]
-
-
-def open_trace(path):
-    """A trace directory, or a route-trace CSV recorded by an on-device engine."""
-    from pathlib import Path
-
-    from ..trace import Trace
-
-    path = Path(path)
-    if path.is_file() and path.suffix == ".csv":
-        from ..trace.bigmoe import import_bigmoe
-
-        return import_bigmoe(path)
-    return Trace.load(path)
+__all__ = ["simulate", "SimulationResult", "run_stream"]
 
 
 @dataclass(frozen=True)
@@ -124,8 +110,7 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     if isinstance(policy, str) and policy.strip().lower().startswith("layer-"):
         policy, scope = policy.strip()[len("layer-"):], "layer"
     policy = get_policy(policy)
-    if isinstance(trace, (str, os.PathLike)):
-        trace = open_trace(trace)
+    trace = open_trace(trace)
     stream = build_stream(trace) if stream is None else stream
     config = None if prefetch is None else PrefetchConfig.of(prefetch)
     budget = resolve_budget(trace.model, stream.key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from ..cache.simulate import open_trace
+from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
 
 _err = Console(stderr=True)
