@@ -79,6 +79,25 @@ def speed_ratios(samples_python: int, samples_fast: int) -> None:
         print(f"{policy + ('' if m is None else f'({m})'):<10}{python_rate:>14,.0f}{fast_rate:>14,.0f}{fast_rate / python_rate:>9.0f}x")
 
 
+def model_level_ratio(L: int = 16, E: int = 64) -> None:
+    print(f"\n== all-sizes curves, model-level cache ({L} layers x {E} experts, k=8, one 512-token sample), 1 thread")
+    data = synthetic(1, 512, L, E, 8, seed=3)
+    ids, tok = model_stream(data[0], 255, np.arange(L + 1, dtype=np.int64) * E)
+    tokens = [list(ids[tok[i]:tok[i + 1]]) for i in range(len(tok) - 1)]
+    print(f"{'policy':<10}{'python req/s':>14}{'numba req/s':>14}{'ratio':>10}")
+    for policy, m in POLICIES:
+        code = _stack.POLICY_CODES[policy]
+        _hist(ids[:64], np.array([0, 64]), L * E, code, m or 1)
+        t = time.perf_counter()
+        slow = reference.hit_counts_one_pass(tokens, L * E, policy, m)[0]
+        python_rate = len(ids) / (time.perf_counter() - t)
+        t = time.perf_counter()
+        fast = _hist(ids, tok, L * E, code, m or 1)
+        fast_rate = len(ids) / (time.perf_counter() - t)
+        assert np.array_equal(slow, np.cumsum(fast[1:L * E + 1])), f"{policy}: fast and baseline disagree"
+        print(f"{policy + ('' if m is None else f'({m})'):<10}{python_rate:>14,.0f}{fast_rate:>14,.0f}{fast_rate / python_rate:>9.0f}x")
+
+
 def model_level_scaling(samples: int, shapes=((16, 64), (48, 128), (58, 256))) -> None:
     print(f"\n== model-level cache: cost per request vs L*E ({samples} samples of 512 tokens, k=8, 1 thread)")
     print(f"{'L x E':>9}{'L*E':>7}" + "".join(f"{p + ('' if m is None else f'({m})'):>11}" for p, m in POLICIES)
@@ -185,6 +204,7 @@ def main() -> None:
         return
     numba.set_num_threads(1)
     speed_ratios(args.python_samples, args.fast_samples)
+    model_level_ratio()
     model_level_scaling(4)
     if args.study:
         path = Path(args.trace or tempfile.mkdtemp(prefix="study-trace-")) / "trace"
