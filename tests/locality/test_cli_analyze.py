@@ -104,3 +104,22 @@ def test_real_qwen_trace_matches_reference():
     full = srp(real, (4, 16), resamples=0).results[16]["per_layer"][47]
     expected = reference.srp_value(reference.srp_windows(real, 16, layers=[47]), 16)
     assert (full.srp, full.threshold) == (pytest.approx(expected[0], abs=1e-9), expected[1])
+
+
+def test_sharded_trace_and_small_blocks_give_the_same_results(tmp_path, monkeypatch):
+    from expertcache import TraceWriter
+    from expertcache.locality import _streams
+
+    memory = random_trace(np.random.default_rng(21), sequences=(5, 5), tokens=(4, 12), domains=("a", "b", "c"))
+    with TraceWriter(tmp_path / "t", memory.model, domains=memory.domains, shard_tokens=15) as writer:
+        for i in range(memory.num_sequences):
+            s = memory.sequence(i)
+            writer.add_sequence(memory.experts[s], domain=memory.domains[memory.seq_domain[i]])
+    disk = Trace.load(tmp_path / "t")
+    assert len(disk._shards) > 1  # noqa: SLF001
+    expected = {p: curves(memory, p, m).to_json() for p, m in (("lru", None), ("fsf", 3))}
+    expected_srp = srp(memory, (2, 5), ("expert", "domain", "position"), resamples=30).to_json()
+    monkeypatch.setattr(_streams, "DEFAULT_BLOCK_REQUESTS", 1)  # one sequence per block
+    for trace in (disk, memory):
+        assert {p: curves(trace, p, m).to_json() for p, m in (("lru", None), ("fsf", 3))} == expected
+        assert srp(trace, (2, 5), ("expert", "domain", "position"), resamples=30).to_json() == expected_srp

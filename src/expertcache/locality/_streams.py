@@ -40,17 +40,17 @@ def layer_offsets(trace: Trace) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(trace.model.num_experts)]).astype(np.int64)
 
 
-def blocks(trace: Trace, max_requests: int = DEFAULT_BLOCK_REQUESTS,
+def blocks(trace: Trace, max_requests: int | None = None,
            shuffle: tuple[int, ...] | None = None) -> Iterator[Block]:
     """Yield the trace as blocks of whole sequences with at most `max_requests` routing slots.
 
-    A sequence longer than the limit forms a block of its own. With `shuffle` (a seed), the
+    A sequence longer than the limit (default DEFAULT_BLOCK_REQUESTS) forms a block of its own. With `shuffle` (a seed), the
     tokens of each sequence come in a random order, the same for all layers, drawn from
     `numpy.random.default_rng([*shuffle, sequence index]).permutation(T)`: the chance level
     of any locality metric, independent of how the trace is split into blocks.
     """
     per_token = trace.num_moe_layers * trace.top_k
-    max_tokens = max(1, max_requests // per_token)
+    max_tokens = max(1, (max_requests or DEFAULT_BLOCK_REQUESTS) // per_token)
     seq = 0
     # Shards hold whole sequences and are memory-mapped; slicing one reads only that part.
     for shard in trace._shards:  # noqa: SLF001 - no public per-shard reader yet
