@@ -95,12 +95,15 @@ def srp(
     table = Table(title="SRP (model level; per-layer range)")
     for column in ("m", "SRP", "95 % CI", "threshold", "group ratio", "k/E", "layers min..max"):
         table.add_column(column, justify="right")
+    def fmt(value, digits=4):
+        return "-" if value is None or value != value else f"{value:.{digits}f}"  # NaN: undefined
+
     for mm, result in report.results.items():
         v = result["model"]
-        layers = [x.srp for x in result["per_layer"]]
-        table.add_row(str(mm), f"{v.srp:.4f}", "-" if v.ci is None else f"[{v.ci[0]:.4f}, {v.ci[1]:.4f}]",
-                      str(v.threshold), f"{v.group_ratio:.3f}", f"{v.activation_ratio:.4f}",
-                      f"{min(layers):.3f}..{max(layers):.3f}")
+        layers = [x.srp for x in result["per_layer"] if x.srp == x.srp]
+        table.add_row(str(mm), fmt(v.srp), "-" if v.ci is None or v.srp != v.srp else f"[{fmt(v.ci[0])}, {fmt(v.ci[1])}]",
+                      "-" if v.threshold is None else str(v.threshold), fmt(v.group_ratio, 3),
+                      fmt(v.activation_ratio), f"{min(layers):.3f}..{max(layers):.3f}" if layers else "-")
     Console().print(table)
 
 

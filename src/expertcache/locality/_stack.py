@@ -11,7 +11,7 @@ requested before it), then applied one by one.
 - LFU, Belady, FSF: Mattson's update. Admitting x into every cache smaller than its depth p
   evicts, size by size, the running minimum of priority over the stack's top; those minima
   ("records") move down one step and nothing else moves. One scan of the p entries above x,
-  O(p) per request: p is the request's reuse depth, far below I for local routing. A min-tree
+  O(p) per request, p being the request's reuse depth (grows with I). A min-tree
   that jumps from record to record was measured slower at every size up to I = 14 848
   (records are 10-35 % of the depth for LFU and FSF), see docs/metrics.md.
 
