@@ -41,3 +41,10 @@ def test_user_mistakes_give_one_line(tmp_path, args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_default_segment_lengths_match_the_api():
+    from expertcache.cli.locality_commands import DEFAULT_M as cli_default
+    from expertcache.locality.srp import DEFAULT_M
+
+    assert cli_default == ",".join(map(str, DEFAULT_M))

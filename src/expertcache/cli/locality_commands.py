@@ -16,14 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import ExpertcacheError
-from ..locality import curves as curves_api
-from ..locality import srp as srp_api
-from ..locality.analyze import analyze as analyze_api
-from ..locality.analyze import tasks as analyze_tasks
-from ..locality.srp import DEFAULT_M
-from ..trace import Trace
+from ..trace import open_trace
 
-TraceArg = Annotated[Path, typer.Argument(metavar="TRACE", help="Trace directory.")]
+# The locality package compiles numba kernels on import: imported inside each command, so that
+# other commands start fast. Keep in step with expertcache.locality.srp.DEFAULT_M.
+DEFAULT_M = "4,16,64,256"
+
+TraceArg = Annotated[Path, typer.Argument(metavar="TRACE", help="Trace directory (or a route_trace v1 CSV).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 _stderr = Console(stderr=True)
@@ -56,7 +55,9 @@ def curves(
     as_json: JsonOpt = False,
 ) -> None:
     """Hit rate at every cache size, per MoE layer and for one model-level cache (study accounting)."""
-    trace = Trace.load(trace_path)
+    from ..locality import curves as curves_api
+
+    trace = open_trace(trace_path)
     with _progress(trace.num_sequences, f"{policy} curves") as done:
         result = curves_api(trace, policy, m, domain, progress=done)
     if as_json:
@@ -78,14 +79,16 @@ def curves(
 
 def srp(
     trace_path: TraceArg,
-    m: Annotated[str, typer.Option("--m", help="Segment lengths, comma separated.")] = ",".join(map(str, DEFAULT_M)),
+    m: Annotated[str, typer.Option("--m", help="Segment lengths, comma separated.")] = DEFAULT_M,
     by: Annotated[Optional[list[str]], typer.Option("--by", help="Extra breakdowns: expert, domain, position (repeat or comma separate).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (0: no interval).")] = 1000,
     as_json: JsonOpt = False,
 ) -> None:
     """SRP (segment routing best performance) with its best threshold and bootstrap 95 % interval."""
-    trace = Trace.load(trace_path)
+    from ..locality import srp as srp_api
+
+    trace = open_trace(trace_path)
     breakdowns = tuple(b.strip() for item in (by or []) for b in item.split(",") if b.strip())
     with _progress(trace.num_sequences, "srp") as done:
         report = srp_api(trace, _segment_lengths(m), breakdowns, seed=seed, resamples=resamples, progress=done)
@@ -110,13 +113,16 @@ def srp(
 def analyze(
     trace_path: TraceArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the tables and summary.json.")],
-    m: Annotated[str, typer.Option("--m", help="Segment lengths, comma separated.")] = ",".join(map(str, DEFAULT_M)),
+    m: Annotated[str, typer.Option("--m", help="Segment lengths, comma separated.")] = DEFAULT_M,
     permutations: Annotated[int, typer.Option("--permutations", help="Shuffles for the chance levels (0: none).")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffles and the bootstrap.")] = 0,
     resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")] = 1000,
 ) -> None:
     """Every locality metric as tidy tables (Parquet + CSV) and a summary led by excess over chance."""
-    trace = Trace.load(trace_path)
+    from ..locality.analyze import analyze as analyze_api
+    from ..locality.analyze import tasks as analyze_tasks
+
+    trace = open_trace(trace_path)
     m_values = _segment_lengths(m)
     total = len(analyze_tasks(m_values, permutations))
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -53,15 +53,15 @@ def blocks(trace: Trace, max_requests: int | None = None,
     max_tokens = max(1, (max_requests or DEFAULT_BLOCK_REQUESTS) // per_token)
     seq = 0
     # Shards hold whole sequences and are memory-mapped; slicing one reads only that part.
-    for shard in trace._shards:  # noqa: SLF001 - no public per-shard reader yet
-        lengths = np.asarray(shard["seq_lengths"], np.int64)
+    for shard_lengths, shard_experts in zip(trace.shard_arrays("seq_lengths"), trace.shard_arrays("experts")):
+        lengths = np.asarray(shard_lengths, np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         i = 0
         while i < len(lengths):
             j = i + 1
             while j < len(lengths) and offsets[j + 1] - offsets[i] <= max_tokens:
                 j += 1
-            experts = np.asarray(shard["experts"][offsets[i]:offsets[j]])  # [n, L, K]
+            experts = np.asarray(shard_experts[offsets[i]:offsets[j]])  # [n, L, K]
             if shuffle is not None:
                 order = np.concatenate([
                     offsets[u] - offsets[i] + np.random.default_rng([*shuffle, seq + u]).permutation(lengths[u])

@@ -269,11 +269,18 @@ class Trace:
         MoE layer l-1 (known one layer ahead, for prefetch); row 0 is NaN. None if not captured."""
         return self._concat("stale_gate")
 
+    def shard_arrays(self, name: str) -> list[np.ndarray]:
+        """One array per shard, whole sequences each (memory-mapped for a loaded trace): for
+        reading a big trace block by block without concatenating it."""
+        if name not in (*_PER_TOKEN, *SEQUENCE_ARRAYS):
+            raise ExpertcacheError(f"no trace array {name!r}")
+        return [s.get(name) for s in self._shards]
+
     def layer_experts(self, layer: int) -> np.ndarray:
         """[N, K] expert ids of one MoE layer, read without loading the other layers."""
         if not 0 <= layer < self.num_moe_layers:
             raise ExpertcacheError(f"MoE layer {layer} outside 0..{self.num_moe_layers - 1}")
-        return np.concatenate([np.ascontiguousarray(s["experts"][:, layer, :]) for s in self._shards])
+        return np.concatenate([np.ascontiguousarray(e[:, layer, :]) for e in self.shard_arrays("experts")])
 
     @cached_property
     def token_domain(self) -> np.ndarray:
