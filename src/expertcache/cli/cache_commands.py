@@ -24,6 +24,15 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+AsDecode = Annotated[bool, typer.Option(
+    "--as-decode", help="replay every token as a decode step (e.g. a teacher-forced corpus trace, all prefill)")]
+
+
+def _open(path: Path, as_decode: bool):
+    trace = open_trace(path)
+    return trace.as_decode() if as_decode else trace
+
+
 def _profile(path: Optional[Path]):
     from ..cache.throughput import HardwareProfile
 
@@ -45,6 +54,7 @@ def simulate_command(
     profile: Annotated[Optional[Path], typer.Option(help="hardware profile JSON (bench-hw --out) for a throughput bound")] = None,
     breakdown: Annotated[Optional[Path], typer.Option(help="write per-layer, per-phase and per-step CSVs into this directory")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    as_decode: AsDecode = False,
 ) -> None:
     """Replay a trace through one cache configuration (engine accounting)."""
     from ..cache import PrefetchConfig, simulate
@@ -57,7 +67,7 @@ def simulate_command(
             raise ExpertcacheError(f"unknown prefetcher {prefetch!r}; choose from {', '.join(sorted(PREFETCHERS))}")
         config = PrefetchConfig(PREFETCHERS[prefetch](), prefetch_count, prefetch_distance, prefetch_reserve)
     hw = _profile(profile)
-    result = simulate(open_trace(trace), policy, scope, budget_mib, budget_slots, budget_x, config, shares=shares)
+    result = simulate(_open(trace, as_decode), policy, scope, budget_mib, budget_slots, budget_x, config, shares=shares)
     for w in result.warnings:
         _err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
     out = result.to_json()
@@ -103,6 +113,7 @@ def sweep_command(
     scopes: Annotated[str, typer.Option(help="comma-separated scopes")] = "global",
     profile: Annotated[Optional[Path], typer.Option(help="hardware profile JSON: adds tokens/s columns")] = None,
     workers: Annotated[Optional[int], typer.Option(help="processes (default: all cores)")] = None,
+    as_decode: AsDecode = False,
 ) -> None:
     """Hit rates (and bytes, throughput) for every policy x budget, written as a table and a plot."""
     from ..cache.sweep import sweep, write_sweep
@@ -111,7 +122,7 @@ def sweep_command(
         values = [float(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
         raise ExpertcacheError(f"--budgets must be numbers separated by commas, got {budgets!r}") from None
-    t = open_trace(trace)
+    t = _open(trace, as_decode)
     hw = _profile(profile)
     rows = []
     try:
@@ -168,11 +179,12 @@ def advise_command(
     scope: Annotated[str, typer.Option(help="global or layer")] = "global",
     fraction: Annotated[float, typer.Option(help="share of the best achievable hit rate to reach")] = 0.9,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_decode: AsDecode = False,
 ) -> None:
     """Smallest cache budget reaching a fraction of the best achievable hit rate."""
     from ..cache import cycle_size, recommend_budget
 
-    t = open_trace(trace)
+    t = _open(trace, as_decode)
     advice = recommend_budget(t, policy, fraction, scope)
     if as_json:
         print(json.dumps(advice.to_json()))

@@ -1,4 +1,4 @@
-"""`expertcache trace` (capture routing from a transformers MoE model) and `expertcache demo`."""
+"""`expertcache trace`: capture routing from a transformers MoE model."""
 
 from __future__ import annotations
 
@@ -36,13 +36,10 @@ def trace(
     shard_tokens: Annotated[Optional[int], typer.Option("--shard-tokens", hidden=True)] = None,
 ) -> None:
     """Record which experts every token uses, over a corpus (prefill) or while generating."""
-    from transformers.utils import logging as hf_logging
-
     from ..trace.capture import capture_corpus
     from ..trace.generate import capture_generation
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     common = dict(device_map=device_map, dtype=dtype, logits=logits, stale_gate=stale_gate, overwrite=overwrite,
                   tokenizer=tokenizer, trust_remote_code=trust_remote_code, progress=True)
     if prompt is not None or generate is not None:
@@ -57,38 +54,25 @@ def trace(
             raise ExpertcacheError("give --corpus SOURCE (repeatable), or --prompt TEXT --generate N")
         result = capture_corpus(model, corpus, out, samples=samples, length=length, seed=seed,
                                 batch_tokens=batch_tokens, shard_tokens=shard_tokens, **common)
-    _report(result)
+    report_capture(result)
     if "text" in result.details:
         _err.print(f"generated: {result.details['text']!r}")
 
 
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo model and its trace.")] = Path("expertcache-demo"),
-    samples: Annotated[int, typer.Option("--samples", "-n", help="Windows per demo domain.")] = 8,
-    length: Annotated[int, typer.Option("--length", "-T", help="Tokens per window.")] = 256,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Capture the demo trace afresh.")] = False,
-) -> None:
-    """Build a tiny MoE model, capture the built-in demo corpus with it, print the trace summary."""
+def quiet_transformers() -> None:
+    """Our own progress bar replaces transformers' loading chatter."""
     from transformers.utils import logging as hf_logging
-
-    from ..trace.demo import run_demo
-    from ..trace.summary import summarize
-    from .trace_commands import print_summary
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    result = run_demo(out, samples=samples, length=length, overwrite=overwrite, progress=True)
-    _report(result)
-    print_summary(summarize(result.load()))
 
 
-def _report(result) -> None:
+def report_capture(result) -> None:
     where = ", ".join(f"{stack}: {path}" for stack, path in result.traces.items()) if len(result.traces) > 1 else str(result.path)
     resumed = f" ({result.skipped_sequences} sequences already done)" if result.skipped_sequences else ""
     _err.print(f"wrote {where}: {result.new_tokens:,} tokens at {result.tokens_per_second:,.0f} tokens/s{resumed}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add `trace` and `demo`."""
+    """Add `trace`."""
     app.command("trace")(trace)
-    app.command("demo")(demo)

@@ -299,6 +299,12 @@ class Trace:
         shard["seq_turn"] = self.seq_turn[idx]
         return Trace(self.model, [shard], self.domains, self.capture, self.corpus)
 
+    def as_decode(self) -> "Trace":
+        """The same routing with every token marked decode: replays a teacher-forced corpus
+        trace (all prefill) as if each token had been generated one at a time."""
+        shards = [{**s, "phase": np.full(len(s["phase"]), DECODE, np.uint8)} for s in self._shards]
+        return Trace(self.model, shards, self.domains, self.capture, self.corpus, self.path)
+
     def with_domain(self, domain: str) -> "Trace":
         """Only the sequences of one domain."""
         if domain not in self.domains:
