@@ -48,3 +48,10 @@ def test_cli_default_segment_lengths_match_the_api():
     from expertcache.locality.srp import DEFAULT_M
 
     assert cli_default == ",".join(map(str, DEFAULT_M))
+
+
+@pytest.mark.parametrize("args", [("bogus",), ("curves",), ("import", "arrays", "e.npy", "--out", "t")])
+def test_usage_errors_are_not_tracebacks(tmp_path, args):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "Usage:" in result.stderr

@@ -25,26 +25,17 @@ def _register_all() -> None:
 
 
 def main() -> None:
-    """Entry point: user mistakes end with one line on stderr and exit status 2."""
+    """Entry point: user mistakes end with one line on stderr and exit status 2.
+
+    Usage errors (a missing argument, an unknown command) are click's: usage, then the error,
+    status 2. Ctrl-C ends with status 130, after commands have committed what they finished.
+    """
     _register_all()
     try:
-        app(standalone_mode=False)
-    except ExpertcacheError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:  # permissions, a full disk, a directory where a file was expected
+        app()
+    except (ExpertcacheError, OSError) as e:  # OSError: permissions, a full disk, a directory for a file
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
