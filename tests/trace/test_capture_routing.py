@@ -184,9 +184,9 @@ def test_switch_stacks_are_separate_traces_and_capacity_drops_are_not_routed(tin
         paths = [template.format(i) for i in (1, 3)]
         seen, handles = block_inputs(model, paths)
         with torch.no_grad():
-            enc = result.load("encoder").tokens.reshape(4, 32)
-            model(input_ids=torch.as_tensor(enc, dtype=torch.long),
-                  decoder_input_ids=torch.as_tensor(result.load("decoder").tokens.reshape(4, 32), dtype=torch.long))
+            enc = np.array(result.load("encoder").tokens).reshape(4, 32)  # a writable copy of the memory map
+            dec = np.array(result.load("decoder").tokens).reshape(4, 32)
+            model(input_ids=torch.as_tensor(enc, dtype=torch.long), decoder_input_ids=torch.as_tensor(dec, dtype=torch.long))
         for h in handles:
             h.remove()
         for l, p in enumerate(paths):
