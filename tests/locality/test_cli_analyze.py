@@ -88,6 +88,14 @@ def test_analyze_without_chance(tmp_path):
     assert summary["srp"]["3"]["excess"] is None and summary["srp"]["3"]["observed"] is not None
 
 
+def test_repeated_segment_length_counts_once(tmp_path):
+    trace = random_trace(np.random.default_rng(5), sequences=(2, 2), tokens=(6, 8))
+    summary = analyze(trace, tmp_path, m=(3, 3), permutations=1, resamples=0)
+    assert summary["settings"]["m"] == [3]
+    rows = pq.read_table(tmp_path / "curves.parquet").to_pylist()
+    assert len(rows) == len({(r["policy"], r["m"], r["layer"], r["cache_size"]) for r in rows})
+
+
 @pytest.mark.skipif(not REAL.exists(), reason="real traces not available")
 def test_real_qwen_trace_matches_reference():
     from expertcache.trace.bigmoe import import_bigmoe

@@ -25,7 +25,7 @@ from .chance import DEFAULT_PERMUTATIONS, chance_curves, chance_overlap, chance_
 from .overlap import consecutive_overlap
 from .specialization import domain_specialization, vocabulary_specialization
 from .srp import DEFAULT_M, srp
-from .study_cache import POLICIES, check_m, curves
+from .study_cache import POLICIES, curves, segment_lengths
 
 __all__ = ["analyze"]
 
@@ -45,7 +45,7 @@ def analyze(trace: Trace, out: str | os.PathLike, *, m=DEFAULT_M, permutations: 
     `progress(description, advance)` is called as work units start and end; `permutations=0`
     skips the chance levels.
     """
-    m_values = tuple(check_m(v) for v in ((m,) if isinstance(m, int) else m))
+    m_values = segment_lengths(m)
     if permutations < 0:
         raise ExpertcacheError(f"permutations must be >= 0, got {permutations}")
     out = Path(out)

@@ -19,7 +19,7 @@ from ..trace import Trace
 from ._streams import blocks, layer_ids, parallel_map
 from ._windows import window_hists
 from .bootstrap import RESAMPLES, basic_interval, resample_counts, resampled_sums
-from .study_cache import check_m
+from .study_cache import segment_lengths
 
 __all__ = ["BREAKDOWNS", "DEFAULT_M", "SRPReport", "SRPValue", "WindowStats", "best_f1", "srp", "window_stats"]
 
@@ -63,7 +63,7 @@ class WindowStats:
 
 def window_stats(trace: Trace, m_values, *, positions: bool = False, shuffle=None, progress=None) -> dict[int, WindowStats]:
     """One read of the trace: window histograms for every m (see `_windows.window_hists`)."""
-    m_values = [check_m(m) for m in m_values]
+    m_values = segment_lengths(m_values)
     S, L = trace.num_sequences, trace.num_moe_layers
     sizes = trace.model.num_experts
     E = max(sizes)
@@ -198,9 +198,7 @@ def srp(trace: Trace, m=DEFAULT_M, by=(), *, seed: int = 0, resamples: int = RES
     """SRP(m) for each segment length, "model" and "per_layer" always, plus `by` breakdowns
     ("expert", "domain", "position"). Intervals: basic bootstrap over sequences, `resamples`
     draws seeded by (seed, m) (0 resamples: no interval)."""
-    m_values = (m,) if isinstance(m, (int, np.integer)) and not isinstance(m, bool) else tuple(m)
-    if not m_values:
-        raise ExpertcacheError("give at least one segment length m")
+    m_values = segment_lengths(m)
     by = check_breakdowns(by)
     if resamples < 0:
         raise ExpertcacheError(f"resamples must be >= 0, got {resamples}")

@@ -85,6 +85,14 @@ def check_m(m) -> int:
     return int(m)
 
 
+def segment_lengths(m) -> tuple[int, ...]:
+    """One segment length or several, as distinct validated ints in the order given."""
+    values = (m,) if isinstance(m, (int, np.integer)) else tuple(m)
+    if not values:
+        raise ExpertcacheError("give at least one segment length m")
+    return tuple(dict.fromkeys(check_m(v) for v in values))
+
+
 def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: bool = True,
                shuffle: tuple[int, ...] | None = None, progress=None) -> HitCounts:
     """One pass over the trace: hits at every size, per domain, layer and model level.
