@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from expertcache import Trace
+from expertcache import ExpertcacheError, Trace
 from expertcache.locality import analyze, curves, srp
 
 from . import reference
@@ -86,6 +86,15 @@ def test_analyze_without_chance(tmp_path):
     trace = random_trace(np.random.default_rng(9), sequences=(2, 2), tokens=(6, 8))
     summary = analyze(trace, tmp_path, m=3, permutations=0, resamples=0)
     assert summary["srp"]["3"]["excess"] is None and summary["srp"]["3"]["observed"] is not None
+
+
+@pytest.mark.parametrize("kwargs", [{"resamples": -1}, {"m": ()}, {"permutations": -1}])
+def test_analyze_rejects_bad_settings_before_any_work(tmp_path, kwargs):
+    trace = random_trace(np.random.default_rng(5), sequences=(2, 2), tokens=(6, 8))
+    started = []
+    with pytest.raises(ExpertcacheError):
+        analyze(trace, tmp_path / "out", progress=lambda description, advance: started.append(description), **kwargs)
+    assert started == []
 
 
 def test_repeated_segment_length_counts_once(tmp_path):

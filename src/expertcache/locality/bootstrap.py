@@ -13,9 +13,17 @@ import warnings
 
 import numpy as np
 
-__all__ = ["RESAMPLES", "basic_interval", "resample_counts"]
+from ..errors import ExpertcacheError
+
+__all__ = ["RESAMPLES", "basic_interval", "check_resamples", "resample_counts"]
 
 RESAMPLES = 1000
+
+
+def check_resamples(resamples: int) -> int:
+    if resamples < 0:
+        raise ExpertcacheError(f"resamples must be >= 0, got {resamples}")
+    return int(resamples)
 
 
 def resample_counts(num_sequences: int, resamples: int, seed) -> np.ndarray:
