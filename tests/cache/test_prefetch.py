@@ -1,5 +1,8 @@
 """Prefetchers (SPEC §5): predictions, the loop's prefetch accounting, and user errors."""
 
+import json
+import math
+
 import numpy as np
 import pytest
 
@@ -63,6 +66,20 @@ def test_wasted_prefetches_are_counted_with_their_bytes():
     r = simulate(trace, "lru", budget_slots=3, prefetch=PrefetchConfig(Always3()))
     assert (r.prefetch.issued, r.prefetch.used, r.prefetch.wasted) == (1, 0, 1)  # issued once, stays cached
     assert r.prefetch.bytes_wasted == 5 and r.prefetch.precision == 0.0
+
+
+def test_quality_is_undefined_when_nothing_is_predicted():
+    class Never:
+        name = "never"
+
+        def predict(self, trace, count, distance):
+            return np.full((trace.num_tokens, trace.num_moe_layers, 1), -1)
+
+    r = simulate(decode_trace([[[e]] for e in [0, 1, 0, 1]], 4), "lru", budget_slots=3, prefetch=PrefetchConfig(Never()))
+    p = r.prefetch
+    assert p.issued == 0 and math.isnan(p.precision) and math.isnan(p.prediction_precision) and math.isnan(p.recall)
+    assert {p.to_json()[k] for k in ("precision", "prediction_precision", "recall")} == {None}
+    json.dumps(r.to_json(), allow_nan=False)
 
 
 def test_stale_gate_needs_scores_in_the_trace():

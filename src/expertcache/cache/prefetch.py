@@ -10,6 +10,7 @@ Shape key: N tokens, L MoE layers, K top-k, E experts, F predictions per (token,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -205,7 +206,8 @@ def plan_prefetch(trace, stream, config: PrefetchConfig) -> np.ndarray:
 
 
 def prediction_quality(stream, pf_keys: np.ndarray) -> tuple[float, float]:
-    """(precision, recall) of the predictions against the keys each decode batch used."""
+    """(precision, recall) of the predictions against the keys each decode batch used; NaN
+    where undefined (nothing predicted, or nothing needed where a prediction was made)."""
     B = stream.num_batches
     req_batch = stream.request_batch
     needed = np.unique(req_batch * stream.num_keys + stream.keys)
@@ -214,7 +216,7 @@ def prediction_quality(stream, pf_keys: np.ndarray) -> tuple[float, float]:
     flat = np.unique(flat)
     correct = np.isin(flat, needed).sum()
     needed_in_scope = has_pred[needed // stream.num_keys].sum()
-    return (correct / len(flat) if len(flat) else 0.0, correct / needed_in_scope if needed_in_scope else 0.0)
+    return (correct / len(flat) if len(flat) else math.nan, correct / needed_in_scope if needed_in_scope else math.nan)
 
 
 @dataclass(frozen=True)
@@ -228,9 +230,9 @@ class PrefetchReport:
     wasted: int
     bytes: int | None
     bytes_wasted: int | None
-    precision: float  # used / issued (the cache's view)
-    prediction_precision: float  # predicted and needed / predicted
-    recall: float  # predicted and needed / needed (batches with a prediction)
+    precision: float  # used / issued (the cache's view); NaN when nothing was issued
+    prediction_precision: float  # predicted and needed / predicted; NaN when nothing was predicted
+    recall: float  # predicted and needed / needed (batches with a prediction); NaN when none
 
     @classmethod
     def from_counts(cls, config, pf, pf_keys, stream, sizes) -> "PrefetchReport":
@@ -238,7 +240,8 @@ class PrefetchReport:
         issued = int(pf[PF_ISSUED])
         return cls(config.prefetcher.name, pf_keys.shape[1], config.distance, config.reserve, issued,
                    int(pf[PF_USED]), int(pf[PF_WASTED]), int(pf[PF_BYTES]) if sizes else None,
-                   int(pf[PF_WASTED_BYTES]) if sizes else None, int(pf[PF_USED]) / issued if issued else 0.0, p, r)
+                   int(pf[PF_WASTED_BYTES]) if sizes else None, int(pf[PF_USED]) / issued if issued else math.nan, p, r)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        """Undefined ratios (NaN) become null: JSON has no NaN."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in self.__dict__.items()}
