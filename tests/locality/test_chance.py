@@ -48,3 +48,14 @@ def test_seeded_and_invalid():
     np.testing.assert_array_equal(a, chance_curves(trace, "lfu", permutations=2, seed=5).per_layer)
     with pytest.raises(ExpertcacheError, match="permutations must be >= 1"):
         chance_curves(trace, "lru", permutations=0)
+
+
+def test_bad_request_fails_before_the_first_shuffled_pass(monkeypatch):
+    from expertcache.locality import chance
+
+    trace = random_trace(np.random.default_rng(2), sequences=(2, 2), tokens=(4, 6), domains=("a",))
+    monkeypatch.setattr(chance, "hit_counts", lambda *a, **k: pytest.fail("a pass ran before validation"))
+    with pytest.raises(ExpertcacheError, match="no domain 'zz'"):
+        chance_curves(trace, "lru", domain="zz")
+    with pytest.raises(ExpertcacheError, match="applies only to fsf"):
+        chance_curves(trace, "lru", 4)

@@ -14,7 +14,7 @@ from ..errors import ExpertcacheError
 from ..trace import Trace
 from .overlap import consecutive_overlap
 from .srp import best_f1, window_stats
-from .study_cache import HitCurves, hit_counts, rates
+from .study_cache import HitCurves, check_request, hit_counts, rates
 
 __all__ = ["DEFAULT_PERMUTATIONS", "chance_curves", "chance_overlap", "chance_srp"]
 
@@ -30,6 +30,7 @@ def _check(permutations: int) -> int:
 def chance_curves(trace: Trace, policy: str, m: int | None = None, domain: str | None = None, *,
                   permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0, model_level: bool = True) -> HitCurves:
     """Hit-rate curves of the shuffled trace, averaged over permutations."""
+    m = check_request(trace, policy, m, domain)
     runs = [rates(trace, hit_counts(trace, policy, m, model_level=model_level, shuffle=(seed, p)), policy, m, domain)
             for p in range(_check(permutations))]
     first = runs[0]

@@ -144,6 +144,13 @@ def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: 
     return HitCounts(per_layer, layer_requests, np.cumsum(model_hist[:, 1:I + 1], axis=1), model_requests)
 
 
+def check_request(trace: Trace, policy: str, m: int | None, domain: str | None) -> int | None:
+    """Validate a curves request before its pass over the trace; returns m as used."""
+    m = check_policy(policy, m)
+    _domain_index(trace, domain)
+    return m
+
+
 def _domain_index(trace: Trace, domain: str | None) -> slice | list[int]:
     if domain is None:
         return slice(None)
@@ -169,7 +176,6 @@ def curves(trace: Trace, policy: str, m: int | None = None, domain: str | None =
     SCH(m, C) is `curves(trace, "fsf", m).per_layer[:, C-1]` (per layer) or `.model_level`.
     `domain` restricts the pooling to one domain's sequences.
     """
-    m = check_policy(policy, m)
-    _domain_index(trace, domain)
+    m = check_request(trace, policy, m, domain)
     counts = hit_counts(trace, policy, m, model_level=model_level, progress=progress)
     return rates(trace, counts, policy, m, domain)
