@@ -58,14 +58,11 @@ def simulate_command(
 ) -> None:
     """Replay a trace through one cache configuration (engine accounting)."""
     from ..cache import PrefetchConfig, simulate
-    from ..cache.prefetch import PREFETCHERS
     from ..cache.throughput import predict_throughput
 
     config = None
     if prefetch is not None:
-        if prefetch not in PREFETCHERS:
-            raise ExpertcacheError(f"unknown prefetcher {prefetch!r}; choose from {', '.join(sorted(PREFETCHERS))}")
-        config = PrefetchConfig(PREFETCHERS[prefetch](), prefetch_count, prefetch_distance, prefetch_reserve)
+        config = PrefetchConfig(PrefetchConfig.of(prefetch).prefetcher, prefetch_count, prefetch_distance, prefetch_reserve)
     hw = _profile(profile)
     result = simulate(_open(trace, as_decode), policy, scope, budget_mib, budget_slots, budget_x, config, shares=shares)
     for w in result.warnings:
