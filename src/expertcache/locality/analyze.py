@@ -138,10 +138,9 @@ def _overlap_rows(observed, chance) -> list[dict]:
 
 
 def _balance_rows(global_, local) -> list[dict]:
-    rows = [{"window": 0, "layer": l, "balance": float(b), "cv": float(cv)} for l, (b, cv) in enumerate(global_)]
-    for m, values in local.items():
-        rows += [{"window": m, "layer": l, "balance": float(b), "cv": float(cv)} for l, (b, cv) in enumerate(values)]
-    return rows
+    """Window 0 is the global balance, window m the local balance over m tokens."""
+    return [{"window": m, "layer": l, "balance": float(b), "cv": float(cv)}
+            for m, values in {0: global_, **local}.items() for l, (b, cv) in enumerate(values)]
 
 
 def _domain_rows(trace, rate, spec) -> list[dict]:
@@ -160,9 +159,9 @@ def _summary(trace, tables, m_values, permutations, seed, resamples) -> dict:
     srp_model = {str(r["m"]): {k: r[k] for k in ("excess", "observed", "chance")} | {"ci": [r["ci_lo"], r["ci_hi"]]}
                  for r in tables["srp"] if r["breakdown"] == "model"}
     overlap = tables["overlap"][0]
-    balance = {("global" if r["window"] == 0 else f"m{r['window']}"): [] for r in tables["balance"]}
+    balance = {}
     for r in tables["balance"]:
-        balance["global" if r["window"] == 0 else f"m{r['window']}"].append(r["balance"])
+        balance.setdefault("global" if r["window"] == 0 else f"m{r['window']}", []).append(r["balance"])
     return _clean({
         "locality_excess_over_chance": {
             "sch_2x": {key: r["excess"] for key, r in at_2x.items() if key.startswith("fsf")},
