@@ -32,3 +32,11 @@ def test_recommends_the_smallest_budget_reaching_the_fraction():
     assert advice.best_hit_rate == pytest.approx(1 - cold / smaller.lookups)
     with pytest.raises(ExpertcacheError):
         recommend_budget(trace, fraction=1.5)
+
+
+def test_a_layer_prefix_is_advised_and_labelled_as_the_per_layer_scope():
+    tokens = [[[t % 3, 3 + t % 2], [(t + 1) % 3, 3 + t % 2]] for t in range(24)]  # L=2, k=2
+    trace = decode_trace(tokens, 6)
+    prefixed = recommend_budget(trace, "layer-lru")
+    assert (prefixed.policy, prefixed.scope) == ("lru", "layer")
+    assert prefixed == recommend_budget(trace, "lru", scope="layer")

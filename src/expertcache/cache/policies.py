@@ -52,6 +52,13 @@ def get_policy(policy: "str | Policy") -> "Policy":
     return POLICIES[name]()
 
 
+def resolve_policy(policy: "str | Policy", scope: str) -> tuple["Policy", str]:
+    """(policy object, scope), reading a "layer-" name prefix as the per-layer scope."""
+    if isinstance(policy, str) and policy.strip().lower().startswith("layer-"):
+        policy, scope = policy.strip()[len("layer-"):], "layer"
+    return get_policy(policy), scope
+
+
 @dataclass(frozen=True)
 class _Kernel:
     """Shared construction: the kernel kind plus optional params and fixed priorities."""

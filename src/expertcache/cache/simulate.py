@@ -12,7 +12,7 @@ import numpy as np
 from ..trace.format import DECODE
 from ..trace.opening import open_trace
 from .budget import Budget, budget_warnings, resolve_budget
-from .policies import Policy, get_policy
+from .policies import Policy, resolve_policy
 from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
 from .replay import PF_BYTES, replay
 from .stream import LookupStream, build_stream
@@ -107,9 +107,7 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     PrefetchConfig (count, distance, reserved slots). Pass `stream=build_stream(trace)` to
     reuse the lookup stream across many calls.
     """
-    if isinstance(policy, str) and policy.strip().lower().startswith("layer-"):
-        policy, scope = policy.strip()[len("layer-"):], "layer"
-    policy = get_policy(policy)
+    policy, scope = resolve_policy(policy, scope)
     trace = open_trace(trace)
     stream = build_stream(trace) if stream is None else stream
     config = None if prefetch is None else PrefetchConfig.of(prefetch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ExpertcacheError
+from .policies import Policy, resolve_policy
 from .simulate import simulate
 from .stream import build_stream
 
@@ -28,11 +29,12 @@ class Advice:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def recommend_budget(trace, policy: str = "lru", fraction: float = 0.9, scope: str = "global") -> Advice:
+def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.9, scope: str = "global") -> Advice:
     """Smallest budget (multiple of the active experts, to 1 % of a cycle) reaching `fraction`
     of the best achievable hit rate of `policy`."""
     if not 0 < fraction <= 1:
         raise ExpertcacheError(f"fraction must be in (0, 1], got {fraction}")
+    policy, scope = resolve_policy(policy, scope)
     stream = build_stream(trace)
     full_x = trace.num_experts / trace.top_k  # every expert of every layer fits
     best = simulate(trace, policy, scope, budget_x=full_x, stream=stream).hit_rate
@@ -51,5 +53,5 @@ def recommend_budget(trace, policy: str = "lru", fraction: float = 0.9, scope: s
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if rate(mid) >= target else (mid, hi)
     r = simulate(trace, policy, scope, budget_x=hi, stream=stream)
-    return Advice(policy, scope, fraction, best, hi, r.budget_bytes, r.budget_slots, r.hit_rate,
+    return Advice(policy.name, scope, fraction, best, hi, r.budget_bytes, r.budget_slots, r.hit_rate,
                   sorted(curve.items()))

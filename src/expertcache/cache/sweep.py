@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import ExpertcacheError
 from .budget import MIB
-from .policies import get_policy
+from .policies import resolve_policy
 from .stream import build_stream
 from .throughput import HardwareProfile, predict_throughput
 
@@ -47,8 +47,8 @@ def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), pr
         raise ExpertcacheError(f"budget unit must be one of {', '.join(BUDGET_UNITS)}")
     if not policies or not budgets:
         raise ExpertcacheError("give at least one policy and one budget")
-    names = [get_policy(p).name if isinstance(p, str) and not p.startswith("layer-") else p for p in policies]
-    tasks = [(p, s, float(b) if unit != "slots" else int(b), unit) for p in names for s in scopes for b in budgets]
+    tasks = [(*resolve_policy(p, s), float(b) if unit != "slots" else int(b), unit)
+             for p in policies for s in scopes for b in budgets]
     _WORKER.update(trace=trace, stream=build_stream(trace), profile=profile)
     rows = [] if into is None else into
     rows.append(_row(tasks[0]))  # fail fast on a bad configuration, and compile before forking

@@ -188,7 +188,7 @@ def advise_command(
         return
     slots, nbytes = cycle_size(t.model)
     size = _size(advice.budget_bytes) if advice.budget_bytes is not None else f"{advice.budget_slots} slots"
-    print(f"{policy} ({scope}): {advice.budget_x:.2f}x the active experts = {size} reaches "
+    print(f"{advice.policy} ({advice.scope}): {advice.budget_x:.2f}x the active experts = {size} reaches "
           f"{100 * advice.hit_rate:.1f} % (best {100 * advice.best_hit_rate:.1f} %, target {100 * fraction:.0f} % of it)")
     cycle = _size(nbytes) if nbytes is not None else f"{slots} slots"
     print(f"one token cycle needs {cycle}: a global cache below it gets no LRU hits")
