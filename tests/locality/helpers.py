@@ -1,10 +1,13 @@
-"""Random traces of many shapes for the locality tests."""
+"""Random traces of many shapes for the locality tests, and the curves check against the reference."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from expertcache import Trace
+from expertcache.locality import curves
+
+from . import reference
 
 
 def random_trace(rng, *, sequences=(1, 4), tokens=(1, 14), layers=(1, 3), experts=(1, 8), k=None,
@@ -23,3 +26,12 @@ def random_trace(rng, *, sequences=(1, 4), tokens=(1, 14), layers=(1, 3), expert
         seq[rng.random((T, L)) < pad_share] = -1  # a layer that routed nothing for a token
         seqs.append(seq.reshape(T, L, K))
     return Trace.from_arrays(seqs, E, domains=[str(rng.choice(domains)) for _ in range(S)])
+
+
+def assert_curves_match_reference(trace, policy, m=None, domain=None):
+    """curves() equals the brute-force reference to 1e-9, per layer and at model level."""
+    fast = curves(trace, policy, m, domain)
+    per_layer, model = reference.trace_curves(trace, policy, m, domain=domain)
+    np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(fast.model_level, model, atol=1e-9, rtol=0)
+    return fast

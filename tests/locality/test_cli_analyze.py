@@ -13,7 +13,7 @@ from expertcache import ExpertcacheError, Trace
 from expertcache.locality import analyze, curves, srp
 
 from . import reference
-from .helpers import random_trace
+from .helpers import assert_curves_match_reference, random_trace
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-traces" / "qwen.route.csv"
 
@@ -114,10 +114,7 @@ def test_real_qwen_trace_matches_reference():
     experts[experts == real.pad_id] = -1
     trace = Trace.from_arrays(experts[None], 128)
     for policy, m in (("lru", None), ("fsf", 16)):
-        fast = curves(trace, policy, m)
-        per_layer, model = reference.trace_curves(trace, policy, m)
-        np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
-        np.testing.assert_allclose(fast.model_level, model, atol=1e-9, rtol=0)
+        assert_curves_match_reference(trace, policy, m)
     full = srp(real, (4, 16), resamples=0).results[16]["per_layer"][47]
     expected = reference.srp_value(reference.srp_windows(real, 16, layers=[47]), 16)
     assert (full.srp, full.threshold) == (pytest.approx(expected[0], abs=1e-9), expected[1])

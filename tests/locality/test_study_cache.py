@@ -7,7 +7,7 @@ from expertcache import ExpertcacheError, Trace
 from expertcache.locality import curves
 
 from . import reference
-from .helpers import random_trace
+from .helpers import assert_curves_match_reference, random_trace
 
 
 def one_layer(tokens, num_experts, domains=None):
@@ -54,10 +54,7 @@ def test_sequences_start_afresh_and_pool():
 def test_random_traces_match_reference(policy, m, seed):
     rng = np.random.default_rng([seed, len(policy), m or 0])
     trace = random_trace(rng, pad_share=0.15 if seed % 2 else 0.0, skew=seed % 3 != 0)
-    fast = curves(trace, policy, m)
-    per_layer, model = reference.trace_curves(trace, policy, m)
-    np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
-    np.testing.assert_allclose(fast.model_level, model, atol=1e-9, rtol=0)
+    fast = assert_curves_match_reference(trace, policy, m)
     assert fast.per_layer.shape == (trace.num_moe_layers, trace.num_experts)
     assert fast.model_level.shape == (trace.num_moe_layers * trace.num_experts,)
 
@@ -66,20 +63,14 @@ def test_many_experts_long_sequences_match_reference():
     rng = np.random.default_rng(7)
     trace = random_trace(rng, sequences=(2, 2), tokens=(30, 40), layers=(2, 2), experts=(12, 12), k=3)
     for policy, m in (("lru", None), ("lfu", None), ("belady", None), ("fsf", 4)):
-        fast = curves(trace, policy, m)
-        per_layer, model = reference.trace_curves(trace, policy, m)
-        np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
-        np.testing.assert_allclose(fast.model_level, model, atol=1e-9, rtol=0)
+        assert_curves_match_reference(trace, policy, m)
 
 
 def test_domains_pool_separately():
     rng = np.random.default_rng(3)
     trace = random_trace(rng, sequences=(4, 4), domains=("code", "prose", "math"))
     for domain in trace.domains:
-        fast = curves(trace, "fsf", 2, domain=domain)
-        per_layer, model = reference.trace_curves(trace, "fsf", 2, domain=domain)
-        np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
-        np.testing.assert_allclose(fast.model_level, model, atol=1e-9, rtol=0)
+        assert_curves_match_reference(trace, "fsf", 2, domain=domain)
 
 
 def test_never_used_expert_and_full_cache():
@@ -132,10 +123,7 @@ def test_layers_with_different_expert_counts():
             for T in (9, 5)]
     trace = Trace.from_arrays(seqs, model=model)
     for policy, m in (("lru", None), ("fsf", 2)):
-        fast = curves(trace, policy, m)
-        per_layer, model_level = reference.trace_curves(trace, policy, m)
-        np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
-        np.testing.assert_allclose(fast.model_level, model_level, atol=1e-9, rtol=0)
+        fast = assert_curves_match_reference(trace, policy, m)
     assert fast.per_layer.shape == (2, 6) and fast.model_level.shape == (9,)
 
 
