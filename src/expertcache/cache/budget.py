@@ -44,6 +44,11 @@ def layer_expert_bytes(model) -> np.ndarray | None:
     return np.asarray(model.expert_bytes, np.int64) if model.expert_bytes else None
 
 
+def _layer_cost(model, unit: str) -> np.ndarray:
+    """[L] budget units one expert of each MoE layer takes."""
+    return layer_expert_bytes(model) if unit == "bytes" else np.ones(model.num_moe_layers, np.int64)
+
+
 def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budget_mib=None, budget_slots=None,
                    budget_x=None, shares: str = "equal", reserve_slots: int = 0) -> Budget:
     """Pools and per-pool limits for one configuration. `reserve_slots` are taken off the main
@@ -75,7 +80,7 @@ def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budge
             unit, total = "slots", int(budget_x * L * k)
         else:
             unit, total = "bytes", int(budget_x * k * int(sizes.sum()))
-    cost_per_layer = sizes if unit == "bytes" else np.ones(L, np.int64)
+    cost_per_layer = _layer_cost(model, unit)
     if reserve_slots:
         total -= int(reserve_slots) * int(cost_per_layer.max())
         if total <= 0:
@@ -99,8 +104,7 @@ def cycle_size(model) -> tuple[int, int | None]:
 
 def budget_warnings(model, scope: str, budget: Budget) -> list[str]:
     if scope != "global":
-        per_layer_need = model.top_k * (layer_expert_bytes(model) if budget.unit == "bytes" else np.ones(model.num_moe_layers))
-        if (budget.pool_budget < per_layer_need).any():
+        if (budget.pool_budget < model.top_k * _layer_cost(model, budget.unit)).any():
             return [f"a per-layer share is smaller than the {model.top_k} experts one layer call needs: "
                     "each layer keeps only its last call's experts"]
         return []
