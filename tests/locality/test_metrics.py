@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from expertcache import Trace
+from expertcache import ExpertcacheError, Trace
 from expertcache.locality import (consecutive_overlap, domain_specialization, global_balance, local_balance,
                                   vocabulary_specialization)
 from expertcache.trace import PREFILL, DECODE
@@ -130,3 +130,10 @@ def test_domain_specialization():
     np.testing.assert_allclose(spec[0], [1, 0, 1], atol=1e-12)
     single = Trace.from_arrays([a], 3)
     assert np.isnan(domain_specialization(single)[1]).all()
+
+
+@pytest.mark.parametrize("m", [0, -2, ()])
+def test_local_balance_rejects_bad_segment_lengths(m):
+    trace = random_trace(np.random.default_rng(1), sequences=(2, 2), tokens=(4, 6))
+    with pytest.raises(ExpertcacheError, match="segment length"):
+        local_balance(trace, m if m == () else (m,))

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..trace import Trace
 from ._streams import blocks, layer_ids, parallel_map
+from .study_cache import segment_lengths
 
 __all__ = ["balance_of", "global_balance", "local_balance"]
 
@@ -101,6 +102,7 @@ def _window_balance(ids, seq_offsets, n_experts, m):
 
 def local_balance(trace: Trace, m_values) -> dict[int, np.ndarray]:
     """{m: [L, 2] (balance, cv) averaged over every window of m tokens}."""
+    m_values = segment_lengths(m_values)  # the kernel reads past a sequence for m < 1
     L = trace.num_moe_layers
     sums = {m: np.zeros((L, 3)) for m in m_values}
     for block in blocks(trace):
