@@ -64,13 +64,19 @@ def _list_victim(I, pool, busy, epoch):
 
 # ----------------------------------------------------------------- indexed min-heap per pool
 @_jit
+def _tie_before(I, a, b):
+    """The tie-break every policy shares: least recently used first, then the lower key."""
+    if I[LAST_USE, a] != I[LAST_USE, b]:
+        return I[LAST_USE, a] < I[LAST_USE, b]
+    return a < b
+
+
+@_jit
 def _before(I, F, a, b):
     """True if key a is evicted before key b: (prio, last use, key) ascending."""
     if F[PRIO, a] != F[PRIO, b]:
         return F[PRIO, a] < F[PRIO, b]
-    if I[LAST_USE, a] != I[LAST_USE, b]:
-        return I[LAST_USE, a] < I[LAST_USE, b]
-    return a < b
+    return _tie_before(I, a, b)
 
 
 @_jit
@@ -231,8 +237,7 @@ def _scan_victim(I, F, pool, busy, epoch, kind):
             s = F[COUNT, k] / (now - I[STAMP, k] + 1)
         else:
             s = -(F[PRIO, k] - now) * F[KEY_SIZE, k]
-        if best < 0 or s < best_s or (s == best_s and (I[LAST_USE, k] < I[LAST_USE, best]
-                                                       or (I[LAST_USE, k] == I[LAST_USE, best] and k < best))):
+        if best < 0 or s < best_s or (s == best_s and _tie_before(I, k, best)):
             best, best_s = k, s
     return best
 
