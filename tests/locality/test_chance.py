@@ -48,6 +48,10 @@ def test_seeded_and_invalid():
     np.testing.assert_array_equal(a, chance_curves(trace, "lfu", permutations=2, seed=5).per_layer)
     with pytest.raises(ExpertcacheError, match="permutations must be >= 1"):
         chance_curves(trace, "lru", permutations=0)
+    for chance in (lambda: chance_curves(trace, "lru", seed=-1), lambda: chance_srp(trace, (2,), seed=-1),
+                   lambda: chance_overlap(trace, seed=-1)):
+        with pytest.raises(ExpertcacheError, match="seed must be an integer >= 0"):
+            chance()
 
 
 def test_bad_request_fails_before_the_first_shuffled_pass(monkeypatch):

@@ -54,6 +54,7 @@ def test_curves_and_srp_json(saved):
     (("curves", "t", "--policy", "lru", "--domain", "zz"), "error: no domain 'zz'"),
     (("srp", "t", "--m", "4,x"), "error: --m takes integers"),
     (("srp", "t", "--by", "vocab"), "error: unknown SRP breakdown"),
+    (("srp", "t", "--seed", "-1"), "error: seed must be an integer >= 0"),
     (("analyze", "t", "--out", "o", "--m", "-1"), "error: segment length m must be an integer >= 1"),
     (("curves", "missing", "--policy", "lru"), "error: missing: no such trace"),
 ])
@@ -88,7 +89,7 @@ def test_analyze_without_chance(tmp_path):
     assert summary["srp"]["3"]["excess"] is None and summary["srp"]["3"]["observed"] is not None
 
 
-@pytest.mark.parametrize("kwargs", [{"resamples": -1}, {"m": ()}, {"permutations": -1}])
+@pytest.mark.parametrize("kwargs", [{"resamples": -1}, {"m": ()}, {"permutations": -1}, {"seed": -1}])
 def test_analyze_rejects_bad_settings_before_any_work(tmp_path, kwargs):
     trace = random_trace(np.random.default_rng(5), sequences=(2, 2), tokens=(6, 8))
     started = []

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from ..errors import ExpertcacheError
 from ..trace import Trace
 from .balance import global_balance, local_balance
-from .bootstrap import check_resamples
+from .bootstrap import check_resamples, check_seed
 from .chance import DEFAULT_PERMUTATIONS, chance_curves, chance_overlap, chance_srp
 from .overlap import consecutive_overlap
 from .specialization import domain_specialization, vocabulary_specialization
@@ -50,6 +50,7 @@ def analyze(trace: Trace, out: str | os.PathLike, *, m=DEFAULT_M, permutations: 
     if permutations < 0:
         raise ExpertcacheError(f"permutations must be >= 0, got {permutations}")
     resamples = check_resamples(resamples)  # before the curves, not after them
+    seed = check_seed(seed)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExpertcacheError(f"{out} is a file; --out needs a directory")

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ExpertcacheError
 
-__all__ = ["RESAMPLES", "basic_interval", "check_resamples", "resample_counts"]
+__all__ = ["RESAMPLES", "basic_interval", "check_resamples", "check_seed", "resample_counts"]
 
 RESAMPLES = 1000
 
@@ -24,6 +24,13 @@ def check_resamples(resamples: int) -> int:
     if resamples < 0:
         raise ExpertcacheError(f"resamples must be >= 0, got {resamples}")
     return int(resamples)
+
+
+def check_seed(seed) -> int:
+    """Seeds enter numpy's SeedSequence inside a list, which takes only integers >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ExpertcacheError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
 
 
 def resample_counts(num_sequences: int, resamples: int, seed) -> np.ndarray:

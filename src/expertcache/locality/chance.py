@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ExpertcacheError
 from ..trace import Trace
+from .bootstrap import check_seed
 from .overlap import consecutive_overlap
 from .srp import best_f1, window_stats
 from .study_cache import HitCurves, check_request, hit_counts, rates
@@ -21,7 +22,9 @@ __all__ = ["DEFAULT_PERMUTATIONS", "chance_curves", "chance_overlap", "chance_sr
 DEFAULT_PERMUTATIONS = 3
 
 
-def _check(permutations: int) -> int:
+def _check(permutations: int, seed: int) -> int:
+    """Validate the shuffles' settings before any pass; returns the number of permutations."""
+    check_seed(seed)
     if permutations < 1:
         raise ExpertcacheError(f"permutations must be >= 1, got {permutations}")
     return int(permutations)
@@ -32,7 +35,7 @@ def chance_curves(trace: Trace, policy: str, m: int | None = None, domain: str |
     """Hit-rate curves of the shuffled trace, averaged over permutations."""
     m = check_request(trace, policy, m, domain)
     runs = [rates(trace, hit_counts(trace, policy, m, model_level=model_level, shuffle=(seed, p)), policy, m, domain)
-            for p in range(_check(permutations))]
+            for p in range(_check(permutations, seed))]
     first = runs[0]
     return HitCurves(policy, first.m, first.num_experts, first.top_k,
                      np.mean([r.per_layer for r in runs], axis=0), np.mean([r.model_level for r in runs], axis=0),
@@ -42,7 +45,7 @@ def chance_curves(trace: Trace, policy: str, m: int | None = None, domain: str |
 def chance_srp(trace: Trace, m_values, *, permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0) -> dict:
     """{m: (model SRP, per-layer SRP [L])} of the shuffled trace, averaged over permutations."""
     sums = {}
-    for p in range(_check(permutations)):
+    for p in range(_check(permutations, seed)):
         for m, st in window_stats(trace, m_values, shuffle=(seed, p)).items():
             per_layer = st.per_sequence.sum(axis=0, dtype=np.int64)  # [L, M]
             model = best_f1(per_layer.sum(axis=0), m)[0]
@@ -54,5 +57,5 @@ def chance_srp(trace: Trace, m_values, *, permutations: int = DEFAULT_PERMUTATIO
 
 def chance_overlap(trace: Trace, *, permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0) -> tuple[float, np.ndarray]:
     """Consecutive-token overlap of the shuffled trace, averaged over permutations."""
-    runs = [consecutive_overlap(trace, shuffle=(seed, p)) for p in range(_check(permutations))]
+    runs = [consecutive_overlap(trace, shuffle=(seed, p)) for p in range(_check(permutations, seed))]
     return float(np.mean([r[0] for r in runs])), np.mean([r[1] for r in runs], axis=0)

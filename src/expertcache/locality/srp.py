@@ -18,7 +18,7 @@ from ..errors import ExpertcacheError
 from ..trace import Trace
 from ._streams import blocks, layer_ids, parallel_map
 from ._windows import window_hists
-from .bootstrap import RESAMPLES, basic_interval, check_resamples, resample_counts, resampled_sums
+from .bootstrap import RESAMPLES, basic_interval, check_resamples, check_seed, resample_counts, resampled_sums
 from .study_cache import segment_lengths
 
 __all__ = ["BREAKDOWNS", "DEFAULT_M", "SRPReport", "SRPValue", "WindowStats", "best_f1", "srp", "window_stats"]
@@ -201,5 +201,6 @@ def srp(trace: Trace, m=DEFAULT_M, by=(), *, seed: int = 0, resamples: int = RES
     m_values = segment_lengths(m)
     by = check_breakdowns(by)
     resamples = check_resamples(resamples)
+    seed = check_seed(seed)
     stats = window_stats(trace, m_values, positions="position" in by, progress=progress)
     return SRPReport(tuple(stats), {m: summarize(trace, st, by, seed=seed, resamples=resamples) for m, st in stats.items()})
