@@ -122,6 +122,19 @@ def test_user_mistakes_are_one_line_errors(tiny_model, text_corpus, tmp_path, de
         assert "\n" not in str(error.value)
 
 
+def test_generation_and_placement_mistakes_are_one_line_errors(tiny_model, tmp_path):
+    import torch
+
+    from expertcache.trace.generate import capture_generation
+
+    with pytest.raises(ExpertcacheError, match="temperature must be positive"):
+        capture_generation("never-loaded", "a b", tmp_path / "g", sample=True, temperature=0.0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ExpertcacheError, match="cannot move .* to cuda") as error:
+            load_model(tiny_model("olmoe"), device_map="cuda", need_tokenizer=False)
+        assert "\n" not in str(error.value)
+
+
 def _folder_with(folder, config):
     folder.mkdir()
     if config is not None:

@@ -109,7 +109,10 @@ def load_model(model_id: str | os.PathLike, *, device_map: str | None = None, dt
     except (OSError, ValueError, KeyError, ImportError) as e:
         raise ExpertcacheError(_load_error(name, e)) from None
     if move_to is not None:
-        model.to(move_to)
+        try:
+            model.to(move_to)
+        except (RuntimeError, AssertionError) as e:  # torch without that device's support asserts
+            raise ExpertcacheError(f"cannot move {name} to {move_to}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     model.eval()
     if checkpoint_dtype == "unknown":
         checkpoint_dtype = _dtype_name(next(model.parameters()).dtype)

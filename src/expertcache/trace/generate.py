@@ -48,6 +48,8 @@ def capture_generation(
         raise ExpertcacheError(f"--generate must be at least 1, got {new_tokens}")
     if not prompt:
         raise ExpertcacheError("the prompt is empty")
+    if sample and not temperature > 0:
+        raise ExpertcacheError(f"--temperature must be positive when sampling, got {temperature}")
     loaded = ensure_loaded(model, device_map=device_map, dtype=dtype, trust_remote_code=trust_remote_code,
                            tokenizer=tokenizer)
     prompt_ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids  # [1, P]
