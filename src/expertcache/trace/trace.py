@@ -328,11 +328,7 @@ class _MemoryWriter(TraceWriter):
         self._buffered_tokens = 0
 
     def trace(self) -> Trace:
-        domains = list(dict.fromkeys(s["domain"] for s in self._buffer))
-        shard = {name: np.concatenate([s["arrays"][name] for s in self._buffer]) for name in ("experts", *TOKEN_ARRAYS)}
-        shard["seq_lengths"] = np.array([len(s["arrays"]["phase"]) for s in self._buffer], np.int64)
-        shard["seq_domain"] = np.array([domains.index(s["domain"]) for s in self._buffer], np.int16)
-        shard["seq_turn"] = np.array([s["turn"] for s in self._buffer], np.int32)
+        shard, domains = self._pack()
         return Trace(self.model, [shard], domains)
 
 
@@ -352,8 +348,8 @@ def _load_shard(shard_dir: Path, model: ModelInfo, ids: np.dtype, optional: list
     L, K, E = model.num_moe_layers, model.top_k, model.max_experts
     S, N = meta.get("num_sequences"), meta.get("num_tokens")
     expected = {name: ((S,), dtype) for name, dtype in SEQUENCE_ARRAYS.items()}
-    expected.update({"tokens": ((N,), np.int32), "positions": ((N,), np.int32), "phase": ((N,), np.uint8),
-                     "weights": ((N, L, K), np.float16), "experts": ((N, L, K), ids)})
+    expected.update({name: ((N, L, K) if name == "weights" else (N,), dtype) for name, dtype in TOKEN_ARRAYS.items()})
+    expected["experts"] = ((N, L, K), ids)
     expected.update({name: ((N, L, E), np.float16) for name in optional})
     shard = {"_domains": meta.get("domains", [])}
     for name, (shape, dtype) in expected.items():

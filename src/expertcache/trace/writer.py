@@ -150,10 +150,8 @@ class TraceWriter:
         if self._buffered_tokens >= self.shard_tokens:
             self.flush()
 
-    def flush(self) -> None:
-        """Commit the buffered sequences as one shard (atomic rename)."""
-        if not self._buffer:
-            return
+    def _pack(self) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The buffered sequences as one shard's arrays, and the domain names seq_domain indexes."""
         domains = list(dict.fromkeys(s["domain"] for s in self._buffer))
         arrays = {
             "seq_lengths": np.array([len(s["arrays"]["phase"]) for s in self._buffer], SEQUENCE_ARRAYS["seq_lengths"]),
@@ -162,6 +160,13 @@ class TraceWriter:
         }
         for name in ("experts", *TOKEN_ARRAYS, *self.optional):
             arrays[name] = np.concatenate([s["arrays"][name] for s in self._buffer])
+        return arrays, domains
+
+    def flush(self) -> None:
+        """Commit the buffered sequences as one shard (atomic rename)."""
+        if not self._buffer:
+            return
+        arrays, domains = self._pack()
         name = f"{self._next_shard:05d}"
         tmp = self.path / SHARDS / f"{name}.tmp-{os.getpid()}"
         tmp.mkdir(parents=True)
