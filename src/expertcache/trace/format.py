@@ -26,7 +26,7 @@ STACKS = "stacks.json"  # in a seq2seq capture folder: names the stacks, each a 
 
 PREFILL, DECODE = 0, 1
 
-# name -> (dtype or None when it depends on the model, shape description)
+# name -> dtype; the shape is in the comment
 SEQUENCE_ARRAYS = {
     "seq_lengths": np.dtype(np.int64),  # [S]
     "seq_domain": np.dtype(np.int16),  # [S] index into manifest["domains"]
@@ -77,7 +77,7 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
-def load_array(path: Path, expected_bytes: int, mmap: bool = True) -> np.ndarray:
+def load_array(path: Path, expected_bytes: int) -> np.ndarray:
     """Memory-map one shard array, checking it is whole."""
     if not path.is_file():
         raise ExpertcacheError(f"{path}: missing array file")
@@ -87,6 +87,6 @@ def load_array(path: Path, expected_bytes: int, mmap: bool = True) -> np.ndarray
             f"{path}: truncated or replaced ({size} bytes on disk, {expected_bytes} recorded)"
         )
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
         raise ExpertcacheError(f"{path}: unreadable array ({e})") from None
