@@ -134,9 +134,13 @@ def tiny_config(model_type: str, vocab_size: int = 512, special_id: int = 0):
     """
     import transformers
 
+    return _with_special_tokens(_factory(model_type)(transformers, vocab_size), special_id)
+
+
+def _factory(model_type: str) -> Callable:
     if model_type not in TINY_FAMILIES:
         raise ExpertcacheError(f"no tiny config for {model_type!r}; known: {', '.join(TINY_FAMILIES)}")
-    return _with_special_tokens(TINY_FAMILIES[model_type](transformers, vocab_size), special_id)
+    return TINY_FAMILIES[model_type]
 
 
 def _with_special_tokens(config, special_id: int):
@@ -153,9 +157,7 @@ def build_tiny_model(model_type: str, path: str | os.PathLike, *, vocab_size: in
     Routing biases that start at zero (DeepSeek-V3 / GLM4-MoE `e_score_correction_bias`) are
     randomised so that tests see them change the selection.
     """
-    if model_type not in TINY_FAMILIES:
-        raise ExpertcacheError(f"no tiny config for {model_type!r}; known: {', '.join(TINY_FAMILIES)}")
-    return _build(TINY_FAMILIES[model_type], path, vocab_size=vocab_size, seed=seed, tokenizer=tokenizer)
+    return _build(_factory(model_type), path, vocab_size=vocab_size, seed=seed, tokenizer=tokenizer)
 
 
 def _build(factory: Callable, path, *, vocab_size: int, seed: int, tokenizer) -> Path:
