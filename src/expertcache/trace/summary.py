@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .format import DECODE, PREFILL
+from ..errors import ExpertcacheError
+from .format import DECODE, OPTIONAL_ARRAYS, PREFILL
 from .trace import Trace
 
 __all__ = ["summarize"]
@@ -12,6 +13,8 @@ __all__ = ["summarize"]
 
 def summarize(trace: Trace, top: int = 8) -> dict:
     """JSON-able summary; expert frequencies are pooled over MoE layers, layer by layer."""
+    if top < 0:
+        raise ExpertcacheError(f"the number of top experts to list must be >= 0, got {top}")
     counts = np.zeros((trace.num_moe_layers, trace.num_experts), np.int64)  # [L, E]
     for layer in range(trace.num_moe_layers):
         ids = trace.layer_experts(layer).ravel()
@@ -36,7 +39,7 @@ def summarize(trace: Trace, top: int = 8) -> dict:
         "sequence_length": {"min": int(trace.seq_lengths.min()), "max": int(trace.seq_lengths.max())},
         "tokens_per_domain": {d: int((token_domain == i).sum()) for i, d in enumerate(trace.domains)},
         "tokens_per_phase": {"prefill": int((trace.phase == PREFILL).sum()), "decode": int((trace.phase == DECODE).sum())},
-        "optional_arrays": [n for n in ("logits", "stale_gate") if getattr(trace, n) is not None],
+        "optional_arrays": [n for n in OPTIONAL_ARRAYS if trace.shard_arrays(n)[0] is not None],  # no concatenation
         "top_experts": top_experts,
         "capture": trace.capture,
         "corpus": trace.corpus,
