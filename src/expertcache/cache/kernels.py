@@ -242,6 +242,12 @@ def _scan_victim(I, F, pool, busy, epoch, kind):
     return best
 
 
+@_jit
+def _gdsf_priority(I, F, k):
+    """The pool's clock (last evicted priority) + uses / size."""
+    return F[POOL_CLOCK, I[KEY_POOL, k]] + F[COUNT, k] / F[KEY_SIZE, k]
+
+
 # ----------------------------------------------------------------- the four calls
 @_jit
 def on_access(I, F, k, t, batch, hint, repeat):
@@ -279,7 +285,7 @@ def on_access(I, F, k, t, batch, hint, repeat):
         F[PRIO, k] = F[FIXED, k]
     elif kind == GDSF:
         F[COUNT, k] += 1.0
-        F[PRIO, k] = F[POOL_CLOCK, I[KEY_POOL, k]] + F[COUNT, k] / F[KEY_SIZE, k]
+        F[PRIO, k] = _gdsf_priority(I, F, k)
     if I[MEMBER, k]:
         _heap_update(I, F, k)
 
@@ -293,7 +299,7 @@ def on_insert(I, F, k, t, prefetched):
         if kind == STATIC:
             F[PRIO, k] = F[FIXED, k]
         elif kind == GDSF:
-            F[PRIO, k] = F[POOL_CLOCK, I[KEY_POOL, k]] + F[COUNT, k] / F[KEY_SIZE, k]
+            F[PRIO, k] = _gdsf_priority(I, F, k)
     if kind == LRU:  # keep the list sorted by last use: a batch's misses go behind its later hits
         sentinel = I[HEADER, 1] + I[KEY_POOL, k]
         at = sentinel
