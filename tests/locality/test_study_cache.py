@@ -66,6 +66,16 @@ def test_many_experts_long_sequences_match_reference():
         assert_curves_match_reference(trace, policy, m)
 
 
+def test_fsf_window_longer_than_every_sequence():
+    trace = random_trace(np.random.default_rng(8), sequences=(3, 3), tokens=(3, 9))
+    longest = int(trace.seq_lengths.max())
+    fast = assert_curves_match_reference(trace, "fsf", longest + 3)
+    huge = curves(trace, "fsf", 10**30)
+    np.testing.assert_array_equal(huge.per_layer, fast.per_layer)
+    np.testing.assert_array_equal(huge.model_level, fast.model_level)
+    assert huge.m == 10**30
+
+
 def test_domains_pool_separately():
     rng = np.random.default_rng(3)
     trace = random_trace(rng, sequences=(4, 4), domains=("code", "prose", "math"))

@@ -113,7 +113,9 @@ def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: 
     model_hist = np.zeros((D, I + 2), np.int64)
     layer_requests = np.zeros((D, L), np.int64)
     model_requests = np.zeros(D, np.int64)
-    fsf_m = m or 1
+    # A window reaching past a sequence's end sees all of its future, so FSF(m) for m beyond the
+    # longest sequence equals FSF(longest); clamping also keeps a huge m inside the kernel's int64.
+    fsf_m = max(1, min(m or 1, int(np.max(trace.seq_lengths))))
     for block in blocks(trace, shuffle=shuffle):
         domain = seq_domain[block.seq_start:block.seq_stop]  # [s]
 
