@@ -36,6 +36,15 @@ def test_export_needs_fixed_length(rng, tmp_path):
         export_arrays(trace, tmp_path / "e.npy")
 
 
+def test_export_to_an_unwritable_path_names_that_path_and_leaves_no_temporary(rng, tmp_path):
+    trace = Trace.from_arrays(rng.integers(0, 4, (2, 3, 1, 1)), 4)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ExpertcacheError, match=r"cannot write .*a_file/e\.npy"):
+        export_arrays(trace, tmp_path / "a_file" / "e.npy")
+    export_arrays(trace, tmp_path / "new" / "e.npy")  # missing folders are made
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["e.npy"]
+
+
 def test_import_errors_name_the_file(tmp_path):
     np.save(tmp_path / "three_d.npy", np.zeros((2, 3, 4), int))
     (tmp_path / "garbage.npy").write_bytes(b"not an array")

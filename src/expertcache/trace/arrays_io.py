@@ -7,6 +7,7 @@ on the same inputs to check the routing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -69,9 +70,13 @@ def _load(path, what: str) -> np.ndarray:
 
 def _save(path, array: np.ndarray) -> None:
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError as e:  # name the file asked for, not the temporary one
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ExpertcacheError(f"cannot write {path}: {e.strerror or e}") from None
