@@ -42,6 +42,12 @@ def test_profile_round_trip_and_errors(tmp_path):
         HardwareProfile.load(tmp_path / "missing.json")
     with pytest.raises(ExpertcacheError):
         HardwareProfile(link_bandwidth=0, expert_time=1)
+    for bad in (dict(link_bandwidth=float("nan"), expert_time=1), dict(link_bandwidth=1, expert_time=1, source_bandwidth=-1)):
+        with pytest.raises(ExpertcacheError):
+            HardwareProfile(**bad)
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ExpertcacheError, match="not a JSON hardware profile"):
+        HardwareProfile.load(tmp_path / "binary.json")
     no_sizes = simulate(decode_trace([[[0]]], 2), "lru", budget_slots=1)
     with pytest.raises(ExpertcacheError, match="no expert sizes"):
         predict_throughput(no_sizes, hw)

@@ -34,8 +34,10 @@ class HardwareProfile:
     name: str = "custom"
 
     def __post_init__(self):
-        if self.link_bandwidth <= 0 or self.expert_time < 0 or self.dense_time < 0:
-            raise ExpertcacheError("hardware profile: bandwidth must be > 0 and times >= 0")
+        ok = (self.link_bandwidth > 0 and self.expert_time >= 0 and self.dense_time >= 0  # False for NaN too
+              and (self.source_bandwidth is None or self.source_bandwidth > 0))
+        if not ok:
+            raise ExpertcacheError("hardware profile: bandwidths must be > 0 and times >= 0")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,7 +59,7 @@ class HardwareProfile:
             raise ExpertcacheError(f"{path}: no such hardware profile (make one with `expertcache bench-hw --out`)")
         try:
             return cls.from_json(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ExpertcacheError(f"{path}: not a JSON hardware profile ({e})") from None
 
 
