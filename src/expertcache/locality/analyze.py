@@ -33,7 +33,8 @@ __all__ = ["analyze"]
 
 def tasks(m_values, permutations) -> list[tuple[str, str, int | None]]:
     """The units of work, in order, for the progress bar: (kind, policy, m)."""
-    tasks = [("curve", p, None) for p in POLICIES if p != "fsf"] + [("curve", "fsf", m) for m in m_values]
+    fsf = [("curve", "fsf", m) for m in segment_lengths(m_values)]
+    tasks = [("curve", p, None) for p in POLICIES if p != "fsf"] + fsf
     if permutations:
         tasks += [("chance-curve", policy, m) for _, policy, m in list(tasks)]
     return tasks + [("srp", "", None), ("overlap", "", None), ("balance", "", None), ("specialization", "", None)]
