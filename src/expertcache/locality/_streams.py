@@ -73,14 +73,13 @@ def blocks(trace: Trace, max_requests: int | None = None,
 
 
 def layer_stream(experts: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flatten [n, K] routing of one layer into (ids [R] int32, token offsets [n + 1] int64)."""
-    routed = experts != pad  # [n, K]
-    ids = experts[routed].astype(np.int32)
-    return ids, np.concatenate([[0], np.cumsum(routed.sum(axis=1))]).astype(np.int64)
+    """Flatten [n, K] routing of one layer: the model-level stream of that layer alone."""
+    return model_stream(experts[:, None, :], pad, np.zeros(2, np.int64))
 
 
 def model_stream(experts: np.ndarray, pad: int, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flatten [n, L, K] routing into model-level pair ids (layer by layer inside each token)."""
+    """Flatten [n, L, K] routing into model-level pair ids (layer by layer inside each token):
+    (ids [R] int32, token offsets [n + 1] int64)."""
     routed = experts != pad  # [n, L, K]
     pair = experts.astype(np.int32) + offsets[:-1, None].astype(np.int32)  # [n, L, K]
     ids = pair[routed]
