@@ -135,6 +135,8 @@ def test_budget_as_multiple_of_active_experts():
     ({"budget_slots": 2, "budget_x": 1}, "exactly one budget"),
     ({"budget_mib": 1}, "no expert sizes"),
     ({"budget_slots": 0}, "positive"),
+    ({"budget_x": float("nan")}, "positive"),
+    ({"budget_x": float("inf")}, "positive"),
     ({"budget_slots": 2, "scope": "tile"}, "scope"),
     ({"budget_slots": 2, "policy": "lrux"}, "unknown policy"),
 ])

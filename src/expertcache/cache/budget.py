@@ -9,6 +9,7 @@ experts before the next token comes back to them: LRU then collapses to no hits 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,9 +54,12 @@ def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budge
                    budget_x=None, shares: str = "equal", reserve_slots: int = 0) -> Budget:
     """Pools and per-pool limits for one configuration. `reserve_slots` are taken off the main
     budget for a prefetch buffer (each reserved slot costs one of the largest experts)."""
-    given = [v is not None for v in (budget_mib, budget_slots, budget_x)]
-    if sum(given) != 1:
+    given = [(v, u) for v, u in ((budget_mib, "MiB"), (budget_slots, "slots"), (budget_x, "x")) if v is not None]
+    if len(given) != 1:
         raise ExpertcacheError("give exactly one budget: budget_mib, budget_slots or budget_x")
+    value, label = given[0]
+    if not 0 < value < math.inf:  # NaN fails too
+        raise ExpertcacheError(f"budget must be positive and finite, got {value} {label}")
     if scope not in SCOPES:
         raise ExpertcacheError(f"unknown scope {scope!r}; choose global or layer")
     if shares not in SHARES:
@@ -65,16 +69,10 @@ def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budge
     if budget_mib is not None:
         if sizes is None:
             raise ExpertcacheError("this trace records no expert sizes; give the budget in slots or as a multiple")
-        if budget_mib <= 0:
-            raise ExpertcacheError(f"budget must be positive, got {budget_mib} MiB")
         unit, total = "bytes", int(round(budget_mib * MIB))
     elif budget_slots is not None:
-        if budget_slots <= 0:
-            raise ExpertcacheError(f"budget must be positive, got {budget_slots} slots")
         unit, total = "slots", int(budget_slots)
     else:
-        if budget_x <= 0:
-            raise ExpertcacheError(f"budget multiple must be positive, got {budget_x}")
         # one "x" = the experts active in one token cycle: k per MoE layer
         if sizes is None:
             unit, total = "slots", int(budget_x * L * k)
