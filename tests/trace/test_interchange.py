@@ -98,3 +98,9 @@ def test_bigmoe_bad_files(tmp_path):
     (tmp_path / "c.csv").write_text(head + cols + "0,1,0,0,0,9,0.5,0,10\n0,1,0,0,1,1,0.5,0,10\n")
     with pytest.raises(ExpertcacheError, match="exceeds the header"):
         import_bigmoe(tmp_path / "c.csv")
+    (tmp_path / "d.csv").write_text(head + cols + "0,1,0,-1,0,3,0.5,0,10\n0,1,0,-1,1,1,0.5,0,10\n")
+    with pytest.raises(ExpertcacheError, match="is negative"):  # not layer L-1 by numpy's wrap-around
+        import_bigmoe(tmp_path / "d.csv")
+    (tmp_path / "e.csv").write_text(head + "# layer=1 expert_bytes=many\n" + cols + "0,1,0,0,0,3,0.5,0,10\n")
+    with pytest.raises(ExpertcacheError, match="garbles a number"):
+        import_bigmoe(tmp_path / "e.csv")

@@ -37,6 +37,8 @@ def import_bigmoe(path: str | os.PathLike) -> Trace:
     L, K = model.num_moe_layers, model.top_k
     if table["layer"].max() >= L or table["slot"].max() >= K or table["expert"].max() >= model.max_experts:
         raise ExpertcacheError(f"{path}: a layer, slot or expert id exceeds the header's n_layer/n_expert_used/n_expert")
+    if min(table[c].min() for c in ("layer", "slot", "expert")) < 0:  # would index from the end
+        raise ExpertcacheError(f"{path}: a layer, slot or expert id is negative")
     if table["phase"].min() < PREFILL or table["phase"].max() > DECODE:
         raise ExpertcacheError(f"{path}: phase must be 0 (prefill) or 1 (decode)")
 
@@ -102,11 +104,15 @@ def _model_info(path: Path, header: list[str]) -> ModelInfo:
     for h in header:
         if h.startswith("layer="):
             fields = _fields(h)
-            layer = int(fields["layer"])
+            try:
+                layer, layer_expert_bytes, layer_dense_bytes = (
+                    int(fields.get(key, 0)) for key in ("layer", "expert_bytes", "dense_bytes"))
+            except ValueError as e:
+                raise ExpertcacheError(f"{path}: header line '{h}' garbles a number ({e})") from None
             if not 0 <= layer < n_layer:
                 raise ExpertcacheError(f"{path}: header names layer {layer} of {n_layer}")
-            expert_bytes[layer] = int(fields.get("expert_bytes", 0))
-            dense_bytes[layer] = int(fields.get("dense_bytes", 0))
+            expert_bytes[layer] = layer_expert_bytes
+            dense_bytes[layer] = layer_dense_bytes
     name = Path(model_line.get("model", "unknown")).name
     return ModelInfo(
         name=name, architecture=model_line.get("arch", "unknown"), num_layers=n_layer,
