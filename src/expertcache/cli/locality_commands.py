@@ -47,6 +47,11 @@ def _segment_lengths(text: str) -> tuple[int, ...]:
     return values
 
 
+def _fmt(value, digits=4) -> str:
+    """A table cell; undefined values (None, NaN) show as '-'."""
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
 def curves(
     trace_path: TraceArg,
     policy: Annotated[str, typer.Option("--policy", help="lru, lfu, belady or fsf.")],
@@ -70,7 +75,7 @@ def curves(
     for x in multiples:
         table.add_column(f"{x}x", justify="right")
     def cells(values, active):
-        return [f"{values[min(x * active, len(values)) - 1]:.3f}" for x in multiples]
+        return [_fmt(values[min(x * active, len(values)) - 1], 3) for x in multiples]
     table.add_row("model", *cells(result.model_level, k * L))
     for l, row in enumerate(result.per_layer):
         table.add_row(f"layer {l}", *cells(row, k))
@@ -98,15 +103,12 @@ def srp(
     table = Table(title="SRP (model level; per-layer range)")
     for column in ("m", "SRP", "95 % CI", "threshold", "group ratio", "k/E", "layers min..max"):
         table.add_column(column, justify="right")
-    def fmt(value, digits=4):
-        return "-" if value is None or value != value else f"{value:.{digits}f}"  # NaN: undefined
-
     for mm, result in report.results.items():
         v = result["model"]
         layers = [x.srp for x in result["per_layer"] if x.srp == x.srp]
-        table.add_row(str(mm), fmt(v.srp), "-" if v.ci is None or v.srp != v.srp else f"[{fmt(v.ci[0])}, {fmt(v.ci[1])}]",
-                      "-" if v.threshold is None else str(v.threshold), fmt(v.group_ratio, 3),
-                      fmt(v.activation_ratio), f"{min(layers):.3f}..{max(layers):.3f}" if layers else "-")
+        table.add_row(str(mm), _fmt(v.srp), "-" if v.ci is None or v.srp != v.srp else f"[{_fmt(v.ci[0])}, {_fmt(v.ci[1])}]",
+                      "-" if v.threshold is None else str(v.threshold), _fmt(v.group_ratio, 3),
+                      _fmt(v.activation_ratio), f"{min(layers):.3f}..{max(layers):.3f}" if layers else "-")
     Console().print(table)
 
 
