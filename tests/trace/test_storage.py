@@ -147,6 +147,21 @@ def test_mismatched_array_names_the_file(saved):
         Trace.load(saved)
 
 
+@pytest.mark.parametrize("edit, where, message", [
+    (lambda meta, manifest: meta["arrays"]["experts"].pop("bytes"), r"experts\.npy", "not recorded"),
+    (lambda meta, manifest: meta.update(domains=[]), r"seq_domain\.npy", "domain index out of range"),
+    (lambda meta, manifest: manifest["model"].update(num_experts="x"), r"manifest\.json", "bad model description"),
+])
+def test_hand_edited_descriptions_are_one_line_errors(saved, edit, where, message):
+    meta_path, manifest_path = saved / "shards" / "00000" / "shard.json", saved / "manifest.json"
+    meta, manifest = json.loads(meta_path.read_text()), json.loads(manifest_path.read_text())
+    edit(meta, manifest)
+    meta_path.write_text(json.dumps(meta))
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ExpertcacheError, match=f"{where}: .*{message}"):
+        Trace.load(saved)
+
+
 def test_other_version_and_missing_trace(saved, tmp_path):
     manifest = json.loads((saved / "manifest.json").read_text())
     manifest["version"] = 99

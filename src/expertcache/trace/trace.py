@@ -132,7 +132,7 @@ class Trace:
             )
         try:
             model = ModelInfo.from_json(manifest["model"])
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise ExpertcacheError(f"{path / MANIFEST}: bad model description ({e})") from None
         ids = expert_dtype(model.max_experts)
         if manifest.get("expert_dtype") != ids.name:
@@ -354,9 +354,10 @@ def _load_shard(shard_dir: Path, model: ModelInfo, ids: np.dtype, optional: list
     shard = {"_domains": meta.get("domains", [])}
     for name, (shape, dtype) in expected.items():
         file = shard_dir / f"{name}.npy"
-        if name not in files:
-            raise ExpertcacheError(f"{file}: not recorded in {shard_dir / SHARD_META}")
-        array = load_array(file, files[name]["bytes"])
+        entry = files.get(name) if isinstance(files, dict) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int):
+            raise ExpertcacheError(f"{file}: not recorded (with its size) in {shard_dir / SHARD_META}")
+        array = load_array(file, entry["bytes"])
         if array.shape != shape or array.dtype != np.dtype(dtype):
             raise ExpertcacheError(
                 f"{file}: shape {array.shape} {array.dtype}, the manifest implies {shape} {np.dtype(dtype)}"
@@ -364,6 +365,6 @@ def _load_shard(shard_dir: Path, model: ModelInfo, ids: np.dtype, optional: list
         shard[name] = array
     if int(shard["seq_lengths"].sum()) != N:
         raise ExpertcacheError(f"{shard_dir / 'seq_lengths.npy'}: lengths add up to {shard['seq_lengths'].sum()}, not {N}")
-    if len(shard["_domains"]) and shard["seq_domain"].max(initial=0) >= len(shard["_domains"]):
+    if ((shard["seq_domain"] < 0) | (shard["seq_domain"] >= len(shard["_domains"]))).any():
         raise ExpertcacheError(f"{shard_dir / 'seq_domain.npy'}: domain index out of range")
     return shard
