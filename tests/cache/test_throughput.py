@@ -89,6 +89,7 @@ def test_model_against_the_phone(name, budget):
 
 def test_bench_hw_measures_a_usable_profile(tmp_path):
     from expertcache.cache import bench_hw
+    from expertcache.cache.hwbench import expert_times
 
     profile, raw = bench_hw(hidden=64, intermediate=32, layers=2, disk_mib=4, copy_mib=8, directory=str(tmp_path))
     assert raw["expert_bytes"] == (2 * 32 * 64 + 64 * 32) * 4
@@ -99,3 +100,6 @@ def test_bench_hw_measures_a_usable_profile(tmp_path):
         bench_hw(hidden=0)
     with pytest.raises(ExpertcacheError, match="CUDA"):
         bench_hw(link="device")
+    for dtype in ("int8", "nn", "nope"):  # an integer dtype, a torch attribute that is no dtype, no attribute
+        with pytest.raises(ExpertcacheError, match="floating-point torch dtype"):
+            expert_times(64, 32, dtype)

@@ -96,11 +96,19 @@ def expert_times(hidden: int, intermediate: int, dtype: str = "float32", repeats
     """(one expert for one token, dense attention projections for one token, bytes of one expert)."""
     import torch
 
-    try:
-        dt = getattr(torch, dtype)
-    except AttributeError:
-        raise ExpertcacheError(f"unknown torch dtype {dtype!r}") from None
+    dt = getattr(torch, dtype, None)
+    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+        raise ExpertcacheError(f"unknown or not a floating-point torch dtype {dtype!r}")
     dev, sync = _torch_device(device)
+    try:  # some dtypes (float8, ...) exist but have no kernels here
+        return _time_expert_and_dense(hidden, intermediate, dt, dev, sync, repeats)
+    except (NotImplementedError, RuntimeError) as e:
+        raise ExpertcacheError(f"cannot compute in {dtype} on {device} ({str(e).splitlines()[0]})") from None
+
+
+def _time_expert_and_dense(hidden, intermediate, dt, dev, sync, repeats) -> tuple[float, float, int]:
+    import torch
+
     x = torch.randn(1, hidden, dtype=dt, device=dev)
     gate_up = torch.randn(2 * intermediate, hidden, dtype=dt, device=dev)
     down = torch.randn(hidden, intermediate, dtype=dt, device=dev)
