@@ -93,19 +93,16 @@ def predict_throughput(result, profile: HardwareProfile, *, misses_at_source: bo
         bandwidth = profile.source_bandwidth
     stream = result.stream
     steps = result.per_step()
-    phase = np.zeros(stream.num_tokens, np.uint8)
-    phase[stream.batch_token] = stream.batch_phase
-    decode = np.flatnonzero(steps["lookups"] > 0)
-    decode = decode[phase[decode] == DECODE]
+    decode = _decode_tokens(stream)  # [D] token ids
     compute = profile.dense_time + steps["lookups"][decode] * profile.expert_time
     times = step_times(compute, steps["bytes_read"][decode], bandwidth, profile.overlap)
     transfer = steps["bytes_read"][decode] / bandwidth
     prefill_rate = None
     prefill = stream.batch_phase == PREFILL
     if prefill.any():
-        tokens = _prefill_tokens(stream)
+        tokens = stream.num_tokens - len(decode)
         # every prompt token passes its L * k experts; batching on real hardware only does better
-        p_compute = tokens * (profile.dense_time + _experts_per_token(result) * profile.expert_time)
+        p_compute = tokens * (profile.dense_time + _experts_per_token(stream, decode, tokens) * profile.expert_time)
         p_time = float(step_times(p_compute, result.batch_read[prefill].sum(), bandwidth, profile.overlap))
         prefill_rate = tokens / p_time if p_time > 0 else float("inf")
     total = float(times.sum())
@@ -118,20 +115,17 @@ def predict_throughput(result, profile: HardwareProfile, *, misses_at_source: bo
     )
 
 
-def _prefill_tokens(stream) -> int:
-    decode_tokens = np.unique(stream.batch_token[stream.batch_phase == DECODE]).size
-    return stream.num_tokens - decode_tokens
+def _decode_tokens(stream) -> np.ndarray:
+    """[D] the tokens served as decode steps (each with at least one lookup), ascending."""
+    return np.unique(stream.batch_token[stream.batch_phase == DECODE])
 
 
-def _experts_per_token(result) -> float:
+def _experts_per_token(stream, decode_tokens: np.ndarray, prefill_tokens: int) -> float:
     """Routed experts per token over all layers (L * k), from the decode batches or prefill."""
-    stream = result.stream
     sizes = np.diff(stream.batch_start)
-    decode = stream.batch_phase == DECODE
-    if decode.any():
-        tokens = np.unique(stream.batch_token[decode]).size
-        return float(sizes[decode].sum() / tokens)
-    return float(sizes.sum() / max(_prefill_tokens(stream), 1))
+    if len(decode_tokens):
+        return float(sizes[stream.batch_phase == DECODE].sum() / len(decode_tokens))
+    return float(sizes.sum() / max(prefill_tokens, 1))
 
 
 def fit_link(bytes_read, wall_s, compute_s) -> tuple[float, bool, float]:
