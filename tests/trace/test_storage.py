@@ -76,6 +76,11 @@ def test_bad_arrays_are_refused(experts, num_experts, message):
         Trace.from_arrays(experts, num_experts)
 
 
+def test_weights_that_are_not_numbers_are_refused():
+    with pytest.raises(ExpertcacheError, match="weights must be numbers"):
+        Trace.from_arrays(np.zeros((1, 2, 1, 1), int), 4, weights=np.full((1, 2, 1, 1), "a"))
+
+
 def test_interrupted_shard_is_ignored_and_resume_skips_finished_keys(rng, tmp_path):
     model = ModelInfo.synthetic(2, 4, 1)
     path = tmp_path / "t"

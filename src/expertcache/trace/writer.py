@@ -212,7 +212,10 @@ def _shaped(array, shape: tuple, name: str, dtype) -> np.ndarray:
     array = np.asarray(array)
     if array.shape != shape:
         raise ExpertcacheError(f"{name} has shape {array.shape}, expected {shape}")
-    return array.astype(dtype, copy=False)
+    try:
+        return array.astype(dtype, copy=False)
+    except (ValueError, TypeError):
+        raise ExpertcacheError(f"{name} must be numbers, got {array.dtype}") from None
 
 
 def _checked_ids(experts: np.ndarray, model: ModelInfo, dtype: np.dtype) -> np.ndarray:
