@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..trace import Trace
+from ..trace import Trace, open_trace
 from ..trace.arrays_io import export_arrays, import_arrays
 from ..trace.bigmoe import import_bigmoe
 from ..trace.summary import summarize
@@ -51,23 +51,23 @@ def import_bigmoe_command(
 
 @export_app.command("arrays")
 def export_arrays_command(
-    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace directory.")],
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace directory (or a route_trace v1 CSV).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="EXPERTS.npy to write.")],
     tokens: Annotated[Optional[Path], typer.Option("--tokens", help="Also write token ids [sequences, tokens].")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Also write routing weights.")] = None,
 ) -> None:
     """Export a fixed-length trace as EXPERTS.npy [sequences, tokens, layers, k]."""
-    export_arrays(Trace.load(trace_path), out, weights_path=weights, tokens_path=tokens)
+    export_arrays(open_trace(trace_path), out, weights_path=weights, tokens_path=tokens)
     Console(stderr=True).print(f"wrote {out}")
 
 
 def info(
-    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace directory.")],
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace directory (or a route_trace v1 CSV).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     top: Annotated[int, typer.Option("--top", help="How many of the most used experts to list.")] = 8,
 ) -> None:
     """Shape, model description, tokens per domain and the most used experts of a trace."""
-    summary = summarize(Trace.load(trace_path), top=top)
+    summary = summarize(open_trace(trace_path), top=top)
     if as_json:
         print(json.dumps(summary, indent=1))
         return
