@@ -235,12 +235,12 @@ class PrefetchReport:
     recall: float  # predicted and needed / needed (batches with a prediction); NaN when none
 
     @classmethod
-    def from_counts(cls, config, pf, pf_keys, stream, sizes) -> "PrefetchReport":
+    def from_counts(cls, config, pf, pf_keys, stream, has_sizes: bool) -> "PrefetchReport":
         p, r = prediction_quality(stream, pf_keys)
         issued = int(pf[PF_ISSUED])
         return cls(config.prefetcher.name, pf_keys.shape[1], config.distance, config.reserve, issued,
-                   int(pf[PF_USED]), int(pf[PF_WASTED]), int(pf[PF_BYTES]) if sizes else None,
-                   int(pf[PF_WASTED_BYTES]) if sizes else None, int(pf[PF_USED]) / issued if issued else math.nan, p, r)
+                   int(pf[PF_USED]), int(pf[PF_WASTED]), int(pf[PF_BYTES]) if has_sizes else None,
+                   int(pf[PF_WASTED_BYTES]) if has_sizes else None, int(pf[PF_USED]) / issued if issued else math.nan, p, r)
 
     def to_json(self) -> dict:
         """Undefined ratios (NaN) become null: JSON has no NaN."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..trace.format import DECODE
 from ..trace.opening import open_trace
-from .budget import Budget, budget_warnings, resolve_budget
+from .budget import Budget, budget_warnings, layer_expert_bytes, resolve_budget
 from .policies import Policy, resolve_policy
 from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
 from .replay import PF_BYTES, replay
@@ -102,10 +102,10 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
              shares: str = "equal", stream: LookupStream | None = None) -> SimulationResult:
     """Replay `trace` through `policy` under one budget (exactly one of mib / slots / x).
 
-    `trace` is a Trace or a path (trace directory or *.route.csv). `policy` is a registered name ("lru", "lfu", "belady", ...; a "layer-" prefix selects the
-    per-layer scope) or a policy object. `prefetch` is a prefetcher name or object, or a
-    PrefetchConfig (count, distance, reserved slots). Pass `stream=build_stream(trace)` to
-    reuse the lookup stream across many calls.
+    `trace` is a Trace or a path (trace directory or *.route.csv). `policy` is a registered name
+    ("lru", "lfu", "belady", ...; a "layer-" prefix selects the per-layer scope) or a policy
+    object. `prefetch` is a prefetcher name or object, or a PrefetchConfig (count, distance,
+    reserved slots). Pass `stream=build_stream(trace)` to reuse the lookup stream across many calls.
     """
     policy, scope = resolve_policy(policy, scope)
     trace = open_trace(trace)
@@ -113,19 +113,19 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     config = None if prefetch is None else PrefetchConfig.of(prefetch)
     budget = resolve_budget(trace.model, stream.key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,
                             budget_x=budget_x, shares=shares, reserve_slots=0 if config is None else config.reserve)
-    sizes = trace.model.expert_bytes
-    key_bytes = np.asarray(sizes, np.int64)[stream.key_layer] if sizes else None
+    sizes = layer_expert_bytes(trace.model)  # [L] or None
+    key_bytes = None if sizes is None else sizes[stream.key_layer]
     pf_keys = None if config is None else plan_prefetch(trace, stream, config)
     hits, misses, read, pf = run_stream(stream, policy, budget, pf_keys, 1 if config is None else config.distance,
                                         0 if config is None else config.reserve, key_bytes)
     decode = stream.batch_phase == DECODE  # [B]
-    report = None if config is None else PrefetchReport.from_counts(config, pf, pf_keys, stream, sizes)
+    report = None if config is None else PrefetchReport.from_counts(config, pf, pf_keys, stream, sizes is not None)
     return SimulationResult(
         policy=policy.name, scope=scope, budget_bytes=budget.budget_bytes, budget_slots=budget.budget_slots,
         lookups=int(hits.sum() + misses.sum()), hits=int(hits.sum()),
         decode_lookups=int(np.sum(hits, where=decode, dtype=np.int64) + np.sum(misses, where=decode, dtype=np.int64)),
         decode_hits=int(np.sum(hits, where=decode, dtype=np.int64)),
-        bytes_read=int(read.sum() + pf[PF_BYTES]) if sizes else None, prefetch=report,
+        bytes_read=None if sizes is None else int(read.sum() + pf[PF_BYTES]), prefetch=report,
         batch_hits=hits, batch_misses=misses, batch_read=read, stream=stream,
         warnings=tuple(budget_warnings(trace.model, scope, budget)),
     )
