@@ -134,11 +134,11 @@ def _placement(device_map: str | None) -> tuple[str | None, str | None]:
     """
     if device_map in (None, "", "cpu"):
         return None, None
+    if device_map.split(":")[0] in ("cuda", "mps", "xpu", "npu"):
+        return None, device_map
     try:
         import accelerate  # noqa: F401
     except ImportError:
-        if device_map.split(":")[0] in ("cuda", "mps", "xpu", "npu"):
-            return None, device_map
         raise ExpertcacheError(f"device_map {device_map!r} needs accelerate: pip install 'expertcache[multi-gpu]'") from None
     return device_map, None
 
