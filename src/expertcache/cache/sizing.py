@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..errors import ExpertcacheError
 from .policies import Policy, resolve_policy
 from .simulate import simulate
-from .stream import build_stream
+from .stream import LookupStream, build_stream
 
 __all__ = ["Advice", "recommend_budget"]
 
@@ -29,13 +29,14 @@ class Advice:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.9, scope: str = "global") -> Advice:
+def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.9, scope: str = "global", *,
+                     stream: LookupStream | None = None) -> Advice:
     """Smallest budget (multiple of the active experts, to 1 % of a cycle) reaching `fraction`
-    of the best achievable hit rate of `policy`."""
+    of the best achievable hit rate of `policy`. Pass `stream=build_stream(trace)` to reuse one."""
     if not 0 < fraction <= 1:
         raise ExpertcacheError(f"fraction must be in (0, 1], got {fraction}")
     policy, scope = resolve_policy(policy, scope)
-    stream = build_stream(trace)
+    stream = build_stream(trace) if stream is None else stream
     full_x = trace.num_experts / trace.top_k  # every expert of every layer fits
     best = simulate(trace, policy, scope, budget_x=full_x, stream=stream).hit_rate
     target = fraction * best

@@ -47,7 +47,7 @@ class Outlook:
 
 def outlook(trace: Trace, m: int = 16, permutations: int = 3, seed: int = 0) -> Outlook:
     """Headline locality and caching figures of `trace` (see the module docstring)."""
-    from ..cache import recommend_budget, simulate
+    from ..cache import build_stream, recommend_budget, simulate
     from ..locality import chance_curves, chance_srp, curves, srp
 
     size = OPERATING_POINT * trace.top_k  # C = 2k slots per layer
@@ -57,12 +57,13 @@ def outlook(trace: Trace, m: int = 16, permutations: int = 3, seed: int = 0) -> 
 
     srp_value = srp(trace, m=(m,), seed=seed).results[m]["model"]
     srp_chance = chance_srp(trace, (m,), permutations=permutations, seed=seed)[m][0]
-    sch = at_operating_point(curves(trace, "fsf", m))
+    sch = at_operating_point(curves(trace, "fsf", m, model_level=False))
     sch_chance = at_operating_point(chance_curves(trace, "fsf", m, permutations=permutations, seed=seed,
                                                   model_level=False))
-    lru_study = at_operating_point(curves(trace, "lru"))
+    lru_study = at_operating_point(curves(trace, "lru", model_level=False))
     decode = trace.as_decode()  # serve every token one at a time, as in generation
-    lru_engine = simulate(decode, "lru", budget_x=OPERATING_POINT).hit_rate
-    advice = recommend_budget(decode, "lru", fraction=0.9)
+    stream = build_stream(decode)
+    lru_engine = simulate(decode, "lru", budget_x=OPERATING_POINT, stream=stream).hit_rate
+    advice = recommend_budget(decode, "lru", fraction=0.9, stream=stream)
     return Outlook(m, srp_value.srp, srp_value.ci, float(srp_chance), sch, sch_chance, lru_study, float(lru_engine),
                    float(advice.budget_x), float(advice.hit_rate))
