@@ -10,7 +10,7 @@ import pytest
 from .helpers import REAL
 from .test_golden import TRACE
 
-KEYS = ["policy", "scope", "budget_bytes", "lookups", "hits", "hit_rate", "decode_lookups", "decode_hits",
+KEYS = ["policy", "scope", "accounting", "budget_bytes", "lookups", "hits", "hit_rate", "decode_lookups", "decode_hits",
         "decode_hit_rate", "bytes_read", "prefetch"]
 
 

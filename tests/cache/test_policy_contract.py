@@ -6,9 +6,9 @@ import pytest
 
 from expertcache.cache import POLICIES, build_stream, simulate
 from expertcache.cache.budget import resolve_budget
-from expertcache.cache.kernels import on_access, on_evict, on_insert, victim
+from expertcache.cache.engine import EVICTED, N_EVICTED, PIN, RESIDENT, WORK, engine_batch, new_engine, new_plan
+from expertcache.cache.kernels import victim
 from expertcache.cache.policies import LFUDecay, get_policy
-from expertcache.cache.state import SCRATCH
 
 from .helpers import make_trace
 from .reference import reference_replay
@@ -28,62 +28,45 @@ def random_trace(seed, S=2, T=12, L=3, K=2, E=6, sizes=(3, 1, 2)):
     return make_trace(seqs, E, phase=phases, expert_bytes=sizes)
 
 
-def drive_kernels_per_call(trace, policy, **budget_kw):
-    """What the runtime will do: call the policy kernels once per layer call from Python."""
+def drive_engine_per_call(trace, policy, accounting="published", **budget_kw):
+    """What the runtime does: one engine step per layer call, from Python; victim() is asked
+    before every eviction and must leave the policy state untouched."""
     stream = build_stream(trace)
     budget = resolve_budget(trace.model, stream.key_layer, **budget_kw)
-    state = policy.new_state(budget.key_pool, budget.key_cost, len(budget.pool_budget), stream)
-    I, F = state
+    I, F = policy.new_state(budget, trace.num_moe_layers, stream)
     K = stream.num_keys
-    resident, busy, used = np.zeros(K, bool), np.full(K, -1, np.int64), np.zeros(len(budget.pool_budget), np.int64)
-    hint = stream.next_use
-    out = []
+    X = new_engine(K, len(budget.pool_budget))
+    plan = new_plan(int(np.diff(stream.batch_start).max()), K)
+    hint, out, key_bytes = stream.next_use, np.zeros(3, np.int64), np.zeros(K, np.int64)
+    result = []
     for b in range(stream.num_batches):
         s, e = stream.batch_start[b], stream.batch_start[b + 1]
-        seen, admit, hits = set(), [], 0
-        for r in range(s, e):
-            k = int(stream.keys[r])
-            repeat = k in seen
-            if not repeat:
-                seen.add(k)
-                busy[k] = b
-                if resident[k]:
-                    hits += 1
-                else:
-                    admit.append(k)
-            on_access(I, F, k, r, b, int(hint[r]), repeat)
         pool = int(budget.key_pool[stream.keys[s]])
-        for k in admit:
-            resident[k] = True
-            used[pool] += budget.key_cost[k]
-            on_insert(I, F, k, e - 1, False)
-        while used[pool] > budget.pool_budget[pool]:
-            before = (np.delete(I, SCRATCH, axis=0), F.copy())
-            v = victim(I, F, pool, busy, b)
-            assert np.array_equal(np.delete(I, SCRATCH, axis=0), before[0]) and np.array_equal(F, before[1]), \
-                "victim() changed the state (beyond its scratch row)"
-            assert v == victim(I, F, pool, busy, b)
-            if v < 0:
-                break
-            assert resident[v] and busy[v] < b and budget.key_pool[v] == pool
-            resident[v] = False
-            used[pool] -= budget.key_cost[v]
-            on_evict(I, F, v)
-        out.append((hits, len(admit)))
-    return out
+        before = (I.copy(), F.copy())
+        v = victim(I, F, pool, X[PIN], b + 1, X[WORK])
+        assert np.array_equal(I, before[0]) and np.array_equal(F, before[1]), "victim() changed the policy state"
+        assert v == victim(I, F, pool, X[PIN], b + 1, X[WORK])
+        assert v < 0 or (X[RESIDENT, v] and budget.key_pool[v] == pool)
+        engine_batch(I, F, X, stream.keys, s, e, b, hint if policy.uses_future else hint[:0], budget.key_cost, key_bytes,
+                     budget.pool_budget, accounting == "strict", plan.rows, plan.counts, out)
+        result.append((int(out[0]), int(out[1])))
+        evicted = plan.rows[EVICTED, :plan.counts[N_EVICTED]]
+        assert not X[RESIDENT, evicted].any()
+    return result
 
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("scope", ["global", "layer"])
-def test_compiled_loop_equals_per_call_kernels(name, scope):
+@pytest.mark.parametrize("accounting", ["published", "strict"])
+def test_compiled_loop_equals_per_call_engine(name, scope, accounting):
     """The simulator's one compiled loop and a runtime-style per-call driver agree exactly;
     victim() is side-effect free, deterministic, and only offers evictable keys."""
     trace = random_trace(3)
     policy = get_policy(name)
     for slots in (4, 9):
-        r = simulate(trace, policy, scope=scope, budget_slots=slots)
+        r = simulate(trace, policy, scope=scope, budget_slots=slots, accounting=accounting)
         assert list(zip(r.batch_hits.tolist(), r.batch_misses.tolist())) == \
-            drive_kernels_per_call(trace, policy, scope=scope, budget_slots=slots)
+            drive_engine_per_call(trace, policy, accounting, scope=scope, budget_slots=slots)
 
 
 @pytest.mark.parametrize("name", ALL)

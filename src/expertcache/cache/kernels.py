@@ -5,8 +5,9 @@
         miss), a repeat only refreshes recency (frequencies count once per batch)
     on_insert(I, F, key, t, prefetched) `key` became resident (end of its batch, or a prefetch)
     on_evict(I, F, key)                 `key` left the cache
-    victim(I, F, pool, busy, epoch)     lowest-priority key of `pool` with busy[key] < epoch,
-                                        or -1; no side effects, so a runtime may ask first
+    victim(I, F, pool, pin, epoch, work) lowest-priority key of `pool` not pinned (pin[key] < epoch),
+                                        or -1; it writes only `work` (caller-owned scratch space),
+                                        never the policy state, so a runtime may ask first
 
 (I, F) are a PolicyState's two arrays (state.py), passed as arrays: a compiled call that
 unpacks a tuple costs several times the work of an LRU access. `hint` carries what an oracle
@@ -27,7 +28,7 @@ import numba
 import numpy as np
 
 from .state import (COUNT, FIXED, HEADER, HEAP, HEAP_POS, KEY_POOL, KEY_SIZE, LAST_USE, MEMBER, NXT, PARAMS,
-                    POOL_CLOCK, POOL_EVICTIONS, POOL_LEN, POOL_START, PREV, PRIO, SCRATCH, STAMP)
+                    POOL_CLOCK, POOL_EVICTIONS, POOL_LEN, POOL_START, PREV, PRIO, STAMP)
 
 LRU, FIFO, LFU, LFU_DECAY, BELADY, STATIC, GDSF, RANDOM, HYPERBOLIC, BELADY_SIZE = range(10)
 
@@ -152,7 +153,7 @@ def _heap_update(I, F, k):
 
 
 @_jit
-def _heap_victim(I, F, pool, busy, epoch):
+def _heap_victim(I, F, pool, busy, epoch, work):
     """Least key not busy. Busy keys near the root are stepped over by a pruned search."""
     base, n = I[POOL_START, pool], I[POOL_LEN, pool]
     if n == 0:
@@ -161,11 +162,11 @@ def _heap_victim(I, F, pool, busy, epoch):
     if busy[root] < epoch:
         return root
     best = -1
-    I[SCRATCH, 0] = 0  # stack of heap indices
+    work[0] = 0  # stack of heap indices
     top = 1
     while top > 0:
         top -= 1
-        i = I[SCRATCH, top]
+        i = work[top]
         k = I[HEAP, base + i]
         if best >= 0 and not _before(I, F, k, best):
             continue  # this subtree cannot beat the best found
@@ -174,7 +175,7 @@ def _heap_victim(I, F, pool, busy, epoch):
             continue
         for child in (2 * i + 1, 2 * i + 2):
             if child < n:
-                I[SCRATCH, top] = child
+                work[top] = child
                 top += 1
     return best
 
@@ -336,7 +337,7 @@ def on_evict(I, F, k):
 
 
 @_jit
-def victim(I, F, pool, busy, epoch):
+def victim(I, F, pool, busy, epoch, work):
     kind = I[HEADER, 0]
     if kind == LRU or kind == FIFO:
         return _list_victim(I, pool, busy, epoch)
@@ -344,4 +345,4 @@ def victim(I, F, pool, busy, epoch):
         return _random_victim(I, F, pool, busy, epoch)
     if kind == HYPERBOLIC or kind == BELADY_SIZE:
         return _scan_victim(I, F, pool, busy, epoch, kind)
-    return _heap_victim(I, F, pool, busy, epoch)
+    return _heap_victim(I, F, pool, busy, epoch, work)

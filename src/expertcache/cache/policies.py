@@ -1,8 +1,10 @@
 """Cache policies: small parameter objects naming a compiled kernel (kernels.py), and a registry.
 
 A policy's behaviour lives in its kernel branch; the object only says which kernel, with which
-parameters, and what it needs from the trace (Belady's future, the static profile). The same
-state (`policy.new_state(...)`) is what the runtime will drive per layer call.
+parameters, and what it needs from the trace (Belady's future, the static profile). State is
+built over the key space of a model description (a Budget's keys and pools, the number of MoE
+layers), so the runtime builds the very same state for a live model as `simulate` does for a
+trace; only the policies that read a trace (Belady, static without a profile) need its stream.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from ..errors import ExpertcacheError
 from . import kernels
 from .state import PolicyState, new_state
+from .budget import Budget
 from .stream import LookupStream
 
 __all__ = ["Policy", "POLICIES", "register", "get_policy", "LRU", "FIFO", "LFU", "LFUDecay", "Belady",
@@ -27,8 +30,7 @@ class Policy(Protocol):
     kind: ClassVar[int]
     uses_future: ClassVar[bool]
 
-    def new_state(self, key_pool: np.ndarray, key_size: np.ndarray, num_pools: int,
-                  stream: LookupStream | None = None) -> PolicyState: ...
+    def new_state(self, budget: Budget, num_layers: int, stream: LookupStream | None = None) -> PolicyState: ...
 
 
 POLICIES: dict[str, type] = {}
@@ -65,14 +67,16 @@ class _Kernel:
 
     uses_future: ClassVar[bool] = False
 
-    def _params(self, stream: LookupStream | None) -> tuple:
+    def _params(self, num_layers: int) -> tuple:
         return ()
 
     def _fixed(self, stream: LookupStream | None) -> np.ndarray | None:
         return None
 
-    def new_state(self, key_pool, key_size, num_pools, stream=None) -> PolicyState:
-        return new_state(self.kind, key_pool, key_size, num_pools, self._params(stream), self._fixed(stream))
+    def new_state(self, budget: Budget, num_layers: int, stream: LookupStream | None = None) -> PolicyState:
+        """A cold state over the budget's keys and pools (`stream` only for policies that read it)."""
+        return new_state(self.kind, budget.key_pool, budget.key_cost, len(budget.pool_budget), self._params(num_layers),
+                         self._fixed(stream))
 
 
 @register
@@ -115,11 +119,10 @@ class LFUDecay(_Kernel):
     kind: ClassVar[int] = kernels.LFU_DECAY
     half_life: float = 16.0
 
-    def _params(self, stream):
+    def _params(self, num_layers):
         if self.half_life <= 0:
             raise ExpertcacheError(f"lfu-decay half_life must be > 0 tokens, got {self.half_life}")
-        layers = 1 if stream is None else len(stream.key_offset) - 1
-        return (math.log(2.0) / (self.half_life * layers),)
+        return (math.log(2.0) / (self.half_life * num_layers),)  # one token = one batch per MoE layer
 
 
 @register
@@ -156,7 +159,8 @@ class StaticFrequency(_Kernel):
         if self.profile is not None:
             return np.asarray(self.profile, np.float64)
         if stream is None:
-            raise ExpertcacheError("the static policy needs a frequency profile or a stream to count")
+            raise ExpertcacheError("the static policy needs a frequency profile: StaticFrequency(profile=counts), "
+                                   "e.g. a trace's build_stream(trace).key_counts")
         return stream.key_counts.astype(np.float64)
 
 
@@ -192,5 +196,5 @@ class Random(_Kernel):
     kind: ClassVar[int] = kernels.RANDOM
     seed: int = 0
 
-    def _params(self, stream):
+    def _params(self, num_layers):
         return (float(self.seed),)

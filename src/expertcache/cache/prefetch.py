@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE
-from .replay import PF_BYTES, PF_ISSUED, PF_USED, PF_WASTED, PF_WASTED_BYTES
+from .engine import PF_BYTES, PF_ISSUED, PF_USED, PF_WASTED, PF_WASTED_BYTES
 
 __all__ = ["Prefetcher", "PREFETCHERS", "register_prefetcher", "PrefetchConfig", "PrefetchReport",
            "plan_prefetch", "prediction_quality"]

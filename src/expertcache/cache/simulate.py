@@ -9,15 +9,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ExpertcacheError
 from ..trace.format import DECODE
 from ..trace.opening import open_trace
 from .budget import Budget, budget_warnings, layer_expert_bytes, resolve_budget
 from .policies import Policy, resolve_policy
 from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
-from .replay import PF_BYTES, replay
+from .engine import PF_BYTES
+from .replay import replay
 from .stream import LookupStream, build_stream
 
-__all__ = ["simulate", "SimulationResult", "run_stream"]
+__all__ = ["simulate", "SimulationResult", "run_stream", "ACCOUNTINGS"]
+
+ACCOUNTINGS = ("published", "strict")  # SPEC §4 (the published replays) and §4b (the runtime's rule)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class SimulationResult:
 
     policy: str
     scope: str
+    accounting: str
     budget_bytes: int | None
     budget_slots: int | None
     lookups: int
@@ -73,7 +78,7 @@ class SimulationResult:
     def to_json(self) -> dict:
         """The public JSON contract of `expertcache simulate --json`."""
         return {
-            "policy": self.policy, "scope": self.scope, "budget_bytes": self.budget_bytes,
+            "policy": self.policy, "scope": self.scope, "accounting": self.accounting, "budget_bytes": self.budget_bytes,
             "lookups": self.lookups, "hits": self.hits, "hit_rate": self.hit_rate,
             "decode_lookups": self.decode_lookups, "decode_hits": self.decode_hits,
             "decode_hit_rate": self.decode_hit_rate, "bytes_read": self.bytes_read,
@@ -82,9 +87,10 @@ class SimulationResult:
 
 
 def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np.ndarray | None = None,
-               distance: int = 1, reserve: int = 0, key_bytes: np.ndarray | None = None):
+               distance: int = 1, reserve: int = 0, key_bytes: np.ndarray | None = None, accounting: str = "published"):
     """Drive the compiled loop; returns per-batch hits, misses, read bytes and prefetch counters."""
-    state = policy.new_state(budget.key_pool, budget.key_cost, len(budget.pool_budget), stream)
+    check_accounting(accounting)
+    state = policy.new_state(budget, len(stream.key_offset) - 1, stream)
     hint = stream.next_use if policy.uses_future else np.empty(0, np.int64)
     B = stream.num_batches
     hits, misses, read = np.zeros(B, np.int32), np.zeros(B, np.int32), np.zeros(B, np.int64)
@@ -92,21 +98,29 @@ def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np
         key_bytes = np.zeros(stream.num_keys, np.int64)
     if pf_keys is None:
         pf_keys = np.empty((B, 0), np.int64)
-    pf = replay(state.ints, state.floats, stream.keys, stream.batch_start, hint, budget.key_cost, key_bytes, budget.pool_budget,
-                pf_keys, int(distance), int(reserve), hits, misses, read)
+    pf = replay(state, stream.keys, stream.batch_start, hint, budget.key_cost, key_bytes, budget.pool_budget,
+                pf_keys, int(distance), int(reserve), hits, misses, read, strict=accounting == "strict")
     return hits, misses, read, pf
+
+
+def check_accounting(accounting: str) -> None:
+    if accounting not in ACCOUNTINGS:
+        raise ExpertcacheError(f"unknown accounting {accounting!r}; choose {' or '.join(ACCOUNTINGS)}")
 
 
 def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: float | None = None,
              budget_slots: int | None = None, budget_x: float | None = None, prefetch=None, *,
-             shares: str = "equal", stream: LookupStream | None = None) -> SimulationResult:
+             shares: str = "equal", stream: LookupStream | None = None, accounting: str = "published") -> SimulationResult:
     """Replay `trace` through `policy` under one budget (exactly one of mib / slots / x).
 
     `trace` is a Trace or a path (trace directory or *.route.csv). `policy` is a registered name
     ("lru", "lfu", "belady", ...; a "layer-" prefix selects the per-layer scope) or a policy
     object. `prefetch` is a prefetcher name or object, or a PrefetchConfig (count, distance,
     reserved slots). Pass `stream=build_stream(trace)` to reuse the lookup stream across many calls.
+    `accounting` is "published" (SPEC §4: a batch that does not fit sits over budget until a
+    later batch evicts) or "strict" (SPEC §4b, the runtime's rule: never over budget).
     """
+    check_accounting(accounting)
     policy, scope = resolve_policy(policy, scope)
     trace = open_trace(trace)
     stream = build_stream(trace) if stream is None else stream
@@ -117,11 +131,11 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     key_bytes = None if sizes is None else sizes[stream.key_layer]
     pf_keys = None if config is None else plan_prefetch(trace, stream, config)
     hits, misses, read, pf = run_stream(stream, policy, budget, pf_keys, 1 if config is None else config.distance,
-                                        0 if config is None else config.reserve, key_bytes)
+                                        0 if config is None else config.reserve, key_bytes, accounting)
     decode = stream.batch_phase == DECODE  # [B]
     report = None if config is None else PrefetchReport.from_counts(config, pf, pf_keys, stream, sizes is not None)
     return SimulationResult(
-        policy=policy.name, scope=scope, budget_bytes=budget.budget_bytes, budget_slots=budget.budget_slots,
+        policy=policy.name, scope=scope, accounting=accounting, budget_bytes=budget.budget_bytes, budget_slots=budget.budget_slots,
         lookups=int(hits.sum() + misses.sum()), hits=int(hits.sum()),
         decode_lookups=int(np.sum(hits, where=decode, dtype=np.int64) + np.sum(misses, where=decode, dtype=np.int64)),
         decode_hits=int(np.sum(hits, where=decode, dtype=np.int64)),

@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["PolicyState", "new_state"]
 
-# rows of `ints` [13, C] (int64)
+# rows of `ints` [12, C] (int64)
 HEADER = 0  # [4] policy kind code (kernels.py), number of keys K, number of pools P, clock (hyperbolic)
 KEY_POOL = 1  # [K] pool of each key
 MEMBER = 2  # [K] 1 while the policy tracks the key as cached
@@ -29,11 +29,10 @@ PREV = 5  # [C] doubly linked recency/insertion lists; pool p's sentinel is colu
 NXT = 6  # [C]
 HEAP = 7  # [K] keys of each pool's region (a heap, or an unordered set for random)
 HEAP_POS = 8  # [K] index of a key inside its pool's region, -1 if absent
-SCRATCH = 9  # [K] work space for victim searches (kernels never allocate)
-POOL_START = 10  # [P] first index of the pool's region in HEAP
-POOL_LEN = 11  # [P] keys currently in the pool's region
-POOL_EVICTIONS = 12  # [P] evictions so far (the random policy's draw counter)
-NUM_INT_ROWS = 13
+POOL_START = 9  # [P] first index of the pool's region in HEAP
+POOL_LEN = 10  # [P] keys currently in the pool's region
+POOL_EVICTIONS = 11  # [P] evictions so far (the random policy's draw counter)
+NUM_INT_ROWS = 12
 
 # rows of `floats` [6, C] (float64)
 PARAMS = 0  # [4] policy parameters (decay rate, seed, ...)
@@ -46,7 +45,7 @@ NUM_FLOAT_ROWS = 6
 
 
 class PolicyState(NamedTuple):
-    ints: np.ndarray  # [13, C] int64
+    ints: np.ndarray  # [12, C] int64
     floats: np.ndarray  # [6, C] float64
 
     def resident_keys(self) -> np.ndarray:
