@@ -47,7 +47,7 @@ def drive_engine_per_call(trace, policy, accounting="published", **budget_kw):
         assert np.array_equal(I, before[0]) and np.array_equal(F, before[1]), "victim() changed the policy state"
         assert v == victim(I, F, pool, X[PIN], b + 1, X[WORK])
         assert v < 0 or (X[RESIDENT, v] and budget.key_pool[v] == pool)
-        engine_batch(I, F, X, stream.keys, s, e, b, hint if policy.uses_future else hint[:0], budget.key_cost, key_bytes,
+        engine_batch(I, F, X, stream.keys[s:e], 0, e - s, s, b, hint[s:e] if policy.uses_future else hint[:0], budget.key_cost, key_bytes,
                      budget.pool_budget, accounting == "strict", plan.rows, plan.counts, out)
         result.append((int(out[0]), int(out[1])))
         evicted = plan.rows[EVICTED, :plan.counts[N_EVICTED]]

@@ -159,10 +159,9 @@ def _strict_chunks(I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts):
 
 
 @_jit
-def engine_batch(I, F, X, keys, s, e, b, hint, key_cost, key_bytes, budget, strict, plan, counts, out):
-    """Apply batch b (requests keys[s:e], one pool) and write its plan.
-
-    hint: [R] future annotation (Belady) or empty; out: [3] hits, misses, bytes read.
+def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, strict, plan, counts, out):
+    """Apply batch b (requests keys[s:e], one pool, the first at stream position t0) and write
+    its plan. hint: [R] future annotation (Belady) or empty; out: [3] hits, misses, bytes read.
     """
     counts[:] = 0
     counts[N_CHUNKS] = 1
@@ -194,7 +193,7 @@ def engine_batch(I, F, X, keys, s, e, b, hint, key_cost, key_bytes, budget, stri
             plan[KIND, n] = kind
             plan[CHUNK, n] = 0
             n += 1
-        on_access(I, F, k, r, b, hint[r] if has_hint else 0, repeat)
+        on_access(I, F, k, t0 + r - s, b, hint[r] if has_hint else 0, repeat)
     counts[N_KEYS] = n
     out[0], out[1], out[2] = h, m, rb
     if e == s:
@@ -205,7 +204,7 @@ def engine_batch(I, F, X, keys, s, e, b, hint, key_cost, key_bytes, budget, stri
             k = plan[ORDER, i]
             X[RESIDENT, k] = 1
             X[USED, pool] += key_cost[k]
-            on_insert(I, F, k, e - 1, False)
+            on_insert(I, F, k, t0 + e - 1 - s, False)
     # also when an earlier batch left the pool over budget (published accounting)
     if not make_room(I, F, X, pool, 0, b, key_cost, key_bytes, budget, plan, counts, 0) and strict:
         _strict_chunks(I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts)

@@ -22,7 +22,7 @@ def _loop(I, F, X, keys, batch_start, hint, key_cost, key_bytes, budget, strict,
     prefetching = pf_keys.shape[1] > 0
     for b in range(B):
         s, e = batch_start[b], batch_start[b + 1]
-        engine_batch(I, F, X, keys, s, e, b, hint, key_cost, key_bytes, budget, strict, plan, counts, out)
+        engine_batch(I, F, X, keys, s, e, s, b, hint, key_cost, key_bytes, budget, strict, plan, counts, out)
         hits[b], misses[b], read[b] = out[0], out[1], out[2]
         if prefetching and b + pf_distance < B:
             prefetch_after(I, F, X, pf_keys[b + pf_distance], b, b + pf_distance, e - 1, key_cost, key_bytes,

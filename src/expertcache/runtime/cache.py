@@ -1,0 +1,184 @@
+"""The fast tier: a preallocated slot pool, an expert -> slot map, and the engine step that decides.
+
+    route -> resolve residency (engine_batch) -> free victims' slots -> fetch misses -> compute
+
+Every MoE layer call is one lookup batch of the engine (cache/engine.py), the very step the
+simulator replays, under strict capacity (SPEC §4b): the cache never holds more experts than
+the budget, and a call whose experts do not fit is computed in chunks. Slots are tensors
+[S, *per-expert shape] per experts-module parameter, plus one all-zero slot used by the exact
+chunked computation (experts.py). A slot is never refilled before the fetch that filled it
+has finished, and never while a computation still reads it (CPU compute is synchronous; on
+CUDA every fetch and every compute is ordered on streams with events).
+
+Shape key: S slots, K keys (layer, expert), E experts of a layer.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..cache.budget import Budget
+from ..cache.engine import (BUFFER_HIT, CHUNK, COUNTERS, EVICTED, EVICTED_BEFORE, KIND, LOAD, N_CHUNKS, N_EVICTED,
+                            N_KEYS, N_PREFETCHED, ORDER, PF_BYTES, PF_ISSUED, PF_USED, PF_WASTED, PREFETCHED,
+                            engine_batch, finish, new_engine, new_plan, prefetch_after)
+from ..errors import ExpertcacheError
+from .store import ExpertStore
+
+__all__ = ["ExpertCache", "BatchPlan", "Counters"]
+
+
+@dataclass
+class BatchPlan:
+    """What one layer call must do: keys in lookup order, the chunk each is computed in."""
+
+    layer: int
+    keys: np.ndarray  # [n] distinct keys, lookup order
+    chunk: np.ndarray  # [n]
+    loads: np.ndarray  # [n] bool: fetched for this call
+    evicted: np.ndarray  # [m]
+    evicted_before: np.ndarray  # [m] chunk whose loads need the room
+    chunks: int
+
+
+@dataclass
+class Counters:
+    """Totals so far, named as in `simulate`'s result."""
+
+    lookups: int = 0
+    hits: int = 0
+    decode_lookups: int = 0
+    decode_hits: int = 0
+    bytes_read: int = 0  # misses plus prefetches
+    batches: int = 0
+
+
+class ExpertCache:
+    def __init__(self, policy, budget: Budget, num_layers: int, key_offset: np.ndarray, key_bytes: np.ndarray,
+                 params: dict, store: ExpertStore, device: torch.device):
+        if policy.uses_future:
+            raise ExpertcacheError(f"{policy.name} reads the future of a trace (an offline bound); "
+                                   "the runtime needs an online policy such as lru or lfu")
+        self.policy, self.budget, self.store, self.device = policy, budget, store, device
+        self.key_offset = key_offset  # [L + 1]
+        K = int(key_offset[-1])
+        self.key_bytes = key_bytes.astype(np.int64)  # [K]
+        self.I, self.F = policy.new_state(budget, num_layers)
+        self.X = new_engine(K, len(budget.pool_budget))
+        self._plan = new_plan(1, K)
+        self._out = np.zeros(3, np.int64)
+        self._no_hint = np.empty(0, np.int64)
+        S = _slot_count(budget)
+        self.num_slots = S
+        self.slots = {name: torch.zeros((S + 1, *shape), dtype=dtype, device=device)  # slot S: all zero
+                      for name, (shape, dtype) in params.items()}
+        self.zero_slot = S
+        self.slot_of = np.full(K, S, np.int64)  # [K] slot of a resident key (S = the zero slot)
+        self._free = list(range(S - 1, -1, -1))
+        self._pending: dict[int, Future] = {}  # slot -> fetch in flight
+        self.counters = Counters()
+        self.batch = 0  # lookup batches so far (= index of the next one)
+        self.position = 0  # requests so far: stream position of the next one
+
+    # ------------------------------------------------------------------ one layer call
+    def lookup(self, layer: int, keys: np.ndarray, decode: bool) -> BatchPlan:
+        """Run the engine step for one layer call (keys in lookup order, repeats allowed)."""
+        if len(keys) + self.X.shape[1] + 1 > self._plan.rows.shape[1]:
+            self._plan = new_plan(len(keys) * 2, len(self.key_bytes))
+        rows, counts = self._plan
+        engine_batch(self.I, self.F, self.X, keys, 0, len(keys), self.position, self.batch, self._no_hint,
+                     self.budget.key_cost, self.key_bytes, self.budget.pool_budget, True, rows, counts, self._out)
+        self.batch += 1
+        self.position += len(keys)
+        h, m, rb = (int(v) for v in self._out)
+        c = self.counters
+        c.lookups += h + m
+        c.hits += h
+        c.bytes_read += rb
+        c.batches += 1
+        if decode:
+            c.decode_lookups += h + m
+            c.decode_hits += h
+        n, ne = int(counts[N_KEYS]), int(counts[N_EVICTED])
+        kind = rows[KIND, :n]
+        if (kind == BUFFER_HIT).any():
+            raise ExpertcacheError("reserved prefetch buffers are a simulator option; the runtime prefetches into the cache")
+        return BatchPlan(layer, rows[ORDER, :n].copy(), rows[CHUNK, :n].copy(), kind == LOAD,
+                         rows[EVICTED, :ne].copy(), rows[EVICTED_BEFORE, :ne].copy(), int(counts[N_CHUNKS]))
+
+    def prepare(self, plan: BatchPlan, chunk: int) -> None:
+        """Free the slots of the keys evicted before `chunk`, fetch its misses, wait for its keys."""
+        self._release(plan.evicted[plan.evicted_before == chunk])
+        mine = plan.chunk == chunk
+        for k in plan.keys[mine & plan.loads]:
+            self._start_fetch(int(k))
+        for k in plan.keys[mine]:
+            self._wait(int(self.slot_of[k]))
+
+    def prefetch(self, predicted_keys: np.ndarray) -> None:
+        """After the last batch, start fetching the keys predicted for the next one."""
+        rows, counts = self._plan
+        counts[:] = 0
+        before = self.X[COUNTERS, PF_BYTES]
+        prefetch_after(self.I, self.F, self.X, predicted_keys.astype(np.int64), self.batch - 1, self.batch,
+                       self.position - 1, self.budget.key_cost, self.key_bytes, self.budget.pool_budget, True, rows,
+                       counts)
+        self.counters.bytes_read += int(self.X[COUNTERS, PF_BYTES] - before)
+        self._release(rows[EVICTED, :counts[N_EVICTED]])
+        for k in rows[PREFETCHED, :counts[N_PREFETCHED]]:
+            self._start_fetch(int(k))
+
+    # ------------------------------------------------------------------ slots
+    def _release(self, keys: np.ndarray) -> None:
+        for k in keys:
+            slot = int(self.slot_of[k])
+            if slot != self.zero_slot:
+                self._wait(slot)
+                self._free.append(slot)
+                self.slot_of[k] = self.zero_slot
+
+    def _start_fetch(self, key: int) -> None:
+        if not self._free:
+            raise RuntimeError("expertcache: no free slot although the engine made room (a bug)")
+        slot = self._free.pop()
+        self.slot_of[key] = slot
+        layer = int(np.searchsorted(self.key_offset, key, side="right") - 1)
+        dest = {name: pool[slot] for name, pool in self.slots.items()}
+        self._pending[slot] = self.store.fetch(layer, key - int(self.key_offset[layer]), dest)
+
+    def _wait(self, slot: int) -> None:
+        future = self._pending.pop(slot, None)
+        if future is not None:
+            future.result()
+
+    def drain(self) -> None:
+        """Wait for every fetch in flight (before closing, or on an interrupt)."""
+        for slot in list(self._pending):
+            try:
+                self._wait(slot)
+            except ExpertcacheError:
+                pass
+
+    def prefetch_counts(self) -> dict:
+        """issued / used / wasted (prefetched keys still unused count as wasted, as at a trace's end)."""
+        X = self.X.copy()
+        finish(X, self.key_bytes)
+        return {"issued": int(X[COUNTERS, PF_ISSUED]), "used": int(X[COUNTERS, PF_USED]),
+                "wasted": int(X[COUNTERS, PF_WASTED])}
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(t[:self.num_slots].numel() * t.element_size() for t in self.slots.values())
+
+
+def _slot_count(budget: Budget) -> int:
+    """The most experts the budget can hold at once: per pool, its budget over its cheapest key."""
+    total = 0
+    for pool, limit in enumerate(budget.pool_budget):
+        cost = budget.key_cost[budget.key_pool == pool]
+        if len(cost):
+            total += int(limit // cost.min())
+    return total

@@ -1,0 +1,284 @@
+"""Load a checkpoint without materializing its routed experts.
+
+The model is built from its config with parameters on the meta device (buffers such as rotary
+`inv_freq` stay real); every non-expert tensor is read from the safetensors files onto the fast
+device, and every routed expert is *indexed*: the byte ranges that hold it in the checkpoint,
+found by running each checkpoint key through transformers' own key conversion (the mapping
+`from_pretrained` uses), for per-expert layouts (`experts.3.gate_proj.weight`, merged and
+concatenated on load) and fused ones (`experts.gate_up_proj` [E, ...]) alike.
+
+Shape key: E experts of a layer, L MoE layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ExpertcacheError
+from ..trace.adapters import MoEBlock, adapter_for, find_blocks
+from ..trace.capture import describe
+from ..trace.model_info import ModelInfo
+
+__all__ = ["ExpertPart", "LoadedCheckpoint", "load_checkpoint"]
+
+_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ExpertPart:
+    """One contiguous byte range of one expert: `nbytes` at `offset` of `file` fill bytes
+    [dest, dest + nbytes) of that expert's slice of the experts module's parameter `param`."""
+
+    param: str
+    file: str
+    offset: int
+    nbytes: int
+    dest: int
+
+
+@dataclass
+class LoadedCheckpoint:
+    name: str
+    model: nn.Module  # routed experts still on meta
+    adapter: object
+    blocks: list[MoEBlock]  # MoE layers, in order
+    info: ModelInfo
+    parts: list[list[list[ExpertPart]]]  # [L][E] the byte ranges of each expert
+    params: dict[str, tuple[tuple[int, ...], torch.dtype]]  # experts-module parameter -> (per-expert shape, dtype)
+    non_expert_bytes: int
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device) -> LoadedCheckpoint:
+    """Build the model of a local checkpoint folder with its experts indexed, not loaded."""
+    import transformers
+
+    folder = Path(path)
+    headers = _read_headers(folder)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ExpertcacheError(f"{path} is an encoder-decoder model; the runtime runs decoder-only MoE models")
+    dtype = _checkpoint_dtype(headers)
+    with _parameters_on_meta():
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    adapter = adapter_for(model)
+    if adapter.source != "experts":
+        raise ExpertcacheError(f"{adapter.name} computes its experts outside transformers' experts registry "
+                               "(dense over all experts); the runtime does not run it yet")
+    blocks = [b for b in find_blocks(model, adapter) if b.stack == "decoder"]
+    if not blocks:
+        raise ExpertcacheError(f"{path} ({type(model).__name__}) has no routed experts")
+    info = describe(str(path), model, adapter, blocks, str(dtype).removeprefix("torch."))["decoder"]
+    expert_params = {f"{b.path}.experts.{n}": (i, n) for i, b in enumerate(blocks)
+                     for n, _ in b.experts.named_parameters(recurse=False)}
+    params = _param_shapes(blocks)
+    parts, sources = _index(model, headers, expert_params, blocks, params)
+    non_expert = _load_non_experts(model, folder, sources, expert_params, device)
+    return LoadedCheckpoint(str(path), model, adapter, blocks, info, parts, params, non_expert)
+
+
+# ---------------------------------------------------------------------------- safetensors headers
+def _read_headers(folder: Path) -> dict[str, tuple[int, dict]]:
+    """file name -> (data start, header) for every safetensors file of the checkpoint."""
+    if not folder.is_dir():
+        raise ExpertcacheError(f"model folder {folder} does not exist")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as e:
+            raise ExpertcacheError(f"{index} is not a safetensors index ({type(e).__name__})") from None
+    else:
+        files = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not files:
+        raise ExpertcacheError(f"{folder} has no safetensors weights (the runtime reads experts from .safetensors files)")
+    headers = {}
+    for name in files:
+        headers[name] = _header(folder / name)
+    return headers
+
+
+def _header(path: Path) -> tuple[int, dict]:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as e:
+        raise ExpertcacheError(f"{path} is not a readable safetensors file ({e})") from None
+    start = 8 + n
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if start + entry["data_offsets"][1] > size:
+            raise ExpertcacheError(f"{path} is truncated: tensor {key} ends past the end of the file")
+    return start, header
+
+
+def _checkpoint_dtype(headers) -> torch.dtype:
+    seen = {e["dtype"] for _, h in headers.values() for k, e in h.items() if k != "__metadata__"}
+    for code in ("BF16", "F16", "F32"):  # the narrowest float type is the weights' type
+        if code in seen:
+            return _DTYPES[code]
+    raise ExpertcacheError(f"unsupported checkpoint dtypes {sorted(seen)}; the runtime reads fp32, bf16 and fp16")
+
+
+@contextmanager
+def _parameters_on_meta():
+    """Create every nn.Parameter on the meta device while the model is built; buffers stay real."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=False)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def _param_shapes(blocks: list[MoEBlock]) -> dict:
+    """Per-expert shape and dtype of each experts-module parameter; the same in every layer."""
+    shapes = None
+    for b in blocks:
+        mine = {n: (tuple(p.shape[1:]), p.dtype) for n, p in b.experts.named_parameters(recurse=False)}
+        if any(p.shape[0] != b.num_experts for p in b.experts.parameters(recurse=False)):
+            raise ExpertcacheError(f"{b.path}.experts does not stack its experts on the first dimension")
+        if shapes is not None and mine != shapes:
+            raise ExpertcacheError("MoE layers with differently shaped experts are not supported by the runtime yet")
+        shapes = mine
+    return shapes
+
+
+# ---------------------------------------------------------------------------- key conversion
+def _index(model, headers, expert_params, blocks, params):
+    """(parts [L][E], non-expert sources: model key -> (file, checkpoint key))."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    meta = model.state_dict()
+    parts = [[[] for _ in range(b.num_experts)] for b in blocks]
+    sources = {}
+    for file, (start, header) in headers.items():
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            target, pattern = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
+            if target not in expert_params:
+                sources[target] = (file, key)
+                continue
+            layer, param = expert_params[target]
+            begin, end = entry["data_offsets"]
+            if _DTYPES.get(entry["dtype"]) != params[param][1]:
+                raise ExpertcacheError(f"{key} is {entry['dtype']} but the model's experts are {params[param][1]}")
+            if pattern is None:  # fused on disk: [E, ...], expert e is the e-th equal slice
+                E = blocks[layer].num_experts
+                step = (end - begin) // E
+                for e in range(E):
+                    parts[layer][e].append(ExpertPart(param, file, start + begin + e * step, step, 0))
+                continue
+            converter = next(c for c in converters if pattern in c.source_patterns)
+            _check_operations(converter, key)
+            e = _expert_number(pattern, key)
+            position = converter.source_patterns.index(pattern)  # concatenated in this order
+            parts[layer][e].append(ExpertPart(param, file, start + begin, end - begin, position * (end - begin)))
+    _check_complete(parts, blocks, params)
+    return parts, sources
+
+
+def _check_operations(converter, key: str) -> None:
+    names = [type(op).__name__ for op in converter.operations]
+    dims = [getattr(op, "dim", 0) for op in converter.operations]
+    if names not in (["MergeModulelist"], ["MergeModulelist", "Concatenate"]) or dims[0] != 0 or dims[1:] not in ([], [1]):
+        raise ExpertcacheError(f"{key} is converted with {'+'.join(names)} on load; the runtime reads experts only "
+                               "from per-expert tensors merged and concatenated, or from fused ones")
+
+
+def _expert_number(pattern: str, key: str) -> int:
+    """The expert id in `key`: what the converter's `*` matched."""
+    regex = re.escape(pattern).replace(r"\*", r"(\d+)")
+    match = re.search(regex, key)
+    if match is None:
+        raise ExpertcacheError(f"cannot tell which expert {key} holds")
+    return int(match.group(1))
+
+
+def _check_complete(parts, blocks, params) -> None:
+    for layer, block in enumerate(blocks):
+        for e, mine in enumerate(parts[layer]):
+            for name, (shape, dtype) in params.items():
+                need = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+                got = sum(p.nbytes for p in mine if p.param == name)
+                if got != need:
+                    raise ExpertcacheError(f"the checkpoint holds {got} of the {need} bytes of {block.path}.experts."
+                                           f"{name}[{e}] (missing or truncated shard?)")
+
+
+# ---------------------------------------------------------------------------- non-expert weights
+def _load_non_experts(model, folder: Path, sources, expert_params, device) -> int:
+    """Read every parameter and persistent buffer that is not a routed expert; returns their bytes."""
+    from safetensors import safe_open
+
+    handles = {}
+    total = 0
+    missing = []
+    try:
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if name in expert_params:
+                continue
+            if name not in sources:
+                if tensor.device.type == "meta":
+                    missing.append(name)
+                continue
+            file, key = sources[name]
+            if file not in handles:
+                handles[file] = safe_open(str(folder / file), framework="pt")
+            try:
+                value = handles[file].get_tensor(key)
+            except Exception as e:  # safetensors raises its own error types on damaged files
+                raise ExpertcacheError(f"cannot read {key} from {folder / file}: {str(e).splitlines()[0]}") from None
+            if tuple(value.shape) != tuple(tensor.shape):
+                raise ExpertcacheError(f"{key} has shape {tuple(value.shape)}, the model expects {tuple(tensor.shape)}")
+            _assign(model, name, value.to(device=device, dtype=tensor.dtype), isinstance(tensor, nn.Parameter))
+            total += value.numel() * value.element_size()
+    except ExpertcacheError:
+        raise
+    except Exception as e:
+        raise ExpertcacheError(f"cannot read the weights in {folder}: {str(e).splitlines()[0]}") from None
+    if missing:
+        model.tie_weights()
+        still = [n for n in missing if model.get_parameter(n).device.type == "meta"] if missing else []
+        if still:
+            raise ExpertcacheError(f"the checkpoint has no weights for {still[0]}" +
+                                   (f" and {len(still) - 1} more" if len(still) > 1 else ""))
+    for module in model.modules():  # buffers made at build time (rotary inv_freq ...) follow the weights
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != device and buffer.device.type != "meta":
+                module._buffers[name] = buffer.to(device)
+    return total
+
+
+def _assign(model, name: str, value: torch.Tensor, is_param: bool) -> None:
+    owner, _, leaf = name.rpartition(".")
+    module = model.get_submodule(owner)
+    if is_param:
+        module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+    else:
+        module._buffers[leaf] = value

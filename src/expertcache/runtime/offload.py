@@ -1,0 +1,355 @@
+"""`offload`: a Hugging Face MoE model whose routed experts live in a bounded cache.
+
+    route (stock router) -> resolve residency (engine step) -> fetch misses -> compute (stock
+    experts forward on slots) -> combine; after each layer call: prefetch for the next one
+
+The returned model is the ordinary transformers model (its `generate()`, tokenizer and chat
+template work as usual) with the offloaded experts implementation selected; `stats(model)`
+gives the counters so far with the field names of `simulate`'s result, and `trace=` records
+the run's routing so that `simulate` on it reproduces them exactly.
+
+Shape key: T tokens of a forward, L MoE layers, K top-k, E experts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cache.budget import resolve_budget
+from ..cache.policies import resolve_policy
+from ..errors import ExpertcacheError
+from ..trace.format import DECODE, PREFILL
+from .cache import ExpertCache
+from .experts import SlotView, compute_chunked, stock_forward
+from .loading import LoadedCheckpoint, load_checkpoint
+from .prefetchers import online_prefetcher
+from .store import TIERS, ExpertStore
+
+__all__ = ["offload", "stats", "OffloadStats", "REGISTRY_NAME", "close"]
+
+REGISTRY_NAME = "expertcache_offload"
+_RUNTIMES: dict[int, tuple["Runtime", int]] = {}  # id(experts module) -> (runtime, MoE layer)
+
+
+def _offloaded_experts(module, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+    entry = _RUNTIMES.get(id(module))
+    if entry is None:
+        raise ExpertcacheError("this model's experts were offloaded by a runtime that is closed")
+    runtime, layer = entry
+    return runtime.experts_call(layer, module, hidden_states, top_k_index, top_k_weights)
+
+
+@dataclass
+class OffloadStats:
+    """Counters of a run so far, named as in `SimulationResult` (SPEC §4b accounting)."""
+
+    policy: str
+    scope: str
+    accounting: str
+    budget_bytes: int | None
+    budget_slots: int | None
+    lookups: int
+    hits: int
+    decode_lookups: int
+    decode_hits: int
+    bytes_read: int
+    prefetch: dict | None
+    timings: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+
+    @property
+    def misses(self) -> int:
+        return self.lookups - self.hits
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    @property
+    def decode_hit_rate(self) -> float:
+        return self.decode_hits / self.decode_lookups if self.decode_lookups else 0.0
+
+    def to_json(self) -> dict:
+        """The keys of `simulate --json` (same order), then timings and memory."""
+        return {"policy": self.policy, "scope": self.scope, "accounting": self.accounting,
+                "budget_bytes": self.budget_bytes, "lookups": self.lookups, "hits": self.hits,
+                "hit_rate": self.hit_rate, "decode_lookups": self.decode_lookups, "decode_hits": self.decode_hits,
+                "decode_hit_rate": self.decode_hit_rate, "bytes_read": self.bytes_read, "prefetch": self.prefetch,
+                "timings": self.timings, "memory": self.memory}
+
+
+class Runtime:
+    """Everything one offloaded model needs: cache, store, prefetcher, trace recording, timing."""
+
+    def __init__(self, ckpt: LoadedCheckpoint, cache: ExpertCache, store: ExpertStore, policy_name: str, scope: str,
+                 prefetch: str | None, trace_path, slow_tier: str):
+        self.ckpt, self.cache, self.store = ckpt, cache, store
+        self.policy_name, self.scope, self.slow_tier = policy_name, scope, slow_tier
+        info = ckpt.info
+        self.L, self.K, self.E = info.num_moe_layers, info.top_k, max(info.num_experts)
+        self.offset = cache.key_offset
+        self.sort_by_weight = ckpt.adapter.score_order == "weights"
+        self.prefetch_name = prefetch
+        self.prefetcher = None if prefetch is None else online_prefetcher(prefetch, self.L, self.E, self.K)
+        self.want_stale = self.prefetcher is not None and self.prefetcher.needs_stale_gate
+        self.writer = None
+        if trace_path is not None:
+            from ..trace.writer import TraceWriter
+
+            self.writer = TraceWriter(trace_path, info, capture={"source": "expertcache run", "policy": policy_name},
+                                      optional=("stale_gate",) if self.want_stale else (), overwrite=True,
+                                      shard_tokens=256)
+        self._seq: dict[str, list] = {}  # the current sequence's routing, per forward
+        self._forward: dict | None = None
+        self.timings = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
+        self._forward_start = 0.0
+
+    # ------------------------------------------------------------------ model hooks
+    def before_forward(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        shape = tuple(ids.shape) if ids is not None else tuple(embeds.shape[:2])
+        if shape[0] != 1:
+            raise ExpertcacheError("the offloading runtime generates one sequence at a time (batch size 1)")
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5.2x names it `cache`
+        new = past is None or past.get_seq_length() == 0
+        if new:
+            self._end_sequence()
+            if self.prefetcher is not None:
+                self.prefetcher.start_sequence()
+        T = shape[1]
+        self._forward = {
+            "phase": PREFILL if new else DECODE, "T": T,
+            "tokens": ids.reshape(-1).cpu().numpy() if ids is not None else np.full(T, -1),
+            "experts": np.full((T, self.L, self.K), -1, np.int64), "weights": np.zeros((T, self.L, self.K), np.float32),
+            "stale": np.full((T, self.L, self.E), np.nan, np.float32) if self.want_stale else None,
+        }
+        if not new and self.prefetcher is not None:  # the prefetch after the previous token's last layer
+            self._prefetch(0, None)
+        self._forward_start = time.perf_counter()
+
+    def after_forward(self, module, args, kwargs, output) -> None:
+        f = self._forward
+        if f is None:
+            return
+        seconds = time.perf_counter() - self._forward_start
+        label = "prefill" if f["phase"] == PREFILL else "decode"
+        self.timings[f"{label}_tokens"] += f["T"]
+        self.timings[f"{label}_s"] += seconds
+        for name in ("experts", "weights", "tokens", "stale"):
+            self._seq.setdefault(name, []).append(f[name])
+        self._seq.setdefault("phase", []).append(np.full(f["T"], f["phase"], np.uint8))
+        if self.prefetcher is not None:
+            for t in range(f["T"]):
+                self.prefetcher.end_token(f["experts"][t])
+        self._forward = None
+
+    # ------------------------------------------------------------------ one MoE layer call
+    def experts_call(self, layer, module, hidden, top_k_index, top_k_weights):
+        ids = top_k_index.reshape(-1, top_k_index.shape[-1])  # [T, K]
+        weights = top_k_weights.reshape(ids.shape).float()
+        if self.sort_by_weight:  # lookup order = the trace's order: descending weight
+            weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
+            ids = ids.gather(-1, order)
+        ids_np = ids.cpu().numpy().astype(np.int64)  # [T, K]
+        f = self._forward
+        if f is not None and ids_np.shape[0] == f["T"]:
+            f["experts"][:, layer, :ids_np.shape[1]] = ids_np
+            f["weights"][:, layer, :ids_np.shape[1]] = weights.cpu().numpy()
+        routed = ids_np[ids_np >= 0]
+        keys = self.offset[layer] + routed.reshape(-1)
+        decode = f is not None and f["phase"] == DECODE
+        cache = self.cache
+        plan = cache.lookup(layer, keys, decode)
+        forward = stock_forward(module)
+        layer_slots = cache.slot_of[self.offset[layer]:self.offset[layer + 1]]  # [E] view, updated by fetches
+        if plan.chunks == 1:
+            cache.prepare(plan, 0)
+            out = forward(SlotView(module, cache.slots, layer_slots), hidden, top_k_index, top_k_weights)
+        else:
+            out = compute_chunked(forward, module, cache.slots, layer_slots, cache.zero_slot,
+                                  self._chunks(plan, layer), hidden, top_k_index, top_k_weights)
+        if layer + 1 < self.L and self.prefetcher is not None:
+            self._prefetch(layer + 1, hidden if self.want_stale else None)
+        return out
+
+    def _chunks(self, plan, layer):
+        for c in range(plan.chunks):
+            self.cache.prepare(plan, c)
+            yield [int(k - self.offset[layer]) for k in plan.keys[plan.chunk == c]]
+
+    def _prefetch(self, layer: int, hidden) -> None:
+        """Predict for (current token, layer) and issue the loads; decode steps only (SPEC §5)."""
+        f = self._forward
+        stale = None
+        if self.want_stale and hidden is not None:
+            block = self.ckpt.blocks[layer]
+            with torch.no_grad():
+                logits = self.ckpt.adapter.router_logits(block.router, hidden.reshape(-1, hidden.shape[-1]))
+            scores = logits.float().cpu().numpy()  # [T, E]
+            if f is not None:
+                f["stale"][:, layer, :scores.shape[1]] = scores
+            stale = scores[-1]
+        if f is None or f["phase"] != DECODE or (self.want_stale and stale is None):
+            return
+        predicted = self.prefetcher.predict(layer, stale)
+        predicted = predicted[predicted >= 0]
+        self.cache.prefetch(self.offset[layer] + predicted)
+
+    # ------------------------------------------------------------------ trace
+    def _end_sequence(self) -> None:
+        seq, self._seq = self._seq, {}
+        if self.writer is None or not seq.get("experts"):
+            return
+        self.writer.add_sequence(
+            np.concatenate(seq["experts"]), np.concatenate(seq["weights"]), tokens=np.concatenate(seq["tokens"]),
+            phase=np.concatenate(seq["phase"]),
+            stale_gate=np.concatenate(seq["stale"]) if self.want_stale else None)
+
+    def close(self) -> None:
+        """Finish the trace (the partial sequence too) and release files and threads."""
+        self.cache.drain()
+        try:
+            self._end_sequence()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+            self.store.close()
+
+    def stats(self) -> OffloadStats:
+        c, b = self.cache.counters, self.cache.budget
+        pf = None
+        if self.prefetcher is not None:
+            pf = {"name": self.prefetch_name, **self.cache.prefetch_counts()}
+        t = dict(self.timings)
+        t["prefill_tokens_per_s"] = t["prefill_tokens"] / t["prefill_s"] if t["prefill_s"] else None
+        t["decode_tokens_per_s"] = t["decode_tokens"] / t["decode_s"] if t["decode_s"] else None
+        expert_total = int(sum(self.ckpt.info.expert_bytes[i] * self.ckpt.info.num_experts[i] for i in range(self.L)))
+        memory = {"fast_device": str(self.cache.device), "non_expert_bytes": self.ckpt.non_expert_bytes,
+                  "cache_bytes": self.cache.resident_bytes, "slots": self.cache.num_slots,
+                  "slow_tier": self.slow_tier, "slow_tier_bytes": expert_total, "peak_rss_bytes": _peak_rss()}
+        return OffloadStats(self.policy_name, self.scope, "strict", b.budget_bytes, b.budget_slots, c.lookups, c.hits,
+                            c.decode_lookups, c.decode_hits, c.bytes_read, pf, t, memory)
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# ---------------------------------------------------------------------------- public API
+def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget_slots: int | None = None,
+            budget_x: float | None = None, policy="lru", scope: str = "global", prefetch: str | None = None,
+            device: str = "cpu", slow_tier: str | None = None, trace: str | os.PathLike | None = None):
+    """Load MODEL (hub id or local folder) with its routed experts in a bounded cache.
+
+    One budget, as in `simulate`: MiB, experts (slots), or a multiple of the active experts
+    (k per MoE layer). The cache lives on `device` ("cpu": RAM, experts read from disk;
+    "cuda": GPU memory, experts in pinned host RAM); `slow_tier` overrides where uncached
+    experts come from ("disk" or "ram"). Returns the transformers model, ready for `generate()`.
+    """
+    fast = _device(device)
+    tier = slow_tier or ("ram" if fast.type == "cuda" else "disk")
+    if tier not in TIERS:
+        raise ExpertcacheError(f"unknown slow tier {tier!r}; choose disk or ram")
+    policy_obj, scope = resolve_policy(policy, scope)
+    folder = _local_folder(model)
+    ckpt = load_checkpoint(folder, fast)
+    info = ckpt.info
+    key_offset = np.concatenate([[0], np.cumsum(info.num_experts)]).astype(np.int64)
+    key_layer = np.repeat(np.arange(info.num_moe_layers), info.num_experts)
+    budget = resolve_budget(info, key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,
+                            budget_x=budget_x)
+    _check_minimum(budget, info)
+    store = ExpertStore(folder, ckpt.parts, tier, pin=fast.type == "cuda")
+    try:
+        cache = ExpertCache(policy_obj, budget, info.num_moe_layers, key_offset,
+                            np.asarray(info.expert_bytes, np.int64)[key_layer], ckpt.params, store, fast)
+        runtime = Runtime(ckpt, cache, store, policy_obj.name, scope, prefetch, trace, tier)
+    except BaseException:
+        store.close()
+        raise
+    _install(runtime)
+    return ckpt.model
+
+
+def _install(runtime: Runtime) -> None:
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    if REGISTRY_NAME not in ALL_EXPERTS_FUNCTIONS:
+        ALL_EXPERTS_FUNCTIONS.register(REGISTRY_NAME, _offloaded_experts)
+    model = runtime.ckpt.model
+    for layer, block in enumerate(runtime.ckpt.blocks):
+        _RUNTIMES[id(block.experts)] = (runtime, layer)
+    model.set_experts_implementation(REGISTRY_NAME)
+    model.register_forward_pre_hook(runtime.before_forward, with_kwargs=True)
+    model.register_forward_hook(runtime.after_forward, with_kwargs=True)
+    model._expertcache_runtime = runtime
+
+
+def _runtime(model) -> Runtime:
+    runtime = getattr(model, "_expertcache_runtime", None)
+    if runtime is None:
+        raise ExpertcacheError("this model was not made by expertcache.offload")
+    return runtime
+
+
+def stats(model) -> OffloadStats:
+    """The counters of an offloaded model so far (field names of `simulate`'s result)."""
+    return _runtime(model).stats()
+
+
+def close(model) -> None:
+    """Finish the model's trace and release its files; the model cannot run afterwards."""
+    runtime = _runtime(model)
+    runtime.close()
+    for block in runtime.ckpt.blocks:
+        _RUNTIMES.pop(id(block.experts), None)
+
+
+def _device(device: str) -> torch.device:
+    try:
+        fast = torch.device(device)
+    except RuntimeError:
+        raise ExpertcacheError(f"unknown device {device!r}; choose cpu or cuda") from None
+    if fast.type == "cuda" and not torch.cuda.is_available():
+        raise ExpertcacheError("--device cuda needs a CUDA build of torch and a GPU; this one has none")
+    if fast.type not in ("cpu", "cuda"):
+        raise ExpertcacheError(f"the runtime caches experts on cpu or cuda, not {fast.type}")
+    return fast
+
+
+def _local_folder(model: str | os.PathLike) -> Path:
+    """A local checkpoint folder: MODEL itself, or its hub snapshot (weights, config, tokenizer)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ExpertcacheError(f"{model} has no config.json; not a transformers model folder")
+        return path
+    if str(model).startswith((".", "/", "~")) or str(model).count("/") > 1:
+        raise ExpertcacheError(f"model folder {model} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                                    "*.jinja", "tokenizer*"]))
+    except Exception as e:  # hub errors come in many types; all mean the same to a user
+        raise ExpertcacheError(f"cannot fetch {model} from the hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _check_minimum(budget, info) -> None:
+    """Every pool must hold one layer call's k experts of its largest layer."""
+    for pool, limit in enumerate(budget.pool_budget):
+        cost = budget.key_cost[budget.key_pool == pool]
+        if len(cost) and limit < info.top_k * cost.max():
+            unit = "experts" if budget.unit == "slots" else "bytes"
+            raise ExpertcacheError(f"the budget gives a pool {int(limit)} {unit}; one layer call needs "
+                                   f"{info.top_k} experts ({int(info.top_k * cost.max())} {unit}): raise the budget")

@@ -1,0 +1,100 @@
+"""The slow tier: where experts live when they are not cached, and the reads that fetch them.
+
+- "disk": each expert is read from the checkpoint's safetensors files by byte range with
+  `os.preadv` straight into its cache slot, and the range is then dropped from the page cache
+  (POSIX_FADV_DONTNEED), so a later read of it goes to the disk again: an honest slow tier,
+  not a page-cache copy of the checkpoint.
+- "ram": every expert is read once into host memory (pinned when the cache is on a GPU), a
+  read-only master copy; a fetch copies it into the slot.
+
+Reads run on a small thread pool so that prefetches overlap compute; counters never depend on
+their timing.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ExpertcacheError
+from .loading import ExpertPart
+
+__all__ = ["ExpertStore", "TIERS"]
+
+TIERS = ("disk", "ram")
+
+
+class ExpertStore:
+    """Fetches expert (layer, e) into a slot: `dest[param]` are that slot's per-expert tensors."""
+
+    def __init__(self, folder: str | os.PathLike, parts: list[list[list[ExpertPart]]], tier: str, *,
+                 pin: bool = False, workers: int = 4):
+        if tier not in TIERS:
+            raise ExpertcacheError(f"unknown slow tier {tier!r}; choose disk or ram")
+        self.tier = tier
+        self.parts = parts
+        self._fds: dict[str, int] = {}
+        folder = Path(folder)
+        for file in {p.file for layer in parts for expert in layer for p in expert}:
+            try:
+                self._fds[file] = os.open(folder / file, os.O_RDONLY)
+            except OSError as e:
+                raise ExpertcacheError(f"cannot open {folder / file}: {e.strerror}") from None
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expertcache-read")
+        self._master: list[list[np.ndarray]] | None = None
+        if tier == "ram":
+            self._master = [[self._read_master(parts_e, pin) for parts_e in layer] for layer in parts]
+        self.bytes_read = 0
+
+    def _read_master(self, parts: list[ExpertPart], pin: bool) -> np.ndarray:
+        buf = torch.empty(sum(p.nbytes for p in parts), dtype=torch.uint8, pin_memory=pin)
+        view = buf.numpy()
+        at = 0
+        for p in parts:
+            self._pread(p, view[at:at + p.nbytes])
+            at += p.nbytes
+        return view
+
+    def _pread(self, part: ExpertPart, out: np.ndarray) -> None:
+        fd = self._fds[part.file]
+        try:
+            n = os.preadv(fd, [out], part.offset)
+        except OSError as e:
+            raise ExpertcacheError(f"reading {part.file} failed: {e.strerror}") from None
+        if n != part.nbytes:
+            raise ExpertcacheError(f"{part.file} ended {part.nbytes - n} bytes early (truncated checkpoint)")
+        if self.tier == "disk" and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, part.offset, part.nbytes, os.POSIX_FADV_DONTNEED)
+
+    def fetch(self, layer: int, expert: int, dest: dict[str, torch.Tensor]) -> Future:
+        """Start fetching an expert into `dest` (param -> that slot's tensor); returns its future."""
+        return self._pool.submit(self._fetch, layer, expert, dest)
+
+    def _fetch(self, layer: int, expert: int, dest: dict[str, torch.Tensor]) -> None:
+        parts = self.parts[layer][expert]
+        if self._master is not None:
+            master = torch.from_numpy(self._master[layer][expert])
+            at = 0
+            for p in parts:
+                target = dest[p.param].view(-1).view(torch.uint8)[p.dest:p.dest + p.nbytes]
+                target.copy_(master[at:at + p.nbytes], non_blocking=target.is_cuda)
+                at += p.nbytes
+            return
+        for p in parts:
+            target = dest[p.param]
+            if target.is_cuda:  # read into host memory, then copy (the GPU path keeps a RAM tier normally)
+                host = np.empty(p.nbytes, np.uint8)
+                self._pread(p, host)
+                target.view(-1).view(torch.uint8)[p.dest:p.dest + p.nbytes].copy_(torch.from_numpy(host))
+            else:
+                self._pread(p, target.view(-1).view(torch.uint8)[p.dest:p.dest + p.nbytes].numpy())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
