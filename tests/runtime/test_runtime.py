@@ -1,0 +1,168 @@
+"""The offloading runtime against two independent oracles: the stock transformers model (logits
+bit-identical, same experts implementation, weights cloned to aligned memory) and the
+simulator replaying the run's own trace (identical counters)."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import expertcache as ec
+from expertcache.errors import ExpertcacheError
+from expertcache.runtime import close, offload, stats
+from expertcache.trace.demo import build_tiny_model
+
+FAMILIES = ["olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "deepseek_v2", "deepseek_v3", "glm4_moe",
+            "gpt_oss", "phimoe", "granitemoe"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    made = {}
+
+    def get(family, dtype=torch.float32):
+        key = (family, dtype)
+        if key not in made:
+            path = root / f"{family}-{str(dtype)[6:]}"
+            build_tiny_model(family, path, seed=1)
+            if dtype != torch.float32:
+                model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+                model.save_pretrained(path)
+            made[key] = path
+        return made[key]
+
+    return get
+
+
+def stock_model(path):
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, experts_implementation="eager")
+    for p in model.parameters():  # stock weights are memory-mapped at unaligned addresses
+        p.data = p.data.clone()
+    return model.eval()
+
+
+def prompt(n=14, seed=0):
+    return torch.randint(1, 500, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logits_bit_identical_at_every_budget(family, dtype, checkpoints, tmp_path):
+    path = checkpoints(family, dtype)
+    stock = stock_model(path)
+    ids = prompt()
+    info = None
+    with torch.no_grad():
+        want = stock(ids).logits
+        steps = stock.generate(ids, max_new_tokens=6, do_sample=False)
+    for slots_per_layer in ("min", 3, "all"):
+        model = offload(path, budget_x=1.0, prefetch="previous")  # to read the model's shape
+        info = model._expertcache_runtime.ckpt.info
+        close(model)
+        L, k, E = info.num_moe_layers, info.top_k, max(info.num_experts)
+        slots = {"min": k, 3: min(E, 3 * k), "all": E}[slots_per_layer] * L
+        model = offload(path, budget_slots=slots, scope="layer", prefetch="previous" if slots_per_layer == 3 else None)
+        with torch.no_grad():
+            got = model(ids).logits
+            assert torch.equal(got, want), f"{family} {dtype} prefill at {slots} slots: {(got - want).abs().max()}"
+            out = model.generate(ids, max_new_tokens=6, do_sample=False)
+        assert out.tolist() == steps.tolist(), f"{family} {dtype} decode at {slots} slots"
+        if slots_per_layer == "all":
+            s = stats(model)
+            assert s.hits + s.misses == s.lookups and s.misses <= L * E  # everything fits: only cold misses
+        close(model)
+
+
+CONFIGS = [  # (policy, scope, budget kwargs, prefetch)
+    ("lru", "global", {"budget_slots": 6}, None),
+    ("lru", "layer", {"budget_slots": 8}, "previous"),
+    ("lfu", "global", {"budget_x": 1.5}, "frequency"),
+    ("fifo", "layer", {"budget_slots": 12}, "stale-gate"),
+    ("lfu-decay", "global", {"budget_mib": 0.03}, "previous"),
+    ("gdsf", "global", {"budget_slots": 10}, None),
+    ("random", "layer", {"budget_slots": 8}, "frequency"),
+    ("hyperbolic", "global", {"budget_slots": 7}, "stale-gate"),
+]
+
+
+@pytest.mark.parametrize("policy,scope,budget,prefetch", CONFIGS)
+def test_counters_equal_the_replay_of_the_runs_trace(policy, scope, budget, prefetch, checkpoints, tmp_path):
+    """Two prompts (two sequences) through one cache, prefill batches larger than the budget."""
+    path = checkpoints("qwen3_moe")
+    trace = tmp_path / "run.trace"
+    model = offload(path, policy=policy, scope=scope, prefetch=prefetch, trace=trace, **budget)
+    for seed in (0, 1):
+        model.generate(prompt(20, seed), max_new_tokens=10, do_sample=False)
+    got = stats(model).to_json()
+    close(model)
+    replay = ec.simulate(trace, policy, scope, prefetch=prefetch, accounting="strict", **budget).to_json()
+    for key in ("lookups", "hits", "decode_lookups", "decode_hits", "bytes_read"):
+        assert got[key] == replay[key], key
+    assert got["lookups"] > got["hits"] > 0
+    if prefetch is not None:
+        assert got["prefetch"]["issued"] > 0
+        for key in ("issued", "used", "wasted"):
+            assert got["prefetch"][key] == replay["prefetch"][key], key
+
+
+def test_sampling_generates_and_counts(checkpoints):
+    model = offload(checkpoints("olmoe"), budget_slots=4)
+    torch.manual_seed(0)
+    out = model.generate(prompt(6), max_new_tokens=5, do_sample=True, temperature=0.8)
+    assert out.shape == (1, 11)
+    assert stats(model).decode_lookups == 5 * 2 * 2 - 2 * 2  # 4 decode forwards x 2 layers x k=2
+    close(model)
+
+
+def test_experts_never_materialized_and_cache_bounded(checkpoints):
+    path = checkpoints("qwen3_moe")
+    model = offload(path, budget_slots=4, scope="global")
+    experts = [p for n, p in model.named_parameters() if ".experts." in n]
+    assert experts and all(p.device.type == "meta" for p in experts)
+    s = stats(model)
+    assert s.memory["slots"] == 4
+    assert s.memory["cache_bytes"] == 4 * model._expertcache_runtime.ckpt.info.expert_bytes[0]
+    close(model)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"budget_slots": 3}, "one layer call needs 4 experts"),
+    ({"budget_slots": 8, "policy": "belady"}, "online policy"),
+    ({"budget_slots": 8, "prefetch": "oracle"}, "the runtime prefetches with"),
+    ({"budget_slots": 8, "slow_tier": "tape"}, "unknown slow tier"),
+    ({"budget_slots": 8, "device": "cuda"}, "cuda"),
+    ({}, "exactly one budget"),
+])
+def test_bad_settings_are_one_line_errors(kwargs, message, checkpoints):
+    if kwargs.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ExpertcacheError, match=message):
+        offload(checkpoints("qwen3_moe"), **kwargs)
+
+
+def test_damaged_checkpoints_are_one_line_errors(checkpoints, tmp_path):
+    import shutil
+
+    good = checkpoints("qwen3_moe")
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    weights = bad / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ExpertcacheError, match="truncated"):
+        offload(bad, budget_slots=8)
+    weights.write_bytes(b"\x00" * 16)
+    with pytest.raises(ExpertcacheError, match="safetensors"):
+        offload(bad, budget_slots=8)
+    weights.unlink()
+    with pytest.raises(ExpertcacheError, match="no safetensors"):
+        offload(bad, budget_slots=8)
+    with pytest.raises(ExpertcacheError, match="does not exist"):
+        offload(tmp_path / "nowhere", budget_slots=8)
+
+
+def test_unsupported_family_is_a_one_line_error(tmp_path):
+    build_tiny_model("llama4_text", tmp_path / "llama4")
+    with pytest.raises(ExpertcacheError, match="outside transformers' experts registry"):
+        offload(tmp_path / "llama4", budget_slots=8)
