@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ExpertcacheError
 from .policies import Policy, resolve_policy
-from .simulate import simulate
+from .simulate import check_accounting, simulate
 from .stream import LookupStream, build_stream
 
 __all__ = ["Advice", "recommend_budget"]
@@ -23,6 +23,7 @@ class Advice:
     budget_bytes: int | None
     budget_slots: int | None
     hit_rate: float
+    accounting: str  # "published" (SPEC §4) or "strict" (§4b), as in simulate
     curve: list[tuple[float, float]] = field(default_factory=list)  # (budget_x, hit rate) explored
 
     def to_json(self) -> dict:
@@ -30,21 +31,23 @@ class Advice:
 
 
 def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.9, scope: str = "global", *,
-                     stream: LookupStream | None = None) -> Advice:
+                     stream: LookupStream | None = None, accounting: str = "published") -> Advice:
     """Smallest budget (multiple of the active experts, to 1 % of a cycle) reaching `fraction`
-    of the best achievable hit rate of `policy`. Pass `stream=build_stream(trace)` to reuse one."""
+    of the best achievable hit rate of `policy`, every replay under `accounting` (see `simulate`).
+    Pass `stream=build_stream(trace)` to reuse one."""
+    check_accounting(accounting)
     if not 0 < fraction <= 1:
         raise ExpertcacheError(f"fraction must be in (0, 1], got {fraction}")
     policy, scope = resolve_policy(policy, scope)
     stream = build_stream(trace) if stream is None else stream
     full_x = trace.num_experts / trace.top_k  # every expert of every layer fits
-    best = simulate(trace, policy, scope, budget_x=full_x, stream=stream).hit_rate
+    best = simulate(trace, policy, scope, budget_x=full_x, stream=stream, accounting=accounting).hit_rate
     target = fraction * best
     curve = {}
 
     def rate(x):
         if x not in curve:
-            curve[x] = simulate(trace, policy, scope, budget_x=x, stream=stream).hit_rate
+            curve[x] = simulate(trace, policy, scope, budget_x=x, stream=stream, accounting=accounting).hit_rate
         return curve[x]
 
     ladder = [x for x in (0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if x < full_x] + [full_x]
@@ -53,6 +56,6 @@ def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.
     while hi - lo > 0.01:  # bisection: hit rates rise with the budget for the policies we ship
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if rate(mid) >= target else (mid, hi)
-    r = simulate(trace, policy, scope, budget_x=hi, stream=stream)
+    r = simulate(trace, policy, scope, budget_x=hi, stream=stream, accounting=accounting)
     return Advice(policy.name, scope, fraction, best, hi, r.budget_bytes, r.budget_slots, r.hit_rate,
-                  sorted(curve.items()))
+                  accounting, sorted(curve.items()))

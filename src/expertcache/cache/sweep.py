@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import ExpertcacheError
 from .budget import MIB
 from .policies import resolve_policy
+from .simulate import check_accounting, simulate
 from .stream import build_stream
 from .throughput import HardwareProfile, predict_throughput
 
@@ -23,12 +24,10 @@ _WORKER = {}  # the trace and its stream, inherited by forked workers
 
 
 def _row(task) -> dict:
-    from .simulate import simulate
-
     policy, scope, budget, unit = task
     trace, stream, profile = _WORKER["trace"], _WORKER["stream"], _WORKER["profile"]
     kw = {f"budget_{unit}": budget}
-    r = simulate(trace, policy, scope, stream=stream, **kw)
+    r = simulate(trace, policy, scope, stream=stream, accounting=_WORKER["accounting"], **kw)
     row = {"policy": r.policy, "scope": r.scope, "budget": budget, "budget_unit": unit,
            "budget_bytes": r.budget_bytes, "budget_slots": r.budget_slots, **{
                k: v for k, v in r.to_json().items() if k not in ("policy", "scope", "budget_bytes", "prefetch")}}
@@ -40,16 +39,19 @@ def _row(task) -> dict:
 
 
 def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), profile: HardwareProfile | None = None,
-          workers: int | None = None, progress=None, into: list | None = None) -> list[dict]:
-    """One row per (policy, scope, budget), in grid order. `progress(done, total)` is called as
-    rows finish; rows are also appended to `into` as they come, so an interrupted sweep keeps them."""
+          workers: int | None = None, progress=None, into: list | None = None, accounting: str = "published") -> list[dict]:
+    """One row per (policy, scope, budget), in grid order, each replayed with `accounting`
+    ("published" or "strict", see `simulate`; the rows' `accounting` column). `progress(done, total)`
+    is called as rows finish; rows are also appended to `into` as they come, so an interrupted
+    sweep keeps them."""
+    check_accounting(accounting)
     if unit not in BUDGET_UNITS:
         raise ExpertcacheError(f"budget unit must be one of {', '.join(BUDGET_UNITS)}")
     if not policies or not budgets:
         raise ExpertcacheError("give at least one policy and one budget")
     tasks = [(*resolve_policy(p, s), float(b) if unit != "slots" else int(b), unit)
              for p in policies for s in scopes for b in budgets]
-    _WORKER.update(trace=trace, stream=build_stream(trace), profile=profile)
+    _WORKER.update(trace=trace, stream=build_stream(trace), profile=profile, accounting=accounting)
     rows = [] if into is None else into
     rows.append(_row(tasks[0]))  # fail fast on a bad configuration, and compile before forking
     workers = min(workers or os.cpu_count() or 1, len(tasks) - 1)

@@ -26,6 +26,14 @@ def _size(n: int) -> str:
 
 AsDecode = Annotated[bool, typer.Option(
     "--as-decode", help="replay every token as a decode step (e.g. a teacher-forced corpus trace, all prefill)")]
+Accounting = Annotated[str, typer.Option(
+    help="published (SPEC 4: a batch that does not fit sits over budget until a later one evicts; the published "
+         "replays) or strict (SPEC 4b, the runtime's rule: never over budget, such a batch is computed in chunks)")]
+
+
+def _label(r) -> str:
+    """"global" / "layer", with ", strict" under strict accounting."""
+    return r.scope if r.accounting == "published" else f"{r.scope}, {r.accounting}"
 
 
 def _open(path: Path, as_decode: bool):
@@ -55,6 +63,7 @@ def simulate_command(
     breakdown: Annotated[Optional[Path], typer.Option(help="write per-layer, per-phase and per-step CSVs into this directory")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
     as_decode: AsDecode = False,
+    accounting: Accounting = "published",
 ) -> None:
     """Replay a trace through one cache configuration (engine accounting)."""
     from ..cache import PrefetchConfig, simulate
@@ -64,7 +73,8 @@ def simulate_command(
     if prefetch is not None:
         config = PrefetchConfig(PrefetchConfig.of(prefetch).prefetcher, prefetch_count, prefetch_distance, prefetch_reserve)
     hw = _profile(profile)
-    result = simulate(_open(trace, as_decode), policy, scope, budget_mib, budget_slots, budget_x, config, shares=shares)
+    result = simulate(_open(trace, as_decode), policy, scope, budget_mib, budget_slots, budget_x, config, shares=shares,
+                      accounting=accounting)
     for w in result.warnings:
         _err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
     out = result.to_json()
@@ -76,7 +86,7 @@ def simulate_command(
         print(json.dumps(out))
         return
     budget = _size(out["budget_bytes"]) if out["budget_bytes"] is not None else f"{result.budget_slots} slots"
-    print(f"{out['policy']} ({out['scope']}), budget {budget}: hit rate {100 * out['hit_rate']:.2f} % "
+    print(f"{out['policy']} ({_label(result)}), budget {budget}: hit rate {100 * out['hit_rate']:.2f} % "
           f"({out['hits']}/{out['lookups']}), decode {100 * out['decode_hit_rate']:.2f} %")
     if out["bytes_read"] is not None:
         print(f"read {_size(out['bytes_read'])}")
@@ -111,6 +121,7 @@ def sweep_command(
     profile: Annotated[Optional[Path], typer.Option(help="hardware profile JSON: adds tokens/s columns")] = None,
     workers: Annotated[Optional[int], typer.Option(help="processes (default: all cores)")] = None,
     as_decode: AsDecode = False,
+    accounting: Accounting = "published",
 ) -> None:
     """Hit rates (and bytes, throughput) for every policy x budget, written as a table and a plot."""
     from ..cache.sweep import sweep, write_sweep
@@ -127,7 +138,8 @@ def sweep_command(
             task = bar.add_task("simulating", total=None)
             sweep(t, [p.strip() for p in policies.split(",") if p.strip()], values, unit=unit,
                   scopes=tuple(s.strip() for s in scopes.split(",") if s.strip()), profile=hw, workers=workers,
-                  progress=lambda done, total: bar.update(task, completed=done, total=total), into=rows)
+                  progress=lambda done, total: bar.update(task, completed=done, total=total), into=rows,
+                  accounting=accounting)
     except KeyboardInterrupt:
         if rows:  # keep what finished
             write_sweep(rows, out, title=t.model.name)
@@ -177,18 +189,19 @@ def advise_command(
     fraction: Annotated[float, typer.Option(help="share of the best achievable hit rate to reach")] = 0.9,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     as_decode: AsDecode = False,
+    accounting: Accounting = "published",
 ) -> None:
     """Smallest cache budget reaching a fraction of the best achievable hit rate."""
     from ..cache import cycle_size, recommend_budget
 
     t = _open(trace, as_decode)
-    advice = recommend_budget(t, policy, fraction, scope)
+    advice = recommend_budget(t, policy, fraction, scope, accounting=accounting)
     if as_json:
         print(json.dumps(advice.to_json()))
         return
     slots, nbytes = cycle_size(t.model)
     size = _size(advice.budget_bytes) if advice.budget_bytes is not None else f"{advice.budget_slots} slots"
-    print(f"{advice.policy} ({advice.scope}): {advice.budget_x:.2f}x the active experts = {size} reaches "
+    print(f"{advice.policy} ({_label(advice)}): {advice.budget_x:.2f}x the active experts = {size} reaches "
           f"{100 * advice.hit_rate:.1f} % (best {100 * advice.best_hit_rate:.1f} %, target {100 * fraction:.0f} % of it)")
     cycle = _size(nbytes) if nbytes is not None else f"{slots} slots"
     print(f"one token cycle needs {cycle}: a global cache below it gets no LRU hits")
