@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import ExpertcacheError
 from .capture_commands import quiet_transformers, report_capture
 
 
@@ -33,6 +36,7 @@ def demo(
     trace = result.load()
     print_summary(summarize(trace))
     print_outlook(outlook(trace))
+    print_offloaded_run(out, trace)
 
 
 def print_outlook(o) -> None:
@@ -48,6 +52,24 @@ def print_outlook(o) -> None:
     console.print(f"smallest global LRU cache reaching 90 % of the best hit rate: {o.recommended_x:g}x the active "
                   f"experts ({o.recommended_hit_rate:.1%} hits)")
     console.print("next: `expertcache analyze`, `expertcache sweep`, `expertcache trace YOUR_MODEL --corpus demo ...`")
+
+
+def print_offloaded_run(out: Path, trace) -> None:
+    """The runtime on the demo model at 1x the active experts: exact tokens, hit rate as simulated."""
+    from ..runtime.run import verify
+
+    prompt = [int(t) for t in np.asarray(trace.tokens[trace.sequence(0)])[:32]]
+    v = verify(out / "model", prompt, 24, out / "offloaded-run.trace", budget_x=1.0, policy="lru", prefetch="previous")
+    console = Console()
+    s = v.stats
+    console.print(f"offloaded run, experts cached at 1x the active experts ({s.memory['slots']} of "
+                  f"{trace.model.num_moe_layers * max(trace.model.num_experts)} experts, LRU, previous-token prefetch):")
+    console.print(f"  {v.tokens} tokens generated, {'the same' if v.same_tokens else 'NOT the same'} as the plain model's; "
+                  f"hit rate {v.measured_hit_rate:.1%} measured, {v.simulated_hit_rate:.1%} simulated on the run's trace"
+                  f"{'' if v.measured_hit_rate == v.simulated_hit_rate else ' (MISMATCH)'}")
+    if not v.same_tokens or v.measured_hit_rate != v.simulated_hit_rate:
+        raise ExpertcacheError("the offloaded run disagrees with the plain model or the simulator; please report it")
+    console.print("  try: expertcache run " + str(out / "model") + " --prompt 'def main():' --budget-x 1 --generate 32")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,87 @@
+"""`expertcache run`: generate text with the experts in a bounded cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ExpertcacheError
+from .cache_commands import _size
+
+
+def run_command(
+    model: Annotated[str, typer.Argument(help="hub id or local model folder (safetensors weights)")],
+    prompt: Annotated[Optional[str], typer.Option(help="prompt text")] = None,
+    prompt_file: Annotated[Optional[Path], typer.Option(help="read the prompt from this file")] = None,
+    generate: Annotated[int, typer.Option(help="tokens to generate")] = 32,
+    budget_mib: Annotated[Optional[float], typer.Option(help="expert cache budget in MiB")] = None,
+    budget_slots: Annotated[Optional[int], typer.Option(help="expert cache budget in experts")] = None,
+    budget_x: Annotated[Optional[float], typer.Option(help="budget as a multiple of the active experts (k per MoE layer)")] = None,
+    policy: Annotated[str, typer.Option(help="cache policy: lru, fifo, lfu, lfu-decay, gdsf, hyperbolic, random")] = "lru",
+    scope: Annotated[str, typer.Option(help="global (one pool) or layer (one pool per MoE layer)")] = "global",
+    prefetch: Annotated[Optional[str], typer.Option(help="prefetcher: previous, frequency or stale-gate")] = None,
+    device: Annotated[str, typer.Option(help="where the cache lives and experts compute: cpu or cuda")] = "cpu",
+    slow_tier: Annotated[Optional[str], typer.Option(help="where uncached experts live: disk or ram (default: disk on cpu, ram on cuda)")] = None,
+    trace: Annotated[Optional[Path], typer.Option(help="record the run's routing here (replay it with simulate --accounting strict)")] = None,
+    sample: Annotated[bool, typer.Option(help="sample instead of greedy decoding")] = False,
+    temperature: Annotated[float, typer.Option(help="sampling temperature")] = 1.0,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    raw: Annotated[bool, typer.Option("--raw", help="do not apply the model's chat template")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
+) -> None:
+    """Generate with the routed experts in a bounded cache (exact outputs; counters equal `simulate`'s)."""
+    from ..runtime.run import run
+    from .capture_commands import quiet_transformers
+
+    if (prompt is None) == (prompt_file is None):
+        raise ExpertcacheError("give exactly one of --prompt and --prompt-file")
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ExpertcacheError(f"{prompt_file} is not UTF-8 text") from None
+    quiet_transformers()
+    result = run(model, prompt, generate, sample=sample, temperature=temperature, seed=seed, chat=not raw,
+                 budget_mib=budget_mib, budget_slots=budget_slots, budget_x=budget_x, policy=policy, scope=scope,
+                 prefetch=prefetch, device=device, slow_tier=slow_tier, trace=trace)
+    if as_json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(result.text)
+        print_run_summary(result.stats, trace)
+    if result.interrupted:
+        print("interrupted: the tokens so far are shown" + (f"; the trace in {trace} is complete up to them" if trace else ""),
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def print_run_summary(s, trace: Optional[Path] = None) -> None:
+    t, m = s.timings, s.memory
+    table = Table("", "value", title="offloaded run", title_justify="left")
+    budget = _size(s.budget_bytes) if s.budget_bytes is not None else f"{s.budget_slots} experts"
+    table.add_row("cache", f"{s.policy} ({s.scope}), budget {budget} = {m['slots']} slots on {m['fast_device']}")
+    for phase in ("prefill", "decode"):
+        rate = t[f"{phase}_tokens_per_s"]
+        table.add_row(f"{phase} tokens/s", "-" if rate is None else f"{rate:.1f} ({t[phase + '_tokens']} tokens)")
+    table.add_row("hit rate", f"{s.hit_rate:.1%} ({s.hits}/{s.lookups}); decode {s.decode_hit_rate:.1%}")
+    table.add_row("bytes read", _size(s.bytes_read))
+    if s.prefetch is not None:
+        p = s.prefetch
+        table.add_row("prefetch", f"{p['name']}: issued {p['issued']}, used {p['used']}, wasted {p['wasted']}")
+    table.add_row("fast tier", f"{_size(m['non_expert_bytes'])} non-expert weights + {_size(m['cache_bytes'])} expert cache")
+    table.add_row("slow tier", f"{_size(m['slow_tier_bytes'])} of experts ({m['slow_tier']})")
+    table.add_row("peak RSS", _size(m["peak_rss_bytes"]))
+    console = Console(stderr=True)
+    console.print(table)
+    if trace is not None:
+        console.print(f"routing -> {trace} (check: expertcache simulate {trace} --accounting strict --policy {s.policy} ...)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)

@@ -1,0 +1,106 @@
+"""`run`: load a model offloaded, generate from one prompt, and say what the cache did.
+
+The whole run in one call for the command line and the demo: the model's own tokenizer and
+chat template, greedy or sampled decoding, a clean stop on Ctrl-C that keeps the trace valid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ExpertcacheError
+from .offload import OffloadStats, close, offload, stats
+
+__all__ = ["RunResult", "run"]
+
+
+@dataclass
+class RunResult:
+    text: str  # the generated continuation
+    token_ids: list[int]  # prompt + generated
+    stats: OffloadStats
+    interrupted: bool = False
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "interrupted": self.interrupted, **self.stats.to_json()}
+
+
+def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = False, temperature: float = 1.0,
+        seed: int = 0, chat: bool = True, **offload_options) -> RunResult:
+    """Generate `generate` tokens after `prompt` with the experts offloaded (see `offload`)."""
+    import transformers
+
+    if generate < 1:
+        raise ExpertcacheError(f"--generate must be >= 1, got {generate}")
+    if sample and not temperature > 0:
+        raise ExpertcacheError(f"--temperature must be > 0 when sampling, got {temperature}")
+    offloaded = offload(model, **offload_options)
+    interrupted = False
+    try:
+        folder = offloaded._expertcache_runtime.ckpt.name
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ExpertcacheError(f"no usable tokenizer in {model}: {str(e).splitlines()[0]}") from None
+        if chat and getattr(tokenizer, "chat_template", None):
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True)["input_ids"]
+        else:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        if ids.shape[1] == 0:
+            raise ExpertcacheError("the prompt is empty after tokenization")
+        torch.manual_seed(seed)
+        out = ids
+        options = dict(max_new_tokens=generate, min_new_tokens=generate, do_sample=sample,
+                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        if sample:
+            options["temperature"] = temperature
+        try:
+            with torch.no_grad():
+                out = offloaded.generate(ids, **options)
+        except KeyboardInterrupt:
+            interrupted = True
+        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return RunResult(text, out[0].tolist(), stats(offloaded), interrupted)
+    finally:
+        close(offloaded)
+
+
+@dataclass
+class Verification:
+    """An offloaded run checked against the plain model and against the simulator."""
+
+    tokens: int
+    same_tokens: bool
+    measured_hit_rate: float
+    simulated_hit_rate: float
+    stats: OffloadStats
+
+
+def verify(model: str | os.PathLike, prompt_ids: list[int], generate: int, trace: str | os.PathLike,
+           **offload_options) -> Verification:
+    """Greedy-generate with the experts offloaded and with the plain model (same experts
+    implementation), then replay the run's trace in `simulate` under strict accounting."""
+    import transformers
+
+    from ..cache.simulate import simulate
+
+    ids = torch.tensor([prompt_ids])
+    plain = transformers.AutoModelForCausalLM.from_pretrained(model, experts_implementation="eager").eval()
+    with torch.no_grad():
+        want = plain.generate(ids, max_new_tokens=generate, min_new_tokens=generate, do_sample=False)
+    del plain
+    offloaded = offload(model, trace=trace, **offload_options)
+    try:
+        with torch.no_grad():
+            got = offloaded.generate(ids, max_new_tokens=generate, min_new_tokens=generate, do_sample=False)
+        s = stats(offloaded)
+    finally:
+        close(offloaded)
+    budget = {k: offload_options[k] for k in ("budget_mib", "budget_slots", "budget_x") if offload_options.get(k) is not None}
+    replay = simulate(trace, offload_options.get("policy", "lru"), offload_options.get("scope", "global"),
+                      prefetch=offload_options.get("prefetch"), accounting="strict", **budget)
+    return Verification(generate, got.tolist() == want.tolist(), s.hit_rate, replay.hit_rate, s)
