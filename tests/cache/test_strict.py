@@ -133,15 +133,12 @@ def lookup_batches(sequences, phases, L):
     return batches
 
 
-def strict_lru_reference(batches, budget, scope, L, new_chunk_when_full=False):
+def strict_lru_reference(batches, budget, scope, L):
     """SPEC §4b with LRU, request by request: returns per-batch (hits, misses).
 
     Lookups refresh last use (request position) for every request; misses are loaded in lookup
     order; before each load, while the pool is full, the least recent unpinned entry is evicted;
-    when nothing is evictable, everything resolved so far is computed and unpinned.
-    `new_chunk_when_full` is another reading: once no entry outside the batch is left, every load
-    without room starts a new chunk first, even when entries computed in an earlier chunk could
-    still be evicted (what engine.py does)."""
+    when nothing is evictable, everything resolved so far is computed and unpinned."""
     share = budget if scope == "global" else budget // L
     assert share >= 1
     pool_of = (lambda key: 0) if scope == "global" else (lambda key: key[0])
@@ -158,8 +155,6 @@ def strict_lru_reference(batches, budget, scope, L, new_chunk_when_full=False):
             in_pool = {v for v in resident if pool_of(v) == pool}
             while len(in_pool) >= share:
                 evictable = in_pool - pinned
-                if new_chunk_when_full and not (evictable - set(order)):
-                    evictable = set()
                 if not evictable and pinned != set(loads[i:]):
                     pinned = set(loads[i:])  # compute every hit and loads[:i]; unpin them
                     evictable = in_pool - pinned
@@ -188,23 +183,15 @@ L_REF = 2
 BUDGETS = {"global": (1, 2, 3, 4, 5, 6), "layer": (2, 4, 6, 8)}  # per-layer shares 1 to 4
 
 
-@pytest.mark.parametrize("reading", [
-    pytest.param("spec", marks=pytest.mark.xfail(strict=True, reason=(
-        "engine.py starts a new chunk at every load without room once no entry outside the batch "
-        "is left, and may evict a loaded, not yet computed expert while one computed in an earlier "
-        "chunk stays; SPEC 4b evicts the computed one (see test_spec_evicts_a_computed_entry_"
-        "before_starting_a_new_chunk)"))),
-    "new_chunk_when_full",
-])
 @pytest.mark.parametrize("scope", ["global", "layer"])
-def test_strict_lru_equals_a_plain_reference(scope, reading):
+def test_strict_lru_equals_a_plain_reference(scope):
     L = L_REF
     too_large = set()  # budgets where some batch did not fit (so chunks happened)
     for seed in range(12):
         seqs, phases, trace = random_prefill_trace(seed, L=L)
         batches = lookup_batches(seqs, phases, L)
         for budget in BUDGETS[scope]:
-            expected = strict_lru_reference(batches, budget, scope, L, reading == "new_chunk_when_full")
+            expected = strict_lru_reference(batches, budget, scope, L)
             r = simulate(trace, "lru", scope, budget_slots=budget, accounting="strict")
             assert per_batch(r) == expected, (seed, budget)
             if max(len(set(b)) for b in batches) > budget // (L if scope == "layer" else 1):
@@ -212,7 +199,6 @@ def test_strict_lru_equals_a_plain_reference(scope, reading):
     assert too_large == set(BUDGETS[scope])
 
 
-@pytest.mark.xfail(strict=True, reason="engine.py evicts the not yet computed load 2 and keeps the computed 0")
 def test_spec_evicts_a_computed_entry_before_starting_a_new_chunk():
     # k = 1, budget 2. Sequence 1 decodes [0]. Sequence 2: a prefill pass [1], [2], [0], [3]
     # (one batch: 1, 2 misses, 0 a hit at r2, 3 a miss), then decodes [0] and [2].

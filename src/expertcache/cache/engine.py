@@ -128,33 +128,37 @@ def _drop_unused_prefetches(X, I, pool, b, num_keys):
 
 @_jit
 def _strict_chunks(I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts):
-    """§4b for a batch that does not fit: place its loads in lookup order, chunk by chunk."""
+    """§4b for a batch that does not fit: place its loads in lookup order. Before each load,
+    evict unpinned entries while there is no room; when none is left, compute everything
+    resolved so far (every hit, the loads so far), unpin it, and go on in a new chunk."""
     n = counts[N_KEYS]
     resident = X[USED, pool]  # what is physically resident before the loads: used minus the loads
     for i in range(n):
         if plan[KIND, i] != 0:
             resident -= key_cost[plan[ORDER, i]]
     chunk = 0
+    unresolved = True  # something resolved is still pinned: a new chunk would free it
     for i in range(n):
         if plan[KIND, i] == 0:
             continue
         k = plan[ORDER, i]
         c = key_cost[k]
-        if resident + c > budget[pool]:
-            chunk += 1  # compute what is resolved (every hit, the loads so far), then unpin it
-            for j in range(n):
-                if plan[KIND, j] == 0 or j < i:
-                    X[PIN, plan[ORDER, j]] = b - 1
-            while resident + c > budget[pool]:
-                v = victim(I, F, pool, X[PIN], b, X[WORK])
-                if v < 0:
-                    if _drop_unused_prefetches(X, I, pool, b, len(key_cost)):
-                        continue
-                    break  # one expert larger than the pool: refused before a run starts
+        while resident + c > budget[pool]:
+            v = victim(I, F, pool, X[PIN], b, X[WORK])
+            if v >= 0:
                 resident -= key_cost[v]
                 _evict(I, F, X, v, key_cost, key_bytes, plan, counts, chunk)
+            elif unresolved:
+                chunk += 1
+                for j in range(n):
+                    if plan[KIND, j] == 0 or j < i:
+                        X[PIN, plan[ORDER, j]] = b - 1
+                unresolved = False
+            elif not _drop_unused_prefetches(X, I, pool, b, len(key_cost)):
+                break  # one expert larger than the pool: refused before a run starts
         resident += c
         plan[CHUNK, i] = chunk
+        unresolved = True
     counts[N_CHUNKS] = chunk + 1
 
 
