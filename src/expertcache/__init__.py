@@ -6,6 +6,7 @@ The public API, by stage:
 - locality: curves, srp, analyze (more in expertcache.locality)
 - cache:    simulate, sweep, recommend_budget, predict_throughput, bench_hw (more in
             expertcache.cache)
+- runtime:  offload, stats, close
 
 Names are imported on first use, so `import expertcache` (and every CLI command) does not pay
 for torch or numba until it needs them.
@@ -38,6 +39,9 @@ _LAZY = {
     "recommend_budget": "expertcache.cache",
     "simulate": "expertcache.cache",
     "sweep": "expertcache.cache",
+    "offload": "expertcache.runtime",
+    "stats": "expertcache.runtime",
+    "close": "expertcache.runtime",
 }
 _RENAMED = {"register_policy": ("expertcache.cache", "register")}
 

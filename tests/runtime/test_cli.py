@@ -1,0 +1,59 @@
+"""`expertcache run` from the command line: text, summary, JSON contract, trace, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from expertcache.trace.corpus import demo_tokenizer
+from expertcache.trace.demo import build_tiny_model
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-c", "from expertcache.cli import main; main()", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    tokenizer = demo_tokenizer()
+    return build_tiny_model("qwen3_moe", tmp_path_factory.mktemp("m") / "model", vocab_size=len(tokenizer),
+                            tokenizer=tokenizer)
+
+
+def test_run_json_counters_equal_simulate_json(model, tmp_path):
+    trace = tmp_path / "run.trace"
+    p = cli("run", model, "--prompt", "def main():\n    return", "--generate", 8, "--budget-slots", 8,
+            "--scope", "layer", "--prefetch", "frequency", "--trace", trace, "--json")
+    assert p.returncode == 0, p.stderr
+    run = json.loads(p.stdout)
+    assert isinstance(run["text"], str) and run["timings"]["decode_tokens"] == 7
+    q = cli("simulate", trace, "--budget-slots", 8, "--scope", "layer", "--prefetch", "frequency",
+            "--accounting", "strict", "--json")
+    assert q.returncode == 0, q.stderr
+    sim = json.loads(q.stdout)
+    keys = [k for k in sim if k != "prefetch"]
+    assert {k: run[k] for k in keys} == {k: sim[k] for k in keys}
+    assert {k: run["prefetch"][k] for k in ("issued", "used", "wasted")} == \
+        {k: sim["prefetch"][k] for k in ("issued", "used", "wasted")}
+
+
+def test_run_prints_text_and_summary(model, tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("The cache")
+    p = cli("run", model, "--prompt-file", prompt, "--generate", 4, "--budget-x", 1)
+    assert p.returncode == 0, p.stderr
+    assert "hit rate" in p.stderr and "peak RSS" in p.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompt", "x", "--generate", 4, "--budget-slots", 2], "one layer call needs"),
+    (["--generate", 4, "--budget-slots", 8], "exactly one of --prompt"),
+    (["--prompt", "x", "--generate", 0, "--budget-slots", 8], "--generate must be"),
+    (["--prompt", "x", "--budget-slots", 8, "--policy", "nope"], "unknown policy"),
+])
+def test_run_errors_are_one_line(model, args, message):
+    p = cli("run", model, *args)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error:") and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
