@@ -205,8 +205,8 @@ def test_spec_evicts_a_computed_entry_before_starting_a_new_chunk():
     #   §4b: resident {0}; load 1 -> {0, 1}; 2: nothing unpinned -> compute {0, 1}, unpin, evict
     #   the LRU, 1 (r0), load 2 -> {0, 2}; 3: 0 is unpinned (computed) -> evict it, load 3 -> {2, 3}.
     #   decode [0]: miss, {2, 3, 0} -> evict 2 (r1); decode [2]: miss.
-    #   engine.py instead starts a chunk at 3, unpins 2 as well and evicts it (r1 < r2): {0, 3},
-    #   so decode [0] hits.
+    #   Starting a new chunk at 3 instead would unpin 2 as well and evict it (r1 < r2): {0, 3},
+    #   and decode [0] would hit.
     seqs = [[[[0]]], [[[1]], [[2]], [[0]], [[3]], [[0]], [[2]]]]
     phases = [[DECODE], [PREFILL] * 4 + [DECODE] * 2]
     expected = [(0, 1), (1, 3), (0, 1), (0, 1)]
