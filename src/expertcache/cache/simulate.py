@@ -19,13 +19,29 @@ from .engine import PF_BYTES
 from .replay import replay
 from .stream import LookupStream, build_stream
 
-__all__ = ["simulate", "SimulationResult", "run_stream", "ACCOUNTINGS"]
+__all__ = ["simulate", "SimulationResult", "HitCounts", "run_stream", "ACCOUNTINGS"]
 
 ACCOUNTINGS = ("published", "strict")  # SPEC §4 (the published replays) and §4b (the runtime's rule)
 
 
+class HitCounts:
+    """Rates derived from lookups/hits counts: shared by a replay's result and a live run's."""
+
+    @property
+    def misses(self) -> int:
+        return self.lookups - self.hits
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    @property
+    def decode_hit_rate(self) -> float:
+        return self.decode_hits / self.decode_lookups if self.decode_lookups else 0.0
+
+
 @dataclass(frozen=True)
-class SimulationResult:
+class SimulationResult(HitCounts):
     """Counts of one replay. Totals are attributes; breakdowns come from the per-batch arrays."""
 
     policy: str
@@ -44,18 +60,6 @@ class SimulationResult:
     batch_read: np.ndarray = field(repr=False)  # [B] bytes read by misses
     stream: LookupStream = field(repr=False)
     warnings: tuple[str, ...] = ()  # sizing problems (sizing.py), for people, not for the JSON contract
-
-    @property
-    def misses(self) -> int:
-        return self.lookups - self.hits
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
-
-    @property
-    def decode_hit_rate(self) -> float:
-        return self.decode_hits / self.decode_lookups if self.decode_lookups else 0.0
 
     def _group(self, index: np.ndarray, size: int) -> dict[str, np.ndarray]:
         lookups = np.bincount(index, self.batch_hits + self.batch_misses, size).astype(np.int64)

@@ -23,6 +23,7 @@ import torch
 
 from ..cache.budget import resolve_budget
 from ..cache.policies import resolve_policy
+from ..cache.simulate import HitCounts
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
 from .cache import ExpertCache
@@ -46,7 +47,7 @@ def _offloaded_experts(module, hidden_states, top_k_index, top_k_weights, *args,
 
 
 @dataclass
-class OffloadStats:
+class OffloadStats(HitCounts):
     """Counters of a run so far, named as in `SimulationResult` (SPEC §4b accounting)."""
 
     policy: str
@@ -62,18 +63,6 @@ class OffloadStats:
     prefetch: dict | None
     timings: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
-
-    @property
-    def misses(self) -> int:
-        return self.lookups - self.hits
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.lookups if self.lookups else 0.0
-
-    @property
-    def decode_hit_rate(self) -> float:
-        return self.decode_hits / self.decode_lookups if self.decode_lookups else 0.0
 
     def to_json(self) -> dict:
         """The keys of `simulate --json` (same order), then timings and memory."""
