@@ -53,7 +53,6 @@ class Counters:
     decode_lookups: int = 0
     decode_hits: int = 0
     bytes_read: int = 0  # misses plus prefetches
-    batches: int = 0
 
 
 class ExpertCache:
@@ -98,7 +97,6 @@ class ExpertCache:
         c.lookups += h + m
         c.hits += h
         c.bytes_read += rb
-        c.batches += 1
         if decode:
             c.decode_lookups += h + m
             c.decode_hits += h

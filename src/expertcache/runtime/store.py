@@ -48,7 +48,6 @@ class ExpertStore:
         self._master: list[list[np.ndarray]] | None = None
         if tier == "ram":
             self._master = [[self._read_master(parts_e, pin) for parts_e in layer] for layer in parts]
-        self.bytes_read = 0
 
     def _read_master(self, parts: list[ExpertPart], pin: bool) -> np.ndarray:
         buf = torch.empty(sum(p.nbytes for p in parts), dtype=torch.uint8, pin_memory=pin)
