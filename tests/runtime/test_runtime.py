@@ -35,8 +35,8 @@ def checkpoints(tmp_path_factory):
     return get
 
 
-def stock_model(path):
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, experts_implementation="eager")
+def stock_model(path, implementation):
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, experts_implementation=implementation)
     for p in model.parameters():  # stock weights are memory-mapped at unaligned addresses
         p.data = p.data.clone()
     return model.eval()
@@ -48,9 +48,10 @@ def prompt(n=14, seed=0):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_logits_bit_identical_at_every_budget(family, dtype, checkpoints, tmp_path):
+@pytest.mark.parametrize("implementation", ["grouped_mm", "eager"])
+def test_logits_bit_identical_at_every_budget(family, dtype, implementation, checkpoints, tmp_path):
     path = checkpoints(family, dtype)
-    stock = stock_model(path)
+    stock = stock_model(path, implementation)
     ids = prompt()
     info = None
     with torch.no_grad():
@@ -62,7 +63,9 @@ def test_logits_bit_identical_at_every_budget(family, dtype, checkpoints, tmp_pa
         close(model)
         L, k, E = info.num_moe_layers, info.top_k, max(info.num_experts)
         slots = {"min": k, 3: min(E, 3 * k), "all": E}[slots_per_layer] * L
-        model = offload(path, budget_slots=slots, scope="layer", prefetch="previous" if slots_per_layer == 3 else None)
+        model = offload(path, budget_slots=slots, scope="layer", prefetch="previous" if slots_per_layer == 3 else None,
+                        experts_implementation=implementation)
+        assert model._expertcache_runtime.implementation == implementation
         with torch.no_grad():
             got = model(ids).logits
             assert torch.equal(got, want), f"{family} {dtype} prefill at {slots} slots: {(got - want).abs().max()}"
@@ -120,6 +123,7 @@ def test_experts_never_materialized_and_cache_bounded(checkpoints):
     model = offload(path, budget_slots=4, scope="global")
     experts = [p for n, p in model.named_parameters() if ".experts." in n]
     assert experts and all(p.device.type == "meta" for p in experts)
+    assert model._expertcache_runtime.implementation == "grouped_mm"  # transformers' default for the plain model
     s = stats(model)
     assert s.memory["slots"] == 4
     assert s.memory["cache_bytes"] == 4 * model._expertcache_runtime.ckpt.info.expert_bytes[0]
@@ -132,6 +136,7 @@ def test_experts_never_materialized_and_cache_bounded(checkpoints):
     ({"budget_slots": 8, "prefetch": "oracle"}, "the runtime prefetches with"),
     ({"budget_slots": 8, "slow_tier": "tape"}, "unknown slow tier"),
     ({"budget_slots": 8, "device": "cuda"}, "cuda"),
+    ({"budget_slots": 8, "experts_implementation": "batched_mm"}, "grouped_mm or eager, not 'batched_mm'"),
     ({}, "exactly one budget"),
 ])
 def test_bad_settings_are_one_line_errors(kwargs, message, checkpoints):

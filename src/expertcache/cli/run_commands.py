@@ -28,6 +28,7 @@ def run_command(
     prefetch: Annotated[Optional[str], typer.Option(help="prefetcher: previous, frequency or stale-gate")] = None,
     device: Annotated[str, typer.Option(help="where the cache lives and experts compute: cpu or cuda")] = "cpu",
     slow_tier: Annotated[Optional[str], typer.Option(help="where uncached experts live: disk or ram (default: disk on cpu, ram on cuda)")] = None,
+    experts_implementation: Annotated[Optional[str], typer.Option(help="grouped_mm or eager (default: the one transformers picks for the plain model)")] = None,
     trace: Annotated[Optional[Path], typer.Option(help="record the run's routing here (replay it with simulate --accounting strict)")] = None,
     sample: Annotated[bool, typer.Option(help="sample instead of greedy decoding")] = False,
     temperature: Annotated[float, typer.Option(help="sampling temperature")] = 1.0,
@@ -49,7 +50,8 @@ def run_command(
     quiet_transformers()
     result = run(model, prompt, generate, sample=sample, temperature=temperature, seed=seed, chat=not raw,
                  budget_mib=budget_mib, budget_slots=budget_slots, budget_x=budget_x, policy=policy, scope=scope,
-                 prefetch=prefetch, device=device, slow_tier=slow_tier, trace=trace)
+                 prefetch=prefetch, device=device, slow_tier=slow_tier, trace=trace,
+                 experts_implementation=experts_implementation)
     if as_json:
         print(json.dumps(result.to_json()))
     else:
@@ -66,6 +68,7 @@ def print_run_summary(s, trace: Optional[Path] = None) -> None:
     table = Table("", "value", title="offloaded run", title_justify="left")
     budget = _size(s.budget_bytes) if s.budget_bytes is not None else f"{s.budget_slots} experts"
     table.add_row("cache", f"{s.policy} ({s.scope}), budget {budget} = {m['slots']} slots on {m['fast_device']}")
+    table.add_row("experts computed with", s.experts_implementation)
     for phase in ("prefill", "decode"):
         rate = t[f"{phase}_tokens_per_s"]
         table.add_row(f"{phase} tokens/s", "-" if rate is None else f"{rate:.1f} ({t[phase + '_tokens']} tokens)")

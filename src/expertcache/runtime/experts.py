@@ -1,18 +1,26 @@
 """Computing a layer's routed experts from cache slots, bit-identical to the stock model.
 
-The offloaded experts implementation is registered in transformers' experts registry. It runs
-the experts module's own (stock, eager) forward on a *slot view*: an object that answers like
-the module, except that its expert parameters index the cache's slot pool through the
-expert -> slot map, so `gate_up_proj[e]` is expert e's slot. The stock loop thus computes the
-same rows, in the same order, with the same weights, at the same alignment.
+The offloaded experts implementation is registered in transformers' experts registry and
+computes with the implementation the plain model would use (transformers' default,
+`grouped_mm`, or `eager`), on *views* that answer like the experts module except that expert
+parameters come from the cache's slot pools:
 
-A call whose experts do not all fit (strict capacity) is computed expert by expert: each
-expert's contribution comes from the stock forward over just its tokens, with every other
-expert of those tokens mapped to the all-zero slot (contributing exactly +0), and the
-contributions are summed at the end in ascending expert id, the stock order. Slower (about k
-times the work of those tokens) but exact, and only prefill calls larger than the cache take it.
+- grouped_mm: the view's parameters are the whole pools [S + 1, ...] and the routed expert ids
+  are replaced by their slot ids. Every (token, expert) row is computed from its group's rows
+  alone and rows are summed over k in routing order, so renaming the groups changes nothing.
+- eager: the view's `param[e]` is expert e's slot, so the stock loop visits the same experts in
+  the same (ascending id) order with the same weights.
 
-Shape key: T tokens of the call, H hidden size, K top-k, E experts of the layer.
+A call whose experts do not all fit (strict capacity) is computed chunk by chunk, each chunk
+once its experts are resident, then combined in the stock order:
+- grouped_mm: each chunk computes its (token, expert) rows with k = 1 and a float32 input
+  (cast back to the weights' dtype inside the kernel, so the same bits); the rows are summed
+  over k at the end, exactly as the stock function does.
+- eager: each expert's contribution is the stock forward over its tokens with every other
+  expert mapped to the all-zero slot (adding exactly +0); contributions are summed at the end
+  in ascending expert id. About k times the work of those tokens, but exact.
+
+Shape key: T tokens of the call, H hidden size, K top-k, E experts of the layer, S slots.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["SlotView", "stock_forward", "compute_chunked"]
+__all__ = ["IMPLEMENTATIONS", "SlotCompute", "slot_compute"]
+
+IMPLEMENTATIONS = ("grouped_mm", "eager")
 
 
 class _ExpertRows:
@@ -35,41 +45,92 @@ class _ExpertRows:
         return self.pool[int(self.slot_of[int(expert)])]
 
 
-class SlotView:
-    """Stands in for an experts module inside its own forward: expert parameters come from slots."""
+class _View:
+    """Stands in for an experts module inside an experts function; `overrides` replace attributes."""
 
-    def __init__(self, module: torch.nn.Module, slots: dict[str, torch.Tensor], slot_of: np.ndarray):
+    def __init__(self, module: torch.nn.Module, overrides: dict):
         object.__setattr__(self, "_module", module)
-        for name, pool in slots.items():
-            object.__setattr__(self, name, _ExpertRows(pool, slot_of))
+        for name, value in overrides.items():
+            object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
         return getattr(self._module, name)
 
 
-def stock_forward(module: torch.nn.Module):
+class SlotCompute:
+    """One experts implementation over the cache's slot pools: whole calls and chunked ones."""
+
+    def __init__(self, slots: dict[str, torch.Tensor], zero_slot: int):
+        self.slots, self.zero_slot = slots, zero_slot
+
+    def whole(self, module, layer_slots: np.ndarray, hidden, top_k_index, top_k_weights) -> torch.Tensor:
+        """The call's output, all its experts resident. layer_slots: [E] expert -> slot."""
+        raise NotImplementedError
+
+    def chunked(self, module, layer_slots: np.ndarray, chunks, hidden, top_k_index, top_k_weights) -> torch.Tensor:
+        """The call's output, computed as `chunks` yields the experts made resident for each chunk."""
+        raise NotImplementedError
+
+
+class GroupedCompute(SlotCompute):
+    def _view(self, module):
+        return _View(module, {**self.slots, "num_experts": self.zero_slot + 1})
+
+    def _slot_ids(self, layer_slots, expert_ids: torch.Tensor) -> torch.Tensor:
+        ids = torch.from_numpy(layer_slots[expert_ids.cpu().numpy()])
+        return ids.to(expert_ids.device)
+
+    def whole(self, module, layer_slots, hidden, top_k_index, top_k_weights):
+        from transformers.integrations.moe import grouped_mm_experts_forward
+
+        return grouped_mm_experts_forward(self._view(module), hidden, self._slot_ids(layer_slots, top_k_index),
+                                          top_k_weights)
+
+    def chunked(self, module, layer_slots, chunks, hidden, top_k_index, top_k_weights):
+        from transformers.integrations.moe import grouped_mm_experts_forward
+
+        T, K = top_k_index.shape
+        expert_of_row = top_k_index.reshape(-1)  # [T * K]
+        row_weights = top_k_weights.reshape(-1, 1)
+        rows = torch.empty((T * K, hidden.shape[-1]), dtype=torch.float32, device=hidden.device)
+        view = self._view(module)
+        for experts in chunks:
+            mine = torch.isin(expert_of_row, torch.tensor(experts, device=expert_of_row.device)).nonzero().squeeze(-1)
+            slot_ids = self._slot_ids(layer_slots, expert_of_row[mine]).unsqueeze(-1)  # [P, 1]
+            rows[mine] = grouped_mm_experts_forward(view, hidden[mine // K].float(), slot_ids, row_weights[mine])
+        weighted = torch.promote_types(next(iter(self.slots.values())).dtype, top_k_weights.dtype)
+        return rows.to(weighted).view(T, K, -1).sum(dim=1).to(hidden.dtype)
+
+
+class EagerCompute(SlotCompute):
+    def _view(self, module, layer_slots):
+        return _View(module, {name: _ExpertRows(pool, layer_slots) for name, pool in self.slots.items()})
+
+    def whole(self, module, layer_slots, hidden, top_k_index, top_k_weights):
+        return _eager(module)(self._view(module, layer_slots), hidden, top_k_index, top_k_weights)
+
+    def chunked(self, module, layer_slots, chunks, hidden, top_k_index, top_k_weights):
+        forward = _eager(module)
+        ids = top_k_index.reshape(-1, top_k_index.shape[-1])  # [T, K]
+        parts = {}
+        for experts in chunks:
+            for e in experts:
+                rows = (ids == e).any(dim=-1).nonzero().squeeze(-1)  # ascending tokens
+                only = np.full_like(layer_slots, self.zero_slot)
+                only[e] = layer_slots[e]
+                parts[e] = (rows, forward(self._view(module, only), hidden[rows], top_k_index[rows],
+                                          top_k_weights[rows]))
+        out = torch.zeros_like(hidden)
+        for e in sorted(parts):
+            rows, part = parts[e]
+            out.index_add_(0, rows, part)
+        return out
+
+
+def _eager(module: torch.nn.Module):
     """The module's own forward, under the registry's dispatch (its eager implementation)."""
     return type(module).forward.__wrapped__
 
 
-def compute_chunked(forward, module, slots, layer_slots: np.ndarray, zero_slot: int, chunks, hidden: torch.Tensor,
-                    top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
-    """Exact output of a call computed chunk by chunk.
-
-    `chunks` yields, per chunk and once its experts are resident, the experts it computes.
-    layer_slots: [E] the cache's expert -> slot map for this layer (read as chunks go).
-    """
-    ids = top_k_index.reshape(-1, top_k_index.shape[-1])  # [T, K]
-    parts = {}
-    for experts in chunks:
-        for e in experts:
-            rows = (ids == e).any(dim=-1).nonzero().squeeze(-1)  # ascending tokens
-            only = np.full_like(layer_slots, zero_slot)
-            only[e] = layer_slots[e]
-            view = SlotView(module, slots, only)
-            parts[e] = (rows, forward(view, hidden[rows], top_k_index[rows], top_k_weights[rows]))
-    out = torch.zeros_like(hidden)
-    for e in sorted(parts):
-        rows, part = parts[e]
-        out.index_add_(0, rows, part)
-    return out
+def slot_compute(implementation: str, slots: dict[str, torch.Tensor], zero_slot: int) -> SlotCompute:
+    return {"grouped_mm": GroupedCompute, "eager": EagerCompute}[implementation](slots, zero_slot)

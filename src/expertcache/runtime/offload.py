@@ -27,7 +27,7 @@ from ..cache.simulate import HitCounts
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
 from .cache import ExpertCache
-from .experts import SlotView, compute_chunked, stock_forward
+from .experts import IMPLEMENTATIONS, slot_compute
 from .loading import LoadedCheckpoint, load_checkpoint
 from .prefetchers import online_prefetcher
 from .store import TIERS, ExpertStore
@@ -61,24 +61,27 @@ class OffloadStats(HitCounts):
     decode_hits: int
     bytes_read: int
     prefetch: dict | None
+    experts_implementation: str
     timings: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        """The keys of `simulate --json` (same order), then timings and memory."""
+        """The keys of `simulate --json` (same order), then how experts were computed, timings and memory."""
         return {"policy": self.policy, "scope": self.scope, "accounting": self.accounting,
                 "budget_bytes": self.budget_bytes, "lookups": self.lookups, "hits": self.hits,
                 "hit_rate": self.hit_rate, "decode_lookups": self.decode_lookups, "decode_hits": self.decode_hits,
                 "decode_hit_rate": self.decode_hit_rate, "bytes_read": self.bytes_read, "prefetch": self.prefetch,
-                "timings": self.timings, "memory": self.memory}
+                "experts_implementation": self.experts_implementation, "timings": self.timings, "memory": self.memory}
 
 
 class Runtime:
     """Everything one offloaded model needs: cache, store, prefetcher, trace recording, timing."""
 
     def __init__(self, ckpt: LoadedCheckpoint, cache: ExpertCache, store: ExpertStore, policy_name: str, scope: str,
-                 prefetch: str | None, trace_path, slow_tier: str):
+                 prefetch: str | None, trace_path, slow_tier: str, implementation: str):
         self.ckpt, self.cache, self.store = ckpt, cache, store
+        self.implementation = implementation
+        self.compute = slot_compute(implementation, cache.slots, cache.zero_slot)
         self.policy_name, self.scope, self.slow_tier = policy_name, scope, slow_tier
         info = ckpt.info
         self.L, self.K, self.E = info.num_moe_layers, info.top_k, max(info.num_experts)
@@ -156,14 +159,13 @@ class Runtime:
         decode = f is not None and f["phase"] == DECODE
         cache = self.cache
         plan = cache.lookup(layer, keys, decode)
-        forward = stock_forward(module)
         layer_slots = cache.slot_of[self.offset[layer]:self.offset[layer + 1]]  # [E] view, updated by fetches
         if plan.chunks == 1:
             cache.prepare(plan, 0)
-            out = forward(SlotView(module, cache.slots, layer_slots), hidden, top_k_index, top_k_weights)
+            out = self.compute.whole(module, layer_slots, hidden, top_k_index, top_k_weights)
         else:
-            out = compute_chunked(forward, module, cache.slots, layer_slots, cache.zero_slot,
-                                  self._chunks(plan, layer), hidden, top_k_index, top_k_weights)
+            out = self.compute.chunked(module, layer_slots, self._chunks(plan, layer), hidden, top_k_index,
+                                       top_k_weights)
         if layer + 1 < self.L and self.prefetcher is not None:
             self._prefetch(layer + 1, hidden if self.want_stale else None)
         return out
@@ -225,7 +227,7 @@ class Runtime:
                   "cache_bytes": self.cache.resident_bytes, "slots": self.cache.num_slots,
                   "slow_tier": self.slow_tier, "slow_tier_bytes": expert_total, "peak_rss_bytes": _peak_rss()}
         return OffloadStats(self.policy_name, self.scope, "strict", b.budget_bytes, b.budget_slots, c.lookups, c.hits,
-                            c.decode_lookups, c.decode_hits, c.bytes_read, pf, t, memory)
+                            c.decode_lookups, c.decode_hits, c.bytes_read, pf, self.implementation, t, memory)
 
 
 def _peak_rss() -> int:
@@ -237,13 +239,16 @@ def _peak_rss() -> int:
 # ---------------------------------------------------------------------------- public API
 def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget_slots: int | None = None,
             budget_x: float | None = None, policy="lru", scope: str = "global", prefetch: str | None = None,
-            device: str = "cpu", slow_tier: str | None = None, trace: str | os.PathLike | None = None):
+            device: str = "cpu", slow_tier: str | None = None, trace: str | os.PathLike | None = None,
+            experts_implementation: str | None = None):
     """Load MODEL (hub id or local folder) with its routed experts in a bounded cache.
 
     One budget, as in `simulate`: MiB, experts (slots), or a multiple of the active experts
     (k per MoE layer). The cache lives on `device` ("cpu": RAM, experts read from disk;
     "cuda": GPU memory, experts in pinned host RAM); `slow_tier` overrides where uncached
-    experts come from ("disk" or "ram"). Returns the transformers model, ready for `generate()`.
+    experts come from ("disk" or "ram"). Experts are computed with `experts_implementation`
+    ("grouped_mm" or "eager"; default: the one transformers picks for the plain model), with
+    the same bits as the plain model using it. Returns the transformers model, ready for `generate()`.
     """
     fast = _device(device)
     tier = slow_tier or ("ram" if fast.type == "cuda" else "disk")
@@ -252,6 +257,7 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     policy_obj, scope = resolve_policy(policy, scope)
     folder = _local_folder(model)
     ckpt = load_checkpoint(folder, fast)
+    implementation = _implementation(ckpt.model, experts_implementation)
     info = ckpt.info
     key_offset = np.concatenate([[0], np.cumsum(info.num_experts)]).astype(np.int64)
     key_layer = np.repeat(np.arange(info.num_moe_layers), info.num_experts)
@@ -262,7 +268,7 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     try:
         cache = ExpertCache(policy_obj, budget, info.num_moe_layers, key_offset,
                             np.asarray(info.expert_bytes, np.int64)[key_layer], ckpt.params, store, fast)
-        runtime = Runtime(ckpt, cache, store, policy_obj.name, scope, prefetch, trace, tier)
+        runtime = Runtime(ckpt, cache, store, policy_obj.name, scope, prefetch, trace, tier, implementation)
     except BaseException:
         store.close()
         raise
@@ -332,6 +338,14 @@ def _local_folder(model: str | os.PathLike) -> Path:
                                                                     "*.jinja", "tokenizer*"]))
     except Exception as e:  # hub errors come in many types; all mean the same to a user
         raise ExpertcacheError(f"cannot fetch {model} from the hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _implementation(model, requested: str | None) -> str:
+    """The experts implementation the plain model would run (transformers' choice by default)."""
+    chosen = requested or model.get_correct_experts_implementation(None)
+    if chosen not in IMPLEMENTATIONS:
+        raise ExpertcacheError(f"the runtime computes experts with {' or '.join(IMPLEMENTATIONS)}, not {chosen!r}")
+    return chosen
 
 
 def _check_minimum(budget, info) -> None:
