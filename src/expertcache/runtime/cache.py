@@ -83,8 +83,11 @@ class ExpertCache:
         self.position = 0  # requests so far: stream position of the next one
 
     # ------------------------------------------------------------------ one layer call
-    def lookup(self, layer: int, keys: np.ndarray, decode: bool) -> BatchPlan:
-        """Run the engine step for one layer call (keys in lookup order, repeats allowed)."""
+    def lookup(self, layer: int, keys: np.ndarray, decode: bool) -> BatchPlan | None:
+        """Run the engine step for one layer call (keys in lookup order, repeats allowed).
+
+        None when there is nothing to do: every key resident, no fetch in flight.
+        """
         if len(keys) + self.X.shape[1] + 1 > self._plan.rows.shape[1]:
             self._plan = new_plan(len(keys) * 2, len(self.key_bytes))
         rows, counts = self._plan
@@ -101,6 +104,8 @@ class ExpertCache:
             c.decode_lookups += h + m
             c.decode_hits += h
         n, ne = int(counts[N_KEYS]), int(counts[N_EVICTED])
+        if m == 0 and ne == 0 and not self._pending:
+            return None
         kind = rows[KIND, :n]
         if (kind == BUFFER_HIT).any():
             raise ExpertcacheError("reserved prefetch buffers are a simulator option; the runtime prefetches into the cache")
@@ -109,12 +114,14 @@ class ExpertCache:
 
     def prepare(self, plan: BatchPlan, chunk: int) -> None:
         """Free the slots of the keys evicted before `chunk`, fetch its misses, wait for its keys."""
-        self._release(plan.evicted[plan.evicted_before == chunk])
+        if len(plan.evicted):
+            self._release(plan.evicted[plan.evicted_before == chunk])
         mine = plan.chunk == chunk
         for k in plan.keys[mine & plan.loads]:
             self._start_fetch(int(k))
-        for k in plan.keys[mine]:
-            self._wait(int(self.slot_of[k]))
+        if self._pending:  # all hits and nothing in flight (the common decode case): nothing to wait for
+            for k in plan.keys[mine]:
+                self._wait(int(self.slot_of[k]))
 
     def prefetch(self, predicted_keys: np.ndarray) -> None:
         """After the last batch, start fetching the keys predicted for the next one."""

@@ -8,6 +8,10 @@ parameters come from the cache's slot pools:
 - grouped_mm: the view's parameters are the whole pools [S + 1, ...] and the routed expert ids
   are replaced by their slot ids. Every (token, expert) row is computed from its group's rows
   alone and rows are summed over k in routing order, so renaming the groups changes nothing.
+  On CPU, torch's grouped matmul visits every group, empty or not (about 1-3 us each), and a
+  pool has many more slots than a layer has experts; so CPU pools are handed over as
+  `_SlotPool` tensors whose grouped matmul runs one `mm` per non-empty group, which is what
+  torch's CPU kernel computes for each group (same bits, tested against the plain model).
 - eager: the view's `param[e]` is expert e's slot, so the stock loop visits the same experts in
   the same (ascending id) order with the same weights.
 
@@ -45,6 +49,37 @@ class _ExpertRows:
         return self.pool[int(self.slot_of[int(expert)])]
 
 
+class _SlotPool(torch.Tensor):
+    """A CPU slot pool whose grouped matmuls skip empty groups; every other op sees a plain tensor."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch._grouped_mm:
+            return _grouped_mm_nonempty(*args, **kwargs)
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **kwargs)
+        if func is torch.Tensor.transpose:  # the weights' transposed view goes on to the grouped matmul
+            return out.as_subclass(cls)
+        return out
+
+
+def _grouped_mm_nonempty(mat_a: torch.Tensor, mat_b: torch.Tensor, offs: torch.Tensor, bias=None, out_dtype=None):
+    """torch._grouped_mm for a 2-D input and 3-D weights, one mm per group that has rows."""
+    if bias is not None or (out_dtype is not None and out_dtype != mat_a.dtype):
+        raise NotImplementedError("expertcache: grouped matmul with bias or another output dtype")
+    weights = mat_b.as_subclass(torch.Tensor)  # [G, in, out]
+    out = torch.empty((mat_a.shape[0], weights.shape[-1]), dtype=mat_a.dtype)
+    ends = offs.numpy()
+    rows = np.diff(ends, prepend=0)
+    groups = np.flatnonzero(rows)
+    sizes = rows[groups].tolist()  # the non-empty groups' rows lie one after another
+    used = int(ends[-1]) if len(ends) else 0  # rows past the last group (none here) stay unwritten, as in torch
+    for group, a, o in zip(groups.tolist(), mat_a[:used].split(sizes), out[:used].split(sizes)):
+        torch.mm(a, weights[group], out=o)
+    return out
+
+
 class _View:
     """Stands in for an experts module inside an experts function; `overrides` replace attributes."""
 
@@ -73,8 +108,16 @@ class SlotCompute:
 
 
 class GroupedCompute(SlotCompute):
+    def __init__(self, slots, zero_slot):
+        super().__init__({name: pool.as_subclass(_SlotPool) if pool.device.type == "cpu" else pool
+                          for name, pool in slots.items()}, zero_slot)
+        self._views: dict[int, _View] = {}  # id(experts module) -> its view (the pools never move)
+
     def _view(self, module):
-        return _View(module, {**self.slots, "num_experts": self.zero_slot + 1})
+        view = self._views.get(id(module))
+        if view is None:
+            view = self._views[id(module)] = _View(module, {**self.slots, "num_experts": self.zero_slot + 1})
+        return view
 
     def _slot_ids(self, layer_slots, expert_ids: torch.Tensor) -> torch.Tensor:
         ids = torch.from_numpy(layer_slots[expert_ids.cpu().numpy()])

@@ -119,7 +119,8 @@ class Runtime:
         self._forward = {
             "phase": PREFILL if new else DECODE, "T": T,
             "tokens": ids.reshape(-1).cpu().numpy() if ids is not None else np.full(T, -1),
-            "experts": np.full((T, self.L, self.K), -1, np.int64), "weights": np.zeros((T, self.L, self.K), np.float32),
+            "experts": np.full((T, self.L, self.K), -1, np.int64),
+            "weights": np.zeros((T, self.L, self.K), np.float32) if self.writer is not None else None,
             "stale": np.full((T, self.L, self.E), np.nan, np.float32) if self.want_stale else None,
         }
         if not new and self.prefetcher is not None:  # the prefetch after the previous token's last layer
@@ -153,15 +154,17 @@ class Runtime:
         f = self._forward
         if f is not None and ids_np.shape[0] == f["T"]:
             f["experts"][:, layer, :ids_np.shape[1]] = ids_np
-            f["weights"][:, layer, :ids_np.shape[1]] = weights.cpu().numpy()
+            if self.writer is not None:
+                f["weights"][:, layer, :ids_np.shape[1]] = weights.cpu().numpy()
         routed = ids_np[ids_np >= 0]
         keys = self.offset[layer] + routed.reshape(-1)
         decode = f is not None and f["phase"] == DECODE
         cache = self.cache
         plan = cache.lookup(layer, keys, decode)
         layer_slots = cache.slot_of[self.offset[layer]:self.offset[layer + 1]]  # [E] view, updated by fetches
-        if plan.chunks == 1:
-            cache.prepare(plan, 0)
+        if plan is None or plan.chunks == 1:
+            if plan is not None:
+                cache.prepare(plan, 0)
             out = self.compute.whole(module, layer_slots, hidden, top_k_index, top_k_weights)
         else:
             out = self.compute.chunked(module, layer_slots, self._chunks(plan, layer), hidden, top_k_index,
