@@ -13,6 +13,7 @@ from rich.table import Table
 from ..trace import Trace, open_trace
 from ..trace.arrays_io import export_arrays, import_arrays
 from ..trace.bigmoe import import_bigmoe
+from ..trace.jsonl import import_jsonl
 from ..trace.summary import summarize
 
 import_app = typer.Typer(help="Bring routing recorded elsewhere into a trace.", no_args_is_help=True)
@@ -45,6 +46,21 @@ def import_bigmoe_command(
 ) -> None:
     """Import a route_trace v1 CSV recorded by an on-device offloading engine."""
     trace = import_bigmoe(route_csv)
+    trace.save(out, overwrite=overwrite)
+    _done(trace, out)
+
+
+@import_app.command("jsonl")
+def import_jsonl_command(
+    routes: Annotated[Path, typer.Argument(help="ROUTES.jsonl: one JSON object a token (docs/trace-format.md).")],
+    num_experts: Annotated[int, typer.Option("--num-experts", "-E", help="Experts per MoE layer.")],
+    out: Out,
+    ids_sorted: Annotated[bool, typer.Option(
+        "--ids-sorted", help="The recorder sorted each layer's ids (score order lost); recorded in the trace.")] = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Import JSON Lines routing: one token a line, k expert ids per MoE layer."""
+    trace = import_jsonl(routes, num_experts, ids_sorted=ids_sorted)
     trace.save(out, overwrite=overwrite)
     _done(trace, out)
 
