@@ -15,14 +15,13 @@ import argparse
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from expertcache.cache import build_stream, simulate
 from expertcache.trace import ModelInfo, Trace
+from expertcache.trace.examples import open_example
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-traces"
 PUBLISHED_SECONDS, PUBLISHED_RATE = 43.0, 25_000
 POLICIES = ["belady", "lru", "lfu", "random", "layer-lru", "layer-lfu"]
 BUDGETS_MIB = [1000, 2000, 4000, 8000]
@@ -40,9 +39,7 @@ def best_of(fn, repeats):
 
 
 def published_table(repeats):
-    from expertcache.trace.bigmoe import import_bigmoe
-
-    trace = import_bigmoe(REAL / "qwen.route.csv")
+    trace = open_example("qwen3-30b-a3b")
 
     def table():
         stream = build_stream(trace)
@@ -118,10 +115,7 @@ def main():
     ap.add_argument("--slots", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    if (REAL / "qwen.route.csv").is_file():
-        published_table(args.repeats)
-    else:
-        print(f"[1] skipped: {REAL} not available")
+    published_table(args.repeats)
     versus_libcachesim(args.requests, args.repeats, args.slots)
 
 

@@ -1,15 +1,17 @@
-"""Small traces for hand-worked cases, and the real traces when the shared data is present."""
+"""Small traces for hand-worked cases, and the bundled real traces with the figures published on them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from expertcache.trace import ModelInfo, Trace
+from expertcache.trace.examples import open_example
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-traces"
+# published curves and per-step device metrics of the two route traces (NOTICE there)
+BIGMOE = Path(__file__).resolve().parents[1] / "data" / "bigmoe"
+EXAMPLE = {"qwen": "qwen3-30b-a3b", "gptoss": "gpt-oss-120b"}  # file name in BIGMOE -> bundled trace
 
 
 def make_trace(experts, num_experts: int, *, phase=None, expert_bytes=None) -> Trace:
@@ -26,10 +28,6 @@ def decode_trace(tokens, num_experts: int, expert_bytes=None) -> Trace:
     return make_trace([tokens], num_experts, expert_bytes=expert_bytes)
 
 
-def real_trace(name: str):
-    path = REAL / f"{name}.route.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    from expertcache.trace.bigmoe import import_bigmoe
-
-    return import_bigmoe(path)
+def real_trace(name: str) -> Trace:
+    """The bundled trace whose published figures are BIGMOE/{name}.*.csv."""
+    return open_example(EXAMPLE[name])

@@ -7,7 +7,6 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from .helpers import REAL
 from .test_golden import TRACE
 
 KEYS = ["policy", "scope", "accounting", "budget_bytes", "lookups", "hits", "hit_rate", "decode_lookups", "decode_hits",
@@ -40,12 +39,9 @@ def test_simulate_writes_breakdowns(tmp_path):
     assert (tmp_path / "steps.csv").is_file() and (tmp_path / "phases.csv").is_file()
 
 
-def test_simulate_route_csv_directly():
-    path = REAL / "gptoss.route.csv"
-    if not path.is_file():
-        pytest.skip("real traces not available")
-    out = json.loads(cli("simulate", path, "--budget-mib", 3000, "--json").stdout)
-    assert round(100 * out["hit_rate"], 1) == 32.4
+def test_simulate_a_bundled_example_by_name():
+    out = json.loads(cli("simulate", "example:gpt-oss-120b", "--budget-mib", 3000, "--json").stdout)
+    assert round(100 * out["hit_rate"], 1) == 32.4  # what the phone recorded (test_published_curves)
 
 
 @pytest.mark.parametrize("args, message", [  # the other mistakes are checked through the API

@@ -7,14 +7,14 @@ import pytest
 
 from expertcache.cache import build_stream, simulate
 
-from .helpers import REAL, real_trace
+from .helpers import BIGMOE, real_trace
 
 POLICY = {"belady": "belady", "lru": "lru", "lfu": "lfu", "random": "random", "layer": "layer-lru",
           "layerlfu": "layer-lfu"}
 
 
 def published(name):
-    with open(REAL / f"{name}.published-curve.csv") as f:
+    with open(BIGMOE / f"{name}.published-curve.csv") as f:
         return list(csv.DictReader(f))
 
 

@@ -7,7 +7,7 @@ from expertcache import ExpertcacheError
 from expertcache.cache import HardwareProfile, fit_link, predict_throughput, simulate
 from expertcache.trace.format import DECODE
 
-from .helpers import REAL, decode_trace, make_trace, real_trace
+from .helpers import BIGMOE, decode_trace, make_trace, real_trace
 
 
 def test_decode_bound_by_hand():
@@ -54,10 +54,7 @@ def test_profile_round_trip_and_errors(tmp_path):
 
 
 def _metrics(name):
-    path = REAL / f"{name}.metrics.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    return np.genfromtxt(path, delimiter=",", names=True, comments="#")
+    return np.genfromtxt(BIGMOE / f"{name}.metrics.csv", delimiter=",", names=True, comments="#")
 
 
 @pytest.mark.parametrize("name, budget", [("qwen", 4000), ("gptoss", 3000)])

@@ -3,19 +3,16 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from expertcache import ExpertcacheError, Trace
+from expertcache import ExpertcacheError, Trace, open_trace
 from expertcache.locality import analyze, curves, srp
 
 from . import reference
 from .helpers import assert_curves_match_reference, random_trace
-
-REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-traces" / "qwen.route.csv"
 
 
 def run(*args, cwd):
@@ -106,11 +103,8 @@ def test_repeated_segment_length_counts_once(tmp_path):
     assert len(rows) == len({(r["policy"], r["m"], r["layer"], r["cache_size"]) for r in rows})
 
 
-@pytest.mark.skipif(not REAL.exists(), reason="real traces not available")
 def test_real_qwen_trace_matches_reference():
-    from expertcache.trace.bigmoe import import_bigmoe
-
-    real = import_bigmoe(REAL)  # 156 tokens, 48 layers x 128 experts, k = 6; last layer pads prefill tokens
+    real = open_trace("example:qwen3-30b-a3b")  # 156 tokens, 48 layers x 128 experts, k = 6; last layer pads prefill tokens
     experts = np.asarray(real.experts)[:30, [0, 47], :].astype(np.int64)
     experts[experts == real.pad_id] = -1
     trace = Trace.from_arrays(experts[None], 128)

@@ -1,4 +1,4 @@
-"""Import/export contracts: .npy arrays and the route_trace v1 CSV of the shared real traces."""
+"""Import/export contracts: .npy arrays and the route_trace v1 CSV (a real excerpt, tests/data/bigmoe)."""
 
 import csv
 from pathlib import Path
@@ -9,8 +9,9 @@ import pytest
 from expertcache import ExpertcacheError, Trace
 from expertcache.trace.arrays_io import export_arrays, import_arrays
 from expertcache.trace.bigmoe import import_bigmoe
+from expertcache.trace.examples import open_example
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-traces"
+EXCERPT = Path(__file__).resolve().parents[1] / "data" / "bigmoe" / "gptoss-excerpt.route.csv"
 
 
 @pytest.mark.parametrize("shape, experts", [((3, 17, 4, 2), 8), ((1, 1, 1, 1), 1), ((2, 5, 3, 8), 300)])
@@ -61,20 +62,18 @@ def read_rows(path):
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
-@pytest.mark.parametrize("name, layers, k, prompt, decode", [("qwen", 48, 6, 28, 128), ("gptoss", 36, 2, 85, 64)])
-def test_bigmoe_import_keeps_every_row(tmp_path, name, layers, k, prompt, decode):
-    path = REAL / f"{name}.route.csv"
-    trace = import_bigmoe(path)
-    rows = read_rows(path)
-    assert (trace.num_moe_layers, trace.top_k, trace.num_experts) == (layers, k, 128)
-    assert trace.phase.tolist() == [0] * prompt + [1] * decode
-    assert trace.positions.tolist() == list(range(prompt + decode))
+def test_bigmoe_import_keeps_every_row(tmp_path):
+    trace = import_bigmoe(EXCERPT)  # gpt-oss-120b: prompt tokens 82-84 of 85, generated 85-91
+    rows = read_rows(EXCERPT)
+    assert (trace.num_moe_layers, trace.top_k, trace.num_experts) == (36, 2, 128)
+    assert trace.phase.tolist() == [0] * 3 + [1] * 7
+    assert trace.positions.tolist() == list(range(82, 92))
     routed = trace.experts != trace.pad_id
     assert routed.sum() == len(rows)
     # the last layer routes only the final prompt token in prefill
-    assert routed[:, -1, 0].tolist() == [False] * (prompt - 1) + [True] * (decode + 1)
-    for row in rows[:: max(1, len(rows) // 500)]:
-        t = int(row["step"])  # one turn, steps are token positions
+    assert routed[:, -1, 0].tolist() == [False] * 2 + [True] * 8
+    for row in rows:
+        t = int(row["step"]) - 82  # one turn, steps are token positions
         assert trace.experts[t, int(row["layer"]), int(row["slot"])] == int(row["expert"])
         assert trace.weights[t, int(row["layer"]), int(row["slot"])] == np.float16(float(row["weight"]))
     # the table's expert_bytes column is what the engine read: the layer's expert size on a miss, else 0
@@ -84,6 +83,10 @@ def test_bigmoe_import_keeps_every_row(tmp_path, name, layers, k, prompt, decode
     assert trace.capture["recorded_residency"]["hit"] == sum(r["residency"] == "1" for r in rows)
     trace.save(tmp_path / "t")
     np.testing.assert_array_equal(Trace.load(tmp_path / "t").experts, trace.experts)
+    # the bundled example is the same conversion of the whole file
+    example = open_example("gpt-oss-120b")
+    np.testing.assert_array_equal(example.experts[82:92], trace.experts)
+    np.testing.assert_array_equal(example.weights[82:92], trace.weights)
 
 
 def test_bigmoe_bad_files(tmp_path):

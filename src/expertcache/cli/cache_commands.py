@@ -13,6 +13,7 @@ from rich.progress import Progress
 
 from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
+from .arguments import TraceArg
 
 _err = Console(stderr=True)
 
@@ -48,7 +49,7 @@ def _profile(path: Optional[Path]):
 
 
 def simulate_command(
-    trace: Annotated[Path, typer.Argument(help="trace directory (or a *.route.csv)")],
+    trace: TraceArg,
     policy: Annotated[str, typer.Option(help="cache policy: lru, fifo, lfu, lfu-decay, gdsf, hyperbolic, static, random, belady, belady-size (a layer- prefix: per-layer scope)")] = "lru",
     scope: Annotated[str, typer.Option(help="global (one pool) or layer (one pool per MoE layer)")] = "global",
     budget_mib: Annotated[Optional[float], typer.Option(help="budget in MiB (2^20 bytes)")] = None,
@@ -112,7 +113,7 @@ def _write_breakdown(result, directory: Path) -> None:
 
 
 def sweep_command(
-    trace: Annotated[Path, typer.Argument(help="trace directory (or a *.route.csv)")],
+    trace: TraceArg,
     out: Annotated[Path, typer.Option(help="output directory for sweep.csv, sweep.parquet, sweep.png")],
     policies: Annotated[str, typer.Option(help="comma-separated policies (a layer- prefix: per-layer scope)")] = "belady,lru,lfu",
     budgets: Annotated[str, typer.Option(help="comma-separated budgets")] = "1000,2000,4000,8000",
@@ -183,7 +184,7 @@ def bench_hw_command(
 
 
 def advise_command(
-    trace: Annotated[Path, typer.Argument(help="trace directory (or a *.route.csv)")],
+    trace: TraceArg,
     policy: Annotated[str, typer.Option(help="cache policy")] = "lru",
     scope: Annotated[str, typer.Option(help="global or layer")] = "global",
     fraction: Annotated[float, typer.Option(help="share of the best achievable hit rate to reach")] = 0.9,

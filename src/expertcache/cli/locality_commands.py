@@ -17,12 +17,12 @@ from rich.table import Table
 
 from ..errors import ExpertcacheError
 from ..trace import open_trace
+from .arguments import TraceArg
 
 # The locality package compiles numba kernels on import: imported inside each command, so that
 # other commands start fast. Keep in step with expertcache.locality.srp.DEFAULT_M.
 DEFAULT_M = "4,16,64,256"
 
-TraceArg = Annotated[Path, typer.Argument(metavar="TRACE", help="Trace directory (or a route_trace v1 CSV).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 _stderr = Console(stderr=True)

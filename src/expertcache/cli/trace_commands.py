@@ -1,4 +1,4 @@
-"""`expertcache import`, `expertcache export` and `expertcache info`: traces in and out."""
+"""`expertcache import`, `export`, `info` and `examples`: traces in and out, and the bundled ones."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from rich.table import Table
 from ..trace import Trace, open_trace
 from ..trace.arrays_io import export_arrays, import_arrays
 from ..trace.bigmoe import import_bigmoe
+from ..trace.examples import describe_examples
+from ..trace.jsonl import import_jsonl
 from ..trace.summary import summarize
+from .arguments import TraceArg
 
 import_app = typer.Typer(help="Bring routing recorded elsewhere into a trace.", no_args_is_help=True)
 export_app = typer.Typer(help="Write a trace out in other formats.", no_args_is_help=True)
@@ -49,9 +52,24 @@ def import_bigmoe_command(
     _done(trace, out)
 
 
+@import_app.command("jsonl")
+def import_jsonl_command(
+    routes: Annotated[Path, typer.Argument(help="ROUTES.jsonl: one JSON object a token (docs/trace-format.md).")],
+    num_experts: Annotated[int, typer.Option("--num-experts", "-E", help="Experts per MoE layer.")],
+    out: Out,
+    ids_sorted: Annotated[bool, typer.Option(
+        "--ids-sorted", help="The recorder sorted each layer's ids (score order lost); recorded in the trace.")] = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Import JSON Lines routing: one token a line, k expert ids per MoE layer."""
+    trace = import_jsonl(routes, num_experts, ids_sorted=ids_sorted)
+    trace.save(out, overwrite=overwrite)
+    _done(trace, out)
+
+
 @export_app.command("arrays")
 def export_arrays_command(
-    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace directory (or a route_trace v1 CSV).")],
+    trace_path: TraceArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="EXPERTS.npy to write.")],
     tokens: Annotated[Optional[Path], typer.Option("--tokens", help="Also write token ids [sequences, tokens].")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Also write routing weights.")] = None,
@@ -62,7 +80,7 @@ def export_arrays_command(
 
 
 def info(
-    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace directory (or a route_trace v1 CSV).")],
+    trace_path: TraceArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     top: Annotated[int, typer.Option("--top", help="How many of the most used experts to list.")] = 8,
 ) -> None:
@@ -72,6 +90,19 @@ def info(
         print(json.dumps(summary, indent=1))
         return
     print_summary(summary)
+
+
+def examples(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False) -> None:
+    """The real routing traces bundled with expertcache: give example:NAME wherever a TRACE goes."""
+    rows = describe_examples()
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    # plain columns: a table squeezed into a narrow terminal would fold the names one types
+    print("bundled real routing traces; give example:NAME wherever a command takes a TRACE\n")
+    widths = {column: max(len(column), *(len(str(row[column])) for row in rows)) for column in rows[0]}
+    for row in [{column: column for column in widths}, *rows]:
+        print("  ".join(str(row[column]).ljust(width) for column, width in widths.items()).rstrip())
 
 
 def print_summary(summary: dict) -> None:
@@ -101,7 +132,8 @@ def _done(trace: Trace, out: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add import, export and info."""
+    """Add import, export, info and examples."""
     app.add_typer(import_app, name="import")
     app.add_typer(export_app, name="export")
     app.command("info")(info)
+    app.command("examples")(examples)
