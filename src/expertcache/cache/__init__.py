@@ -9,7 +9,7 @@ from .hwbench import bench_hw
 from .policies import POLICIES, Policy, get_policy, register
 from .prefetch import PREFETCHERS, PrefetchConfig, Prefetcher, PrefetchReport, register_prefetcher
 from .simulate import SimulationResult, simulate
-from .sizing import Advice, recommend_budget
+from .sizing import Advice, budget_ladder, recommend_budget
 from .state import PolicyState
 from .stream import LookupStream, build_stream
 from .sweep import sweep, write_sweep
@@ -18,6 +18,6 @@ from .throughput import HardwareProfile, ThroughputEstimate, fit_link, predict_t
 __all__ = [
     "MIB", "POLICIES", "PREFETCHERS", "Advice", "HardwareProfile", "LookupStream", "Policy", "PolicyState",
     "PrefetchConfig", "PrefetchReport", "Prefetcher", "SimulationResult", "ThroughputEstimate", "bench_hw",
-    "build_stream", "cycle_size", "fit_link", "get_policy", "predict_throughput", "recommend_budget", "register",
+    "budget_ladder", "build_stream", "cycle_size", "fit_link", "get_policy", "predict_throughput", "recommend_budget", "register",
     "register_prefetcher", "simulate", "sweep", "write_sweep",
 ]

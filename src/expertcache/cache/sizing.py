@@ -10,7 +10,16 @@ from .policies import Policy, resolve_policy
 from .simulate import check_accounting, simulate
 from .stream import LookupStream, build_stream
 
-__all__ = ["Advice", "recommend_budget"]
+__all__ = ["Advice", "budget_ladder", "recommend_budget"]
+
+LADDER = (0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # budgets tried first, x active experts
+
+
+def budget_ladder(trace) -> list[float]:
+    """Budgets (multiples of the active experts) from half a token cycle to every expert of
+    every layer: the points `recommend_budget` tries before it bisects, and a report plots."""
+    full_x = trace.num_experts / trace.top_k  # every expert of every layer fits
+    return [x for x in LADDER if x < full_x] + [full_x]
 
 
 @dataclass(frozen=True)
@@ -40,8 +49,8 @@ def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.
         raise ExpertcacheError(f"fraction must be in (0, 1], got {fraction}")
     policy, scope = resolve_policy(policy, scope)
     stream = build_stream(trace) if stream is None else stream
-    full_x = trace.num_experts / trace.top_k  # every expert of every layer fits
-    best = simulate(trace, policy, scope, budget_x=full_x, stream=stream, accounting=accounting).hit_rate
+    ladder = budget_ladder(trace)
+    best = simulate(trace, policy, scope, budget_x=ladder[-1], stream=stream, accounting=accounting).hit_rate
     target = fraction * best
     curve = {}
 
@@ -50,7 +59,6 @@ def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.
             curve[x] = simulate(trace, policy, scope, budget_x=x, stream=stream, accounting=accounting).hit_rate
         return curve[x]
 
-    ladder = [x for x in (0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if x < full_x] + [full_x]
     hi = next(x for x in ladder if rate(x) >= target)
     lo = max([0.0] + [x for x in ladder if x < hi])
     while hi - lo > 0.01:  # bisection: hit rates rise with the budget for the policies we ship

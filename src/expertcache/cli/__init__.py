@@ -18,9 +18,11 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from . import cache_commands, capture_commands, demo_commands, locality_commands, run_commands, trace_commands
+    from . import (cache_commands, capture_commands, demo_commands, locality_commands, report_commands, run_commands,
+                   trace_commands)
 
-    for module in (demo_commands, trace_commands, capture_commands, locality_commands, cache_commands, run_commands):
+    for module in (demo_commands, report_commands, trace_commands, capture_commands, locality_commands, cache_commands,
+                   run_commands):
         module.register(app)
 
 

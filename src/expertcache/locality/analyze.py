@@ -28,7 +28,7 @@ from .specialization import domain_specialization, vocabulary_specialization
 from .srp import DEFAULT_M, srp
 from .study_cache import POLICIES, curves, segment_lengths
 
-__all__ = ["analyze"]
+__all__ = ["analyze", "json_safe"]
 
 
 def tasks(m_values, permutations) -> list[tuple[str, str, int | None]]:
@@ -164,7 +164,7 @@ def _summary(trace, tables, m_values, permutations, seed, resamples) -> dict:
     balance = {}
     for r in tables["balance"]:
         balance.setdefault("global" if r["window"] == 0 else f"m{r['window']}", []).append(r["balance"])
-    return _clean({
+    return json_safe({
         "locality_excess_over_chance": {
             "sch_2x": {key: r["excess"] for key, r in at_2x.items() if key.startswith("fsf")},
             "hit_rate_2x": {key: r["excess"] for key, r in at_2x.items() if not key.startswith("fsf")},
@@ -184,12 +184,14 @@ def _summary(trace, tables, m_values, permutations, seed, resamples) -> dict:
     })
 
 
-def _clean(value):
-    """JSON-safe: NaN and infinities become null, numpy scalars plain numbers."""
+def json_safe(value):
+    """JSON-safe: NaN and infinities become null, numpy scalars and arrays plain numbers and lists."""
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if np.isfinite(value) else None
     if isinstance(value, np.integer):

@@ -1,30 +1,26 @@
-"""A first answer to "does this model suit expert offloading?", from one trace.
+"""The headline figures of a trace's evidence, the answer in numbers before the figures.
 
-It chains the three stages at their headline settings: locality (SRP and the segment cache's
-hit rate SCH at the study's 2x operating point, each against its chance level), and an engine
-replay of LRU at 2x with the smallest budget that reaches 90 % of LRU's best hit rate, every
-token served as a decode step (the regime where offloading costs tokens/s).
-Locality is led by the excess over chance: popularity skew alone raises the raw figures.
+Locality (SRP and the segment cache's hit rate SCH at the study's 2x operating point, each
+against its chance level), the hit rate of LRU at 2x (study and engine accounting), and the
+smallest LRU cache reaching 90 % of LRU's best hit rate. Locality is led by the excess over
+chance: popularity skew alone raises the raw figures.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from ..trace import Trace
+from .evidence import OPERATING_POINT, Evidence, gather
 
-__all__ = ["Outlook", "outlook"]
-
-OPERATING_POINT = 2  # cache size as a multiple of the active experts (the study's headline)
+__all__ = ["Outlook", "outlook", "outlook_rows"]
 
 
 @dataclass(frozen=True)
 class Outlook:
     m: int
     srp: float
-    srp_ci: tuple[float, float]  # basic bootstrap 95 % interval over sequences
+    srp_ci: tuple[float, float] | None  # basic bootstrap 95 % interval over sequences (None: one sequence)
     srp_chance: float
     sch: float  # FSF(m) hit rate at C = 2k, per layer, averaged over layers
     sch_chance: float
@@ -44,26 +40,30 @@ class Outlook:
     def to_json(self) -> dict:
         return {**asdict(self), "srp_excess": self.srp_excess, "sch_excess": self.sch_excess}
 
+    @classmethod
+    def of(cls, ev: Evidence) -> "Outlook":
+        """The headline figures of gathered evidence."""
+        value = ev.srp_model
+        return cls(ev.m, value.srp, value.ci, ev.srp_chance[ev.m][0], ev.sch, ev.sch_chance_2x,
+                   ev.at_operating_point(ev.study["lru"]), ev.engine_hit_rate("lru", OPERATING_POINT),
+                   ev.advice.budget_x, ev.advice.hit_rate)
 
-def outlook(trace: Trace, m: int = 16, permutations: int = 3, seed: int = 0) -> Outlook:
+
+def outlook(trace: Trace, m: int = 16, permutations: int | None = None, seed: int = 0) -> Outlook:
     """Headline locality and caching figures of `trace` (see the module docstring)."""
-    from ..cache import build_stream, recommend_budget, simulate
-    from ..locality import chance_curves, chance_srp, curves, srp
+    return Outlook.of(gather(trace, trace.model.name, m=m, permutations=permutations, seed=seed))
 
-    size = OPERATING_POINT * trace.top_k  # C = 2k slots per layer
 
-    def at_operating_point(hit_curves) -> float:
-        return float(np.nanmean(hit_curves.per_layer[:, min(size, trace.num_experts) - 1]))
-
-    srp_value = srp(trace, m=(m,), seed=seed).results[m]["model"]
-    srp_chance = chance_srp(trace, (m,), permutations=permutations, seed=seed)[m][0]
-    sch = at_operating_point(curves(trace, "fsf", m, model_level=False))
-    sch_chance = at_operating_point(chance_curves(trace, "fsf", m, permutations=permutations, seed=seed,
-                                                  model_level=False))
-    lru_study = at_operating_point(curves(trace, "lru", model_level=False))
-    decode = trace.as_decode()  # serve every token one at a time, as in generation
-    stream = build_stream(decode)
-    lru_engine = simulate(decode, "lru", budget_x=OPERATING_POINT, stream=stream).hit_rate
-    advice = recommend_budget(decode, "lru", fraction=0.9, stream=stream)
-    return Outlook(m, srp_value.srp, srp_value.ci, float(srp_chance), sch, sch_chance, lru_study, float(lru_engine),
-                   float(advice.budget_x), float(advice.hit_rate))
+def outlook_rows(o: Outlook) -> list[tuple[str, str, str, str]]:
+    """(figure, measured, chance, excess) in words, locality first: the demo's and the report's table."""
+    interval = "" if o.srp_ci is None else f" [{o.srp_ci[0]:.3f}, {o.srp_ci[1]:.3f}]"
+    return [
+        (f"SCH({o.m}): hit rate of a 2x cache that knows the next {o.m} tokens (study accounting)", f"{o.sch:.1%}",
+         f"{o.sch_chance:.1%}", f"{100 * o.sch_excess:+.1f} points"),
+        (f"SRP({o.m}): how well {o.m}-token stretches predict their experts (0..1)"
+         + (", 95 % interval" if interval else ""), f"{o.srp:.3f}{interval}", f"{o.srp_chance:.3f}", f"{o.srp_excess:+.3f}"),
+        ("LRU hit rate with a 2x cache, one per layer (study accounting)", f"{o.lru_study:.1%}", "", ""),
+        ("LRU hit rate with a 2x cache shared by all layers, decode (engine accounting)", f"{o.lru_engine:.1%}", "", ""),
+        ("smallest shared LRU cache reaching 90% of LRU's best hit rate",
+         f"{o.recommended_x:.1f}x ({o.recommended_hit_rate:.1%} hits)", "", ""),
+    ]

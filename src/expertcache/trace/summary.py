@@ -8,17 +8,23 @@ from ..errors import ExpertcacheError
 from .format import DECODE, OPTIONAL_ARRAYS, PREFILL
 from .trace import Trace
 
-__all__ = ["summarize"]
+__all__ = ["expert_counts", "summarize"]
+
+
+def expert_counts(trace: Trace) -> np.ndarray:
+    """[L, E] requests per expert and MoE layer, read one layer at a time."""
+    counts = np.zeros((trace.num_moe_layers, trace.num_experts), np.int64)
+    for layer in range(trace.num_moe_layers):
+        ids = trace.layer_experts(layer).ravel()
+        counts[layer] = np.bincount(ids[ids != trace.pad_id], minlength=trace.num_experts)[: trace.num_experts]
+    return counts
 
 
 def summarize(trace: Trace, top: int = 8) -> dict:
     """JSON-able summary; expert frequencies are pooled over MoE layers, layer by layer."""
     if top < 0:
         raise ExpertcacheError(f"the number of top experts to list must be >= 0, got {top}")
-    counts = np.zeros((trace.num_moe_layers, trace.num_experts), np.int64)  # [L, E]
-    for layer in range(trace.num_moe_layers):
-        ids = trace.layer_experts(layer).ravel()
-        counts[layer] = np.bincount(ids[ids != trace.pad_id], minlength=trace.num_experts)[: trace.num_experts]
+    counts = expert_counts(trace)  # [L, E]
     requests = counts.sum()
     order = np.argsort(-counts, axis=None, kind="stable")[:top]
     top_experts = [

@@ -1,0 +1,221 @@
+"""`report`: for each trace the verdict, the advice and the evidence as figures, written as
+report.html (self-contained), report.md with figures/*.png, and report.json (every number).
+
+The folder is written whole into a temporary sibling and renamed into place, so a crash or
+Ctrl-C leaves the previous report (or none), never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExpertcacheError
+from ..trace import Trace, open_trace
+from ..trace.examples import EXAMPLE_PREFIX
+from .document import Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
+from .evidence import M, OPERATING_POINT, STEPS, Evidence, gather
+from .outlook import Outlook, outlook_rows
+from .plots import comparison, figures_of
+from .verdict import LOCAL, Verdict, judge
+
+__all__ = ["Finding", "analyse", "progress_units", "write_report"]
+
+TITLE = "Does it suit expert offloading?"
+
+
+@dataclass
+class Finding:
+    """One trace's evidence and the verdict on it."""
+
+    evidence: Evidence
+    verdict: Verdict
+
+    @property
+    def outlook(self) -> Outlook:
+        return Outlook.of(self.evidence)
+
+
+def progress_units(traces: int) -> int:
+    """Units `write_report` reports through `progress`: every step of every trace, then the writing."""
+    return traces * (len(STEPS) + 1) + 1
+
+
+def analyse(sources, *, profile=None, budget_mib: float | None = None, progress=None) -> list[Finding]:
+    """Gather the evidence and judge each trace (`sources`: Traces, paths or example:NAME), named
+    by the example's name or else the model's."""
+    step = progress or (lambda description: None)
+    findings, labels = [], []
+    for source in sources:
+        trace = open_trace(source)
+        example = not isinstance(source, Trace) and str(source).startswith(EXAMPLE_PREFIX)
+        label = str(source).removeprefix(EXAMPLE_PREFIX) if example else trace.model.name
+        label = label if label not in labels else f"{label} ({labels.count(label) + 1})"
+        labels.append(label)
+        ev = gather(trace, label, profile=profile, budget_mib=budget_mib,
+                    progress=lambda s, label=label: step(f"{label}: {s}"))
+        findings.append(Finding(ev, judge(ev)))
+    return findings
+
+
+def write_report(sources, out: str | os.PathLike, *, profile=None, budget_mib: float | None = None,
+                 overwrite: bool = False, progress=None) -> list[Finding]:
+    """Analyse `sources` and write the report folder `out` (see the module docstring)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExpertcacheError(f"{out} is a file; --out needs a folder")
+    if out.exists() and not overwrite:
+        raise ExpertcacheError(f"{out} already exists; choose another --out or pass --overwrite")
+    step = progress or (lambda description: None)
+    findings = analyse(sources, profile=profile, budget_mib=budget_mib, progress=step)
+    figures = []
+    for f in findings:
+        figures.append(figures_of(f.evidence))
+        step(f"{f.evidence.label}: figures")
+    blocks = _introduction(findings) + [b for f, figs in zip(findings, figures) for b in _section(f, figs)]
+    data = [_data(f, figs) for f, figs in zip(findings, figures)]
+    _write_folder(out, blocks, data)
+    step("written")
+    return findings
+
+
+def _introduction(findings: list[Finding]) -> list:
+    blocks = [Paragraph(
+        "An MoE model uses only k of its E experts per token in each MoE layer, so an offloading runtime keeps a "
+        "cache of experts in fast memory and loads the others from slow memory when a token needs them. That pays "
+        "off when consecutive tokens reuse experts (locality). This report measures that on recorded routing and "
+        "says, for each model, whether offloading suits it, with which cache, and what to expect.")]
+    if len(findings) > 1:
+        rows = []
+        for f in findings:
+            ev, o = f.evidence, f.outlook
+            rows.append((ev.label, f"{ev.model.max_experts} / {ev.model.top_k}", str(ev.tokens),
+                         f"{o.sch:.1%} vs {o.sch_chance:.1%} ({100 * o.sch_excess:+.1f})",
+                         f"{o.srp:.3f} vs {o.srp_chance:.3f}", f"{o.lru_engine:.1%}", f.verdict.kind))
+        blocks += [Heading(1, "All models"),
+                   Table(("model", "experts / k", "tokens", "SCH at 2x vs chance (excess, points)",
+                          f"SRP({findings[0].evidence.m}) vs chance", "LRU hit rate at 2x (engine)", "verdict"),
+                         tuple(rows)),
+                   _image(comparison([f.evidence for f in findings]))]
+    return blocks + _glossary()
+
+
+def _glossary() -> list:
+    return [Heading(1, "How to read this report"), Bullets((
+        "Active experts: the k experts each MoE layer picks for a token; a token uses k x L of them over the L MoE "
+        "layers. Cache sizes are given as multiples of that (2x = room for twice one token's experts), in "
+        "experts and in GiB.",
+        "Hit rate: the share of expert lookups found in the cache; every miss loads an expert from slow memory.",
+        "Chance level: the same measure on the trace with token order shuffled inside each sequence. It keeps how "
+        "often each expert is used and destroys the order, so measured minus chance (the excess) is what locality adds.",
+        "SRP(m) (segment routing best performance): split the tokens into stretches of m; predict that each token "
+        "uses the experts used often in its stretch; SRP is the best F1 score of that prediction (1 = a stretch "
+        "uses the same experts throughout).",
+        "SCH(m) (segment cache hit rate): the hit rate of a cache that, at each token, keeps the experts the next "
+        "m tokens need most. It tells how much a cache can gain from locality over m tokens.",
+        "Study accounting: one cache per MoE layer, emptied at the start of every sequence; a token's lookups are "
+        "judged against the cache as it stood before the token. It measures the routing itself.",
+        "Engine accounting: what an offloading engine sees: one cache shared by all MoE layers and sequences, "
+        "filled once, every token served as a decode step (one token at a time); the budget counts the experts "
+        "held. The recommended sizes and hit rates use it.",
+        f"The verdict rule: routing is local when SCH({M}) at 2x beats its chance level by at least "
+        f"{100 * LOCAL:.0f} points; a cache is small when the smallest LRU cache reaching 90% of LRU's best hit "
+        "rate holds at most a third of all experts. Small cache: suits offloading. Local but not small: suits "
+        "only with a large cache. Neither: does not suit.",
+    ))]
+
+
+def _section(f: Finding, figures) -> list:
+    ev, v = f.evidence, f.verdict
+    blocks = [Heading(1, f"{ev.label}: {v.kind}"),
+              Paragraph(f"{ev.model.name}: {ev.tokens} tokens in {ev.sequences} sequence{'s' * (ev.sequences > 1)}, "
+                        f"{ev.model.num_moe_layers} MoE layers of {ev.model.max_experts} experts, k = {ev.model.top_k}."),
+              Paragraph(v.reason[0].upper() + v.reason[1:] + ".", strong=f"Verdict: {v.kind}."),
+              Heading(2, "Recommended configuration"), Bullets(v.advice)]
+    if v.caveats:
+        blocks.append(Paragraph("; ".join(v.caveats) + ".", strong="Limits of this trace:"))
+    blocks += [Heading(2, "Headline figures"),
+               Table(("figure", "measured", "chance level", "excess over chance"), tuple(outlook_rows(f.outlook))),
+               Heading(2, "Evidence")]
+    blocks += [_image(fig, ev.label) for fig in figures]
+    for figure, note in ev.notes.items():
+        blocks.append(Paragraph(f"No {_ABSENT[figure]} figure: {note}."))
+    blocks += [Paragraph(_pruning(ev), strong="Rarely used experts (pruning candidates):"),
+               Paragraph(_pairs(ev), strong="Experts picked together:")]
+    return blocks
+
+
+_ABSENT = {"vocabulary": "vocabulary specialization", "domains": "domain specialization",
+           "weights": "routing-weight spread"}
+
+
+def _pruning(ev: Evidence) -> str:
+    rare = ev.rare
+    per_layer = rare.sum(axis=1)
+    worst = np.argsort(-per_layer, kind="stable")[:5]
+    return (f"{int(rare.sum())} of {sum(ev.model.num_experts)} experts got fewer than a tenth of an even share of "
+            f"their layer's lookups; most in layers " + ", ".join(f"{l} ({per_layer[l]})" for l in worst) +
+            (". On a short trace many experts are rare by chance alone." if ev.tokens < 10 * ev.model.max_experts else "."))
+
+
+def _pairs(ev: Evidence) -> str:
+    counts, lift = ev.co_firing
+    candidates = np.argwhere(np.triu(counts >= 5, 1))
+    if not len(candidates):
+        return f"no pair of experts shares 5 tokens in MoE layer {ev.focus_layer}."
+    best = sorted(candidates.tolist(), key=lambda p: -lift[p[0], p[1]])[:5]
+    return (f"in MoE layer {ev.focus_layer}, the pairs most often routed together, relative to independent choice: "
+            + ", ".join(f"{a} and {b} ({lift[a, b]:.1f}x, {counts[a, b]} tokens)" for a, b in best) + ".")
+
+
+def _image(figure, label: str = "") -> Image:
+    """The figure with its PNG's path: figures/LABEL-NAME.png, label made safe for a file name."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in label)
+    return Image(figure, f"figures/{slug + '-' if slug else ''}{figure.name}.png")
+
+
+def _data(f: Finding, figures) -> dict:
+    """report.json's entry for one trace: the verdict, the headline, and the numbers behind every figure."""
+    from ..locality.analyze import json_safe
+
+    ev = f.evidence
+    k = ev.model.top_k
+    return json_safe({
+        "label": ev.label, "model": ev.model.name, "tokens": ev.tokens, "sequences": ev.sequences,
+        "verdict": f.verdict.to_json(), "outlook": f.outlook.to_json(),
+        "recommended": asdict(ev.recommended), "choices": [asdict(c) for c in ev.choices],
+        "at_budget": None if ev.at_budget is None else asdict(ev.at_budget),
+        "advice": ev.advice.to_json(), "engine_tokens": ev.engine_tokens, "engine": ev.engine,
+        "srp": {str(m): {"measured": r["model"].srp, "ci": r["model"].ci, "chance": ev.srp_chance[m][0]}
+                for m, r in ev.srp.results.items()},
+        "study_at_2x": {p: ev.at_operating_point(c) for p, c in ev.study.items()},
+        "study_curves": {p: np.nanmean(c.per_layer, axis=0) for p, c in ev.study.items()},
+        "sch_chance_curve": np.nanmean(ev.sch_chance.per_layer, axis=0), "operating_point_slots": OPERATING_POINT * k,
+        "layer_hits": ev.layer_hits, "balance": {"global": ev.balance[:, 0], "local": ev.local_balance[:, 0]},
+        "rarely_used": {str(l): np.flatnonzero(row).tolist() for l, row in enumerate(ev.rare) if row.any()},
+        "figures": {fig.name: fig.caption for fig in figures}, "absent": ev.notes,
+    })
+
+
+def _write_folder(out: Path, blocks: list, data: list) -> None:
+    stage = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        (stage / "figures").mkdir(parents=True)
+        for image in (b for b in blocks if isinstance(b, Image)):
+            (stage / image.file).write_bytes(image.figure.png)
+        (stage / "report.md").write_text(to_markdown(TITLE, blocks))
+        (stage / "report.html").write_text(to_html(TITLE, blocks))
+        (stage / "report.json").write_text(json.dumps({"traces": data}, indent=1))
+        if out.exists():
+            out.rename(old)
+        stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
