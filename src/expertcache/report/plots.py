@@ -259,13 +259,14 @@ def comparison(evs: list[Evidence]) -> Figure:
     for ax, (title, measured, chance) in zip(axes, pairs):
         ax.bar(x - 0.2, measured, 0.4, label="measured")
         ax.bar(x + 0.2, chance, 0.4, color="grey", label="chance")
+        ax.set_ylim(0, 1.3 * max(max(measured), max(chance)))  # room for the legend above the bars
         ax.set_title(title)
     ax = axes[2]
     ax.bar(x, [100 * e.engine_hit_rate("lru", OPERATING_POINT) for e in evs], 0.6, color="C2")
     ax.set_title("LRU hit rate at 2x, engine (%)")
     for ax in axes:
         ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
-    axes[0].legend()
+    axes[0].legend(loc="upper left", ncol=2)
     caption = ("All models side by side: locality measured against chance (SCH at 2x the active experts and SRP; "
                "the gap between a model's two bars is its locality) and the hit rate an engine's LRU cache of 2x "
                "the active experts reaches.")

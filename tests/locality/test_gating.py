@@ -1,0 +1,37 @@
+"""The gating network's habits, on routing small enough to count by hand."""
+
+import numpy as np
+import pytest
+
+from expertcache import Trace
+from expertcache.locality import co_firing, rarely_used, top_share, weight_by_rank
+
+
+def test_weight_by_rank_sorts_each_token_and_normalizes_it():
+    experts = np.array([[[[0, 1]], [[2, 3]]]])  # 1 sequence, 2 tokens, 1 layer, k = 2
+    weights = np.array([[[[0.2, 0.6]], [[1.0, 1.0]]]])  # sums 0.8 and 2: shares (.75, .25) and (.5, .5)
+    trace = Trace.from_arrays(experts, 4, weights=weights)
+    np.testing.assert_allclose(weight_by_rank(trace), [[0.625, 0.375]], atol=1e-3)
+
+
+def test_weight_by_rank_is_none_without_weights():
+    assert weight_by_rank(Trace.from_arrays(np.zeros((1, 3, 2, 1), int), 4)) is None
+
+
+def test_rarely_used_and_top_share():
+    counts = np.array([[50, 30, 15, 4, 1, 0, 0, 0],   # even share 100 / 8 = 12.5: rare below 1.25
+                       [10, 10, 10, 10, 0, 0, 0, 0]])  # a layer of 4 experts: even share 10, rare below 1
+    rare = rarely_used(counts, [8, 4])
+    assert rare[0].tolist() == [False, False, False, False, True, True, True, True]
+    assert rare[1].tolist() == [False] * 8  # columns past the layer's 4 experts do not exist
+    np.testing.assert_allclose(top_share(counts, [8, 4], fraction=0.25), [0.8, 0.25])  # top 2 of 8, top 1 of 4
+
+
+def test_co_firing_counts_pairs_within_a_token_and_their_lift():
+    # 4 tokens in one layer, k = 2: {0,1} twice, {2,3}, {0,2}
+    experts = np.array([[[[0, 1]], [[1, 0]], [[2, 3]], [[0, 2]]]])
+    pairs, lift = co_firing(Trace.from_arrays(experts, 5), 0)
+    assert pairs[0, 1] == pairs[1, 0] == 2 and pairs[2, 3] == 1 and pairs[0, 2] == 1 and pairs[1, 2] == 0
+    # P(0) = 3/4, P(1) = 2/4, P(0 and 1) = 2/4: lift = 0.5 / 0.375
+    assert lift[0, 1] == pytest.approx(0.5 / (0.75 * 0.5))
+    assert np.isnan(lift[0, 0]) and np.isnan(lift[4]).all()  # the diagonal, and expert 4 never used

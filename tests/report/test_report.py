@@ -1,0 +1,134 @@
+"""`expertcache report` from a user's seat: the files, the embedded figures, and figures that
+show the same numbers `sweep` and `analyze` print for the same trace."""
+
+import base64
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from expertcache import Trace
+from expertcache.cache import budget_ladder, sweep
+from expertcache.report.build import write_report
+
+from .helpers import E, local_routing
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "expertcache", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    """A saved trace with everything a figure can use: weights, token ids, two domains."""
+    rng = np.random.default_rng(1)
+    experts = local_routing(rng)  # [4, 240, 2, 2]
+    weights = np.sort(rng.random(experts.shape), axis=-1)[..., ::-1]
+    tokens = rng.integers(0, 8, experts.shape[:2])  # 8 token ids: each occurs ~120 times
+    path = tmp_path_factory.mktemp("report") / "t"
+    Trace.from_arrays(experts, E, weights=weights, tokens=tokens, domains=["prose", "code", "prose", "code"]).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(traced):
+    out = traced.parent / "out"
+    result = cli("report", traced, "example:gpt-oss-120b", "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_report_writes_html_markdown_json_and_one_png_per_figure(report):
+    out, result = report
+    assert {p.name for p in out.iterdir()} == {"report.html", "report.md", "report.json", "figures"}
+    data = json.loads((out / "report.json").read_text())
+    labels = [t["label"] for t in data["traces"]]
+    assert labels == ["synthetic", "gpt-oss-120b"]
+    for t in data["traces"]:
+        assert f"{t['label']}: {t['verdict']['kind']}" in result.stdout
+    pngs = sorted(p.name for p in (out / "figures").iterdir())
+    # the full trace has every figure; the example has no token ids or domains (no specialization)
+    assert pngs == sorted(["comparison.png"] + [f"synthetic-{n}.png" for n in (
+        "locality", "hit-rates", "layers", "routing", "balance", "specialization", "gating")] + [
+        f"gpt-oss-120b-{n}.png" for n in ("locality", "hit-rates", "layers", "routing", "balance", "gating")])
+    markdown = (out / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert sorted(linked) == sorted(f"figures/{p}" for p in pngs)
+    assert "No vocabulary specialization figure: the trace records no token ids" in markdown
+    assert "No domain specialization figure: the trace holds one domain" in markdown
+
+
+def test_every_figure_of_the_html_is_an_embedded_png_and_nothing_is_fetched(report):
+    out, _ = report
+    html = (out / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert len(sources) == len(list((out / "figures").iterdir()))
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:8] == PNG
+    assert not re.search(r'(src|href)="(?!data:)', html)  # no external image, script, style or link
+    assert html.count("<figcaption>") == len(sources)
+
+
+def test_engine_figure_shows_what_sweep_prints(report, traced, tmp_path):
+    out, _ = report
+    ours = json.loads((out / "report.json").read_text())["traces"][0]
+    decode = Trace.load(traced).as_decode()
+    rows = sweep(decode, ["lru", "lfu", "belady"], budget_ladder(decode), unit="x", workers=1)
+    assert [(r["policy"], r["budget"], r["hit_rate"]) for r in ours["engine"]] == [
+        (r["policy"], r["budget"], r["hit_rate"]) for r in rows]
+    result = cli("sweep", traced, "--policies", "lru", "--budgets", "2", "--unit", "x", "--as-decode", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "sweep.csv") as f:
+        printed = float(next(csv.DictReader(f))["hit_rate"])
+    assert ours["outlook"]["lru_engine"] == pytest.approx(printed, abs=1e-12)
+
+
+def test_locality_figure_shows_what_analyze_writes(report, traced, tmp_path):
+    out, _ = report
+    ours = json.loads((out / "report.json").read_text())["traces"][0]
+    result = cli("analyze", traced, "--out", tmp_path / "a", "--m", "16")
+    assert result.returncode == 0, result.stderr
+    curves = pq.read_table(tmp_path / "a" / "curves.parquet").to_pylist()
+    at_2x = [r for r in curves if r["policy"] == "fsf" and r["scope"] == "layer" and r["cache_size"] == 2 * 2]
+    assert ours["outlook"]["sch"] == pytest.approx(np.mean([r["observed"] for r in at_2x]), abs=1e-12)
+    assert ours["outlook"]["sch_chance"] == pytest.approx(np.mean([r["chance"] for r in at_2x]), abs=1e-12)
+    srp = [r for r in pq.read_table(tmp_path / "a" / "srp.parquet").to_pylist() if r["breakdown"] == "model"]
+    assert ours["srp"]["16"]["measured"] == pytest.approx(srp[0]["observed"], abs=1e-12)
+
+
+def test_an_existing_report_is_kept_without_overwrite(report, traced):
+    out, _ = report
+    before = (out / "report.html").read_bytes()
+    result = cli("report", "example:olmoe-1b-7b", "--out", out)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: {out} already exists; choose another --out or pass --overwrite"]
+    assert (out / "report.html").read_bytes() == before
+
+
+def test_overwrite_replaces_the_whole_folder(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    write_report(["example:olmoe-1b-7b"], out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.json", "report.md"]
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # no temporary folder left behind
+
+
+@pytest.mark.parametrize("args, message", [
+    (("missing", "--out", "o"), "error: missing: no such trace"),
+    (("example:nope", "--out", "o"), "error: no example trace 'nope'"),
+    (("example:olmoe-1b-7b", "--out", "o", "--profile", "hw.json"), "error: hw.json: no such hardware profile"),
+])
+def test_user_mistakes_give_one_line(tmp_path, args, message):
+    result = cli("report", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
