@@ -1,12 +1,17 @@
-"""`expertcache demo`: the whole pipeline on the built-in tiny model and corpus, offline."""
+"""`expertcache demo`: the answer for real models first, then the whole pipeline on a tiny model, offline.
+
+Part 1 reads the routing recorded from real MoE models (the bundled examples), prints their
+locality against chance and the verdict, and writes the report with figures. Part 2 runs every
+stage on a tiny model built on the spot: its weights are random, so it shows the mechanics,
+not locality.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -16,42 +21,76 @@ from .capture_commands import quiet_transformers, report_capture
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo model and its trace.")] = Path("expertcache-demo"),
-    samples: Annotated[int, typer.Option("--samples", "-n", help="Windows per demo domain.")] = 8,
-    length: Annotated[int, typer.Option("--length", "-T", help="Tokens per window.")] = 256,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Capture the demo trace afresh.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the report, the tiny model and its trace.")] = Path(
+        "expertcache-demo"),
+    samples: Annotated[int, typer.Option("--samples", "-n", help="Windows per demo domain (tiny model).")] = 8,
+    length: Annotated[int, typer.Option("--length", "-T", help="Tokens per window (tiny model).")] = 256,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Capture the tiny model's trace afresh.")] = False,
 ) -> None:
-    """Trace a tiny MoE model over the built-in corpus, measure locality, replay an expert cache.
+    """Does expert offloading suit real MoE models? The answer for four of them, then the pipeline on a tiny model.
 
-    The main job of expertcache end to end, offline; re-running reuses the model and trace.
+    Offline. Re-running rewrites the report and reuses the tiny model and its trace.
     """
-    from ..report import outlook
+    from ..report.evidence import gather
     from ..trace.demo import run_demo
-    from ..trace.summary import summarize
-    from .trace_commands import print_summary
+    from ..trace.examples import EXAMPLE_PREFIX, example_names
+    from .report_commands import make_report
 
+    console = Console(highlight=False)
+    console.rule("[bold]1. Real models[/bold]: routing recorded from four released MoE models (bundled, offline)")
+    findings = make_report([EXAMPLE_PREFIX + name for name in example_names()], out / "report", overwrite=True)
+    print_findings(findings)
+    console.print(f"report with figures and the evidence behind each verdict: [bold]{out / 'report' / 'report.html'}[/bold]")
+
+    console.rule("[bold]2. The pipeline on a tiny model[/bold]")
+    console.print("The tiny model is built here with [bold]random weights[/bold]: it shows "
+                  "the mechanics (trace, locality, cache, offloaded run), not real locality, so expect its routing "
+                  "to be barely more local than chance.")
     quiet_transformers()
     result = run_demo(out, samples=samples, length=length, overwrite=overwrite, progress=True)
     report_capture(result)
     trace = result.load()
-    print_summary(summarize(trace))
-    print_outlook(outlook(trace))
+    console.print(f"traced {trace.num_tokens} tokens of the demo corpus ({', '.join(trace.domains)}) through "
+                  f"{trace.num_moe_layers} MoE layers of {trace.num_experts} experts, k = {trace.top_k}")
+    print_outlook(gather(trace, "tiny demo model"))
     print_offloaded_run(out, trace)
 
 
-def print_outlook(o) -> None:
-    """The outlook as a table: locality figures with their chance level and excess first."""
-    table = Table("figure", "measured", "chance", "excess", title="offloading outlook", title_justify="left")
-    table.add_row(f"SRP({o.m}) [95 % CI]", f"{o.srp:.3f} [{o.srp_ci[0]:.3f}, {o.srp_ci[1]:.3f}]", f"{o.srp_chance:.3f}",
-                  f"{o.srp_excess:+.3f}")
-    table.add_row(f"SCH({o.m}) hit rate at 2x", f"{o.sch:.1%}", f"{o.sch_chance:.1%}", f"{o.sch_excess:+.1%}")
-    table.add_row("LRU hit rate at 2x (study)", f"{o.lru_study:.1%}", "", "")
-    table.add_row("LRU hit rate at 2x (engine, decode)", f"{o.lru_engine:.1%}", "", "")
-    console = Console()
+def print_findings(findings) -> None:
+    """One row per model: locality against chance, the hit rate at 2x, the verdict; then the advice."""
+    from ..report import Outlook
+
+    console = Console(highlight=False)
+    console.print("SCH = hit rate of a per-layer cache of 2x the active experts that keeps what the next 16 tokens "
+                  "need; chance = the same with each sequence's tokens shuffled; excess = SCH - chance, what "
+                  "locality adds. LRU = hit rate of a plain LRU cache of 2x the active experts shared by all layers.")
+    table = Table("model", "experts, k", "SCH", "chance", "excess", "LRU", "verdict",
+                  title="does expert offloading suit it?", title_justify="left")
+    for f in findings:
+        ev, o = f.evidence, Outlook.of(f.evidence)
+        table.add_row(ev.model.name, f"{ev.model.max_experts}, {ev.model.top_k}", f"{o.sch:.1%}", f"{o.sch_chance:.1%}",
+                      f"{100 * o.sch_excess:+.1f} points", f"{o.lru_engine:.1%}", f.verdict.kind)
     console.print(table)
-    console.print(f"smallest global LRU cache reaching 90 % of the best hit rate: {o.recommended_x:g}x the active "
-                  f"experts ({o.recommended_hit_rate:.1%} hits)")
-    console.print("next: `expertcache analyze`, `expertcache sweep`, `expertcache trace YOUR_MODEL --corpus demo ...`")
+    console.print("recommended cache (smallest LRU cache reaching 90% of LRU's best hit rate) and what it gets:")
+    for f in findings:
+        c = f.evidence.recommended
+        size = "size unknown" if c.budget_bytes is None else f"{c.budget_bytes / 2**30:.1f} GiB"
+        console.print(f"  {f.evidence.model.name}: {c.budget_x:.1f}x the active experts ({size}), {c.policy.upper()}"
+                      f"{'' if c.prefetch is None else f' with {c.prefetch} prefetching'}: {c.hit_rate:.1%} hits")
+
+
+def print_outlook(ev) -> None:
+    """The tiny model's headline figures, locality against chance first, and its verdict."""
+    from ..report import Outlook, judge, outlook_rows
+
+    table = Table("figure", "measured", "chance level", "excess over chance", title="tiny model: offloading outlook",
+                  title_justify="left")
+    for row in outlook_rows(Outlook.of(ev)):
+        table.add_row(*row)
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"verdict by the same rule as for the real models: {judge(ev).kind}")
+    console.print("next: `expertcache report example:qwen3-30b-a3b --out r`, `expertcache trace YOUR_MODEL --corpus demo ...`")
 
 
 def print_offloaded_run(out: Path, trace) -> None:
@@ -60,12 +99,14 @@ def print_offloaded_run(out: Path, trace) -> None:
 
     prompt = [int(t) for t in np.asarray(trace.tokens[trace.sequence(0)])[:32]]
     v = verify(out / "model", prompt, 24, out / "offloaded-run.trace", budget_x=1.0, policy="lru", prefetch="previous")
-    console = Console()
+    console = Console(highlight=False)
     s = v.stats
-    console.print(f"offloaded run, experts cached at 1x the active experts ({s.memory['slots']} of "
-                  f"{trace.model.num_moe_layers * max(trace.model.num_experts)} experts, LRU, previous-token prefetch):")
-    console.print(f"  {v.tokens} tokens generated, {'the same' if v.same_tokens else 'NOT the same'} as the plain model's; "
-                  f"hit rate {v.measured_hit_rate:.1%} measured, {v.simulated_hit_rate:.1%} simulated on the run's trace"
+    console.print(f"offloaded run of the tiny model: its experts live on disk and a cache in memory holds "
+                  f"{s.memory['slots']} of its {trace.model.num_moe_layers * max(trace.model.num_experts)} experts "
+                  "(1x the active experts), LRU policy, previous-token prefetching:")
+    console.print(f"  generated {v.tokens} tokens, {'the same' if v.same_tokens else 'NOT the same'} as the plain "
+                  f"model's; cache hit rate {v.measured_hit_rate:.1%} measured in the run, {v.simulated_hit_rate:.1%} "
+                  f"predicted by the simulator on the run's trace"
                   f"{'' if v.measured_hit_rate == v.simulated_hit_rate else ' (MISMATCH)'}")
     if not v.same_tokens or v.measured_hit_rate != v.simulated_hit_rate:
         raise ExpertcacheError("the offloaded run disagrees with the plain model or the simulator; please report it")

@@ -1,5 +1,7 @@
-"""Answers for people: does a model suit offloading, and with which cache."""
+"""Answers for people: does a model suit offloading, with which cache, and the evidence as figures."""
 
-from .outlook import Outlook, outlook
+from .build import Finding, analyse, write_report
+from .outlook import Outlook, outlook, outlook_rows
+from .verdict import Verdict, judge
 
-__all__ = ["Outlook", "outlook"]
+__all__ = ["Finding", "Outlook", "Verdict", "analyse", "judge", "outlook", "outlook_rows", "write_report"]

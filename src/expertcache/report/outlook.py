@@ -61,7 +61,7 @@ def outlook_rows(o: Outlook) -> list[tuple[str, str, str, str]]:
         (f"SCH({o.m}): hit rate of a 2x cache that knows the next {o.m} tokens (study accounting)", f"{o.sch:.1%}",
          f"{o.sch_chance:.1%}", f"{100 * o.sch_excess:+.1f} points"),
         (f"SRP({o.m}): how well {o.m}-token stretches predict their experts (0..1)"
-         + (", 95 % interval" if interval else ""), f"{o.srp:.3f}{interval}", f"{o.srp_chance:.3f}", f"{o.srp_excess:+.3f}"),
+         + (", 95% interval" if interval else ""), f"{o.srp:.3f}{interval}", f"{o.srp_chance:.3f}", f"{o.srp_excess:+.3f}"),
         ("LRU hit rate with a 2x cache, one per layer (study accounting)", f"{o.lru_study:.1%}", "", ""),
         ("LRU hit rate with a 2x cache shared by all layers, decode (engine accounting)", f"{o.lru_engine:.1%}", "", ""),
         ("smallest shared LRU cache reaching 90% of LRU's best hit rate",
