@@ -68,9 +68,16 @@ def test_analyze_writes_tidy_tables(saved, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert list(summary)[0] == "locality_excess_over_chance"
-    for name in ("curves", "srp", "overlap", "balance", "vocabulary", "domains"):
+    for name in ("curves", "srp", "overlap", "balance"):
         table = pq.read_table(tmp_path / "out" / f"{name}.parquet").to_pylist()
         assert (tmp_path / "out" / f"{name}.csv").read_text().count("\n") == len(table) + 1
+    # no token ids and one domain (b): no tables of NaNs, and the user is told why
+    assert not list((tmp_path / "out").glob("vocabulary.*")) and not list((tmp_path / "out").glob("domains.*"))
+    assert summary["skipped"] == {"vocabulary": "the trace records no token ids (its recorder kept only the routing)",
+                                  "domains": "the trace holds one domain (b), so there is nothing to compare"}
+    assert "skipped vocabulary: the trace records no token ids" in result.stderr
+    assert "skipped domains: the trace holds one domain (b)" in result.stderr
+    assert "Warning" not in result.stderr
     rows = pq.read_table(tmp_path / "out" / "curves.parquet").to_pylist()
     fsf = [r for r in rows if r["policy"] == "fsf" and r["m"] == 2 and r["scope"] == "layer" and r["layer"] == 1]
     np.testing.assert_allclose([r["observed"] for r in fsf], curves(trace, "fsf", 2).per_layer[1])
@@ -78,6 +85,22 @@ def test_analyze_writes_tidy_tables(saved, tmp_path):
         assert r["excess"] == pytest.approx(r["observed"] - r["chance"])
     at_2x = [r for r in rows if r["policy"] == "fsf" and r["m"] == 4 and r["scope"] == "model" and r["cache_multiple"] == 2]
     assert summary["locality_excess_over_chance"]["sch_2x"]["fsf_m4"] == pytest.approx(at_2x[0]["excess"])
+
+
+def test_analyze_keeps_an_existing_folder_unless_overwrite_and_leaves_no_stale_table(saved, tmp_path):
+    path, trace = saved
+    experts = np.asarray(trace.experts)[:36].reshape(2, 18, *trace.experts.shape[1:])
+    tokens = np.zeros((2, 18), int)  # one token id, 36 occurrences (a share needs 20)
+    Trace.from_arrays(experts, trace.num_experts, tokens=tokens, domains=["a", "b"]).save(path / "with-tokens")
+    assert run("analyze", "with-tokens", "--out", tmp_path / "o", "--m", 2, "--resamples", 0, cwd=path).returncode == 0
+    assert (tmp_path / "o" / "vocabulary.parquet").is_file()
+    refused = run("analyze", "t", "--out", tmp_path / "o", "--m", 2, cwd=path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == f"error: {tmp_path / 'o'} already exists; choose another --out or pass --overwrite"
+    assert (tmp_path / "o" / "vocabulary.parquet").is_file()
+    replaced = run("analyze", "t", "--out", tmp_path / "o", "--m", 2, "--resamples", 0, "--overwrite", cwd=path)
+    assert replaced.returncode == 0, replaced.stderr
+    assert not list((tmp_path / "o").glob("vocabulary.*"))  # this trace has no token ids
 
 
 def test_analyze_without_chance(tmp_path):

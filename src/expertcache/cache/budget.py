@@ -1,4 +1,4 @@
-"""Budgets (SPEC §4): slots, bytes (MiB = 2^20 bytes) or a multiple of the active experts;
+"""Budgets: slots, bytes (MiB = 2^20 bytes) or a multiple of the active experts;
 scope global (one pool) or per layer (equal shares floor(budget / MoE layers), or shares
 proportional to each layer's expert bytes).
 

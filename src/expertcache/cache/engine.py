@@ -1,4 +1,4 @@
-"""The engine's batch step (SPEC §4, §4b, §5), compiled once and shared by replay and runtime.
+"""The engine's batch step, compiled once and shared by replay and runtime.
 
     route -> lookup_batch (hits, misses, pins) -> admit -> make room -> [strict: chunk plan]
           -> (runtime: free victims' slots, load misses, compute each chunk) -> prefetch_after
@@ -11,10 +11,10 @@ compiled loop; the runtime (runtime/cache.py) calls it once per layer call. Noth
 bytes or reads a clock, so counters depend on routing alone.
 
 Pins: a key is pinned while PIN[key] >= the current batch index: the batch's own keys while it
-runs, and a prefetched key until its target batch (SPEC §5). A victim is only ever an unpinned
+runs, and a prefetched key until its target batch. A victim is only ever an unpinned
 resident key of the batch's pool.
 
-Accounting (SPEC §4 vs §4b): the policy always learns of a batch as in §4 (lookups, then every
+Accounting: the policy always learns of a batch as in published accounting (lookups, then every
 miss admitted at the batch's end, then evictions of unpinned keys while over budget). Under
 strict capacity a batch that still leaves the pool over budget is executed in chunks: misses are
 loaded in lookup order; when the next one has no room, everything resolved so far (every hit and
@@ -128,7 +128,7 @@ def _drop_unused_prefetches(X, I, pool, b, num_keys):
 
 @_jit
 def _strict_chunks(I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts):
-    """§4b for a batch that does not fit: place its loads in lookup order. Before each load,
+    """Strict capacity for a batch that does not fit: place its loads in lookup order. Before each load,
     evict unpinned entries while there is no room; when none is left, compute everything
     resolved so far (every hit, the loads so far), unpin it, and go on in a new chunk."""
     n = counts[N_KEYS]

@@ -1,4 +1,4 @@
-"""Compiled policy kernels: the four calls every cache loop makes (SPEC §4).
+"""Compiled policy kernels: the four calls every cache loop makes.
 
     on_access(I, F, key, t, batch, hint, repeat)
         a request for `key` at stream position t; the first of its batch is the lookup (hit or

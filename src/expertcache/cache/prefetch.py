@@ -1,4 +1,4 @@
-"""Prefetchers (SPEC §5): predict, before layer l of token t runs, which experts it needs.
+"""Prefetchers: predict, before layer l of token t runs, which experts it needs.
 
 A prefetcher is its own protocol, plugged into the replay loop as an array of predicted keys
 per batch: `predict(trace, count, distance) -> [N, L, F]` expert ids (-1 = no prediction),

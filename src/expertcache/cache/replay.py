@@ -1,4 +1,4 @@
-"""The simulator's loop (SPEC §4, §4b, §5), compiled once: every batch of a stream through the
+"""The simulator's loop, compiled once: every batch of a stream through the
 engine step the runtime also calls (engine.py), then the prefetch for the batch `distance` ahead.
 
 Shape key: R requests, B batches, K keys, P pools, F predictions per batch.
@@ -36,7 +36,7 @@ def replay(state, keys, batch_start, hint, key_cost, key_bytes, budget, pf_keys,
 
     hint: [R] future annotation (Belady) or empty; key_cost: [K] budget units per key;
     key_bytes: [K] bytes moved per load; budget: [P] units per pool; pf_keys: [B, F] keys
-    predicted for each batch (-1 none; F = 0 disables prefetch); strict: SPEC §4b.
+    predicted for each batch (-1 none; F = 0 disables prefetch); strict: never over budget (strict capacity).
     """
     K = len(key_cost)
     X = new_engine(K, len(budget), pf_reserve)

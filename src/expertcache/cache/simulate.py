@@ -1,4 +1,4 @@
-"""`simulate`: replay a trace through a cache policy with engine accounting (SPEC §4).
+"""`simulate`: replay a trace through a cache policy with engine accounting.
 
 Shape key: B batches, L MoE layers, N tokens.
 """
@@ -21,7 +21,7 @@ from .stream import LookupStream, build_stream
 
 __all__ = ["simulate", "SimulationResult", "HitCounts", "run_stream", "ACCOUNTINGS"]
 
-ACCOUNTINGS = ("published", "strict")  # SPEC §4 (the published replays) and §4b (the runtime's rule)
+ACCOUNTINGS = ("published", "strict")  # the published replays' rule, and the runtime's
 
 
 class HitCounts:
@@ -121,8 +121,8 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     ("lru", "lfu", "belady", ...; a "layer-" prefix selects the per-layer scope) or a policy
     object. `prefetch` is a prefetcher name or object, or a PrefetchConfig (count, distance,
     reserved slots). Pass `stream=build_stream(trace)` to reuse the lookup stream across many calls.
-    `accounting` is "published" (SPEC §4: a batch that does not fit sits over budget until a
-    later batch evicts) or "strict" (SPEC §4b, the runtime's rule: never over budget).
+    `accounting` is "published" (a batch that does not fit sits over budget until a
+    later batch evicts) or "strict" (the runtime's rule: never over budget).
     """
     check_accounting(accounting)
     policy, scope = resolve_policy(policy, scope)

@@ -32,7 +32,7 @@ class Advice:
     budget_bytes: int | None
     budget_slots: int | None
     hit_rate: float
-    accounting: str  # "published" (SPEC §4) or "strict" (§4b), as in simulate
+    accounting: str  # "published" or "strict", as in simulate
     curve: list[tuple[float, float]] = field(default_factory=list)  # (budget_x, hit rate) explored
 
     def to_json(self) -> dict:

@@ -1,4 +1,4 @@
-"""Turn a trace into the engine's lookup stream (SPEC §4), once, with numpy.
+"""Turn a trace into the engine's lookup stream, once, with numpy.
 
 A prefill pass (a run of consecutive prefill tokens of one sequence) gives one batch per MoE
 layer holding all its tokens' experts, token-major and in score order; each decode token gives

@@ -1,4 +1,4 @@
-"""Throughput model (SPEC §7): how fast a cache configuration can decode on given hardware.
+"""Throughput model: how fast a cache configuration can decode on given hardware.
 
 Per decode token t, compute_t = dense_time + lookups_t * expert_time and transfer_t =
 bytes_read_t / link_bandwidth; the step takes max(compute_t, transfer_t) when loads overlap
@@ -64,7 +64,7 @@ class HardwareProfile:
 
 
 def step_times(compute_s, bytes_read, bandwidth: float, overlap: bool) -> np.ndarray:
-    """The SPEC §7 bound per step: max or sum of compute and transfer time."""
+    """The bound per step: max or sum of compute and transfer time."""
     transfer = np.asarray(bytes_read, np.float64) / bandwidth
     compute = np.asarray(compute_s, np.float64)
     return np.maximum(compute, transfer) if overlap else compute + transfer

@@ -28,8 +28,8 @@ def _size(n: int) -> str:
 AsDecode = Annotated[bool, typer.Option(
     "--as-decode", help="replay every token as a decode step (e.g. a teacher-forced corpus trace, all prefill)")]
 Accounting = Annotated[str, typer.Option(
-    help="published (SPEC 4: a batch that does not fit sits over budget until a later one evicts; the published "
-         "replays) or strict (SPEC 4b, the runtime's rule: never over budget, such a batch is computed in chunks)")]
+    help="published (a batch that does not fit sits over budget until a later one evicts; the published "
+         "replays) or strict (the runtime's rule: never over budget, such a batch is computed in chunks)")]
 
 
 def _label(r) -> str:

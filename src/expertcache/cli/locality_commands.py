@@ -119,6 +119,7 @@ def analyze(
     permutations: Annotated[int, typer.Option("--permutations", help="Shuffles for the chance levels (0: none).")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffles and the bootstrap.")] = 0,
     resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")] = 1000,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the tables of an existing folder.")] = False,
 ) -> None:
     """Every locality metric as tidy tables (Parquet + CSV) and a summary led by excess over chance."""
     from ..locality.analyze import analyze as analyze_api
@@ -128,13 +129,15 @@ def analyze(
     m_values = _segment_lengths(m)
     total = len(analyze_tasks(m_values, permutations))
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_stderr) as bar:
+                  console=_stderr, transient=True) as bar:
         task = bar.add_task("analyze", total=total)
         summary = analyze_api(
-            trace, out, m=m_values, permutations=permutations, seed=seed, resamples=resamples,
+            trace, out, m=m_values, permutations=permutations, seed=seed, resamples=resamples, overwrite=overwrite,
             progress=lambda description, advance: bar.update(task, advance=advance, description=description or "analyze"))
     excess = summary["locality_excess_over_chance"]
-    _stderr.print(f"wrote {out}: {', '.join(summary['tables'])} (.parquet, .csv) and summary.json")
+    _stderr.print(f"wrote {out}: {', '.join(summary['tables'])} (.parquet, .csv) and summary.json", highlight=False)
+    for name, why in summary["skipped"].items():
+        _stderr.print(f"skipped {name}: {why}", highlight=False)
     Console().print_json(data={"locality_excess_over_chance": excess})
 
 

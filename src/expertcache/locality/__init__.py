@@ -1,5 +1,5 @@
-"""Locality metrics of a routing trace: hit-rate curves at every cache size (SPEC §2), SRP (§3),
-load balance and specialization (§6), consecutive overlap, each with its chance level, and the
+"""Locality metrics of a routing trace: hit-rate curves at every cache size, SRP,
+load balance and specialization, consecutive overlap, each with its chance level, and the
 gating network's habits (weight spread, usage skew, experts picked together)."""
 
 from .analyze import analyze

@@ -1,4 +1,4 @@
-"""Numba kernels: one pass over a request stream gives the hits of every cache size (SPEC §2).
+"""Numba kernels: one pass over a request stream gives the hits of every cache size.
 
 All four policies are stack policies: caches of every size are the top C entries of one
 stack. A token's requests are judged against the stack as it stood before the token (depth

@@ -1,6 +1,6 @@
 """Request streams of a trace, read block by block so memory stays bounded.
 
-The study accounting (SPEC §2) turns routing into one flat request stream per sequence:
+The study accounting turns routing into one flat request stream per sequence:
 token-major, each token's experts in list order, pad ids (layer did not route) dropped.
 Per-layer streams use expert ids 0..E_l-1; the model-level stream uses the pair id
 `layer_offset[l] + e`, layer by layer inside each token.

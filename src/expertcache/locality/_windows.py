@@ -1,4 +1,4 @@
-"""Numba kernel: activation-count histograms of all windows of m tokens (SPEC §3).
+"""Numba kernel: activation-count histograms of all windows of m tokens.
 
 SRP only needs, for each group it pools over, how many (window, expert) pairs have each
 count c = 0..m. Sliding the window changes at most 2K counts, and a count stays the same

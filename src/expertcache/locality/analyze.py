@@ -2,8 +2,9 @@
 each figure's excess over its chance level (docs/metrics.md describes every column).
 
 Tables (Parquet and CSV, one row per value): curves, srp, overlap, balance, vocabulary,
-domains. summary.json holds the headline figures: SCH at 2x the active experts, SRP and
-consecutive overlap, each as {"excess", "observed", "chance"}.
+domains; a table the trace cannot fill (no token ids, one domain, no defined value) is not
+written, and summary.json says why under "skipped". summary.json holds the headline figures:
+SCH at 2x the active experts, SRP and consecutive overlap, each as {"excess", "observed", "chance"}.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ from .balance import global_balance, local_balance
 from .bootstrap import check_resamples, check_seed
 from .chance import DEFAULT_PERMUTATIONS, chance_curves, chance_overlap, chance_srp
 from .overlap import consecutive_overlap
-from .specialization import domain_specialization, vocabulary_specialization
+from .specialization import NO_FREQUENT_TOKEN, domain_specialization, missing_specialization, vocabulary_specialization
 from .srp import DEFAULT_M, srp
 from .study_cache import POLICIES, curves, segment_lengths
 
-__all__ = ["analyze", "json_safe"]
+__all__ = ["TABLES", "analyze", "json_safe"]
+
+# table -> its value columns: a table where none of them is defined in any row is not written
+TABLES = {"curves": ("observed",), "srp": ("observed",), "overlap": ("observed",), "balance": ("balance", "cv"),
+          "vocabulary": ("share",), "domains": ("rate", "specialization")}
 
 
 def tasks(m_values, permutations) -> list[tuple[str, str, int | None]]:
@@ -41,11 +46,12 @@ def tasks(m_values, permutations) -> list[tuple[str, str, int | None]]:
 
 
 def analyze(trace: Trace, out: str | os.PathLike, *, m=DEFAULT_M, permutations: int = DEFAULT_PERMUTATIONS,
-            seed: int = 0, resamples: int = 1000, progress=None) -> dict:
+            seed: int = 0, resamples: int = 1000, progress=None, overwrite: bool = False) -> dict:
     """Compute everything and write it under `out`; returns the summary.
 
     `progress(description, advance)` is called as work units start and end; `permutations=0`
-    skips the chance levels.
+    skips the chance levels. An existing `out` is refused unless `overwrite`, which replaces
+    the tables and summary written there before.
     """
     m_values = segment_lengths(m)
     if permutations < 0:
@@ -55,12 +61,14 @@ def analyze(trace: Trace, out: str | os.PathLike, *, m=DEFAULT_M, permutations: 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExpertcacheError(f"{out} is a file; --out needs a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExpertcacheError(f"{out} already exists; choose another --out or pass --overwrite")
     step = progress or (lambda description, advance: None)
     tables: dict[str, list[dict]] = {}
     k, L = trace.top_k, trace.num_moe_layers
 
     observed = {}
+    skipped = missing_specialization(trace)  # table -> why it is not written
     for kind, policy, mm in tasks(m_values, permutations):
         step(f"{kind} {policy}{'' if mm is None else f' m={mm}'}".strip(), 0)
         if kind == "curve":
@@ -78,16 +86,30 @@ def analyze(trace: Trace, out: str | os.PathLike, *, m=DEFAULT_M, permutations: 
         elif kind == "balance":
             tables["balance"] = _balance_rows(global_balance(trace), local_balance(trace, m_values))
         else:
-            tables["vocabulary"] = vocabulary_specialization(trace)
-            tables["domains"] = _domain_rows(trace, *domain_specialization(trace))
+            if "vocabulary" not in skipped:
+                tables["vocabulary"] = vocabulary_specialization(trace)
+            if "domains" not in skipped:
+                tables["domains"] = _domain_rows(trace, *domain_specialization(trace))
         step("", 1)
     if not permutations:
         tables["curves"] = [row for c in observed.values() for row in _curve_rows(c, None, k, L)]
-    summary = _summary(trace, tables, m_values, permutations, seed, resamples)
+    for name in [n for n, rows in tables.items() if not _defined(rows, TABLES[n])]:
+        del tables[name]
+        skipped[name] = NO_FREQUENT_TOKEN if name == "vocabulary" else "no value is defined for this trace"
+    summary = _summary(trace, tables, m_values, permutations, seed, resamples) | {"skipped": skipped}
+    out.mkdir(parents=True, exist_ok=True)
+    for name in TABLES:  # a table an earlier run wrote and this one skips must not stay behind
+        for suffix in (".parquet", ".csv"):
+            (out / name).with_suffix(suffix).unlink(missing_ok=True)
     for name, rows in tables.items():
         _write_table(out / name, rows)
     _write_json(out / "summary.json", summary)
     return summary
+
+
+def _defined(rows: list[dict], columns) -> bool:
+    """Whether any row has a finite value in any of `columns`."""
+    return any(isinstance(r[c], (int, float)) and math.isfinite(r[c]) for r in rows for c in columns)
 
 
 def _excess(observed, chance) -> dict:
@@ -175,13 +197,19 @@ def _summary(trace, tables, m_values, permutations, seed, resamples) -> dict:
                                     for key, r in at_2x.items()},
         "srp": srp_model,
         "consecutive_overlap": {k: overlap[k] for k in ("excess", "observed", "chance")},
-        "load_balance_mean_over_layers": {k: float(np.nanmean(v)) for k, v in balance.items()},
+        "load_balance_mean_over_layers": {k: _finite_mean(v) for k, v in balance.items()},
         "trace": {"model": trace.model.name, "sequences": trace.num_sequences, "tokens": trace.num_tokens,
                   "moe_layers": trace.num_moe_layers, "experts": trace.num_experts, "top_k": trace.top_k,
                   "domains": trace.domains},
         "settings": {"m": list(m_values), "permutations": permutations, "seed": seed, "resamples": resamples},
         "tables": sorted(tables),
     })
+
+
+def _finite_mean(values) -> float | None:
+    """Mean of the defined values (None when there is none: a window longer than every sequence)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
 
 
 def json_safe(value):

@@ -1,4 +1,4 @@
-"""Load balance, global and local (SPEC §6), as normalized entropy and coefficient of variation.
+"""Load balance, global and local, as normalized entropy and coefficient of variation.
 
 For loads n_e >= 0 over E experts with N = sum n_e > 0 and p_e = n_e / N:
 - balance = H(p) / log E, H(p) = -sum p_e log p_e (1 = perfectly even, 0 = one expert; 1 when E = 1),

@@ -1,4 +1,4 @@
-"""Seeded basic bootstrap over sequences (SPEC §3), vectorized through sufficient statistics.
+"""Seeded basic bootstrap over sequences, vectorized through sufficient statistics.
 
 A metric that is a function of sums over sequences is resampled by weighting each sequence's
 statistics with how often a resample drew it: one matrix product per breakdown instead of

@@ -1,4 +1,4 @@
-"""Vocabulary and domain specialization of experts (SPEC §6).
+"""Vocabulary and domain specialization of experts.
 
 Vocabulary, per layer and token kind: take every position whose token (of that kind) is
 known and that the layer routed; for a token id v seen at least `min_count` (20) times there,
@@ -27,10 +27,24 @@ import numpy as np
 
 from ..trace import DECODE, Trace
 
-__all__ = ["KINDS", "MIN_COUNT", "domain_specialization", "vocabulary_specialization"]
+__all__ = ["KINDS", "MIN_COUNT", "NO_FREQUENT_TOKEN", "domain_specialization", "missing_specialization",
+           "vocabulary_specialization"]
 
 KINDS = ("input", "predicted", "next")
 MIN_COUNT = 20
+NO_FREQUENT_TOKEN = f"no token id occurs {MIN_COUNT} times, the fewest a share is computed from"
+
+
+def missing_specialization(trace: Trace) -> dict[str, str]:
+    """Why the trace cannot show vocabulary ("vocabulary") or domain ("domains") specialization;
+    empty when it can show both. Checked before computing, so nothing is computed for nothing."""
+    missing = {}
+    if not (np.asarray(trace.tokens) >= 0).any():
+        missing["vocabulary"] = "the trace records no token ids (its recorder kept only the routing)"
+    if len(np.unique(trace.seq_domain)) < 2:
+        name = trace.domains[int(trace.seq_domain[0])]
+        missing["domains"] = f"the trace holds one domain ({name}), so there is nothing to compare"
+    return missing
 
 
 def _token_kinds(trace: Trace) -> dict[str, np.ndarray]:

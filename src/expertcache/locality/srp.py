@@ -1,4 +1,4 @@
-"""SRP, Segment Routing best Performance (SPEC §3), with breakdowns and bootstrap intervals.
+"""SRP, Segment Routing best Performance, with breakdowns and bootstrap intervals.
 
 Everything derives from histograms h[c] = number of (window, expert) pairs whose window of
 m tokens routed c tokens to the expert (c = 0..m), pooled over whatever a breakdown pools:

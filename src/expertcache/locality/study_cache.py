@@ -1,4 +1,4 @@
-"""Hit rates of LRU, LFU, Belady and FSF(m) at every cache size, study accounting (SPEC §2).
+"""Hit rates of LRU, LFU, Belady and FSF(m) at every cache size, study accounting.
 
 One pass per policy gives every size C = 1..E per MoE layer and C = 1..sum(E) for the
 model-level cache. Each sequence starts with an empty cache; results pool hits and requests

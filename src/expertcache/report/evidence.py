@@ -227,21 +227,13 @@ def _balance(trace: Trace, m: int, done) -> dict:
 def _specialization(trace: Trace, done) -> dict:
     """Vocabulary and domain specialization where the trace can show them, else a note why not."""
     from ..locality import domain_specialization, vocabulary_specialization
+    from ..locality.specialization import NO_FREQUENT_TOKEN, missing_specialization
 
-    notes = {}
-    vocabulary = None
-    if (np.asarray(trace.tokens) >= 0).any():
-        vocabulary = vocabulary_specialization(trace)
-        if all(r["tokens"] == 0 for r in vocabulary):
-            vocabulary = None
-            notes["vocabulary"] = "no token id occurs 20 times in this trace, the least a share is computed from"
-    else:
-        notes["vocabulary"] = "the trace records no token ids (its recorder kept only the routing)"
-    domains = None
-    if len(np.unique(trace.seq_domain)) > 1:
-        domains = domain_specialization(trace)
-    else:
-        notes["domains"] = f"the trace holds one domain ({trace.domains[int(trace.seq_domain[0])]}), so there is nothing to compare"
+    notes = missing_specialization(trace)
+    vocabulary = None if "vocabulary" in notes else vocabulary_specialization(trace)
+    if vocabulary is not None and all(r["tokens"] == 0 for r in vocabulary):
+        vocabulary, notes["vocabulary"] = None, NO_FREQUENT_TOKEN
+    domains = None if "domains" in notes else domain_specialization(trace)
     done("specialization")
     return {"vocabulary": vocabulary, "domains": domains, "notes": notes}
 

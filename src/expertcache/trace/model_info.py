@@ -1,4 +1,4 @@
-"""What a trace needs to know about the model that produced it (SPEC §1).
+"""What a trace needs to know about the model that produced it.
 
 Shape key: L MoE layers (dense layers are not counted), E experts, K routed experts per token.
 """

@@ -38,7 +38,7 @@ _PER_TOKEN = ("experts", *TOKEN_ARRAYS, *OPTIONAL_ARRAYS)
 
 
 class Trace:
-    """Routing of every token in every MoE layer (SPEC §1), as numpy arrays.
+    """Routing of every token in every MoE layer, as numpy arrays.
 
     Arrays of a trace loaded from disk are memory-mapped per shard; a property that spans
     shards concatenates them on first use. `layer_experts(l)` reads one layer only, which is
