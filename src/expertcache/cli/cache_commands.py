@@ -26,10 +26,10 @@ def _size(n: int) -> str:
 
 
 AsDecode = Annotated[bool, typer.Option(
-    "--as-decode", help="replay every token as a decode step (e.g. a teacher-forced corpus trace, all prefill)")]
+    "--as-decode", help="Replay every token as a decode step (e.g. a teacher-forced corpus trace, all prefill).")]
 Accounting = Annotated[str, typer.Option(
-    help="published (a batch that does not fit sits over budget until a later one evicts; the published "
-         "replays) or strict (the runtime's rule: never over budget, such a batch is computed in chunks)")]
+    help="Accounting: published (a batch that does not fit sits over budget until a later one evicts; the "
+         "published replays) or strict (the runtime's rule: never over budget, such a batch is computed in chunks).")]
 
 
 def _label(r) -> str:
@@ -50,19 +50,19 @@ def _profile(path: Optional[Path]):
 
 def simulate_command(
     trace: TraceArg,
-    policy: Annotated[str, typer.Option(help="cache policy: lru, fifo, lfu, lfu-decay, gdsf, hyperbolic, static, random, belady, belady-size (a layer- prefix: per-layer scope)")] = "lru",
-    scope: Annotated[str, typer.Option(help="global (one pool) or layer (one pool per MoE layer)")] = "global",
-    budget_mib: Annotated[Optional[float], typer.Option(help="budget in MiB (2^20 bytes)")] = None,
-    budget_slots: Annotated[Optional[int], typer.Option(help="budget in experts")] = None,
-    budget_x: Annotated[Optional[float], typer.Option(help="budget as a multiple of the active experts (L x k)")] = None,
-    shares: Annotated[str, typer.Option(help="per-layer shares: equal or bytes")] = "equal",
-    prefetch: Annotated[Optional[str], typer.Option(help="prefetcher: previous, frequency, stale-gate, oracle, learned")] = None,
-    prefetch_count: Annotated[Optional[int], typer.Option(help="experts prefetched per layer (default k)")] = None,
-    prefetch_distance: Annotated[int, typer.Option(help="layers ahead the prefetch is issued")] = 1,
-    prefetch_reserve: Annotated[int, typer.Option(help="slots reserved for prefetched experts (0: main cache)")] = 0,
-    profile: Annotated[Optional[Path], typer.Option(help="hardware profile JSON (bench-hw --out) for a throughput bound")] = None,
-    breakdown: Annotated[Optional[Path], typer.Option(help="write per-layer, per-phase and per-step CSVs into this directory")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    policy: Annotated[str, typer.Option(help="Cache policy: lru, fifo, lfu, lfu-decay, gdsf, hyperbolic, static, random, belady, belady-size (a layer- prefix: per-layer scope).")] = "lru",
+    scope: Annotated[str, typer.Option(help="Scope: global (one pool) or layer (one pool per MoE layer).")] = "global",
+    budget_mib: Annotated[Optional[float], typer.Option(help="Budget in MiB (2^20 bytes).")] = None,
+    budget_slots: Annotated[Optional[int], typer.Option(help="Budget in experts.")] = None,
+    budget_x: Annotated[Optional[float], typer.Option(help="Budget as a multiple of the active experts (L x k).")] = None,
+    shares: Annotated[str, typer.Option(help="Per-layer shares: equal or bytes.")] = "equal",
+    prefetch: Annotated[Optional[str], typer.Option(help="Prefetcher: previous, frequency, stale-gate, oracle, learned.")] = None,
+    prefetch_count: Annotated[Optional[int], typer.Option(help="Experts prefetched per layer (default k).")] = None,
+    prefetch_distance: Annotated[int, typer.Option(help="Layers ahead the prefetch is issued.")] = 1,
+    prefetch_reserve: Annotated[int, typer.Option(help="Slots reserved for prefetched experts (0: main cache).")] = 0,
+    profile: Annotated[Optional[Path], typer.Option(help="Hardware profile JSON (bench-hw --out) for a throughput bound.")] = None,
+    breakdown: Annotated[Optional[Path], typer.Option(help="Write per-layer, per-phase and per-step CSVs into this directory.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     as_decode: AsDecode = False,
     accounting: Accounting = "published",
 ) -> None:
@@ -114,13 +114,13 @@ def _write_breakdown(result, directory: Path) -> None:
 
 def sweep_command(
     trace: TraceArg,
-    out: Annotated[Path, typer.Option(help="output directory for sweep.csv, sweep.parquet, sweep.png")],
-    policies: Annotated[str, typer.Option(help="comma-separated policies (a layer- prefix: per-layer scope)")] = "belady,lru,lfu",
-    budgets: Annotated[str, typer.Option(help="comma-separated budgets")] = "1000,2000,4000,8000",
-    unit: Annotated[str, typer.Option(help="unit of --budgets: mib, slots or x")] = "mib",
-    scopes: Annotated[str, typer.Option(help="comma-separated scopes")] = "global",
-    profile: Annotated[Optional[Path], typer.Option(help="hardware profile JSON: adds tokens/s columns")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="processes (default: all cores)")] = None,
+    out: Annotated[Path, typer.Option(help="Output directory for sweep.csv, sweep.parquet, sweep.png.")],
+    policies: Annotated[str, typer.Option(help="Comma-separated policies (a layer- prefix: per-layer scope).")] = "belady,lru,lfu",
+    budgets: Annotated[str, typer.Option(help="Comma-separated budgets.")] = "1000,2000,4000,8000",
+    unit: Annotated[str, typer.Option(help="Unit of --budgets: mib, slots or x.")] = "mib",
+    scopes: Annotated[str, typer.Option(help="Comma-separated scopes.")] = "global",
+    profile: Annotated[Optional[Path], typer.Option(help="Hardware profile JSON: adds tokens/s columns.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
     as_decode: AsDecode = False,
     accounting: Accounting = "published",
 ) -> None:
@@ -151,17 +151,17 @@ def sweep_command(
 
 
 def bench_hw_command(
-    hidden: Annotated[int, typer.Option(help="model hidden size")] = 2048,
-    intermediate: Annotated[int, typer.Option(help="expert intermediate size")] = 768,
-    dtype: Annotated[str, typer.Option(help="torch dtype of the expert weights")] = "float32",
-    layers: Annotated[int, typer.Option(help="layers (for the dense time per token)")] = 48,
-    link: Annotated[str, typer.Option(help="what feeds the cache: disk (disk->RAM), device (host->GPU) or memory")] = "disk",
-    device: Annotated[str, typer.Option(help="where experts compute: cpu or cuda")] = "cpu",
-    disk_mib: Annotated[int, typer.Option(help="size of the disk read test")] = 256,
-    copy_mib: Annotated[int, typer.Option(help="size of the memory copy test")] = 256,
-    directory: Annotated[Optional[Path], typer.Option(help="directory for the disk read test (default: temp)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="write the profile JSON here (for simulate/sweep --profile)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    hidden: Annotated[int, typer.Option(help="Model hidden size.")] = 2048,
+    intermediate: Annotated[int, typer.Option(help="Expert intermediate size.")] = 768,
+    dtype: Annotated[str, typer.Option(help="Torch dtype of the expert weights.")] = "float32",
+    layers: Annotated[int, typer.Option(help="Layers (for the dense time per token).")] = 48,
+    link: Annotated[str, typer.Option(help="What feeds the cache: disk (disk->RAM), device (host->GPU) or memory.")] = "disk",
+    device: Annotated[str, typer.Option(help="Where experts compute: cpu or cuda.")] = "cpu",
+    disk_mib: Annotated[int, typer.Option(help="Size of the disk read test.")] = 256,
+    copy_mib: Annotated[int, typer.Option(help="Size of the memory copy test.")] = 256,
+    directory: Annotated[Optional[Path], typer.Option(help="Directory for the disk read test (default: temp).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the profile JSON here (for simulate/sweep --profile).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Measure this machine's hardware profile for the throughput model."""
     from ..cache.hwbench import bench_hw
@@ -185,10 +185,10 @@ def bench_hw_command(
 
 def advise_command(
     trace: TraceArg,
-    policy: Annotated[str, typer.Option(help="cache policy")] = "lru",
-    scope: Annotated[str, typer.Option(help="global or layer")] = "global",
-    fraction: Annotated[float, typer.Option(help="share of the best achievable hit rate to reach")] = 0.9,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    policy: Annotated[str, typer.Option(help="Cache policy.")] = "lru",
+    scope: Annotated[str, typer.Option(help="Global or layer.")] = "global",
+    fraction: Annotated[float, typer.Option(help="Share of the best achievable hit rate to reach.")] = 0.9,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     as_decode: AsDecode = False,
     accounting: Accounting = "published",
 ) -> None:

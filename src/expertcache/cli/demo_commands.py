@@ -27,7 +27,7 @@ def demo(
     length: Annotated[int, typer.Option("--length", "-T", help="Tokens per window (tiny model).")] = 256,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Capture the tiny model's trace afresh.")] = False,
 ) -> None:
-    """Does expert offloading suit real MoE models? The answer for four of them, then the pipeline on a tiny model.
+    """Real MoE models judged for expert offloading, then the whole pipeline on a tiny model.
 
     Offline. Re-running rewrites the report and reuses the tiny model and its trace.
     """

@@ -54,7 +54,7 @@ def _fmt(value, digits=4) -> str:
 
 def curves(
     trace_path: TraceArg,
-    policy: Annotated[str, typer.Option("--policy", help="lru, lfu, belady or fsf.")],
+    policy: Annotated[str, typer.Option("--policy", help="Cache policy: lru, lfu, belady or fsf.")],
     m: Annotated[Optional[int], typer.Option("--m", help="Segment length of fsf (SCH).")] = None,
     domain: Annotated[Optional[str], typer.Option("--domain", help="Only this domain's sequences.")] = None,
     as_json: JsonOpt = False,

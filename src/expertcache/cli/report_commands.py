@@ -22,7 +22,7 @@ def report(
         help="Your fast-memory budget for experts in MiB (2^20 bytes): the report adds the hit rate it gets.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing report folder.")] = False,
 ) -> None:
-    """Say whether each model suits expert offloading, with which cache, and show the evidence.
+    """Does each model suit expert offloading? A verdict, cache advice and figures.
 
     Writes report.html (self-contained, opens offline), report.md with figures/*.png, and
     report.json with every number behind the figures.

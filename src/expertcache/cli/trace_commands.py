@@ -18,8 +18,8 @@ from ..trace.jsonl import import_jsonl
 from ..trace.summary import summarize
 from .arguments import TraceArg
 
-import_app = typer.Typer(help="Bring routing recorded elsewhere into a trace.", no_args_is_help=True)
-export_app = typer.Typer(help="Write a trace out in other formats.", no_args_is_help=True)
+import_app = typer.Typer(help="Bring routing recorded elsewhere into a trace.", no_args_is_help=True, rich_markup_mode=None)
+export_app = typer.Typer(help="Write a trace out in other formats.", no_args_is_help=True, rich_markup_mode=None)
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Trace directory to write.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing trace at --out.")]
