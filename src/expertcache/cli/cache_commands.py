@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
@@ -147,7 +148,24 @@ def sweep_command(
             _err.print(f"interrupted: {len(rows)} finished configurations written to {out}")
         raise
     paths = write_sweep(rows, out, title=t.model.name)
+    Console(highlight=False).print(_sweep_table(rows))
     print(f"{len(rows)} configurations -> {paths['csv']}, {paths['parquet']}, {paths['plot']}")
+
+
+def _sweep_table(rows: list[dict]) -> Table:
+    """The sweep as printed: one row per configuration, the columns a reader compares."""
+    unit = {"mib": "budget (MiB)", "slots": "budget (experts)", "x": "budget (x active experts)"}[rows[0]["budget_unit"]]
+    read = any(r["read_mib"] is not None for r in rows)
+    speed = any(r.get("decode_tokens_per_s") is not None for r in rows)
+    table = Table("policy", unit, "hit rate", "decode hit rate", *(["read (MiB)"] if read else []),
+                  *(["decode tokens/s (bound)"] if speed else []), title="hit rate by policy and budget", title_justify="left")
+    for r in rows:
+        setting = ", ".join([*(["per layer"] if r["scope"] == "layer" else []), *(["strict"] if r["accounting"] == "strict" else [])])
+        table.add_row(r["policy"] + (f" ({setting})" if setting else ""),
+                      f"{r['budget']:g}", f"{r['hit_rate']:.2%}", f"{r['decode_hit_rate']:.2%}",
+                      *([f"{r['read_mib']:.1f}"] if read else []),
+                      *([f"{r['decode_tokens_per_s']:.2f}"] if speed else []))
+    return table
 
 
 def bench_hw_command(

@@ -110,6 +110,48 @@ def srp(
                       "-" if v.threshold is None else str(v.threshold), _fmt(v.group_ratio, 3),
                       _fmt(v.activation_ratio), f"{min(layers):.3f}..{max(layers):.3f}" if layers else "-")
     Console().print(table)
+    for name in breakdowns:
+        Console().print(_BREAKDOWNS[name](report))
+
+
+def _interval(v) -> str:
+    return _fmt(v.srp, 3) + ("" if v.ci is None or v.srp != v.srp else f" [{_fmt(v.ci[0], 3)}, {_fmt(v.ci[1], 3)}]")
+
+
+def _by_domain(report) -> Table:
+    domains = list(dict.fromkeys(d for r in report.results.values() for d in r["per_domain"]))
+    table = Table("m", *domains, title="SRP by domain [95 % CI]", title_justify="left")
+    for m, r in report.results.items():
+        table.add_row(str(m), *(_interval(r["per_domain"][d]) if d in r["per_domain"] else "-" for d in domains))
+    return table
+
+
+def _by_expert(report) -> Table:
+    table = Table("m", "lowest", "median", "highest", "most local expert", "experts without SRP",
+                  title="SRP by expert (over every layer's experts)", title_justify="left")
+    for m, r in report.results.items():
+        values = [(v.srp, l, e) for l, experts in enumerate(r["per_expert"]) for e, v in enumerate(experts)]
+        defined = sorted(x for x in values if x[0] == x[0])
+        if not defined:
+            table.add_row(str(m), "-", "-", "-", "-", str(len(values)))
+            continue
+        best = defined[-1]
+        table.add_row(str(m), _fmt(defined[0][0], 3), _fmt(defined[len(defined) // 2][0], 3), _fmt(best[0], 3),
+                      f"layer {best[1]} expert {best[2]}", str(len(values) - len(defined)))
+    return table
+
+
+def _by_position(report) -> Table:
+    longest = max(len(r["per_position"]) for r in report.results.values())
+    starts = [0] + [2**i for i in range(max(longest - 1, 1).bit_length()) if 2**i < longest]
+    table = Table("m", *(str(p) for p in starts), title="SRP by window start position (tokens into the sequence)",
+                  title_justify="left")
+    for m, r in report.results.items():
+        table.add_row(str(m), *(_fmt(r["per_position"][p].srp, 3) if p < len(r["per_position"]) else "-" for p in starts))
+    return table
+
+
+_BREAKDOWNS = {"domain": _by_domain, "expert": _by_expert, "position": _by_position}
 
 
 def analyze(
