@@ -7,6 +7,7 @@ The public API, by stage:
 - cache:    simulate, sweep, recommend_budget, predict_throughput, bench_hw (more in
             expertcache.cache)
 - runtime:  offload, stats, close
+- report:   write_report (verdicts and figures; more in expertcache.report)
 
 Names are imported on first use, so `import expertcache` (and every CLI command) does not pay
 for torch or numba until it needs them.
@@ -42,6 +43,7 @@ _LAZY = {
     "offload": "expertcache.runtime",
     "stats": "expertcache.runtime",
     "close": "expertcache.runtime",
+    "write_report": "expertcache.report",
 }
 _RENAMED = {"register_policy": ("expertcache.cache", "register")}
 

@@ -35,3 +35,13 @@ def test_co_firing_counts_pairs_within_a_token_and_their_lift():
     # P(0) = 3/4, P(1) = 2/4, P(0 and 1) = 2/4: lift = 0.5 / 0.375
     assert lift[0, 1] == pytest.approx(0.5 / (0.75 * 0.5))
     assert np.isnan(lift[0, 0]) and np.isnan(lift[4]).all()  # the diagonal, and expert 4 never used
+
+
+def test_weight_by_rank_is_the_same_read_in_small_chunks(rng):
+    experts = np.stack([rng.permutation(6)[:3] for _ in range(2 * 7 * 2)]).reshape(2, 7, 2, 3)
+    weights = rng.random(experts.shape)
+    trace = Trace.from_arrays(experts, 6, weights=weights)
+    np.testing.assert_allclose(weight_by_rank(trace, chunk=3), weight_by_rank(trace), atol=1e-12)
+    w = np.sort(weights.astype(np.float16).astype(np.float32), axis=-1)[..., ::-1]
+    expected = (w / w.sum(axis=-1, keepdims=True)).reshape(-1, 2, 3).mean(axis=0)  # [L, K]
+    np.testing.assert_allclose(weight_by_rank(trace), expected, atol=1e-6)

@@ -2,7 +2,8 @@
 its k experts, how unevenly it uses the experts (rarely used ones are pruning candidates), and
 which experts it picks together.
 
-Each function reads one MoE layer at a time, so memory stays within one layer's arrays.
+Memory stays within one layer's arrays: co_firing reads one MoE layer, weight_by_rank a chunk of
+tokens of every layer.
 Shape key: N tokens, L MoE layers, K top-k, E experts.
 """
 
@@ -15,25 +16,27 @@ from ..trace import Trace
 __all__ = ["RARE", "co_firing", "rarely_used", "top_share", "weight_by_rank"]
 
 RARE = 0.1  # rarely used: fewer requests than this fraction of an even share of the layer's requests
+CHUNK_TOKENS = 1 << 14  # tokens of routing weights read at once (24 MiB as float32 for 48 layers x k = 8)
 
 
-def _layer_weights(trace: Trace, layer: int) -> np.ndarray:
-    """[N, K] routing weights of one MoE layer, read without the other layers."""
-    return np.concatenate([np.asarray(w[:, layer, :], np.float32) for w in trace.shard_arrays("weights")])
-
-
-def weight_by_rank(trace: Trace) -> np.ndarray | None:
+def weight_by_rank(trace: Trace, chunk: int = CHUNK_TOKENS) -> np.ndarray | None:
     """[L, K] mean share of a token's routing weight held by its r-th heaviest expert, over
-    tokens routed to k experts with a positive weight sum; None when no weights were recorded."""
-    out = np.full((trace.num_moe_layers, trace.top_k), np.nan)
-    for layer in range(trace.num_moe_layers):
-        weights = _layer_weights(trace, layer)
-        total = weights.sum(axis=1)
-        usable = (trace.layer_experts(layer) != trace.pad_id).all(axis=1) & (total > 0)
-        if usable.any():
-            share = np.sort(weights[usable], axis=1)[:, ::-1] / total[usable, None]
-            out[layer] = share.mean(axis=0)
-    return None if np.isnan(out).all() else out
+    tokens routed to k experts with a positive weight sum; None when no weights were recorded.
+    Reads `chunk` tokens of every layer at a time (contiguous on disk, unlike one layer)."""
+    L, K = trace.num_moe_layers, trace.top_k
+    sums, counts = np.zeros((L, K)), np.zeros(L)
+    for weights, experts in zip(trace.shard_arrays("weights"), trace.shard_arrays("experts")):
+        for start in range(0, len(weights), chunk):
+            w = np.asarray(weights[start:start + chunk], np.float32)  # [n, L, K]
+            total = w.sum(axis=2)
+            usable = (np.asarray(experts[start:start + chunk]) != trace.pad_id).all(axis=2) & (total > 0)  # [n, L]
+            share = np.sort(w, axis=2)[..., ::-1] / np.where(usable, total, 1)[..., None]
+            sums += (share * usable[..., None]).sum(axis=0)
+            counts += usable.sum(axis=0)
+    if not counts.any():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[:, None]
 
 
 def rarely_used(counts: np.ndarray, num_experts) -> np.ndarray:
