@@ -24,7 +24,7 @@ from .outlook import Outlook, outlook_rows
 from .plots import comparison, figures_of
 from .verdict import LOCAL, Verdict, judge
 
-__all__ = ["Finding", "analyse", "progress_units", "write_report"]
+__all__ = ["Finding", "assess", "progress_units", "write_report"]
 
 TITLE = "Does it suit expert offloading?"
 
@@ -46,17 +46,16 @@ def progress_units(traces: int) -> int:
     return traces * (len(STEPS) + 1) + 1
 
 
-def analyse(sources, *, profile=None, budget_mib: float | None = None, progress=None) -> list[Finding]:
+def assess(sources, *, profile=None, budget_mib: float | None = None, progress=None) -> list[Finding]:
     """Gather the evidence and judge each trace (`sources`: Traces, paths or example:NAME), named
     by the example's name or else the model's."""
     step = progress or (lambda description: None)
-    findings, labels = [], []
+    findings, names = [], []
     for source in sources:
         trace = open_trace(source)
         example = not isinstance(source, Trace) and str(source).startswith(EXAMPLE_PREFIX)
-        label = str(source).removeprefix(EXAMPLE_PREFIX) if example else trace.model.name
-        label = label if label not in labels else f"{label} ({labels.count(label) + 1})"
-        labels.append(label)
+        names.append(str(source).removeprefix(EXAMPLE_PREFIX) if example else trace.model.name)
+        label = names[-1] if names.count(names[-1]) == 1 else f"{names[-1]} ({names.count(names[-1])})"
         ev = gather(trace, label, profile=profile, budget_mib=budget_mib,
                     progress=lambda s, label=label: step(f"{label}: {s}"))
         findings.append(Finding(ev, judge(ev)))
@@ -65,14 +64,14 @@ def analyse(sources, *, profile=None, budget_mib: float | None = None, progress=
 
 def write_report(sources, out: str | os.PathLike, *, profile=None, budget_mib: float | None = None,
                  overwrite: bool = False, progress=None) -> list[Finding]:
-    """Analyse `sources` and write the report folder `out` (see the module docstring)."""
+    """Assess `sources` and write the report folder `out` (see the module docstring)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExpertcacheError(f"{out} is a file; --out needs a folder")
     if out.exists() and not overwrite:
         raise ExpertcacheError(f"{out} already exists; choose another --out or pass --overwrite")
     step = progress or (lambda description: None)
-    findings = analyse(sources, profile=profile, budget_mib=budget_mib, progress=step)
+    findings = assess(sources, profile=profile, budget_mib=budget_mib, progress=step)
     figures = []
     for f in findings:
         figures.append(figures_of(f.evidence))
@@ -113,8 +112,8 @@ def _glossary() -> list:
         "Hit rate: the share of expert lookups found in the cache; every miss loads an expert from slow memory.",
         "Chance level: the same measure on the trace with token order shuffled inside each sequence. It keeps how "
         "often each expert is used and destroys the order, so measured minus chance (the excess) is what locality adds.",
-        "SRP(m) (segment routing best performance): split the tokens into stretches of m; predict that each token "
-        "uses the experts used often in its stretch; SRP is the best F1 score of that prediction (1 = a stretch "
+        "SRP(m) (segment routing best performance): in windows of m tokens, predict for every token the experts "
+        "its window uses at least tau times; SRP is the F1 score of that prediction at the best tau (1 = a window "
         "uses the same experts throughout).",
         "SCH(m) (segment cache hit rate): the hit rate of a cache that, at each token, keeps the experts the next "
         "m tokens need most. It tells how much a cache can gain from locality over m tokens.",
