@@ -132,3 +132,23 @@ def test_user_mistakes_give_one_line(tmp_path, args, message):
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_profile_and_budget_add_speed_and_the_users_budget(tmp_path):
+    from expertcache import open_trace
+    from expertcache.cache import HardwareProfile, predict_throughput, simulate
+
+    profile = HardwareProfile(link_bandwidth=2e9, expert_time=2e-4, dense_time=1e-3)
+    findings = write_report(["example:olmoe-1b-7b"], tmp_path / "r", profile=profile, budget_mib=4000)
+    ev, verdict = findings[0].evidence, findings[0].verdict
+    c = ev.recommended
+    assert all(x.tokens_per_s is not None for x in ev.choices)
+    assert c.tokens_per_s >= 0.99 * max(x.tokens_per_s for x in ev.choices)  # the simplest within 1 % of the best
+    decode = open_trace("example:olmoe-1b-7b").as_decode()
+    again = simulate(decode, c.policy, budget_x=c.budget_x, prefetch=c.prefetch)
+    assert c.tokens_per_s == pytest.approx(predict_throughput(again, profile).decode_tokens_per_s)
+    assert f"at most {c.tokens_per_s:.2f} tokens/s on the hardware profile" in verdict.advice[3]
+    b = ev.at_budget
+    assert b.budget_bytes == 4000 * 2**20
+    assert b.hit_rate == pytest.approx(simulate(decode, c.policy, budget_mib=4000, prefetch=c.prefetch).hit_rate)
+    assert verdict.advice[4].startswith(f"at your budget (4000 MiB = {b.budget_x:.1f}x the active experts)")
