@@ -45,3 +45,11 @@ def test_weight_by_rank_is_the_same_read_in_small_chunks(rng):
     w = np.sort(weights.astype(np.float16).astype(np.float32), axis=-1)[..., ::-1]
     expected = (w / w.sum(axis=-1, keepdims=True)).reshape(-1, 2, 3).mean(axis=0)  # [L, K]
     np.testing.assert_allclose(weight_by_rank(trace), expected, atol=1e-6)
+
+
+def test_co_firing_is_the_same_counted_in_small_chunks(rng):
+    experts = np.stack([rng.permutation(6)[:3] for _ in range(3 * 9)]).reshape(3, 9, 1, 3)
+    trace = Trace.from_arrays(experts, 6)
+    whole, chunked = co_firing(trace, 0), co_firing(trace, 0, chunk=4)
+    np.testing.assert_array_equal(whole[0], chunked[0])
+    np.testing.assert_allclose(whole[1], chunked[1], equal_nan=True)

@@ -2,8 +2,8 @@
 its k experts, how unevenly it uses the experts (rarely used ones are pruning candidates), and
 which experts it picks together.
 
-Memory stays within one layer's arrays: co_firing reads one MoE layer, weight_by_rank a chunk of
-tokens of every layer.
+Memory stays within one layer's arrays: co_firing reads one MoE layer and counts its pairs a
+chunk of tokens at a time, weight_by_rank reads a chunk of tokens of every layer.
 Shape key: N tokens, L MoE layers, K top-k, E experts.
 """
 
@@ -16,7 +16,7 @@ from ..trace import Trace
 __all__ = ["RARE", "co_firing", "rarely_used", "top_share", "weight_by_rank"]
 
 RARE = 0.1  # rarely used: fewer requests than this fraction of an even share of the layer's requests
-CHUNK_TOKENS = 1 << 14  # tokens of routing weights read at once (24 MiB as float32 for 48 layers x k = 8)
+CHUNK_TOKENS = 1 << 14  # tokens read at once (routing weights of 48 layers x k = 8: 24 MiB as float32)
 
 
 def weight_by_rank(trace: Trace, chunk: int = CHUNK_TOKENS) -> np.ndarray | None:
@@ -57,23 +57,28 @@ def top_share(counts: np.ndarray, num_experts, fraction: float = 0.1) -> np.ndar
     return out
 
 
-def co_firing(trace: Trace, layer: int) -> tuple[np.ndarray, np.ndarray]:
+def co_firing(trace: Trace, layer: int, chunk: int = CHUNK_TOKENS) -> tuple[np.ndarray, np.ndarray]:
     """([E, E] tokens routed to both experts, [E, E] lift) in one MoE layer. Lift = P(both) /
     (P(i) P(j)) over routed tokens: 1 = picked together as often as independent choices would
-    be, above 1 = together more often; NaN on the diagonal and for unused experts."""
+    be, above 1 = together more often; NaN on the diagonal and for unused experts. Pairs are
+    counted `chunk` tokens at a time (a token has k (k - 1) / 2 of them)."""
     E = trace.model.num_experts[layer]
-    ids = trace.layer_experts(layer).astype(np.int64)
-    ids = ids[(ids != trace.pad_id).any(axis=1)]
-    routed = ids != trace.pad_id
-    i, j = np.triu_indices(ids.shape[1], 1)
-    both = routed[:, i] & routed[:, j]
-    a, b = ids[:, i][both], ids[:, j][both]
-    pairs = np.bincount(np.minimum(a, b) * E + np.maximum(a, b), minlength=E * E).reshape(E, E)
+    layer_ids = trace.layer_experts(layer)  # [N, K]
+    i, j = np.triu_indices(layer_ids.shape[1], 1)
+    pairs, uses, tokens = np.zeros(E * E, np.int64), np.zeros(E, np.int64), 0
+    for start in range(0, len(layer_ids), chunk):
+        ids = layer_ids[start:start + chunk].astype(np.int64)
+        routed = ids != trace.pad_id
+        tokens += int(routed.any(axis=1).sum())
+        both = routed[:, i] & routed[:, j]
+        a, b = ids[:, i][both], ids[:, j][both]
+        pairs += np.bincount(np.minimum(a, b) * E + np.maximum(a, b), minlength=E * E)
+        uses += np.bincount(ids[routed], minlength=E)[:E]
+    pairs = pairs.reshape(E, E)
     pairs = pairs + pairs.T
-    n = max(len(ids), 1)
-    p = np.bincount(ids[routed], minlength=E)[:E] / n
+    p = uses / max(tokens, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        lift = (pairs / n) / np.outer(p, p)
+        lift = (pairs / max(tokens, 1)) / np.outer(p, p)
     lift[np.outer(p, p) == 0] = np.nan
     np.fill_diagonal(lift, np.nan)
     return pairs, lift

@@ -59,11 +59,11 @@ def _token_kinds(trace: Trace) -> dict[str, np.ndarray]:
     return {"input": tokens, "predicted": np.where(generated, nxt, -1), "next": nxt}
 
 
-def vocabulary_specialization(trace: Trace, min_count: int = MIN_COUNT) -> list[dict]:
+def vocabulary_specialization(trace: Trace, min_count: int = MIN_COUNT, kinds=KINDS) -> list[dict]:
     """Rows (kind, layer, expert, tokens, share): tokens an expert dominates and their mean
-    share; expert -1 summarizes the layer (all frequent tokens)."""
+    share; expert -1 summarizes the layer (all frequent tokens). `kinds`: a subset of KINDS."""
     rows = []
-    kinds = _token_kinds(trace)
+    kinds = {kind: tokens for kind, tokens in _token_kinds(trace).items() if kind in kinds}
     for l in range(trace.num_moe_layers):
         E = trace.model.num_experts[l]
         experts = trace.layer_experts(l)  # [N, K]

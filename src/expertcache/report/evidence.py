@@ -26,6 +26,7 @@ CHOICES = ("lru", "lfu")  # policies a runtime can use, simplest first
 PREFETCHERS = (None, "previous", "frequency")  # plus "stale-gate" when the trace recorded it
 BIG_TRACE_TOKENS = 100_000  # from here one shuffle gives the chance level (its spread is tiny)
 ROUTING_TOKENS = 96  # tokens in the routing picture
+VOCABULARY_KINDS = ("input", "next")  # the token at a position, and the one after it
 STEPS = ("SRP", "SRP by chance", "LRU curves", "LFU curves", "Belady curves", "SCH curves", "SCH by chance",
          "engine replays", "cache choices", "load balance", "specialization", "gating")
 
@@ -230,7 +231,7 @@ def _specialization(trace: Trace, done) -> dict:
     from ..locality.specialization import NO_FREQUENT_TOKEN, missing_specialization
 
     notes = missing_specialization(trace)
-    vocabulary = None if "vocabulary" in notes else vocabulary_specialization(trace)
+    vocabulary = None if "vocabulary" in notes else vocabulary_specialization(trace, kinds=VOCABULARY_KINDS)
     if vocabulary is not None and all(r["tokens"] == 0 for r in vocabulary):
         vocabulary, notes["vocabulary"] = None, NO_FREQUENT_TOKEN
     domains = None if "domains" in notes else domain_specialization(trace)

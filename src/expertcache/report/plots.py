@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .evidence import OPERATING_POINT, Evidence
+from .evidence import OPERATING_POINT, VOCABULARY_KINDS, Evidence
 
 __all__ = ["Figure", "figures_of", "comparison"]
 
@@ -185,7 +185,7 @@ def specialization(ev: Evidence) -> Figure | None:
     parts = []
     for ax, panel in zip(axes, panels):
         if panel == "vocabulary":
-            for kind in ("input", "next"):
+            for kind in VOCABULARY_KINDS:
                 share = [r["share"] for r in ev.vocabulary if r["kind"] == kind and r["expert"] == -1]
                 ax.plot(layers, share, marker="o", markersize=3, label=f"{kind} token")
             ax.set(xlabel="MoE layer", ylabel="share of a token's uses", title="vocabulary: one expert per token?",
