@@ -85,9 +85,10 @@ def main() -> None:
     out = args.cache / "report"
     t = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "expertcache", "report", str(trace), "--out", str(out), "--overwrite"])
-    peak = {"RssAnon": 0, "RssFile": 0}
+    peak = {"process": 0, "with workers": 0, "mapped": 0}
     while child.poll() is None:
-        for key, value in _memory(child.pid).items():
+        own, workers, mapped = _memory(child.pid)
+        for key, value in (("process", own), ("with workers", own + workers), ("mapped", mapped)):
             peak[key] = max(peak[key], value)
         time.sleep(0.2)
     if child.returncode:
@@ -95,28 +96,39 @@ def main() -> None:
     wall = time.perf_counter() - t
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     tokens = args.sequences * args.length
-    layer = tokens * K * (1 + 2)  # one layer's ids (uint8) and weights (float16)
-    print(f"report: {wall:.0f} s wall, {usage.ru_utime + usage.ru_stime:.0f} s CPU; peak memory allocated "
-          f"{peak['RssAnon'] / 2**20:.0f} MiB (one layer's ids and weights: {layer / 2**20:.0f} MiB; all routing: "
-          f"{layer * LAYERS / 2**20:.0f} MiB), memory-mapped trace resident at most {peak['RssFile'] / 2**20:.0f} MiB")
+    ids, weights = tokens * K, tokens * K * 2  # one layer's expert ids (uint8) and routing weights (float16)
+    mib = 2**20
+    print(f"report: {wall:.0f} s wall, {usage.ru_utime + usage.ru_stime:.0f} s CPU")
+    print(f"peak memory allocated: {peak['process'] / mib:.0f} MiB by the report process, {peak['with workers'] / mib:.0f} "
+          f"MiB with its sweep workers (forked: they share its pages, so this overcounts)")
+    print(f"for scale: one layer's ids {ids / mib:.0f} MiB (as int64 {8 * ids / mib:.0f} MiB), its weights "
+          f"{weights / mib:.0f} MiB; all layers' {LAYERS * (ids + weights) / mib:.0f} MiB; memory-mapped trace "
+          f"resident at most {peak['mapped'] / mib:.0f} MiB (page cache)")
 
 
-def _memory(pid: int) -> dict[str, int]:
-    """Anonymous and file-backed resident bytes of a process and its children (Linux /proc)."""
-    total = {"RssAnon": 0, "RssFile": 0}
+def _memory(pid: int) -> tuple[int, int, int]:
+    """(anonymous resident bytes of the process, of its child processes, file-backed bytes of the
+    process) from Linux /proc; zeros once it has ended."""
+    def status(p):
+        fields = {}
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0]) * 1024
+        return fields
+
     try:
-        pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return total
-    for p in pids:  # forked workers share pages with the parent: the sum is an upper bound
+        own = status(pid)
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return 0, 0, 0
+    workers = 0
+    for c in children:
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in total:
-                    total[key] += int(value.split()[0]) * 1024
+            workers += status(c).get("RssAnon", 0)
         except (FileNotFoundError, ProcessLookupError):
             pass
-    return total
+    return own.get("RssAnon", 0), workers, own.get("RssFile", 0)
 
 
 if __name__ == "__main__":
