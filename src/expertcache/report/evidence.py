@@ -187,7 +187,7 @@ def _engine(trace: Trace, profile, budget_mib, done) -> dict:
             cycle = trace.top_k * sum(trace.model.expert_bytes)
             at_budget = _choice(r, r.budget_bytes / cycle, best.policy, best.prefetch, profile)
         else:
-            budget_note = "the trace records no expert sizes, so a budget in MiB cannot be placed"
+            budget_note = "the trace records no expert sizes, so a budget in MiB cannot be turned into experts"
     done("cache choices")
     return {"engine_tokens": sample.num_tokens, "engine": rows, "advice": advice, "choices": choices,
             "layer_hits": layer_hits, "at_budget": at_budget, "budget_note": budget_note}
