@@ -171,3 +171,19 @@ def test_unsupported_family_is_a_one_line_error(tmp_path):
     build_tiny_model("llama4_text", tmp_path / "llama4")
     with pytest.raises(ExpertcacheError, match="outside transformers' experts registry"):
         offload(tmp_path / "llama4", budget_slots=8)
+
+
+def test_a_read_that_fails_mid_run_is_a_one_line_error(checkpoints, tmp_path):
+    import os
+    import shutil
+
+    path = tmp_path / "model"
+    shutil.copytree(checkpoints("qwen3_moe"), path)
+    model = offload(path, budget_slots=8)
+    weights = path / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)  # the store's open file now ends early
+    with pytest.raises(ExpertcacheError, match="ended .* bytes early"):
+        model.generate(prompt(), max_new_tokens=4, do_sample=False)
+    with pytest.raises(ExpertcacheError, match="an earlier expert read failed"):  # never a token from stale slots
+        model.generate(prompt(), max_new_tokens=4, do_sample=False)
+    close(model)

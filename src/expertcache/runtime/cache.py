@@ -79,6 +79,7 @@ class ExpertCache:
         self._free = list(range(S - 1, -1, -1))
         self._pending: dict[int, Future] = {}  # slot -> fetch in flight
         self.counters = Counters()
+        self.failed = False
         self.batch = 0  # lookup batches so far (= index of the next one)
         self.position = 0  # requests so far: stream position of the next one
 
@@ -88,6 +89,9 @@ class ExpertCache:
 
         None when there is nothing to do: every key resident, no fetch in flight.
         """
+        if self.failed:
+            raise ExpertcacheError("an earlier expert read failed, so the cache no longer holds known weights; "
+                                   "load the model again")
         if len(keys) + self.X.shape[1] + 1 > self._plan.rows.shape[1]:
             self._plan = new_plan(len(keys) * 2, len(self.key_bytes))
         rows, counts = self._plan
@@ -157,7 +161,11 @@ class ExpertCache:
     def _wait(self, slot: int) -> None:
         future = self._pending.pop(slot, None)
         if future is not None:
-            future.result()
+            try:
+                future.result()
+            except BaseException:
+                self.failed = True  # the slot's contents are unknown: no later call may compute with them
+                raise
 
     def drain(self) -> None:
         """Wait for every fetch in flight (before closing, or on an interrupt)."""

@@ -256,7 +256,10 @@ def _load_non_experts(model, folder: Path, sources, expert_params, device) -> in
                 raise ExpertcacheError(f"cannot read {key} from {folder / file}: {str(e).splitlines()[0]}") from None
             if tuple(value.shape) != tuple(tensor.shape):
                 raise ExpertcacheError(f"{key} has shape {tuple(value.shape)}, the model expects {tuple(tensor.shape)}")
-            _assign(model, name, value.to(device=device, dtype=tensor.dtype), isinstance(tensor, nn.Parameter))
+            # a copy in aligned, anonymous memory: not a view of the file's memory map, which would change
+            # the last bits of matmuls with its alignment and fault (SIGBUS) if the file shrank under it
+            value = value.to(device=device, dtype=tensor.dtype, copy=True)
+            _assign(model, name, value, isinstance(tensor, nn.Parameter))
             total += value.numel() * value.element_size()
     except ExpertcacheError:
         raise
