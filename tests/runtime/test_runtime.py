@@ -187,3 +187,19 @@ def test_a_read_that_fails_mid_run_is_a_one_line_error(checkpoints, tmp_path):
     with pytest.raises(ExpertcacheError, match="an earlier expert read failed"):  # never a token from stale slots
         model.generate(prompt(), max_new_tokens=4, do_sample=False)
     close(model)
+
+
+def test_ram_tier_gives_the_same_tokens_and_counters_as_disk(checkpoints):
+    path = checkpoints("qwen3_moe", torch.bfloat16)
+    runs = {}
+    for tier in ("disk", "ram"):
+        model = offload(path, budget_slots=6, prefetch="previous", slow_tier=tier)
+        with torch.no_grad():
+            out = model.generate(prompt(), max_new_tokens=6, do_sample=False)
+        s = stats(model)
+        runs[tier] = (out.tolist(), s.lookups, s.hits, s.bytes_read, s.memory["slow_tier"])
+        close(model)
+    assert runs["disk"][:4] == runs["ram"][:4] and runs["ram"][4] == "ram"
+    with torch.no_grad():
+        assert runs["disk"][0] == stock_model(path, "grouped_mm").generate(prompt(), max_new_tokens=6,
+                                                                         do_sample=False).tolist()

@@ -78,6 +78,7 @@ class ExpertCache:
         self.slot_of = np.full(K, S, np.int64)  # [K] slot of a resident key (S = the zero slot)
         self._free = list(range(S - 1, -1, -1))
         self._pending: dict[int, Future] = {}  # slot -> fetch in flight
+        self._reusable_after: dict[int, object] = {}  # slot -> CUDA event: its last reader is done
         self.counters = Counters()
         self.failed = False
         self.batch = 0  # lookup batches so far (= index of the next one)
@@ -146,6 +147,8 @@ class ExpertCache:
             slot = int(self.slot_of[k])
             if slot != self.zero_slot:
                 self._wait(slot)
+                if self.device.type == "cuda":  # the next copy into it waits for the compute queued so far
+                    self._reusable_after[slot] = torch.cuda.current_stream(self.device).record_event()
                 self._free.append(slot)
                 self.slot_of[k] = self.zero_slot
 
@@ -156,16 +159,19 @@ class ExpertCache:
         self.slot_of[key] = slot
         layer = int(np.searchsorted(self.key_offset, key, side="right") - 1)
         dest = {name: pool[slot] for name, pool in self.slots.items()}
-        self._pending[slot] = self.store.fetch(layer, key - int(self.key_offset[layer]), dest)
+        self._pending[slot] = self.store.fetch(layer, key - int(self.key_offset[layer]), dest,
+                                               self._reusable_after.pop(slot, None))
 
     def _wait(self, slot: int) -> None:
         future = self._pending.pop(slot, None)
         if future is not None:
             try:
-                future.result()
+                copied = future.result()
             except BaseException:
                 self.failed = True  # the slot's contents are unknown: no later call may compute with them
                 raise
+            if copied is not None:  # on a GPU: compute queued from now on runs after the copy
+                torch.cuda.current_stream(self.device).wait_event(copied)
 
     def drain(self) -> None:
         """Wait for every fetch in flight (before closing, or on an interrupt)."""

@@ -267,7 +267,7 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     budget = resolve_budget(info, key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,
                             budget_x=budget_x)
     _check_minimum(budget, info)
-    store = ExpertStore(folder, ckpt.parts, tier, pin=fast.type == "cuda")
+    store = ExpertStore(folder, ckpt.parts, tier, device=fast)
     try:
         cache = ExpertCache(policy_obj, budget, info.num_moe_layers, key_offset,
                             np.asarray(info.expert_bytes, np.int64)[key_layer], ckpt.params, store, fast)
