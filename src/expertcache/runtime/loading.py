@@ -71,9 +71,6 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> LoadedChec
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     adapter = adapter_for(model)
-    if adapter.source != "experts":
-        raise ExpertcacheError(f"{adapter.name} computes its experts outside transformers' experts registry "
-                               "(dense over all experts); the runtime does not run it yet")
     blocks = [b for b in find_blocks(model, adapter) if b.stack == "decoder"]
     if not blocks:
         raise ExpertcacheError(f"{path} ({type(model).__name__}) has no routed experts")

@@ -13,6 +13,7 @@ Shape key: T tokens of a forward, L MoE layers, K top-k, E experts.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from ..cache.simulate import HitCounts
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
 from .cache import ExpertCache
-from .experts import IMPLEMENTATIONS, slot_compute
+from .experts import DENSE, IMPLEMENTATIONS, slot_compute
 from .loading import LoadedCheckpoint, load_checkpoint
 from .prefetchers import online_prefetcher
 from .store import TIERS, ExpertStore
@@ -38,11 +39,14 @@ REGISTRY_NAME = "expertcache_offload"
 _RUNTIMES: dict[int, tuple["Runtime", int]] = {}  # id(experts module) -> (runtime, MoE layer)
 
 
-def _offloaded_experts(module, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+def _offloaded_experts(module, hidden_states, top_k_index=None, top_k_weights=None, *args, **kwargs):
+    """The registry's experts function (or, for families outside it, the experts module's forward)."""
     entry = _RUNTIMES.get(id(module))
     if entry is None:
         raise ExpertcacheError("this model's experts were offloaded by a runtime that is closed")
     runtime, layer = entry
+    if top_k_index is None:  # outside the registry: the routing the router hook just read
+        top_k_index, top_k_weights = runtime.routed
     return runtime.experts_call(layer, module, hidden_states, top_k_index, top_k_weights)
 
 
@@ -82,6 +86,7 @@ class Runtime:
         self.ckpt, self.cache, self.store = ckpt, cache, store
         self.implementation = implementation
         self.compute = slot_compute(implementation, cache.slots, cache.zero_slot)
+        self.routed = None  # (ids, weights) the last router outside the registry chose
         self.policy_name, self.scope, self.slow_tier = policy_name, scope, slow_tier
         info = ckpt.info
         self.L, self.K, self.E = info.num_moe_layers, info.top_k, max(info.num_experts)
@@ -144,6 +149,10 @@ class Runtime:
         self._forward = None
 
     # ------------------------------------------------------------------ one MoE layer call
+    def read_router(self, router, args, output) -> None:
+        """Forward hook on a router outside the registry: keep the ids and weights it chose."""
+        self.routed = self.ckpt.adapter.read_router(router, output)
+
     def experts_call(self, layer, module, hidden, top_k_index, top_k_weights):
         ids = top_k_index.reshape(-1, top_k_index.shape[-1])  # [T, K]
         weights = top_k_weights.reshape(ids.shape).float()
@@ -260,7 +269,7 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     policy_obj, scope = resolve_policy(policy, scope)
     folder = _local_folder(model)
     ckpt = load_checkpoint(folder, fast)
-    implementation = _implementation(ckpt.model, experts_implementation)
+    implementation = _implementation(ckpt, experts_implementation)
     info = ckpt.info
     key_offset = np.concatenate([[0], np.cumsum(info.num_experts)]).astype(np.int64)
     key_layer = np.repeat(np.arange(info.num_moe_layers), info.num_experts)
@@ -282,12 +291,17 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
 def _install(runtime: Runtime) -> None:
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
-    if REGISTRY_NAME not in ALL_EXPERTS_FUNCTIONS:
-        ALL_EXPERTS_FUNCTIONS.register(REGISTRY_NAME, _offloaded_experts)
     model = runtime.ckpt.model
     for layer, block in enumerate(runtime.ckpt.blocks):
         _RUNTIMES[id(block.experts)] = (runtime, layer)
-    model.set_experts_implementation(REGISTRY_NAME)
+    if runtime.implementation == DENSE:  # the router's choice is read from its output, then the experts call
+        for block in runtime.ckpt.blocks:
+            block.router.register_forward_hook(runtime.read_router)
+            block.experts.forward = functools.partial(_offloaded_experts, block.experts)
+    else:
+        if REGISTRY_NAME not in ALL_EXPERTS_FUNCTIONS:
+            ALL_EXPERTS_FUNCTIONS.register(REGISTRY_NAME, _offloaded_experts)
+        model.set_experts_implementation(REGISTRY_NAME)
     model.register_forward_pre_hook(runtime.before_forward, with_kwargs=True)
     model.register_forward_hook(runtime.after_forward, with_kwargs=True)
     model._expertcache_runtime = runtime
@@ -343,9 +357,14 @@ def _local_folder(model: str | os.PathLike) -> Path:
         raise ExpertcacheError(f"cannot fetch {model} from the hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def _implementation(model, requested: str | None) -> str:
+def _implementation(ckpt: LoadedCheckpoint, requested: str | None) -> str:
     """The experts implementation the plain model would run (transformers' choice by default)."""
-    chosen = requested or model.get_correct_experts_implementation(None)
+    if ckpt.adapter.source == "router":
+        if requested is not None:
+            raise ExpertcacheError(f"{ckpt.adapter.name} computes its experts itself, outside transformers' experts "
+                                   "registry: there is no experts implementation to choose")
+        return DENSE
+    chosen = requested or ckpt.model.get_correct_experts_implementation(None)
     if chosen not in IMPLEMENTATIONS:
         raise ExpertcacheError(f"the runtime computes experts with {' or '.join(IMPLEMENTATIONS)}, not {chosen!r}")
     return chosen
