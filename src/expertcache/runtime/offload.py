@@ -238,6 +238,8 @@ class Runtime:
         memory = {"fast_device": str(self.cache.device), "non_expert_bytes": self.ckpt.non_expert_bytes,
                   "cache_bytes": self.cache.resident_bytes, "slots": self.cache.num_slots,
                   "slow_tier": self.slow_tier, "slow_tier_bytes": expert_total, "peak_rss_bytes": _peak_rss()}
+        if self.cache.device.type == "cuda":
+            memory["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(self.cache.device))
         return OffloadStats(self.policy_name, self.scope, "strict", b.budget_bytes, b.budget_slots, c.lookups, c.hits,
                             c.decode_lookups, c.decode_hits, c.bytes_read, pf, self.implementation, t, memory)
 
