@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import write_json_atomic
 from ..errors import ExpertcacheError
 from .adapters import Adapter, MoEBlock, adapter_for, find_blocks
-from .format import PREFILL, STACKS, write_json_atomic
+from .format import PREFILL, STACKS
 from .model_info import ModelInfo
 from .recorder import RoutingRecorder
 from .trace import Trace

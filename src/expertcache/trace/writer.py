@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..errors import ExpertcacheError
 from .format import (
     DECODE,
@@ -29,7 +30,6 @@ from .format import (
     expert_dtype,
     pad_id,
     read_json,
-    write_json_atomic,
 )
 from .model_info import ModelInfo
 

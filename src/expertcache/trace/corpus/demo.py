@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
+from ...atomic import atomic_path
 from ...errors import ExpertcacheError
 from .domain import Domain
 
@@ -215,4 +216,5 @@ def train_demo_tokenizer(out: Path, vocab_size: int = 4096, chars_per_domain: in
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(corpus(), trainer=trainer)
-    tokenizer.save(str(out), pretty=False)
+    with atomic_path(out) as tmp:
+        tokenizer.save(str(tmp), pretty=False)
