@@ -32,6 +32,7 @@ from .format import (
     read_json,
 )
 from .model_info import ModelInfo
+from .validate import check_expert_ids, file_crc32
 
 __all__ = ["TraceWriter"]
 
@@ -65,6 +66,7 @@ class TraceWriter:
         self.expert_dtype = expert_dtype(model.max_experts)
         self._buffer: list[dict] = []
         self._buffered_tokens = 0
+        self._sequences = 0  # added by this writer, for naming one in an error
         manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -132,8 +134,9 @@ class TraceWriter:
             raise ExpertcacheError(
                 f"experts shape {experts.shape} does not match the model ({m.num_moe_layers} MoE layers, k={m.top_k})"
             )
+        ids, routed = _checked_ids(experts, m, self.expert_dtype, f"sequence {key or self._sequences}")
         seq = {
-            "experts": _checked_ids(experts, m, self.expert_dtype),  # [T, L, K]
+            "experts": ids,  # [T, L, K]
             "weights": np.zeros((T, L, K), np.float16) if weights is None else _shaped(weights, (T, L, K), "weights", np.float16),
             "tokens": np.full(T, -1, np.int32) if tokens is None else _shaped(tokens, (T,), "tokens", np.int32),
             "positions": np.arange(T, dtype=np.int32) if positions is None else _shaped(positions, (T,), "positions", np.int32),
@@ -145,13 +148,16 @@ class TraceWriter:
                 if extras[name] is None:
                     raise ExpertcacheError(f"this trace stores {name}; the sequence has none")
                 seq[name] = _shaped(extras[name], (T, L, m.max_experts), name, np.float16)
-        self._buffer.append({"arrays": seq, "domain": domain, "turn": turn, "key": key})
+        self._buffer.append({"arrays": seq, "domain": domain, "turn": turn, "key": key, "routed": routed})
         self._buffered_tokens += T
+        self._sequences += 1
         if self._buffered_tokens >= self.shard_tokens:
             self.flush()
 
     def _pack(self) -> tuple[dict[str, np.ndarray], list[str]]:
         """The buffered sequences as one shard's arrays, and the domain names seq_domain indexes."""
+        if not any(s["routed"] for s in self._buffer):
+            raise ExpertcacheError("no token of these sequences is routed to any expert (every id is -1 or the pad id)")
         domains = list(dict.fromkeys(s["domain"] for s in self._buffer))
         arrays = {
             "seq_lengths": np.array([len(s["arrays"]["phase"]) for s in self._buffer], SEQUENCE_ARRAYS["seq_lengths"]),
@@ -177,7 +183,8 @@ class TraceWriter:
                 np.save(f, np.ascontiguousarray(array), allow_pickle=False)
                 f.flush()
                 os.fsync(f.fileno())
-            files[array_name] = {"shape": list(array.shape), "dtype": array.dtype.name, "bytes": file.stat().st_size}
+            files[array_name] = {"shape": list(array.shape), "dtype": array.dtype.name, "bytes": file.stat().st_size,
+                                 "crc32": file_crc32(file)}
         meta = {
             "num_sequences": len(self._buffer),
             "num_tokens": int(arrays["seq_lengths"].sum()),
@@ -218,18 +225,10 @@ def _shaped(array, shape: tuple, name: str, dtype) -> np.ndarray:
         raise ExpertcacheError(f"{name} must be numbers, got {array.dtype}") from None
 
 
-def _checked_ids(experts: np.ndarray, model: ModelInfo, dtype: np.dtype) -> np.ndarray:
-    """Validate ids against each layer's expert count; negative ids mean "not routed"."""
+def _checked_ids(experts: np.ndarray, model: ModelInfo, dtype: np.dtype, where: str) -> tuple[np.ndarray, int]:
+    """(ids in the trace's id type, how many are routed); negative ids mean "not routed"."""
     if not np.issubdtype(experts.dtype, np.integer):
         raise ExpertcacheError(f"expert ids must be integers, got {experts.dtype}")
-    ids = experts.astype(np.int64)
-    routed = ids >= 0
-    limits = np.asarray(model.num_experts)[None, :, None]
-    bad = routed & (ids >= limits) & (ids != pad_id(dtype))
-    if bad.any():
-        where = np.argwhere(bad)[0]
-        raise ExpertcacheError(
-            f"expert id {ids[tuple(where)]} at token {where[0]}, MoE layer {where[1]} "
-            f"is outside 0..{model.num_experts[where[1]] - 1}"
-        )
-    return np.where(routed, ids, pad_id(dtype)).astype(dtype)
+    ids = np.where(experts < 0, pad_id(dtype), experts.astype(np.int64))
+    routed = check_expert_ids(ids, model.num_experts, pad_id(dtype), where)
+    return ids.astype(dtype), routed
