@@ -244,3 +244,51 @@ def test_seq2seq_capture_folder_points_to_its_stacks(tmp_path):
     (tmp_path / "stacks.json").write_text(json.dumps({"stacks": ["encoder", "decoder"]}))
     with pytest.raises(ExpertcacheError, match=r"seq2seq capture .* open .*encoder or .*decoder"):
         Trace.load(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["np.save", "os.rename"])
+def test_a_commit_interrupted_anywhere_commits_once_when_retried(rng, tmp_path, monkeypatch, where):
+    """Ctrl-C inside a shard write (before its rename, or just after it), then close(): one shard."""
+    from expertcache.trace import writer as writer_module
+
+    writer = TraceWriter(tmp_path / "t", ModelInfo.synthetic(2, 4, 1))
+    writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="s0")
+    module, name = where.split(".")
+    real = getattr(getattr(writer_module, module), name)
+
+    def interrupted(*args, **kwargs):
+        if name == "rename":
+            real(*args, **kwargs)  # the rename happened; the bookkeeping after it did not
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(getattr(writer_module, module), name, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.flush()
+    monkeypatch.undo()
+    writer.close()
+    assert sorted(p.name for p in (tmp_path / "t" / "shards").iterdir()) == ["00000"]
+    assert writer.done_keys == {"s0"} and Trace.load(tmp_path / "t").seq_lengths.tolist() == [3]
+
+
+def test_commit_every_seconds_bounds_what_a_kill_loses(rng, tmp_path, monkeypatch):
+    from expertcache.trace import writer as writer_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(writer_module.time, "monotonic", lambda: clock[0])
+    writer = TraceWriter(tmp_path / "t", ModelInfo.synthetic(2, 4, 1), commit_seconds=60)
+
+    def shards():
+        return sorted(p.name for p in (tmp_path / "t" / "shards").iterdir())
+
+    writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="a")
+    clock[0] += 59
+    writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="b")
+    assert shards() == []  # far below shard_tokens, and less than a minute since opening
+    clock[0] += 1
+    writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="c")
+    assert shards() == ["00000"] and writer.done_keys == {"a", "b", "c"}
+    clock[0] += 30
+    writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="d")
+    assert shards() == ["00000"]  # the clock restarts at each commit
+    with pytest.raises(ExpertcacheError, match="commit interval must be >= 0"):
+        TraceWriter(tmp_path / "u", ModelInfo.synthetic(2, 4, 1), commit_seconds=-1)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ExpertcacheError
-from .capture_commands import quiet_transformers, report_capture
+from .capture_commands import quiet_transformers, report_capture, resumable
 
 
 def demo(
@@ -31,7 +31,8 @@ def demo(
     from .trace_commands import print_summary
 
     quiet_transformers()
-    result = run_demo(out, samples=samples, length=length, overwrite=overwrite, progress=True)
+    with resumable():
+        result = run_demo(out, samples=samples, length=length, overwrite=overwrite, progress=True)
     report_capture(result)
     trace = result.load()
     print_summary(summarize(trace))

@@ -12,10 +12,8 @@ Shape key: E experts of a layer, L MoE layers.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from torch import nn
 from ..errors import ExpertcacheError
 from ..trace.adapters import MoEBlock, adapter_for, find_blocks
 from ..trace.capture import describe
+from ..trace.checkpoint import safetensors_headers
 from ..trace.model_info import ModelInfo
 
 __all__ = ["ExpertPart", "LoadedCheckpoint", "load_checkpoint"]
@@ -88,39 +87,10 @@ def _read_headers(folder: Path) -> dict[str, tuple[int, dict]]:
     """file name -> (data start, header) for every safetensors file of the checkpoint."""
     if not folder.is_dir():
         raise ExpertcacheError(f"model folder {folder} does not exist")
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as e:
-            raise ExpertcacheError(f"{index} is not a safetensors index ({type(e).__name__})") from None
-    else:
-        files = sorted(p.name for p in folder.glob("*.safetensors"))
-    if not files:
+    headers = safetensors_headers(folder)
+    if not headers:
         raise ExpertcacheError(f"{folder} has no safetensors weights (the runtime reads experts from .safetensors files)")
-    headers = {}
-    for name in files:
-        headers[name] = _header(folder / name)
     return headers
-
-
-def _header(path: Path) -> tuple[int, dict]:
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        raise ExpertcacheError(f"{path} is not a readable safetensors file ({e})") from None
-    start = 8 + n
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        if start + entry["data_offsets"][1] > size:
-            raise ExpertcacheError(f"{path} is truncated: tensor {key} ends past the end of the file")
-    return start, header
 
 
 def _checkpoint_dtype(headers) -> torch.dtype:

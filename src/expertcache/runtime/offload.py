@@ -27,6 +27,7 @@ from ..cache.policies import resolve_policy
 from ..cache.simulate import HitCounts
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
+from ..trace.hub import not_cached, offline_reason
 from .cache import ExpertCache
 from .experts import DENSE, IMPLEMENTATIONS, slot_compute
 from .loading import LoadedCheckpoint, load_checkpoint
@@ -350,12 +351,16 @@ def _local_folder(model: str | os.PathLike) -> Path:
         return path
     if str(model).startswith((".", "/", "~")) or str(model).count("/") > 1:
         raise ExpertcacheError(f"model folder {model} does not exist")
+    offline = offline_reason()
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
-                                                                    "*.jinja", "tokenizer*"]))
+                                                                    "*.jinja", "tokenizer*"],
+                                      local_files_only=offline is not None))
     except Exception as e:  # hub errors come in many types; all mean the same to a user
+        if offline is not None:
+            raise ExpertcacheError(not_cached(str(model), offline)) from None
         raise ExpertcacheError(f"cannot fetch {model} from the hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 

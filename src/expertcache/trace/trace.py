@@ -328,6 +328,7 @@ class _MemoryWriter(TraceWriter):
         self.model = model
         self.optional = ()
         self.shard_tokens = float("inf")
+        self.commit_seconds = None
         self.expert_dtype = expert_dtype(model.max_experts)
         self._buffer = []
         self._buffered_tokens = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ __all__ = ["TraceWriter"]
 
 
 class TraceWriter:
-    """Append sequences to a trace directory, one atomic shard per `shard_tokens` tokens.
+    """Append sequences to a trace directory, one atomic shard per `shard_tokens` tokens, or
+    sooner once `commit_seconds` have passed since the last commit (what a kill can lose).
 
     Use as a context manager: leaving the block (normally, on Ctrl-C or on an error) commits
     the sequences already added, so nothing finished is lost.
@@ -54,6 +56,7 @@ class TraceWriter:
         domains: list[str] | None = None,
         optional: tuple[str, ...] = (),
         shard_tokens: int = 1 << 16,
+        commit_seconds: float | None = None,
         overwrite: bool = False,
     ):
         unknown = set(optional) - set(OPTIONAL_ARRAYS)
@@ -62,7 +65,11 @@ class TraceWriter:
         self.path = Path(path)
         self.model = model
         self.optional = tuple(optional)
+        if commit_seconds is not None and not commit_seconds >= 0:
+            raise ExpertcacheError(f"the commit interval must be >= 0 seconds, got {commit_seconds}")
         self.shard_tokens = shard_tokens
+        self.commit_seconds = commit_seconds
+        self._last_commit = time.monotonic()
         self.expert_dtype = expert_dtype(model.max_experts)
         self._buffer: list[dict] = []
         self._buffered_tokens = 0
@@ -151,7 +158,8 @@ class TraceWriter:
         self._buffer.append({"arrays": seq, "domain": domain, "turn": turn, "key": key, "routed": routed})
         self._buffered_tokens += T
         self._sequences += 1
-        if self._buffered_tokens >= self.shard_tokens:
+        overdue = self.commit_seconds is not None and time.monotonic() - self._last_commit >= self.commit_seconds
+        if self._buffered_tokens >= self.shard_tokens or overdue:
             self.flush()
 
     def _pack(self) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -169,35 +177,48 @@ class TraceWriter:
         return arrays, domains
 
     def flush(self) -> None:
-        """Commit the buffered sequences as one shard (atomic rename)."""
+        """Commit the buffered sequences as one shard (atomic rename).
+
+        Safe to call again after an interruption (Ctrl-C) anywhere inside: a half-written
+        shard is removed, and a shard already renamed into place is not written twice.
+        """
         if not self._buffer:
             return
-        arrays, domains = self._pack()
-        name = f"{self._next_shard:05d}"
-        tmp = self.path / SHARDS / f"{name}.tmp-{os.getpid()}"
-        tmp.mkdir(parents=True)
-        files = {}
-        for array_name, array in arrays.items():
-            file = tmp / f"{array_name}.npy"
-            with open(file, "wb") as f:
-                np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            files[array_name] = {"shape": list(array.shape), "dtype": array.dtype.name, "bytes": file.stat().st_size,
-                                 "crc32": file_crc32(file)}
-        meta = {
-            "num_sequences": len(self._buffer),
-            "num_tokens": int(arrays["seq_lengths"].sum()),
-            "domains": domains,
-            "keys": [s["key"] for s in self._buffer],
-            "arrays": files,
-        }
-        write_json_atomic(tmp / SHARD_META, meta)
-        os.rename(tmp, self.path / SHARDS / name)
+        final = self.path / SHARDS / f"{self._next_shard:05d}"
+        if not final.exists():  # else a commit was interrupted after its rename: only the bookkeeping is left
+            self._write_shard(final)
         self.done_keys.update(s["key"] for s in self._buffer if s["key"] is not None)
         self._next_shard += 1
         self._buffer.clear()
         self._buffered_tokens = 0
+        self._last_commit = time.monotonic()
+
+    def _write_shard(self, final: Path) -> None:
+        arrays, domains = self._pack()
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True)
+        try:
+            files = {}
+            for array_name, array in arrays.items():
+                file = tmp / f"{array_name}.npy"
+                with open(file, "wb") as f:
+                    np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+                files[array_name] = {"shape": list(array.shape), "dtype": array.dtype.name,
+                                     "bytes": file.stat().st_size, "crc32": file_crc32(file)}
+            meta = {
+                "num_sequences": len(self._buffer),
+                "num_tokens": int(arrays["seq_lengths"].sum()),
+                "domains": domains,
+                "keys": [s["key"] for s in self._buffer],
+                "arrays": files,
+            }
+            write_json_atomic(tmp / SHARD_META, meta)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def close(self) -> None:
         self.flush()
