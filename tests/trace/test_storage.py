@@ -78,6 +78,14 @@ def test_bad_arrays_are_refused(experts, num_experts, message):
         Trace.from_arrays(experts, num_experts)
 
 
+@pytest.mark.parametrize("phase, message", [([[0, 1, 2]], "sequence 0: token 2 has phase 2"),
+                                            ([[0, -1, 1]], "sequence 0: token 1 has phase -1"),
+                                            ([[0, 1]], r"phase has shape \(2,\), expected one value or \(3,\)")])
+def test_phases_other_than_prefill_and_decode_are_refused(phase, message):
+    with pytest.raises(ExpertcacheError, match=message):
+        Trace.from_arrays(np.zeros((1, 3, 1, 1), int), 4, phase=np.array(phase))
+
+
 def test_weights_that_are_not_numbers_are_refused():
     with pytest.raises(ExpertcacheError, match="weights must be numbers"):
         Trace.from_arrays(np.zeros((1, 2, 1, 1), int), 4, weights=np.full((1, 2, 1, 1), "a"))

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExpertcacheError
-from .format import DECODE
+from .format import DECODE, PREFILL
 
-__all__ = ["Deferred", "check_expert_ids", "file_crc32", "shard_array_check"]
+__all__ = ["Deferred", "check_expert_ids", "check_phase", "file_crc32", "shard_array_check"]
 
 
 def file_crc32(path: Path) -> int:
@@ -52,8 +52,9 @@ def _check_routed(ids, num_experts, pad, where):
         raise ExpertcacheError(f"{where}: no token is routed to any expert (every id is the pad id)")
 
 
-def _check_phase(phase, where):
-    bad = np.flatnonzero(phase > DECODE)
+def check_phase(phase: np.ndarray, where: str) -> None:
+    """Raise unless every phase is PREFILL or DECODE."""
+    bad = np.flatnonzero((phase != PREFILL) & (phase != DECODE))
     if len(bad):
         raise ExpertcacheError(f"{where}: token {bad[0]} has phase {phase[bad[0]]} (0 prefill or 1 decode)")
 
@@ -64,7 +65,7 @@ def shard_array_check(file: Path, name: str, crc32: int | None, *, num_experts: 
     the values kernels index with. Errors name the file and add that the trace is damaged."""
     content = {
         "experts": lambda a: _check_routed(a, num_experts, pad, str(file)),
-        "phase": lambda a: _check_phase(a, str(file)),
+        "phase": lambda a: check_phase(a, str(file)),
         "seq_lengths": lambda a: _check_nonnegative(a, "sequence length", str(file)),
         "seq_domain": lambda a: _check_index(a, num_domains, "domain index", str(file)),
     }.get(name)

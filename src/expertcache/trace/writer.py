@@ -33,7 +33,7 @@ from .format import (
     read_json,
 )
 from .model_info import ModelInfo
-from .validate import check_expert_ids, file_crc32
+from .validate import check_expert_ids, check_phase, file_crc32
 
 __all__ = ["TraceWriter"]
 
@@ -141,13 +141,14 @@ class TraceWriter:
             raise ExpertcacheError(
                 f"experts shape {experts.shape} does not match the model ({m.num_moe_layers} MoE layers, k={m.top_k})"
             )
-        ids, routed = _checked_ids(experts, m, self.expert_dtype, f"sequence {key or self._sequences}")
+        where = f"sequence {key or self._sequences}"
+        ids, routed = _checked_ids(experts, m, self.expert_dtype, where)
         seq = {
             "experts": ids,  # [T, L, K]
             "weights": np.zeros((T, L, K), np.float16) if weights is None else _shaped(weights, (T, L, K), "weights", np.float16),
             "tokens": np.full(T, -1, np.int32) if tokens is None else _shaped(tokens, (T,), "tokens", np.int32),
             "positions": np.arange(T, dtype=np.int32) if positions is None else _shaped(positions, (T,), "positions", np.int32),
-            "phase": np.broadcast_to(np.asarray(phase, np.uint8), (T,)).copy(),
+            "phase": _phases(phase, T, where),
         }
         extras = {"logits": logits, "stale_gate": stale_gate}
         for name in OPTIONAL_ARRAYS:
@@ -244,6 +245,16 @@ def _shaped(array, shape: tuple, name: str, dtype) -> np.ndarray:
         return array.astype(dtype, copy=False)
     except (ValueError, TypeError):
         raise ExpertcacheError(f"{name} must be numbers, got {array.dtype}") from None
+
+
+def _phases(phase, T: int, where: str) -> np.ndarray:
+    """[T] uint8 phases from one value or one per token; each PREFILL or DECODE."""
+    phase = np.asarray(phase)
+    if phase.shape not in ((), (T,)):
+        raise ExpertcacheError(f"{where}: phase has shape {phase.shape}, expected one value or ({T},)")
+    phase = np.broadcast_to(phase, (T,))
+    check_phase(phase, where)
+    return phase.astype(np.uint8)
 
 
 def _checked_ids(experts: np.ndarray, model: ModelInfo, dtype: np.dtype, where: str) -> tuple[np.ndarray, int]:
