@@ -1,10 +1,10 @@
-"""Checks for routing read from text files (route CSV, JSONL): incomplete data is refused with
-the line it came from.
+"""Checks for routing read from text files: incomplete data is refused with the line it came from.
 
 An importer lays what it read out as dense arrays, -1 where the file gave nothing, with the
 line each id was read from; `check_imported_routing` then finds what a cut or hand-edited file
 leaves: an id out of range, an expert twice in one token's list, a layer with fewer than k ids,
-a token missing a layer that the format requires, a file that routes nothing.
+a token missing a layer that the format requires, a file that routes nothing. The route CSV
+importer uses it (a token's rows are spread over many lines); a line-per-token format can too.
 """
 
 from __future__ import annotations

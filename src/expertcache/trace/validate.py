@@ -62,7 +62,7 @@ def check_phase(phase: np.ndarray, where: str) -> None:
 def shard_array_check(file: Path, name: str, crc32: int | None, *, num_experts: Sequence[int], pad: int,
                       num_domains: int) -> Callable[[np.ndarray], None]:
     """The check of one shard array as read from `file`: its recorded checksum (if any), then
-    the values kernels index with. Errors name the file and add that the trace is damaged."""
+    the values kernels index with. Errors name the file."""
     content = {
         "experts": lambda a: _check_routed(a, num_experts, pad, str(file)),
         "phase": lambda a: check_phase(a, str(file)),
