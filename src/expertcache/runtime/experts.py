@@ -73,7 +73,8 @@ def _grouped_mm_nonempty(mat_a: torch.Tensor, mat_b: torch.Tensor, offs: torch.T
     weights = mat_b.as_subclass(torch.Tensor)  # [G, in, out]
     out = torch.empty((mat_a.shape[0], weights.shape[-1]), dtype=mat_a.dtype)
     ends = offs.numpy()
-    rows = np.diff(ends, prepend=0)
+    rows = ends.copy()
+    rows[1:] -= ends[:-1]
     groups = np.flatnonzero(rows)
     sizes = rows[groups].tolist()  # the non-empty groups' rows lie one after another
     used = int(ends[-1]) if len(ends) else 0  # rows past the last group (none here) stay unwritten, as in torch
