@@ -10,9 +10,12 @@ drops every range it reads, and accelerate's offload folder is dropped before ev
 Figures:
 - everything cached vs the plain transformers model with the same (default) experts
   implementation, weights in RAM: ratio (target >= 0.95);
-- offloaded at 1x, 2x, 4x the active experts: tokens/s, hit rate, MiB read per token, and the
-  ratio to the bound 1 / max(compute time per token, missed bytes per token / disk bandwidth)
-  (loads overlapping compute; disk bandwidth from `bench_hw`'s cold read test) (target >= 0.8);
+- offloaded at 1x, 2x, 4x the active experts, without prefetch and with the stale-gate
+  prefetcher: tokens/s, hit rate, MiB read per token, and the ratio to the bound (target >=
+  0.8): with prefetch, loads can overlap compute and the bound is 1 / max(compute time per
+  token, missed bytes per token / disk bandwidth); without, a miss is needed by the call that
+  waits for it, and the bound is 1 / (compute time + missed bytes / disk bandwidth). Compute
+  time per token is the plain model's; disk bandwidth is `bench_hw`'s cold read test;
 - accelerate disk offload (device_map, offload folder) with the resident memory of the 1x run:
   tokens/s, and the runtime's speed-up over it (target >= 10x);
 - peak RSS of each run (each in its own process) against non-expert weights + budget.
@@ -45,13 +48,13 @@ def drop_page_cache(folder: Path) -> None:
         os.close(fd)
 
 
-def _load(kind: str, folder: str, budget_x: float | None, resident: int | None):
+def _load(kind: str, folder: str, budget_x: float | None, resident: int | None, prefetch: str | None):
     import transformers
 
     import expertcache.runtime as rt
 
     if kind == "runtime":
-        return rt.offload(folder, budget_x=budget_x)
+        return rt.offload(folder, budget_x=budget_x, prefetch=prefetch)
     if kind == "plain":
         model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
         for p in model.parameters():  # out of the memory map, as the runtime's weights are
@@ -83,11 +86,12 @@ def peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 
-def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, resident: int | None = None) -> dict:
+def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, resident: int | None = None,
+            prefetch: str | None = None) -> dict:
     """In a fresh process: decode seconds for `tokens` tokens (and counters) of one configuration."""
     import expertcache.runtime as rt
 
-    model = _load(kind, folder, budget_x, resident)
+    model = _load(kind, folder, budget_x, resident, prefetch)
     ids = torch.tensor([PROMPT])
     with torch.no_grad():
         model.generate(ids, max_new_tokens=2, do_sample=False)  # warm-up (and numba)
@@ -136,23 +140,27 @@ def main() -> None:
         print(f"checkpoint {size / 2**30:.2f} GiB bf16 ({args.layers} layers x {args.experts} experts, k={args.k}); "
               f"disk {disk / 2**30:.2f} GiB/s (cold); plain model {plain_tps:.2f} tok/s, "
               f"peak RSS {plain['peak_rss'] / 2**20:.0f} MiB")
-        print(f"{'budget':>8} {'tok/s':>7} {'vs plain':>9} {'hit rate':>9} {'MiB/token':>10} {'bound':>7} "
-              f"{'vs bound':>9} {'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
+        print(f"{'budget':>8} {'prefetch':>10} {'tok/s':>7} {'vs plain':>9} {'hit rate':>9} {'MiB/token':>10} "
+              f"{'bound':>7} {'vs bound':>9} {'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
         resident_1x = None
         rates = {}
-        for x in [float(b) for b in args.budgets.split(",") if float(b) < everything] + [everything]:
-            r = run_in_process("runtime", str(folder), x, args.tokens)
-            tps = rates[x] = args.tokens / r["seconds"]
+        runs = [(float(b), p) for b in args.budgets.split(",") if float(b) < everything for p in (None, "stale-gate")]
+        for x, prefetch in runs + [(everything, None)]:
+            r = run_in_process("runtime", str(folder), x, args.tokens, None, prefetch)
+            tps = args.tokens / r["seconds"]
+            rates.setdefault(x, tps)
             expert_bytes = r["memory"]["slow_tier_bytes"] / (args.layers * args.experts)
             decode_tokens = r["decode_lookups"] / (args.layers * args.k)
-            decode_bytes = (r["decode_lookups"] - r["decode_hits"]) * expert_bytes / decode_tokens
-            bound = 1 / max(1 / plain_tps, decode_bytes / disk)
+            loads = r["decode_lookups"] - r["decode_hits"] + (r["prefetch"]["issued"] if prefetch else 0)
+            decode_bytes = loads * expert_bytes / decode_tokens  # misses and prefetches (only in decode)
+            load_s = decode_bytes / disk
+            bound = 1 / (max(1 / plain_tps, load_s) if prefetch else 1 / plain_tps + load_s)
             limit = r["memory"]["non_expert_bytes"] + r["memory"]["cache_bytes"]
             resident_1x = resident_1x or limit
             label = "all" if x == everything else f"{x:g}x"
-            print(f"{label:>8} {tps:7.2f} {tps / plain_tps:9.3f} {r['hit_rate']:9.1%} {decode_bytes / 2**20:10.1f} "
-                  f"{bound:7.2f} {tps / bound:9.3f} {r['peak_rss'] / 2**20:8.0f}M {limit / 2**20:17.0f}M "
-                  f"{str(r['tokens'] == plain['tokens']):>12}")
+            print(f"{label:>8} {prefetch or '-':>10} {tps:7.2f} {tps / plain_tps:9.3f} {r['hit_rate']:9.1%} "
+                  f"{decode_bytes / 2**20:10.1f} {bound:7.2f} {tps / bound:9.3f} {r['peak_rss'] / 2**20:8.0f}M "
+                  f"{limit / 2**20:17.0f}M {str(r['tokens'] == plain['tokens']):>12}")
         if not args.no_accelerate:
             a = run_in_process("accelerate", str(folder), None, args.tokens, resident_1x)
             a_tps = args.tokens / a["seconds"]
