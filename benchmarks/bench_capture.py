@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 
-def build(folder: Path, args) -> Path:
+def build(folder: Path, args, dtype: torch.dtype = torch.float32) -> Path:
+    """A randomly initialised Qwen3-MoE-style checkpoint of the given shape, saved to `folder`."""
     import transformers
 
     config = transformers.Qwen3MoeConfig(
@@ -35,7 +36,7 @@ def build(folder: Path, args) -> Path:
         num_key_value_heads=4, head_dim=args.hidden // 8, num_experts=args.experts,
         num_experts_per_tok=args.k, max_position_embeddings=4096)
     torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(folder)
     return folder
 
 

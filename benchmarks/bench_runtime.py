@@ -1,19 +1,26 @@
-"""Offloading runtime: greedy decode tokens/s at several budgets against the plain model and
-against the SPEC §7 bound measured on the same machine in the same run.
+"""Offloading runtime: greedy decode tokens/s at several budgets, against the plain model, the
+SPEC §7 bound measured on the same machine, and accelerate's disk offload, all in one run.
 
 The checkpoint is a randomly initialised Qwen3-MoE-style model saved as bf16 safetensors to a
-temporary folder (size set by --hidden/--layers/--experts). Between runs the checkpoint's pages
-are dropped from the page cache (posix_fadvise DONTNEED), and the runtime's disk tier drops
-every range it reads, so misses are real disk reads.
+temporary folder (shape set by --hidden/--layers/--experts/--k). The page cache is honest:
+the checkpoint's pages are dropped before each measured generation, the runtime's disk tier
+drops every range it reads, and accelerate's offload folder is dropped before every forward
+(accelerate reads a layer's weights from it once per forward), so misses are disk reads.
 
 Figures:
-- everything cached vs plain transformers model (same eager experts implementation): ratio;
-- offloaded at 1x, 2x, 4x the active experts: tokens/s, hit rate, MiB read per token, and the
-  ratio to the §7 bound 1 / max(compute time per token, missed bytes per token / disk bandwidth)
-  with loads overlapping compute (disk bandwidth from `bench_hw`'s cold read test);
-- peak RSS per budget (each budget in its own process) against non-expert weights + budget.
+- everything cached vs the plain transformers model with the same (default) experts
+  implementation, weights in RAM: ratio (target >= 0.95);
+- offloaded at 1x, 2x, 4x the active experts, without prefetch and with the stale-gate
+  prefetcher: tokens/s, hit rate, MiB read per token, and the ratio to the bound (target >=
+  0.8): with prefetch, loads can overlap compute and the bound is 1 / max(compute time per
+  token, missed bytes per token / disk bandwidth); without, a miss is needed by the call that
+  waits for it, and the bound is 1 / (compute time + missed bytes / disk bandwidth). Compute
+  time per token is the plain model's; disk bandwidth is `bench_hw`'s cold read test;
+- accelerate disk offload (device_map, offload folder) with the resident memory of the 1x run:
+  tokens/s, and the runtime's speed-up over it (target >= 10x);
+- peak RSS of each run (each in its own process) against non-expert weights + budget.
 
-Run: python benchmarks/bench_runtime.py [--hidden 512 --layers 8 --experts 64 --k 8 --tokens 32]
+Run: python benchmarks/bench_runtime.py [--hidden 1024 --layers 16 --experts 64 --k 8 --tokens 16]
 """
 
 from __future__ import annotations
@@ -29,109 +36,138 @@ from pathlib import Path
 
 import torch
 
+from bench_capture import build
 
-def build(folder: Path, args) -> Path:
-    import transformers
-
-    config = transformers.Qwen3MoeConfig(
-        vocab_size=4096, hidden_size=args.hidden, intermediate_size=args.hidden * 2,
-        moe_intermediate_size=args.hidden // 2, num_hidden_layers=args.layers, num_attention_heads=8,
-        num_key_value_heads=4, head_dim=args.hidden // 8, num_experts=args.experts,
-        num_experts_per_tok=args.k, max_position_embeddings=4096)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
-    return folder
+PROMPT = list(range(10, 42))
 
 
 def drop_page_cache(folder: Path) -> None:
-    for f in folder.glob("*.safetensors"):
+    for f in list(folder.glob("*.safetensors")) + list(folder.glob("**/*.dat")):
         fd = os.open(f, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
 
 
-PROMPT = list(range(10, 42))
-
-
-def one_run(folder: str, budget_x: float | None, tokens: int) -> dict:
-    """In a fresh process: decode tokens/s and counters of one configuration (None = plain model)."""
+def _load(kind: str, folder: str, budget_x: float | None, resident: int | None, prefetch: str | None):
     import transformers
 
     import expertcache.runtime as rt
 
-    ids = torch.tensor([PROMPT])
-    if budget_x is None:
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, experts_implementation="eager").eval()
-        for p in model.parameters():
+    if kind == "runtime":
+        return rt.offload(folder, budget_x=budget_x, prefetch=prefetch)
+    if kind == "plain":
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+        for p in model.parameters():  # out of the memory map, as the runtime's weights are
             p.data = p.data.clone()
-    else:
-        model = rt.offload(folder, budget_x=budget_x)
-    def timed(n):
-        drop_page_cache(Path(folder))
-        start = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        return out, time.perf_counter() - start
+        return model
+    offload_dir = Path(folder).parent / "accelerate-offload"
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, device_map="auto", max_memory={"cpu": resident}, offload_folder=str(offload_dir)).eval()
+    model.register_forward_pre_hook(lambda *_: drop_page_cache(offload_dir))
+    return model
 
+
+class TokenClock:
+    """A generate() streamer that notes when each token comes out (the first put is the prompt)."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def peak_rss() -> int:
+    """This process's high-water resident set since exec (ru_maxrss would include the parent's)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+
+def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, resident: int | None = None,
+            prefetch: str | None = None) -> dict:
+    """In a fresh process: decode seconds for `tokens` tokens (and counters) of one configuration."""
+    import expertcache.runtime as rt
+
+    model = _load(kind, folder, budget_x, resident, prefetch)
+    ids = torch.tensor([PROMPT])
     with torch.no_grad():
-        timed(2)  # warm-up (and numba)
-        _, first = timed(1)  # prefill + one token: taken off, so the figure is decode alone
-        out, seconds = timed(tokens + 1)
-    result = {"tokens": out[0, len(PROMPT):].tolist(), "seconds": seconds - first}
-    if budget_x is not None:
-        s = rt.stats(model)
-        result.update(s.to_json())
+        model.generate(ids, max_new_tokens=2, do_sample=False)  # warm-up (and numba)
+        drop_page_cache(Path(folder))
+        clock = TokenClock()
+        out = model.generate(ids, max_new_tokens=tokens + 1, min_new_tokens=tokens + 1, do_sample=False,
+                             streamer=clock)
+    # times[1] is the first generated token (prefill); decode is from there to the last one
+    result = {"tokens": out[0, len(PROMPT):].tolist(), "seconds": clock.times[-1] - clock.times[1]}
+    if kind == "runtime":
+        result.update(rt.stats(model).to_json())
         rt.close(model)
-    import resource
-
-    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss"] = peak_rss()
     return result
 
 
-def run_in_process(folder: Path, budget_x, tokens: int) -> dict:
+def run_in_process(*args) -> dict:
     code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_runtime as b; " \
-           f"print(json.dumps(b.one_run({str(folder)!r}, {budget_x!r}, {tokens})))"
+           f"print(json.dumps(b.one_run(*{args!r})))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if p.returncode:
-        raise SystemExit(p.stderr[-2000:])
+        raise SystemExit(p.stderr[-3000:])
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--experts", type=int, default=64)
     ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--budgets", default="1,2,4")
+    ap.add_argument("--no-accelerate", action="store_true", help="skip the accelerate disk-offload peer")
     args = ap.parse_args()
     from expertcache.cache.hwbench import bench_hw
 
     with tempfile.TemporaryDirectory(dir=".") as tmp:
-        folder = build(Path(tmp) / "model", args)
+        folder = build(Path(tmp) / "model", args, torch.bfloat16)
         size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
         _, raw = bench_hw(args.hidden, args.hidden // 2, "bfloat16", args.layers, 256, tmp, "disk", 256, "cpu")
         disk = raw["disk_read_bytes_per_s"]
-        plain = run_in_process(folder, None, args.tokens)
+        plain = run_in_process("plain", str(folder), None, args.tokens)
         plain_tps = args.tokens / plain["seconds"]
-        compute_s = 1 / plain_tps
         everything = args.experts / args.k
-        print(f"checkpoint {size / 2**30:.2f} GiB bf16; disk {disk / 2**30:.2f} GiB/s (cold); "
-              f"plain model {plain_tps:.1f} tok/s")
-        print(f"{'budget':>10} {'tok/s':>8} {'vs plain':>9} {'hit rate':>9} {'MiB/token':>10} {'bound':>8} "
-              f"{'vs bound':>9} {'peak RSS':>10} {'non-expert+budget':>18} {'same tokens':>12}")
-        for x in [float(b) for b in args.budgets.split(",")] + [everything]:
-            r = run_in_process(folder, x, args.tokens)
+        print(f"checkpoint {size / 2**30:.2f} GiB bf16 ({args.layers} layers x {args.experts} experts, k={args.k}); "
+              f"disk {disk / 2**30:.2f} GiB/s (cold); plain model {plain_tps:.2f} tok/s, "
+              f"peak RSS {plain['peak_rss'] / 2**20:.0f} MiB")
+        print(f"{'budget':>8} {'prefetch':>10} {'tok/s':>7} {'vs plain':>9} {'hit rate':>9} {'MiB/token':>10} "
+              f"{'bound':>7} {'vs bound':>9} {'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
+        resident_1x = None
+        rates = {}
+        runs = [(float(b), p) for b in args.budgets.split(",") if float(b) < everything for p in (None, "stale-gate")]
+        for x, prefetch in runs + [(everything, None)]:
+            r = run_in_process("runtime", str(folder), x, args.tokens, None, prefetch)
             tps = args.tokens / r["seconds"]
+            rates.setdefault(x, tps)
             expert_bytes = r["memory"]["slow_tier_bytes"] / (args.layers * args.experts)
             decode_tokens = r["decode_lookups"] / (args.layers * args.k)
-            decode_bytes = (r["decode_lookups"] - r["decode_hits"]) * expert_bytes / decode_tokens
-            bound = 1 / max(compute_s, decode_bytes / disk)
+            loads = r["decode_lookups"] - r["decode_hits"] + (r["prefetch"]["issued"] if prefetch else 0)
+            decode_bytes = loads * expert_bytes / decode_tokens  # misses and prefetches (only in decode)
+            load_s = decode_bytes / disk
+            bound = 1 / (max(1 / plain_tps, load_s) if prefetch else 1 / plain_tps + load_s)
             limit = r["memory"]["non_expert_bytes"] + r["memory"]["cache_bytes"]
+            resident_1x = resident_1x or limit
             label = "all" if x == everything else f"{x:g}x"
-            print(f"{label:>10} {tps:8.2f} {tps / plain_tps:9.3f} {r['hit_rate']:9.1%} {decode_bytes / 2**20:10.1f} "
-                  f"{bound:8.2f} {tps / bound:9.3f} {r['peak_rss'] / 2**20:9.0f}M {limit / 2**20:17.0f}M "
-                  f"{str(r['tokens'] == plain['tokens']):>12}")
+            print(f"{label:>8} {prefetch or '-':>10} {tps:7.2f} {tps / plain_tps:9.3f} {r['hit_rate']:9.1%} "
+                  f"{decode_bytes / 2**20:10.1f} {bound:7.2f} {tps / bound:9.3f} {r['peak_rss'] / 2**20:8.0f}M "
+                  f"{limit / 2**20:17.0f}M {str(r['tokens'] == plain['tokens']):>12}")
+        if not args.no_accelerate:
+            a = run_in_process("accelerate", str(folder), None, args.tokens, resident_1x)
+            a_tps = args.tokens / a["seconds"]
+            first = float(args.budgets.split(",")[0])
+            print(f"accelerate disk offload at {resident_1x / 2**20:.0f} MiB resident: {a_tps:.3f} tok/s, "
+                  f"peak RSS {a['peak_rss'] / 2**20:.0f} MiB; runtime at {first:g}x is {rates[first] / a_tps:.1f}x "
+                  f"faster; same tokens: {a['tokens'] == plain['tokens']}")
 
 
 if __name__ == "__main__":

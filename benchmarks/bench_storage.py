@@ -1,6 +1,9 @@
-"""Trace storage: bytes per (token, layer) for ids + weights, and write / load / one-layer read speed.
+"""Trace storage: bytes per (token, layer) for ids + weights, write / load / one-layer read speed,
+and what validation adds to the first read of the ids.
 
-Goal (issue 3): at most 2 bytes per id plus 2 per weight. Run: python benchmarks/bench_storage.py
+Goals: at most 2 bytes per id plus 2 per weight (issue 3); checking the ids on first read (crc32
+and the id scan, issue 9) costs a fraction of an LRU replay of the same trace, the least any
+analysis does with them. Run: python benchmarks/bench_storage.py
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from expertcache import ModelInfo, Trace, TraceWriter
+from expertcache.cache import simulate
 
 
 def main() -> None:
@@ -41,9 +45,15 @@ def main() -> None:
         trace = Trace.load(path)
         load_s = time.perf_counter() - start
         start = time.perf_counter()
+        trace.shard_arrays("experts")  # first use: checksum and id scan of every shard's ids
+        check_s = time.perf_counter() - start
+        start = time.perf_counter()
         layer = trace.layer_experts(L // 2)
         layer_s = time.perf_counter() - start
         assert layer.shape == (S * T, K)
+        start = time.perf_counter()
+        simulate(trace, "lru", budget_x=4.0)
+        replay_s = time.perf_counter() - start
     n = S * T * L
     requests = n * K
     print(f"trace: {S} sequences x {T} tokens x {L} MoE layers x k={K} ({requests / 1e6:.0f} M ids), E={E}")
@@ -52,6 +62,8 @@ def main() -> None:
     print(f"all files: {sum(shard_bytes.values()) / n:.2f} bytes per (token, layer) for k={K}")
     print(f"write {requests / write_s / 1e6:.0f} M ids/s, open {load_s * 1e3:.1f} ms, "
           f"read one layer {layer.nbytes / layer_s / 2**30:.2f} GiB/s")
+    print(f"check of all ids on first use (crc32 + id scan): {check_s:.3f} s, {requests / check_s / 1e9:.2f} G ids/s, "
+          f"{check_s / replay_s:.1%} of one LRU replay of the trace ({replay_s:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ for torch or numba until it needs them.
 
 from importlib import import_module
 
-from .errors import ExpertcacheError
+from .errors import CaptureInterrupted, ExpertcacheError
 from .trace import ModelInfo, Trace, TraceWriter, open_trace
 
 _LAZY = {
@@ -47,7 +47,7 @@ _LAZY = {
 }
 _RENAMED = {"register_policy": ("expertcache.cache", "register")}
 
-__all__ = ["ExpertcacheError", "ModelInfo", "Trace", "TraceWriter", "open_trace", *_LAZY, *_RENAMED]
+__all__ = ["CaptureInterrupted", "ExpertcacheError", "ModelInfo", "Trace", "TraceWriter", "open_trace", *_LAZY, *_RENAMED]
 __version__ = "0.1.0"
 
 

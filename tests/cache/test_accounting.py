@@ -21,15 +21,15 @@ def test_cold_start_first_uses_miss_and_sequences_share_the_cache():
 
 def test_prefill_batch_is_per_layer_token_major_and_distinct_keys_are_looked_up_once():
     # 3 prefill tokens, 2 layers, k=2; then one decode token
-    tokens = [[[0, 1], [2, 3]], [[1, 0], [3, 4]], [[0, 5], [2, 2]], [[5, 1], [4, 3]]]
+    tokens = [[[0, 1], [2, 3]], [[1, 0], [3, 4]], [[0, 5], [2, 6]], [[5, 1], [4, 3]]]
     trace = make_trace([tokens], 8, phase=[[0, 0, 0, 1]])
     stream = build_stream(trace)
     batches = [stream.keys[a:b].tolist() for a, b in zip(stream.batch_start[:-1], stream.batch_start[1:])]
-    assert batches == [[0, 1, 1, 0, 0, 5], [10, 11, 11, 12, 10, 10], [5, 1], [12, 11]]
+    assert batches == [[0, 1, 1, 0, 0, 5], [10, 11, 11, 12, 10, 14], [5, 1], [12, 11]]
     assert stream.batch_phase.tolist() == [0, 0, 1, 1]
     r = simulate(trace, "lru", budget_slots=100)
-    assert per_batch(r) == [(0, 3), (0, 3), (2, 0), (2, 0)]
-    assert (r.lookups, r.decode_lookups, r.decode_hits) == (10, 4, 4)
+    assert per_batch(r) == [(0, 3), (0, 4), (2, 0), (2, 0)]
+    assert (r.lookups, r.decode_lookups, r.decode_hits) == (11, 4, 4)
 
 
 def test_repeat_in_batch_refreshes_recency():
@@ -159,11 +159,10 @@ def test_breakdowns_add_up():
     assert r.per_phase()["lookups"][1] == r.decode_lookups == 15 * 3 * 2
 
 
-def test_decode_fast_path_equals_the_general_stream_builder():
+def test_decode_fast_path_equals_the_general_stream_builder(distinct_ids):
     from expertcache.cache.stream import _batched
 
-    rng = np.random.default_rng(3)
-    trace = make_trace([rng.integers(0, 5, (7, 3, 2)), rng.integers(0, 5, (4, 3, 2))], 5)
+    trace = make_trace([distinct_ids((7, 3, 2), 5), distinct_ids((4, 3, 2), 5)], 5)
     fast = build_stream(trace)
     general = _batched(np.asarray(trace.experts), np.asarray(trace.phase), trace.seq_offsets[:-1], trace.pad_id,
                        fast.key_offset)

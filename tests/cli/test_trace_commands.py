@@ -13,8 +13,8 @@ def run(*args, cwd):
                           capture_output=True, text=True)
 
 
-def test_import_info_export(rng, tmp_path):
-    ids = rng.integers(0, 8, (2, 6, 3, 2))
+def test_import_info_export(distinct_ids, tmp_path):
+    ids = distinct_ids((2, 6, 3, 2), 8)
     np.save(tmp_path / "e.npy", ids)
     assert run("import", "arrays", "e.npy", "--num-experts", 8, "--out", "t", cwd=tmp_path).returncode == 0
     info = run("info", "t", "--json", cwd=tmp_path)

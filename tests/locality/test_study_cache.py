@@ -88,14 +88,6 @@ def test_never_used_expert_and_full_cache():
     assert result.per_layer[0, 2:].tolist() == [1.0, 1.0, 1.0]  # C >= distinct experts used: all hit
 
 
-def test_repeated_first_use_inside_a_token_misses():
-    # Malformed routing that names an expert twice: the repeat was not cached before the token.
-    trace = one_layer([[[0, 0], [0, 1]]], 2)
-    expected = [2 / 4, 3 / 4]
-    assert reference.hit_rates([[[0, 0], [0, 1]]], 2, "lru") == pytest.approx(expected)
-    np.testing.assert_allclose(curves(trace, "lru").per_layer[0], expected)
-
-
 def test_to_json_contract():
     out = curves(one_layer([[[0, 1], [2, 0]]], 4), "fsf", 2).to_json()
     assert set(out) == {"policy", "m", "num_experts", "per_layer", "model_level"}

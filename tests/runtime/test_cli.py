@@ -57,3 +57,28 @@ def test_run_errors_are_one_line(model, args, message):
     p = cli("run", model, *args)
     assert p.returncode == 2
     assert p.stderr.startswith("error:") and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_stops_after_the_current_token_with_counters_and_trace_consistent(model, tmp_path):
+    import signal
+    import time
+
+    trace = tmp_path / "run.trace"
+    child = subprocess.Popen([sys.executable, "-c", "from expertcache.cli import main; main()", "run", str(model),
+                              "--prompt", "x = 1", "--generate", "1500", "--budget-slots", "8", "--prefetch",
+                              "previous", "--trace", str(trace), "--json", "--raw"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not trace.exists() and child.poll() is None:  # the trace folder appears once the model is loaded
+        time.sleep(0.05)
+    time.sleep(1.5)  # well into generation
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert "Traceback" not in err and "interrupted: the tokens so far are shown" in err
+    run = json.loads(out)
+    assert run["interrupted"] and 0 < run["timings"]["decode_tokens"] < 1499
+    q = cli("simulate", trace, "--budget-slots", 8, "--prefetch", "previous", "--accounting", "strict", "--json")
+    assert q.returncode == 0, q.stderr
+    sim = json.loads(q.stdout)
+    for key in ("lookups", "hits", "decode_lookups", "bytes_read"):
+        assert run[key] == sim[key], key

@@ -10,6 +10,7 @@ import transformers
 import expertcache as ec
 from expertcache.errors import ExpertcacheError
 from expertcache.runtime import close, offload, stats
+from expertcache.runtime.experts import DENSE
 from expertcache.trace.demo import build_tiny_model
 
 FAMILIES = ["olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "deepseek_v2", "deepseek_v3", "glm4_moe",
@@ -46,10 +47,14 @@ def prompt(n=14, seed=0):
     return torch.randint(1, 500, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# every family through the registry with both implementations; Llama4 computes its experts itself
+CASES = [(family, implementation) for family in FAMILIES for implementation in ("grouped_mm", "eager")] + \
+        [("llama4_text", None)]
+
+
+@pytest.mark.parametrize("family,implementation", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("implementation", ["grouped_mm", "eager"])
-def test_logits_bit_identical_at_every_budget(family, dtype, implementation, checkpoints, tmp_path):
+def test_logits_bit_identical_at_every_budget(family, implementation, dtype, checkpoints, tmp_path):
     path = checkpoints(family, dtype)
     stock = stock_model(path, implementation)
     ids = prompt()
@@ -65,7 +70,7 @@ def test_logits_bit_identical_at_every_budget(family, dtype, implementation, che
         slots = {"min": k, 3: min(E, 3 * k), "all": E}[slots_per_layer] * L
         model = offload(path, budget_slots=slots, scope="layer", prefetch="previous" if slots_per_layer == 3 else None,
                         experts_implementation=implementation)
-        assert model._expertcache_runtime.implementation == implementation
+        assert model._expertcache_runtime.implementation == (implementation or DENSE)
         with torch.no_grad():
             got = model(ids).logits
             assert torch.equal(got, want), f"{family} {dtype} prefill at {slots} slots: {(got - want).abs().max()}"
@@ -89,10 +94,12 @@ CONFIGS = [  # (policy, scope, budget kwargs, prefetch)
 ]
 
 
-@pytest.mark.parametrize("policy,scope,budget,prefetch", CONFIGS)
-def test_counters_equal_the_replay_of_the_runs_trace(policy, scope, budget, prefetch, checkpoints, tmp_path):
+@pytest.mark.parametrize("family,policy,scope,budget,prefetch",
+                         [("qwen3_moe", *c) for c in CONFIGS] + [("llama4_text", "lru", "global", {"budget_slots": 3},
+                                                                  "previous")])
+def test_counters_equal_the_replay_of_the_runs_trace(family, policy, scope, budget, prefetch, checkpoints, tmp_path):
     """Two prompts (two sequences) through one cache, prefill batches larger than the budget."""
-    path = checkpoints("qwen3_moe")
+    path = checkpoints(family)
     trace = tmp_path / "run.trace"
     model = offload(path, policy=policy, scope=scope, prefetch=prefetch, trace=trace, **budget)
     for seed in (0, 1):
@@ -167,7 +174,46 @@ def test_damaged_checkpoints_are_one_line_errors(checkpoints, tmp_path):
         offload(tmp_path / "nowhere", budget_slots=8)
 
 
-def test_unsupported_family_is_a_one_line_error(tmp_path):
-    build_tiny_model("llama4_text", tmp_path / "llama4")
-    with pytest.raises(ExpertcacheError, match="outside transformers' experts registry"):
-        offload(tmp_path / "llama4", budget_slots=8)
+def test_llama4_has_no_implementation_to_choose(checkpoints):
+    with pytest.raises(ExpertcacheError, match="no experts implementation to choose"):
+        offload(checkpoints("llama4_text"), budget_slots=8, experts_implementation="eager")
+
+
+def test_a_model_without_routed_experts_is_a_one_line_error(tmp_path):
+    config = transformers.Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "dense")
+    with pytest.raises(ExpertcacheError, match="no MoE layers found"):
+        offload(tmp_path / "dense", budget_slots=8)
+
+
+def test_a_read_that_fails_mid_run_is_a_one_line_error(checkpoints, tmp_path):
+    import os
+    import shutil
+
+    path = tmp_path / "model"
+    shutil.copytree(checkpoints("qwen3_moe"), path)
+    model = offload(path, budget_slots=8)
+    weights = path / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)  # the store's open file now ends early
+    with pytest.raises(ExpertcacheError, match="ended .* bytes early"):
+        model.generate(prompt(), max_new_tokens=4, do_sample=False)
+    with pytest.raises(ExpertcacheError, match="an earlier expert read failed"):  # never a token from stale slots
+        model.generate(prompt(), max_new_tokens=4, do_sample=False)
+    close(model)
+
+
+def test_ram_tier_gives_the_same_tokens_and_counters_as_disk(checkpoints):
+    path = checkpoints("qwen3_moe", torch.bfloat16)
+    runs = {}
+    for tier in ("disk", "ram"):
+        model = offload(path, budget_slots=6, prefetch="previous", slow_tier=tier)
+        with torch.no_grad():
+            out = model.generate(prompt(), max_new_tokens=6, do_sample=False)
+        s = stats(model)
+        runs[tier] = (out.tolist(), s.lookups, s.hits, s.bytes_read, s.memory["slow_tier"])
+        close(model)
+    assert runs["disk"][:4] == runs["ram"][:4] and runs["ram"][4] == "ram"
+    with torch.no_grad():
+        assert runs["disk"][0] == stock_model(path, "grouped_mm").generate(prompt(), max_new_tokens=6,
+                                                                         do_sample=False).tolist()

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from expertcache.errors import ExpertcacheError
+from expertcache.errors import CaptureInterrupted, ExpertcacheError
 from expertcache.trace import Trace
 from expertcache.trace.capture import capture_corpus, load_model
 
@@ -59,8 +59,9 @@ def test_ctrl_c_commits_the_finished_sequences(tiny_model, text_corpus, tmp_path
         return take(self, stack)
 
     monkeypatch.setattr(recorder.RoutingRecorder, "take", take_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(CaptureInterrupted) as stop:
         capture_corpus(folder, text_corpus, out, **{**SMALL, "shard_tokens": 1000})
+    assert (stop.value.saved, stop.value.total) == (3, 6)
     assert Trace.load(out).num_sequences == 3  # nothing was flushed before the interrupt
     monkeypatch.undo()
     assert capture_corpus(folder, text_corpus, out, **SMALL).skipped_sequences == 3

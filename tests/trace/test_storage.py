@@ -14,8 +14,8 @@ from expertcache import ExpertcacheError, ModelInfo, Trace, TraceWriter
 from expertcache.trace import DECODE, PREFILL
 
 
-def ragged_trace(rng, lengths=(5, 1, 9), layers=3, k=2, experts=6):
-    seqs = [rng.integers(0, experts, (t, layers, k)) for t in lengths]
+def ragged_trace(rng, distinct_ids, lengths=(5, 1, 9), layers=3, k=2, experts=6):
+    seqs = [distinct_ids((t, layers, k), experts) for t in lengths]
     weights = [rng.random((t, layers, k)).astype(np.float32) for t in lengths]
     phases = [np.r_[np.zeros(t // 2), np.ones(t - t // 2)].astype(np.uint8) for t in lengths]
     return seqs, weights, phases, Trace.from_arrays(
@@ -23,8 +23,8 @@ def ragged_trace(rng, lengths=(5, 1, 9), layers=3, k=2, experts=6):
     )
 
 
-def test_from_arrays_keeps_every_value(rng):
-    seqs, weights, phases, trace = ragged_trace(rng)
+def test_from_arrays_keeps_every_value(rng, distinct_ids):
+    seqs, weights, phases, trace = ragged_trace(rng, distinct_ids)
     assert (trace.num_sequences, trace.num_tokens, trace.num_moe_layers, trace.top_k) == (3, 15, 3, 2)
     assert trace.seq_offsets.tolist() == [0, 5, 6, 15]
     assert trace.experts.dtype == np.uint8
@@ -36,8 +36,8 @@ def test_from_arrays_keeps_every_value(rng):
     np.testing.assert_array_equal(trace.layer_experts(1), np.concatenate(seqs)[:, 1, :])
 
 
-def test_save_load_round_trip_across_shards(rng, tmp_path):
-    seqs, _, _, trace = ragged_trace(rng, lengths=(7, 3, 11, 2, 5))
+def test_save_load_round_trip_across_shards(rng, distinct_ids, tmp_path):
+    seqs, _, _, trace = ragged_trace(rng, distinct_ids, lengths=(7, 3, 11, 2, 5))
     with TraceWriter(tmp_path / "t", trace.model, shard_tokens=8) as writer:
         for i, seq in enumerate(seqs):
             s = trace.sequence(i)
@@ -47,7 +47,7 @@ def test_save_load_round_trip_across_shards(rng, tmp_path):
     for name in ("experts", "weights", "phase", "tokens", "positions", "seq_lengths"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(trace, name))
     assert [loaded.domains[d] for d in loaded.seq_domain] == [trace.domains[d] for d in trace.seq_domain]
-    assert isinstance(loaded._shards[0]["experts"], np.memmap)  # arrays stay on disk
+    assert isinstance(loaded.shard_arrays("experts")[0], np.memmap)  # arrays stay on disk
 
 
 def test_negative_ids_become_pad_and_export_as_minus_one(tmp_path):
@@ -67,13 +67,23 @@ def test_id_type_is_the_smallest_that_fits():
     "experts, num_experts, message",
     [
         (np.zeros((1, 2, 1, 3), int), 2, "top-k 3 is larger than the number of experts 2"),
-        (np.full((1, 2, 1, 1), 5), 4, "expert id 5"),
+        (np.full((1, 2, 1, 1), 5), 4, "sequence 0: token 0, MoE layer 0: expert id 5 outside 0..3"),
+        (np.array([[[[1, 2]], [[3, 3]]]]), 4, "sequence 0: token 1, MoE layer 0: expert 3 twice in one token's k"),
+        (np.full((2, 3, 1, 2), -1), 4, "no token of these sequences is routed"),
         (np.zeros((1, 2, 1, 1), float), 4, "must be integers"),
     ],
 )
 def test_bad_arrays_are_refused(experts, num_experts, message):
     with pytest.raises(ExpertcacheError, match=message):
         Trace.from_arrays(experts, num_experts)
+
+
+@pytest.mark.parametrize("phase, message", [([[0, 1, 2]], "sequence 0: token 2 has phase 2"),
+                                            ([[0, -1, 1]], "sequence 0: token 1 has phase -1"),
+                                            ([[0, 1]], r"phase has shape \(2,\), expected one value or \(3,\)")])
+def test_phases_other_than_prefill_and_decode_are_refused(phase, message):
+    with pytest.raises(ExpertcacheError, match=message):
+        Trace.from_arrays(np.zeros((1, 3, 1, 1), int), 4, phase=np.array(phase))
 
 
 def test_weights_that_are_not_numbers_are_refused():
@@ -123,8 +133,8 @@ def test_kill_9_leaves_a_valid_trace_of_finished_shards(tmp_path):
 
 
 @pytest.fixture
-def saved(rng, tmp_path):
-    _, _, _, trace = ragged_trace(rng)
+def saved(rng, distinct_ids, tmp_path):
+    _, _, _, trace = ragged_trace(rng, distinct_ids)
     trace.save(tmp_path / "t")
     return tmp_path / "t"
 
@@ -167,6 +177,54 @@ def test_hand_edited_descriptions_are_one_line_errors(saved, edit, where, messag
         Trace.load(saved)
 
 
+def _rewrite(file, edit):
+    """Change an array file in place, keeping its size (np.load/np.save keep the header)."""
+    array = np.load(file)
+    edit(array)
+    np.save(file, array)
+
+
+def _forget_checksums(trace_dir):
+    """Make a trace look written before checksums: only the content checks remain."""
+    for meta_path in (trace_dir / "shards").glob("*/shard.json"):
+        meta = json.loads(meta_path.read_text())
+        for entry in meta["arrays"].values():
+            del entry["crc32"]
+        meta_path.write_text(json.dumps(meta))
+
+
+def test_same_size_damage_is_caught_by_the_checksum_on_first_use(saved):
+    file = saved / "shards" / "00000" / "weights.npy"
+    _rewrite(file, lambda a: a.__setitem__((0, 0, 0), 7))
+    trace = Trace.load(saved)  # opening maps the files; the damaged array fails when read
+    assert trace.experts.shape == (15, 3, 2)
+    with pytest.raises(ExpertcacheError, match=r"weights\.npy: damaged \(crc32 [0-9a-f]{8}, shard\.json records"):
+        trace.weights
+
+
+def test_a_trace_without_checksums_loads_the_same(saved):
+    before = Trace.load(saved)
+    _forget_checksums(saved)
+    after = Trace.load(saved)
+    for name in ("experts", "weights", "phase", "tokens", "seq_lengths"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name))
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("experts", lambda a: a.__setitem__((4, 1, 0), 6), "token 4, MoE layer 1: expert id 6 outside 0..5"),
+    ("experts", lambda a: a.__setitem__((4, 1, 0), a[4, 1, 1]), "token 4, MoE layer 1: expert .* twice"),
+    ("experts", lambda a: a.__setitem__(Ellipsis, 255), "no token is routed"),
+    ("phase", lambda a: a.__setitem__(3, 2), "token 3 has phase 2"),
+    ("seq_lengths", lambda a: a.__setitem__(slice(0, 2), [a[0] + 2, a[1] - 2]), "sequence length -1 at entry 1 is neg"),
+])
+def test_content_checks_guard_kernels_where_no_checksum_is_recorded(saved, name, edit, message):
+    _forget_checksums(saved)
+    _rewrite(saved / "shards" / "00000" / f"{name}.npy", edit)
+    with pytest.raises(ExpertcacheError, match=rf"{name}\.npy: {message}"):
+        trace = Trace.load(saved)
+        trace.experts, trace.phase
+
+
 def test_other_version_and_missing_trace(saved, tmp_path):
     manifest = json.loads((saved / "manifest.json").read_text())
     manifest["version"] = 99
@@ -177,8 +235,8 @@ def test_other_version_and_missing_trace(saved, tmp_path):
         Trace.load(tmp_path / "nope")
 
 
-def test_select_and_domain_views(rng):
-    seqs, _, _, trace = ragged_trace(rng)
+def test_select_and_domain_views(rng, distinct_ids):
+    seqs, _, _, trace = ragged_trace(rng, distinct_ids)
     only_a = trace.with_domain("a")
     assert only_a.num_sequences == 2
     np.testing.assert_array_equal(only_a.experts, np.concatenate([seqs[0], seqs[2]]))
@@ -194,3 +252,51 @@ def test_seq2seq_capture_folder_points_to_its_stacks(tmp_path):
     (tmp_path / "stacks.json").write_text(json.dumps({"stacks": ["encoder", "decoder"]}))
     with pytest.raises(ExpertcacheError, match=r"seq2seq capture .* open .*encoder or .*decoder"):
         Trace.load(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["np.save", "os.rename"])
+def test_a_commit_interrupted_anywhere_commits_once_when_retried(rng, tmp_path, monkeypatch, where):
+    """Ctrl-C inside a shard write (before its rename, or just after it), then close(): one shard."""
+    from expertcache.trace import writer as writer_module
+
+    writer = TraceWriter(tmp_path / "t", ModelInfo.synthetic(2, 4, 1))
+    writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="s0")
+    module, name = where.split(".")
+    real = getattr(getattr(writer_module, module), name)
+
+    def interrupted(*args, **kwargs):
+        if name == "rename":
+            real(*args, **kwargs)  # the rename happened; the bookkeeping after it did not
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(getattr(writer_module, module), name, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.flush()
+    monkeypatch.undo()
+    writer.close()
+    assert sorted(p.name for p in (tmp_path / "t" / "shards").iterdir()) == ["00000"]
+    assert writer.done_keys == {"s0"} and Trace.load(tmp_path / "t").seq_lengths.tolist() == [3]
+
+
+def test_commit_every_seconds_bounds_what_a_kill_loses(rng, tmp_path, monkeypatch):
+    from expertcache.trace import writer as writer_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(writer_module.time, "monotonic", lambda: clock[0])
+    writer = TraceWriter(tmp_path / "t", ModelInfo.synthetic(2, 4, 1), commit_seconds=60)
+
+    def shards():
+        return sorted(p.name for p in (tmp_path / "t" / "shards").iterdir())
+
+    writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="a")
+    clock[0] += 59
+    writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="b")
+    assert shards() == []  # far below shard_tokens, and less than a minute since opening
+    clock[0] += 1
+    writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="c")
+    assert shards() == ["00000"] and writer.done_keys == {"a", "b", "c"}
+    clock[0] += 30
+    writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="d")
+    assert shards() == ["00000"]  # the clock restarts at each commit
+    with pytest.raises(ExpertcacheError, match="commit interval must be >= 0"):
+        TraceWriter(tmp_path / "u", ModelInfo.synthetic(2, 4, 1), commit_seconds=-1)

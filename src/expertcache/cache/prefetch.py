@@ -110,6 +110,7 @@ class StaleGate:
         if distance != 1:
             raise ExpertcacheError("the stale gate is known one layer ahead only: use distance 1")
         scores = np.nan_to_num(np.asarray(gate, np.float32), nan=-np.inf)  # [N, L, E]
+        scores[:, np.arange(scores.shape[2]) >= np.asarray(trace.model.num_experts)[:, None]] = -np.inf  # padding
         top = np.argsort(-scores, axis=2, kind="stable")[:, :, :count]
         top[~np.isfinite(np.take_along_axis(scores, top, axis=2))] = -1
         return top

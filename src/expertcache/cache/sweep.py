@@ -10,6 +10,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ..atomic import atomic_path
 from ..errors import ExpertcacheError
 from .budget import MIB
 from .policies import resolve_policy
@@ -87,15 +88,12 @@ def write_sweep(rows: list[dict], out: str | os.PathLike, title: str = "") -> di
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "sweep.csv", "parquet": out / "sweep.parquet", "plot": out / "sweep.png"}
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = paths["csv"].with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, paths["csv"])
-    table = pa.Table.from_pylist(rows)
-    pq.write_table(table, paths["parquet"].with_suffix(".parquet.tmp"))
-    os.replace(paths["parquet"].with_suffix(".parquet.tmp"), paths["parquet"])
+    with atomic_path(paths["parquet"]) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (policy, scope) in dict.fromkeys((r["policy"], r["scope"]) for r in rows):
@@ -108,6 +106,7 @@ def write_sweep(rows: list[dict], out: str | os.PathLike, title: str = "") -> di
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(paths["plot"], dpi=120)
+    with atomic_path(paths["plot"]) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return paths

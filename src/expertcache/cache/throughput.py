@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
 
@@ -50,7 +51,7 @@ class HardwareProfile:
             raise ExpertcacheError(f"bad hardware profile ({e})") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        write_json_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "HardwareProfile":

@@ -19,6 +19,8 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
+    if app.registered_commands or app.registered_groups:  # main() ran before in this process
+        return
     from . import (cache_commands, capture_commands, demo_commands, locality_commands, report_commands, run_commands,
                    trace_commands)
 

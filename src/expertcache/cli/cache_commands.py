@@ -104,10 +104,11 @@ def simulate_command(
 def _write_breakdown(result, directory: Path) -> None:
     import csv
 
-    directory.mkdir(parents=True, exist_ok=True)
+    from ..atomic import atomic_path
+
     for name, part, index in (("layers", result.per_layer(), "layer"), ("phases", result.per_phase(), "phase"),
                               ("steps", result.per_step(), "token")):
-        with open(directory / f"{name}.csv", "w", newline="") as f:
+        with atomic_path(directory / f"{name}.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow([index, *part])
             w.writerows(zip(range(len(part["lookups"])), *(v.tolist() for v in part.values())))

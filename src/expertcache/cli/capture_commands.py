@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from ..errors import ExpertcacheError
+from ..errors import CaptureInterrupted, ExpertcacheError
 
 _err = Console(stderr=True)
 
@@ -33,6 +36,8 @@ def trace(
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer to use if not the model's.")] = None,
     batch_tokens: Annotated[int, typer.Option("--batch-tokens", help="Tokens per forward pass in prefill.")] = 8192,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code.")] = False,
+    commit_every: Annotated[float, typer.Option(
+        "--commit-every", help="Commit finished sequences at least this often (seconds): what a kill can lose.")] = 60.0,
     shard_tokens: Annotated[Optional[int], typer.Option("--shard-tokens", hidden=True)] = None,
 ) -> None:
     """Record which experts every token uses, over a corpus (prefill) or while generating."""
@@ -47,16 +52,30 @@ def trace(
             raise ExpertcacheError("give either --corpus (prefill) or --prompt with --generate, not both")
         if prompt is None or generate is None:
             raise ExpertcacheError("generation needs both --prompt TEXT and --generate N")
-        result = capture_generation(model, prompt, out, new_tokens=generate, sample=sample, temperature=temperature,
-                                    seed=seed, **common)
+        with resumable():
+            result = capture_generation(model, prompt, out, new_tokens=generate, sample=sample,
+                                        temperature=temperature, seed=seed, **common)
     else:
         if not corpus:
             raise ExpertcacheError("give --corpus SOURCE (repeatable), or --prompt TEXT --generate N")
-        result = capture_corpus(model, corpus, out, samples=samples, length=length, seed=seed,
-                                batch_tokens=batch_tokens, shard_tokens=shard_tokens, **common)
+        with resumable():
+            result = capture_corpus(model, corpus, out, samples=samples, length=length, seed=seed,
+                                    batch_tokens=batch_tokens, shard_tokens=shard_tokens, commit_every=commit_every,
+                                    **common)
     report_capture(result)
     if "text" in result.details:
         _err.print(f"generated: {result.details['text']!r}")
+
+
+@contextmanager
+def resumable():
+    """Ctrl-C during a capture ends with what is saved and the command that resumes (status 130)."""
+    try:
+        yield
+    except CaptureInterrupted as stop:
+        same = shlex.join(["expertcache", *(arg for arg in sys.argv[1:] if arg != "--overwrite")])
+        _err.print(f"interrupted: {stop}; resume with: {same}", soft_wrap=True, markup=False, highlight=False)
+        raise typer.Exit(130) from None
 
 
 def quiet_transformers() -> None:

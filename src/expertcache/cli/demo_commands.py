@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ExpertcacheError
-from .capture_commands import quiet_transformers, report_capture
+from .capture_commands import quiet_transformers, report_capture, resumable
 
 
 def demo(
@@ -47,7 +47,8 @@ def demo(
                   "the mechanics (trace, locality, cache, offloaded run), not real locality, so expect its routing "
                   "to be barely more local than chance.")
     quiet_transformers()
-    result = run_demo(out, samples=samples, length=length, overwrite=overwrite, progress=True)
+    with resumable():
+        result = run_demo(out, samples=samples, length=length, overwrite=overwrite, progress=True)
     report_capture(result)
     trace = result.load()
     console.print(f"traced {trace.num_tokens} tokens of the demo corpus ({', '.join(trace.domains)}) through "

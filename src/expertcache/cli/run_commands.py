@@ -80,6 +80,8 @@ def print_run_summary(s, trace: Optional[Path] = None) -> None:
     table.add_row("fast tier", f"{_size(m['non_expert_bytes'])} non-expert weights + {_size(m['cache_bytes'])} expert cache")
     table.add_row("slow tier", f"{_size(m['slow_tier_bytes'])} of experts ({m['slow_tier']})")
     table.add_row("peak RSS", _size(m["peak_rss_bytes"]))
+    if "peak_gpu_bytes" in m:
+        table.add_row("peak GPU memory", _size(m["peak_gpu_bytes"]))
     console = Console(stderr=True)
     console.print(table)
     if trace is not None:

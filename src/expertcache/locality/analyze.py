@@ -9,7 +9,6 @@ SCH at 2x the active experts, SRP and consecutive overlap, each as {"excess", "o
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..atomic import atomic_path, write_json_atomic
 from ..errors import ExpertcacheError
 from ..trace import Trace
 from .balance import global_balance, local_balance
@@ -103,7 +103,7 @@ def analyze(trace: Trace, out: str | os.PathLike, *, m=DEFAULT_M, permutations: 
             (out / name).with_suffix(suffix).unlink(missing_ok=True)
     for name, rows in tables.items():
         _write_table(out / name, rows)
-    _write_json(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary)
     return summary
 
 
@@ -231,12 +231,5 @@ def _write_table(stem: Path, rows: list[dict]) -> None:
     """stem.parquet and stem.csv, each written to a temporary name and renamed (no half files)."""
     table = pa.Table.from_pylist(rows) if rows else pa.table({})
     for suffix, write in ((".parquet", pq.write_table), (".csv", pacsv.write_csv)):
-        tmp = stem.with_name(f".{stem.name}{suffix}.tmp")
-        write(table, tmp)
-        os.replace(tmp, stem.with_suffix(suffix))
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+        with atomic_path(stem.with_suffix(suffix)) as tmp:
+            write(table, tmp)

@@ -78,7 +78,9 @@ class ExpertCache:
         self.slot_of = np.full(K, S, np.int64)  # [K] slot of a resident key (S = the zero slot)
         self._free = list(range(S - 1, -1, -1))
         self._pending: dict[int, Future] = {}  # slot -> fetch in flight
+        self._reusable_after: dict[int, object] = {}  # slot -> CUDA event: its last reader is done
         self.counters = Counters()
+        self.failed = False
         self.batch = 0  # lookup batches so far (= index of the next one)
         self.position = 0  # requests so far: stream position of the next one
 
@@ -88,6 +90,9 @@ class ExpertCache:
 
         None when there is nothing to do: every key resident, no fetch in flight.
         """
+        if self.failed:
+            raise ExpertcacheError("an earlier expert read failed, so the cache no longer holds known weights; "
+                                   "load the model again")
         if len(keys) + self.X.shape[1] + 1 > self._plan.rows.shape[1]:
             self._plan = new_plan(len(keys) * 2, len(self.key_bytes))
         rows, counts = self._plan
@@ -142,6 +147,8 @@ class ExpertCache:
             slot = int(self.slot_of[k])
             if slot != self.zero_slot:
                 self._wait(slot)
+                if self.device.type == "cuda":  # the next copy into it waits for the compute queued so far
+                    self._reusable_after[slot] = torch.cuda.current_stream(self.device).record_event()
                 self._free.append(slot)
                 self.slot_of[k] = self.zero_slot
 
@@ -152,12 +159,19 @@ class ExpertCache:
         self.slot_of[key] = slot
         layer = int(np.searchsorted(self.key_offset, key, side="right") - 1)
         dest = {name: pool[slot] for name, pool in self.slots.items()}
-        self._pending[slot] = self.store.fetch(layer, key - int(self.key_offset[layer]), dest)
+        self._pending[slot] = self.store.fetch(layer, key - int(self.key_offset[layer]), dest,
+                                               self._reusable_after.pop(slot, None))
 
     def _wait(self, slot: int) -> None:
         future = self._pending.pop(slot, None)
         if future is not None:
-            future.result()
+            try:
+                copied = future.result()
+            except BaseException:
+                self.failed = True  # the slot's contents are unknown: no later call may compute with them
+                raise
+            if copied is not None:  # on a GPU: compute queued from now on runs after the copy
+                torch.cuda.current_stream(self.device).wait_event(copied)
 
     def drain(self) -> None:
         """Wait for every fetch in flight (before closing, or on an interrupt)."""

@@ -14,6 +14,7 @@ parameters come from the cache's slot pools:
   torch's CPU kernel computes for each group (same bits, tested against the plain model).
 - eager: the view's `param[e]` is expert e's slot, so the stock loop visits the same experts in
   the same (ascending id) order with the same weights.
+- dense (Llama4, outside the registry): see `DenseCompute`.
 
 A call whose experts do not all fit (strict capacity) is computed chunk by chunk, each chunk
 once its experts are resident, then combined in the stock order:
@@ -32,9 +33,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["IMPLEMENTATIONS", "SlotCompute", "slot_compute"]
+__all__ = ["IMPLEMENTATIONS", "DENSE", "SlotCompute", "slot_compute"]
 
-IMPLEMENTATIONS = ("grouped_mm", "eager")
+IMPLEMENTATIONS = ("grouped_mm", "eager")  # registry implementations the runtime reproduces
+DENSE = "dense bmm (the family's own)"  # experts computed outside the registry, on router-scaled inputs
 
 
 class _ExpertRows:
@@ -71,7 +73,8 @@ def _grouped_mm_nonempty(mat_a: torch.Tensor, mat_b: torch.Tensor, offs: torch.T
     weights = mat_b.as_subclass(torch.Tensor)  # [G, in, out]
     out = torch.empty((mat_a.shape[0], weights.shape[-1]), dtype=mat_a.dtype)
     ends = offs.numpy()
-    rows = np.diff(ends, prepend=0)
+    rows = ends.copy()
+    rows[1:] -= ends[:-1]
     groups = np.flatnonzero(rows)
     sizes = rows[groups].tolist()  # the non-empty groups' rows lie one after another
     used = int(ends[-1]) if len(ends) else 0  # rows past the last group (none here) stay unwritten, as in torch
@@ -170,10 +173,36 @@ class EagerCompute(SlotCompute):
         return out
 
 
+class DenseCompute(SlotCompute):
+    """Families whose experts module computes every expert on router-scaled inputs (Llama4).
+
+    The module gets [E * T, H] (token rows times each expert's score, zero where not routed)
+    and the block sums its [E, T, H] output over experts. Each routed expert is computed by the
+    module's own forward on its [T, H] block with its slot as a one-expert weight ([1, ...]),
+    the same batched matmul per expert that the stock call does; experts no token chose give
+    zeros, as the stock one's zero rows do.
+    """
+
+    def whole(self, module, layer_slots, hidden, top_k_index, top_k_weights):
+        return self.chunked(module, layer_slots, [sorted(set(top_k_index.reshape(-1).tolist()))], hidden,
+                            top_k_index, top_k_weights)
+
+    def chunked(self, module, layer_slots, chunks, hidden, top_k_index, top_k_weights):
+        rows = hidden.view(len(layer_slots), -1, hidden.shape[-1])  # [E, T, H]
+        out = torch.zeros_like(rows)
+        for experts in chunks:
+            for e in experts:
+                slot = int(layer_slots[e])
+                view = _View(module, {name: pool[slot:slot + 1] for name, pool in self.slots.items()})
+                out[e] = type(module).forward(view, rows[e])
+        return out.view(-1, hidden.shape[-1])
+
+
 def _eager(module: torch.nn.Module):
     """The module's own forward, under the registry's dispatch (its eager implementation)."""
     return type(module).forward.__wrapped__
 
 
 def slot_compute(implementation: str, slots: dict[str, torch.Tensor], zero_slot: int) -> SlotCompute:
-    return {"grouped_mm": GroupedCompute, "eager": EagerCompute}[implementation](slots, zero_slot)
+    computes = {"grouped_mm": GroupedCompute, "eager": EagerCompute, DENSE: DenseCompute}
+    return computes[implementation](slots, zero_slot)

@@ -12,10 +12,8 @@ Shape key: E experts of a layer, L MoE layers.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from torch import nn
 from ..errors import ExpertcacheError
 from ..trace.adapters import MoEBlock, adapter_for, find_blocks
 from ..trace.capture import describe
+from ..trace.checkpoint import safetensors_headers
 from ..trace.model_info import ModelInfo
 
 __all__ = ["ExpertPart", "LoadedCheckpoint", "load_checkpoint"]
@@ -71,9 +70,6 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> LoadedChec
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     adapter = adapter_for(model)
-    if adapter.source != "experts":
-        raise ExpertcacheError(f"{adapter.name} computes its experts outside transformers' experts registry "
-                               "(dense over all experts); the runtime does not run it yet")
     blocks = [b for b in find_blocks(model, adapter) if b.stack == "decoder"]
     if not blocks:
         raise ExpertcacheError(f"{path} ({type(model).__name__}) has no routed experts")
@@ -91,39 +87,10 @@ def _read_headers(folder: Path) -> dict[str, tuple[int, dict]]:
     """file name -> (data start, header) for every safetensors file of the checkpoint."""
     if not folder.is_dir():
         raise ExpertcacheError(f"model folder {folder} does not exist")
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as e:
-            raise ExpertcacheError(f"{index} is not a safetensors index ({type(e).__name__})") from None
-    else:
-        files = sorted(p.name for p in folder.glob("*.safetensors"))
-    if not files:
+    headers = safetensors_headers(folder)
+    if not headers:
         raise ExpertcacheError(f"{folder} has no safetensors weights (the runtime reads experts from .safetensors files)")
-    headers = {}
-    for name in files:
-        headers[name] = _header(folder / name)
     return headers
-
-
-def _header(path: Path) -> tuple[int, dict]:
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        raise ExpertcacheError(f"{path} is not a readable safetensors file ({e})") from None
-    start = 8 + n
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        if start + entry["data_offsets"][1] > size:
-            raise ExpertcacheError(f"{path} is truncated: tensor {key} ends past the end of the file")
-    return start, header
 
 
 def _checkpoint_dtype(headers) -> torch.dtype:
@@ -256,7 +223,10 @@ def _load_non_experts(model, folder: Path, sources, expert_params, device) -> in
                 raise ExpertcacheError(f"cannot read {key} from {folder / file}: {str(e).splitlines()[0]}") from None
             if tuple(value.shape) != tuple(tensor.shape):
                 raise ExpertcacheError(f"{key} has shape {tuple(value.shape)}, the model expects {tuple(tensor.shape)}")
-            _assign(model, name, value.to(device=device, dtype=tensor.dtype), isinstance(tensor, nn.Parameter))
+            # a copy in aligned, anonymous memory: not a view of the file's memory map, which would change
+            # the last bits of matmuls with its alignment and fault (SIGBUS) if the file shrank under it
+            value = value.to(device=device, dtype=tensor.dtype, copy=True)
+            _assign(model, name, value, isinstance(tensor, nn.Parameter))
             total += value.numel() * value.element_size()
     except ExpertcacheError:
         raise

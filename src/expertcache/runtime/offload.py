@@ -13,6 +13,7 @@ Shape key: T tokens of a forward, L MoE layers, K top-k, E experts.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,8 +27,9 @@ from ..cache.policies import resolve_policy
 from ..cache.simulate import HitCounts
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
+from ..trace.hub import not_cached, offline_reason
 from .cache import ExpertCache
-from .experts import IMPLEMENTATIONS, slot_compute
+from .experts import DENSE, IMPLEMENTATIONS, slot_compute
 from .loading import LoadedCheckpoint, load_checkpoint
 from .prefetchers import online_prefetcher
 from .store import TIERS, ExpertStore
@@ -38,11 +40,14 @@ REGISTRY_NAME = "expertcache_offload"
 _RUNTIMES: dict[int, tuple["Runtime", int]] = {}  # id(experts module) -> (runtime, MoE layer)
 
 
-def _offloaded_experts(module, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+def _offloaded_experts(module, hidden_states, top_k_index=None, top_k_weights=None, *args, **kwargs):
+    """The registry's experts function (or, for families outside it, the experts module's forward)."""
     entry = _RUNTIMES.get(id(module))
     if entry is None:
         raise ExpertcacheError("this model's experts were offloaded by a runtime that is closed")
     runtime, layer = entry
+    if top_k_index is None:  # outside the registry: the routing the router hook just read
+        top_k_index, top_k_weights = runtime.routed
     return runtime.experts_call(layer, module, hidden_states, top_k_index, top_k_weights)
 
 
@@ -82,6 +87,7 @@ class Runtime:
         self.ckpt, self.cache, self.store = ckpt, cache, store
         self.implementation = implementation
         self.compute = slot_compute(implementation, cache.slots, cache.zero_slot)
+        self.routed = None  # (ids, weights) the last router outside the registry chose
         self.policy_name, self.scope, self.slow_tier = policy_name, scope, slow_tier
         info = ckpt.info
         self.L, self.K, self.E = info.num_moe_layers, info.top_k, max(info.num_experts)
@@ -144,6 +150,10 @@ class Runtime:
         self._forward = None
 
     # ------------------------------------------------------------------ one MoE layer call
+    def read_router(self, router, args, output) -> None:
+        """Forward hook on a router outside the registry: keep the ids and weights it chose."""
+        self.routed = self.ckpt.adapter.read_router(router, output)
+
     def experts_call(self, layer, module, hidden, top_k_index, top_k_weights):
         ids = top_k_index.reshape(-1, top_k_index.shape[-1])  # [T, K]
         weights = top_k_weights.reshape(ids.shape).float()
@@ -229,6 +239,8 @@ class Runtime:
         memory = {"fast_device": str(self.cache.device), "non_expert_bytes": self.ckpt.non_expert_bytes,
                   "cache_bytes": self.cache.resident_bytes, "slots": self.cache.num_slots,
                   "slow_tier": self.slow_tier, "slow_tier_bytes": expert_total, "peak_rss_bytes": _peak_rss()}
+        if self.cache.device.type == "cuda":
+            memory["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(self.cache.device))
         return OffloadStats(self.policy_name, self.scope, "strict", b.budget_bytes, b.budget_slots, c.lookups, c.hits,
                             c.decode_lookups, c.decode_hits, c.bytes_read, pf, self.implementation, t, memory)
 
@@ -260,14 +272,14 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     policy_obj, scope = resolve_policy(policy, scope)
     folder = _local_folder(model)
     ckpt = load_checkpoint(folder, fast)
-    implementation = _implementation(ckpt.model, experts_implementation)
+    implementation = _implementation(ckpt, experts_implementation)
     info = ckpt.info
     key_offset = np.concatenate([[0], np.cumsum(info.num_experts)]).astype(np.int64)
     key_layer = np.repeat(np.arange(info.num_moe_layers), info.num_experts)
     budget = resolve_budget(info, key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,
                             budget_x=budget_x)
     _check_minimum(budget, info)
-    store = ExpertStore(folder, ckpt.parts, tier, pin=fast.type == "cuda")
+    store = ExpertStore(folder, ckpt.parts, tier, device=fast)
     try:
         cache = ExpertCache(policy_obj, budget, info.num_moe_layers, key_offset,
                             np.asarray(info.expert_bytes, np.int64)[key_layer], ckpt.params, store, fast)
@@ -282,12 +294,17 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
 def _install(runtime: Runtime) -> None:
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
-    if REGISTRY_NAME not in ALL_EXPERTS_FUNCTIONS:
-        ALL_EXPERTS_FUNCTIONS.register(REGISTRY_NAME, _offloaded_experts)
     model = runtime.ckpt.model
     for layer, block in enumerate(runtime.ckpt.blocks):
         _RUNTIMES[id(block.experts)] = (runtime, layer)
-    model.set_experts_implementation(REGISTRY_NAME)
+    if runtime.implementation == DENSE:  # the router's choice is read from its output, then the experts call
+        for block in runtime.ckpt.blocks:
+            block.router.register_forward_hook(runtime.read_router)
+            block.experts.forward = functools.partial(_offloaded_experts, block.experts)
+    else:
+        if REGISTRY_NAME not in ALL_EXPERTS_FUNCTIONS:
+            ALL_EXPERTS_FUNCTIONS.register(REGISTRY_NAME, _offloaded_experts)
+        model.set_experts_implementation(REGISTRY_NAME)
     model.register_forward_pre_hook(runtime.before_forward, with_kwargs=True)
     model.register_forward_hook(runtime.after_forward, with_kwargs=True)
     model._expertcache_runtime = runtime
@@ -334,18 +351,27 @@ def _local_folder(model: str | os.PathLike) -> Path:
         return path
     if str(model).startswith((".", "/", "~")) or str(model).count("/") > 1:
         raise ExpertcacheError(f"model folder {model} does not exist")
+    offline = offline_reason()
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
-                                                                    "*.jinja", "tokenizer*"]))
+                                                                    "*.jinja", "tokenizer*"],
+                                      local_files_only=offline is not None))
     except Exception as e:  # hub errors come in many types; all mean the same to a user
+        if offline is not None:
+            raise ExpertcacheError(not_cached(str(model), offline)) from None
         raise ExpertcacheError(f"cannot fetch {model} from the hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def _implementation(model, requested: str | None) -> str:
+def _implementation(ckpt: LoadedCheckpoint, requested: str | None) -> str:
     """The experts implementation the plain model would run (transformers' choice by default)."""
-    chosen = requested or model.get_correct_experts_implementation(None)
+    if ckpt.adapter.source == "router":
+        if requested is not None:
+            raise ExpertcacheError(f"{ckpt.adapter.name} computes its experts itself, outside transformers' experts "
+                                   "registry: there is no experts implementation to choose")
+        return DENSE
+    chosen = requested or ckpt.model.get_correct_experts_implementation(None)
     if chosen not in IMPLEMENTATIONS:
         raise ExpertcacheError(f"the runtime computes experts with {' or '.join(IMPLEMENTATIONS)}, not {chosen!r}")
     return chosen

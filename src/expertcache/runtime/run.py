@@ -1,12 +1,17 @@
 """`run`: load a model offloaded, generate from one prompt, and say what the cache did.
 
 The whole run in one call for the command line and the demo: the model's own tokenizer and
-chat template, greedy or sampled decoding, a clean stop on Ctrl-C that keeps the trace valid.
+chat template, greedy or sampled decoding, a clean stop on Ctrl-C: the token being computed is
+finished, generation stops there, and the text, the counters and the trace all end at that
+token (a second Ctrl-C stops at once).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +43,6 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
     if sample and not temperature > 0:
         raise ExpertcacheError(f"--temperature must be > 0 when sampling, got {temperature}")
     offloaded = offload(model, **offload_options)
-    interrupted = False
     try:
         folder = offloaded._expertcache_runtime.ckpt.name
         try:
@@ -58,15 +62,44 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
                        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         if sample:
             options["temperature"] = temperature
-        try:
-            with torch.no_grad():
-                out = offloaded.generate(ids, **options)
-        except KeyboardInterrupt:
-            interrupted = True
+        stop = _StopOnCtrlC()
+        with stop.installed(), torch.no_grad():
+            out = offloaded.generate(ids, stopping_criteria=[stop], **options)
+        interrupted = stop.requested
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         return RunResult(text, out[0].tolist(), stats(offloaded), interrupted)
     finally:
         close(offloaded)
+
+
+class _StopOnCtrlC:
+    """A stopping criterion that ends generation after the token in progress once Ctrl-C came."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.requested, dtype=torch.bool, device=input_ids.device)
+
+    def __deepcopy__(self, memo):  # generate() copies its criteria; the flag must stay shared
+        return self
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_sigint(signum, frame):
+            if self.requested:  # the second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 @dataclass

@@ -8,7 +8,10 @@
   read-only master copy; a fetch copies it into the slot.
 
 Reads run on a small thread pool so that prefetches overlap compute; counters never depend on
-their timing.
+their timing. With the cache on a GPU, copies into slots go on a side stream: a copy first waits
+for the event saying the slot's previous reader has finished (`ready`), and its future returns
+the event that says the copy is done, which the compute stream waits for (GPU-side, no host
+synchronization).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class ExpertStore:
     """Fetches expert (layer, e) into a slot: `dest[param]` are that slot's per-expert tensors."""
 
     def __init__(self, folder: str | os.PathLike, parts: list[list[list[ExpertPart]]], tier: str, *,
-                 pin: bool = False, workers: int = 4):
+                 device: torch.device = torch.device("cpu"), workers: int = 4):
         if tier not in TIERS:
             raise ExpertcacheError(f"unknown slow tier {tier!r}; choose disk or ram")
         self.tier = tier
@@ -45,6 +48,8 @@ class ExpertStore:
             except OSError as e:
                 raise ExpertcacheError(f"cannot open {folder / file}: {e.strerror}") from None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expertcache-read")
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        pin = device.type == "cuda"
         self._master: list[list[np.ndarray]] | None = None
         if tier == "ram":
             self._master = [[self._read_master(parts_e, pin) for parts_e in layer] for layer in parts]
@@ -69,9 +74,24 @@ class ExpertStore:
         if self.tier == "disk" and hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, part.offset, part.nbytes, os.POSIX_FADV_DONTNEED)
 
-    def fetch(self, layer: int, expert: int, dest: dict[str, torch.Tensor]) -> Future:
-        """Start fetching an expert into `dest` (param -> that slot's tensor); returns its future."""
-        return self._pool.submit(self._fetch, layer, expert, dest)
+    def fetch(self, layer: int, expert: int, dest: dict[str, torch.Tensor], ready=None) -> Future:
+        """Start fetching an expert into `dest` (param -> that slot's tensor); returns its future.
+
+        On a GPU, `ready` is the event after which the slot may be overwritten, and the future's
+        result is the event that marks the copy done.
+        """
+        if self._stream is None:
+            return self._pool.submit(self._fetch, layer, expert, dest)
+        return self._pool.submit(self._fetch_on_stream, layer, expert, dest, ready)
+
+    def _fetch_on_stream(self, layer: int, expert: int, dest: dict[str, torch.Tensor], ready):
+        with torch.cuda.stream(self._stream):
+            if ready is not None:
+                self._stream.wait_event(ready)
+            self._fetch(layer, expert, dest)
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        return done
 
     def _fetch(self, layer: int, expert: int, dest: dict[str, torch.Tensor]) -> None:
         parts = self.parts[layer][expert]
@@ -89,6 +109,7 @@ class ExpertStore:
                 host = np.empty(p.nbytes, np.uint8)
                 self._pread(p, host)
                 target.view(-1).view(torch.uint8)[p.dest:p.dest + p.nbytes].copy_(torch.from_numpy(host))
+                self._stream.synchronize()  # `host` is freed on return: the copy must have read it
             else:
                 self._pread(p, target.view(-1).view(torch.uint8)[p.dest:p.dest + p.nbytes].numpy())
 

@@ -7,12 +7,12 @@ on the same inputs to check the routing.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import ExpertcacheError
 from .trace import Trace
 
@@ -69,14 +69,5 @@ def _load(path, what: str) -> np.ndarray:
 
 
 def _save(path, array: np.ndarray) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except OSError as e:  # name the file asked for, not the temporary one
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise ExpertcacheError(f"cannot write {path}: {e.strerror or e}") from None
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ExpertcacheError
 from .format import DECODE, PREFILL
+from .import_checks import check_imported_routing
 from .model_info import ModelInfo
 from .trace import Trace
 
@@ -27,32 +28,35 @@ _COLUMNS = ("turn", "phase", "step", "layer", "slot", "expert", "weight", "resid
 
 
 def import_bigmoe(path: str | os.PathLike) -> Trace:
-    """Read a route-trace CSV into an in-memory Trace (save it with `trace.save`)."""
+    """Read a route-trace CSV into an in-memory Trace (save it with `trace.save`).
+
+    Incomplete data is refused with its line number: a token missing a layer (only prompt
+    tokens may skip the last one), a layer with fewer than k experts, an expert twice in one
+    token's list, a row given twice, an `expert_bytes` value that is neither 0 nor the header's.
+    """
     path = Path(path)
     if not path.is_file():
         raise ExpertcacheError(f"{path}: no such file")
     header, rows = _read_rows(path)
     model = _model_info(path, header)
     table = _table(path, rows)
-    L, K = model.num_moe_layers, model.top_k
-    if table["layer"].max() >= L or table["slot"].max() >= K or table["expert"].max() >= model.max_experts:
-        raise ExpertcacheError(f"{path}: a layer, slot or expert id exceeds the header's n_layer/n_expert_used/n_expert")
-    if min(table[c].min() for c in ("layer", "slot", "expert")) < 0:  # would index from the end
-        raise ExpertcacheError(f"{path}: a layer, slot or expert id is negative")
-    if table["phase"].min() < PREFILL or table["phase"].max() > DECODE:
-        raise ExpertcacheError(f"{path}: phase must be 0 (prefill) or 1 (decode)")
+    _check_rows(path, table, model)
 
     sequences, weights, phases, positions, turns = [], [], [], [], []
     for turn in np.unique(table["turn"]):
         rows_of_turn = table[table["turn"] == turn]
         token_keys = np.unique(rows_of_turn[["phase", "step"]])  # sorted by (phase, step)
         token_of_row = np.searchsorted(token_keys, rows_of_turn[["phase", "step"]])
-        T = len(token_keys)
+        T, L, K = len(token_keys), model.num_moe_layers, model.top_k
         experts = np.full((T, L, K), -1, np.int64)  # [T, L, K]
+        lines = np.zeros((T, L, K), np.int64)
         routed_weights = np.zeros((T, L, K), np.float32)
-        experts[token_of_row, rows_of_turn["layer"], rows_of_turn["slot"]] = rows_of_turn["expert"]
-        routed_weights[token_of_row, rows_of_turn["layer"], rows_of_turn["slot"]] = rows_of_turn["weight"]
-        _check_complete(path, turn, experts)
+        cell = (token_of_row, rows_of_turn["layer"], rows_of_turn["slot"])
+        experts[cell], lines[cell], routed_weights[cell] = rows_of_turn["expert"], rows_of_turn["line"], rows_of_turn["weight"]
+        prompt = token_keys["phase"] == PREFILL
+        optional = np.zeros((T, L), bool)
+        optional[prompt, L - 1] = True  # the last layer routes only the final prompt token
+        check_imported_routing(str(path), experts, lines, model.num_experts, optional)
         sequences.append(experts)
         weights.append(routed_weights)
         phases.append(token_keys["phase"].astype(np.uint8))
@@ -70,22 +74,25 @@ def import_bigmoe(path: str | os.PathLike) -> Trace:
                              turns=turns, domains="bigmoe", capture=capture)
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header lines without '#', [(line number, fields)] of the table rows after its header)."""
     header, body = [], []
     try:
         with open(path, newline="") as f:
-            for line in f:
-                (header if line.startswith("#") else body).append(line)
+            for number, line in enumerate(f, 1):
+                if line.startswith("#"):
+                    header.append(line)
+                elif line.strip():
+                    body.append((number, next(csv.reader([line]))))
     except UnicodeDecodeError:
         raise ExpertcacheError(f"{path}: not a route_trace v1 file (not text)") from None
     if not header or header[0].strip("# \n") != "route_trace v1":
         raise ExpertcacheError(f"{path}: not a route_trace v1 file (first line must be '# route_trace v1')")
-    rows = list(csv.reader(body))
-    if not rows or tuple(c.strip() for c in rows[0]) != _COLUMNS:
+    if not body or tuple(c.strip() for c in body[0][1]) != _COLUMNS:
         raise ExpertcacheError(f"{path}: the table header must be {','.join(_COLUMNS)}")
-    if len(rows) == 1:
+    if len(body) == 1:
         raise ExpertcacheError(f"{path}: the table has no rows")
-    return [h.strip("# \n") for h in header[1:]], rows[1:]
+    return [h.strip("# \n") for h in header[1:]], body[1:]
 
 
 def _fields(line: str) -> dict[str, str]:
@@ -123,19 +130,39 @@ def _model_info(path: Path, header: list[str]) -> ModelInfo:
     )
 
 
-def _table(path: Path, rows: list[list[str]]) -> np.ndarray:
-    dtype = [(c, np.float64 if c == "weight" else np.int64) for c in _COLUMNS]
-    try:
-        return np.array([tuple(float(v) if c == "weight" else int(v) for c, v in zip(_COLUMNS, row, strict=True))
-                         for row in rows], dtype=dtype)
-    except ValueError as e:
-        raise ExpertcacheError(f"{path}: malformed table row ({e})") from None
+def _table(path: Path, rows: list[tuple[int, list[str]]]) -> np.ndarray:
+    dtype = [(c, np.float64 if c == "weight" else np.int64) for c in ("line", *_COLUMNS)]
+    values = []
+    for number, row in rows:
+        if len(row) != len(_COLUMNS):
+            raise ExpertcacheError(f"{path}:{number}: {len(row)} fields, the table has {len(_COLUMNS)} (a cut line?)")
+        try:
+            values.append((number, *(float(v) if c == "weight" else int(v) for c, v in zip(_COLUMNS, row))))
+        except ValueError as e:
+            raise ExpertcacheError(f"{path}:{number}: malformed field ({e})") from None
+    return np.array(values, dtype=dtype)
 
 
-def _check_complete(path: Path, turn: int, experts: np.ndarray) -> None:
-    """A routed (token, layer) must have all k slots."""
-    routed = (experts >= 0).any(axis=2)  # [T, L]
-    partial = routed & (experts < 0).any(axis=2)
-    if partial.any():
-        t, layer = np.argwhere(partial)[0]
-        raise ExpertcacheError(f"{path}: turn {turn}, token {t}, layer {layer} lacks some of its k slots")
+def _check_rows(path: Path, table: np.ndarray, model: ModelInfo) -> None:
+    """Row by row: fields in range, no (token, layer, slot) twice, read bytes as the header says."""
+    L, K = model.num_moe_layers, model.top_k
+    checks = [
+        ((table["layer"] < 0) | (table["layer"] >= L), f"layer outside 0..{L - 1} (header n_layer={L})"),
+        ((table["slot"] < 0) | (table["slot"] >= K), f"slot outside 0..{K - 1} (header n_expert_used={K})"),
+        ((table["expert"] < 0) | (table["expert"] >= model.max_experts),
+         f"expert outside 0..{model.max_experts - 1} (header n_expert={model.max_experts})"),
+        ((table["phase"] != PREFILL) & (table["phase"] != DECODE), "phase must be 0 (prefill) or 1 (decode)"),
+    ]
+    if model.expert_bytes:
+        size = np.asarray(model.expert_bytes, np.int64)[np.clip(table["layer"], 0, L - 1)]
+        checks.append(((table["expert_bytes"] != 0) & (table["expert_bytes"] != size),
+                       "expert_bytes is neither 0 (a hit) nor the header's size of an expert of this layer (a cut number?)"))
+    key = table[["turn", "phase", "step", "layer", "slot"]]
+    order = np.argsort(key, kind="stable")
+    again = np.zeros(len(table), bool)
+    again[order[1:]] = key[order[1:]] == key[order[:-1]]
+    checks.append((again, "the same turn, phase, step, layer and slot as an earlier row"))
+    bad_lines = [(table["line"][bad].min(), message) for bad, message in checks if bad.any()]
+    if bad_lines:
+        line, message = min(bad_lines)
+        raise ExpertcacheError(f"{path}:{line}: {message}")

@@ -14,23 +14,28 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from ..errors import ExpertcacheError
+from ..atomic import write_json_atomic
+from ..errors import CaptureInterrupted, ExpertcacheError
 from .adapters import Adapter, MoEBlock, adapter_for, find_blocks
-from .format import PREFILL, STACKS, write_json_atomic
+from .checkpoint import safetensors_headers
+from .format import PREFILL, STACKS
+from .hub import not_cached, offline_reason
 from .model_info import ModelInfo
 from .recorder import RoutingRecorder
 from .trace import Trace
 from .writer import TraceWriter
 
-__all__ = ["CaptureResult", "LoadedModel", "capture_corpus", "describe", "ensure_loaded", "load_model", "open_writers",
-           "optional_arrays", "trace_paths"]
+__all__ = ["CaptureResult", "LoadedModel", "capture_corpus", "committing", "describe", "ensure_loaded", "load_model",
+           "open_writers", "optional_arrays", "trace_paths"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -97,17 +102,21 @@ def load_model(model_id: str | os.PathLike, *, device_map: str | None = None, dt
         raise ExpertcacheError(f"model folder {name} does not exist")
     if local.is_dir() and not (local / "config.json").is_file():
         raise ExpertcacheError(f"{name} has no config.json; not a transformers model folder")
+    if local.is_dir():
+        safetensors_headers(local)  # a truncated file or a missing shard: one line now, not a traceback later
+    offline = _offline(name)
+    hub = dict(trust_remote_code=trust_remote_code, local_files_only=offline is not None)
     device_map, move_to = _placement(device_map)
     try:
-        config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        config = transformers.AutoConfig.from_pretrained(name, **hub)
     except (OSError, ValueError, KeyError) as e:
-        raise ExpertcacheError(_load_error(name, e)) from None
+        raise ExpertcacheError(_load_error(name, e, offline)) from None
     checkpoint_dtype = _dtype_name(getattr(config, "dtype", None))
     auto = transformers.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else transformers.AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(name, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, ImportError) as e:
-        raise ExpertcacheError(_load_error(name, e)) from None
+        model = auto.from_pretrained(name, dtype=dtype, device_map=device_map, **hub)
+    except (OSError, ValueError, KeyError, ImportError, SafetensorError) as e:
+        raise ExpertcacheError(_load_error(name, e, offline)) from None
     if move_to is not None:
         try:
             model.to(move_to)
@@ -143,8 +152,15 @@ def _placement(device_map: str | None) -> tuple[str | None, str | None]:
     return device_map, None
 
 
-def _load_error(name: str, error: Exception) -> str:
+def _offline(name: str) -> str | None:
+    """Why the hub cannot be asked for `name` (see hub.offline_reason); None for a local folder."""
+    return None if Path(name).expanduser().is_dir() else offline_reason()
+
+
+def _load_error(name: str, error: Exception, offline: str | None = None) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if offline is not None and isinstance(error, OSError):
+        return not_cached(name, offline)
     if "custom code" in str(error) or "trust_remote_code" in str(error):
         return f"{name} ships its own modeling code; pass --trust-remote-code (trust_remote_code=True) if you trust it"
     if "does not recognize this architecture" in str(error) or "model_type" in str(error):
@@ -155,9 +171,13 @@ def _load_error(name: str, error: Exception) -> str:
 def _load_tokenizer(name: str, trust_remote_code: bool):
     import transformers
 
+    offline = _offline(name)
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(name), trust_remote_code=trust_remote_code)
+        return transformers.AutoTokenizer.from_pretrained(str(name), trust_remote_code=trust_remote_code,
+                                                          local_files_only=offline is not None)
     except (OSError, ValueError, KeyError, TypeError) as e:
+        if offline is not None and isinstance(e, OSError):
+            raise ExpertcacheError(_load_error(name, e, offline)) from None
         raise ExpertcacheError(f"no usable tokenizer in {name} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                                "pass --tokenizer") from None
 
@@ -246,11 +266,12 @@ def _dense_bytes(block: MoEBlock, itemsize: int | None) -> int:
 # ---------------------------------------------------------------------------- writing
 def open_writers(loaded: LoadedModel, out: str | os.PathLike, *, capture: dict, corpus: dict | None,
                  domains: list[str] | None, optional: tuple[str, ...], overwrite: bool,
-                 shard_tokens: int | None = None) -> dict[str, TraceWriter]:
+                 shard_tokens: int | None = None, commit_every: float | None = None) -> dict[str, TraceWriter]:
     """One TraceWriter per stack: OUT itself for one stack, OUT/<stack> for seq2seq models."""
     out = Path(out)
     stacks = list(loaded.infos)
-    kwargs = dict(capture=capture, corpus=corpus, domains=domains, optional=optional, overwrite=overwrite)
+    kwargs = dict(capture=capture, corpus=corpus, domains=domains, optional=optional, overwrite=overwrite,
+                  commit_seconds=commit_every)
     if shard_tokens:
         kwargs["shard_tokens"] = shard_tokens
     if len(stacks) == 1:
@@ -267,6 +288,23 @@ def open_writers(loaded: LoadedModel, out: str | os.PathLike, *, capture: dict, 
         "stacks": stacks, "model": loaded.name,
     })
     return {stack: TraceWriter(out / stack, loaded.infos[stack], **{**kwargs, "overwrite": False}) for stack in stacks}
+
+
+@contextmanager
+def committing(writers: dict[str, TraceWriter], keys: list[str], out: str | os.PathLike):
+    """Close (commit) the writers however the block ends; Ctrl-C then becomes CaptureInterrupted,
+    which says how many of the sequences `keys` are stored."""
+    interrupted = False
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        for writer in writers.values():
+            writer.close()
+    if interrupted:
+        stored = set.intersection(*(w.done_keys for w in writers.values()))
+        raise CaptureInterrupted(Path(out), len(stored & set(keys)), len(keys))
 
 
 def trace_paths(out: str | os.PathLike) -> dict[str, Path]:
@@ -296,9 +334,14 @@ def capture_corpus(
     tokenizer: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
     shard_tokens: int | None = None,
+    commit_every: float | None = 60.0,
     progress: bool = False,
 ) -> CaptureResult:
-    """Teacher-forced prefill over `samples` windows of `length` tokens from each corpus source."""
+    """Teacher-forced prefill over `samples` windows of `length` tokens from each corpus source.
+
+    Finished sequences are committed every `commit_every` seconds (and every `shard_tokens`
+    tokens), so a kill loses at most that much work plus one forward pass; Ctrl-C commits them
+    and raises CaptureInterrupted. Running the same call again resumes."""
     from .corpus import corpus_description, open_sources, sample_windows
 
     domains = open_sources(list(corpus))  # a bad source fails before the model loads
@@ -311,12 +354,12 @@ def capture_corpus(
     optional = optional_arrays(logits, stale_gate)
     writers = open_writers(loaded, out, capture=settings, corpus=corpus_description(domains),
                            domains=[d.name for d in domains], optional=optional, overwrite=overwrite,
-                           shard_tokens=shard_tokens)
+                           shard_tokens=shard_tokens, commit_every=commit_every)
     done = set.intersection(*(w.done_keys for w in writers.values()))
     todo = [w for w in windows if w.key not in done]
     batch = max(1, batch_tokens // length)
     seconds, new_tokens = 0.0, 0
-    try:
+    with committing(writers, [w.key for w in windows], out):
         with loaded.recorder(logits=logits, stale_gate=stale_gate) as recorder, ProgressBar(progress, len(todo) * length) as bar:
             for start in range(0, len(todo), batch):
                 chunk = todo[start:start + batch]
@@ -332,9 +375,6 @@ def capture_corpus(
                     _add_batch(writer, routed[stack], tokens.cpu().numpy(), chunk, PREFILL)
                 new_tokens += ids.numel()
                 bar(ids.numel(), new_tokens / seconds)
-    finally:
-        for writer in writers.values():
-            writer.close()
     return CaptureResult(Path(out), trace_paths(out), new_tokens, seconds, len(windows) - len(todo))
 
 

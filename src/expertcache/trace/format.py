@@ -10,7 +10,6 @@ Shape key: S sequences, N tokens (all sequences concatenated), L MoE layers, K t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -52,16 +51,6 @@ def expert_dtype(max_experts: int) -> np.dtype:
 def pad_id(dtype: np.dtype) -> int:
     """Id stored where a layer did not route a token (e.g. a prefill token the last layer skips)."""
     return int(np.iinfo(dtype).max)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON so a crash leaves either the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import ExpertcacheError
-from .capture import CaptureResult, LoadedModel, ProgressBar, ensure_loaded, open_writers, optional_arrays, trace_paths
+from .capture import (CaptureResult, LoadedModel, ProgressBar, committing, ensure_loaded, open_writers, optional_arrays,
+                      trace_paths)
 from .format import DECODE, PREFILL
 
 __all__ = ["capture_generation"]
@@ -62,7 +63,7 @@ def capture_generation(
     writers = open_writers(loaded, out, capture=settings, corpus={"prompt": prompt}, domains=["prompt"],
                            optional=optional, overwrite=overwrite)
     result = CaptureResult(Path(out), trace_paths(out), 0, 0.0)
-    try:
+    with committing(writers, [KEY], out):
         if all(KEY in w.done_keys for w in writers.values()):
             result.skipped_sequences = 1
             return result
@@ -100,9 +101,6 @@ def capture_generation(
         generated = sequences[P:] if not loaded.is_seq2seq else sequences[1:]
         result.details["text"] = loaded.tokenizer.decode(generated[:new_tokens])
         return result
-    finally:
-        for writer in writers.values():
-            writer.close()
 
 
 class _Ticker:

@@ -30,6 +30,7 @@ from .format import (
     read_json,
 )
 from .model_info import ModelInfo
+from .validate import Deferred, shard_array_check
 from .writer import TraceWriter
 
 __all__ = ["Trace"]
@@ -222,7 +223,7 @@ class Trace:
 
     # ----------------------------------------------------------------- arrays
     def _concat(self, name: str) -> np.ndarray | None:
-        parts = [s.get(name) for s in self._shards]
+        parts = self._parts(name)
         if parts[0] is None:
             return None
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -274,7 +275,11 @@ class Trace:
         reading a big trace block by block without concatenating it."""
         if name not in (*_PER_TOKEN, *SEQUENCE_ARRAYS):
             raise ExpertcacheError(f"no trace array {name!r}")
-        return [s.get(name) for s in self._shards]
+        return self._parts(name)
+
+    def _parts(self, name: str) -> list:
+        """Each shard's array `name` (None where absent), checked on first use (validate.Deferred)."""
+        return [part.get() if isinstance(part := s.get(name), Deferred) else part for s in self._shards]
 
     def layer_experts(self, layer: int) -> np.ndarray:
         """[N, K] expert ids of one MoE layer, read without loading the other layers."""
@@ -302,7 +307,7 @@ class Trace:
     def as_decode(self) -> "Trace":
         """The same routing with every token marked decode: replays a teacher-forced corpus
         trace (all prefill) as if each token had been generated one at a time."""
-        shards = [{**s, "phase": np.full(len(s["phase"]), DECODE, np.uint8)} for s in self._shards]
+        shards = [{**s, "phase": np.full(int(s["seq_lengths"].sum()), DECODE, np.uint8)} for s in self._shards]
         return Trace(self.model, shards, self.domains, self.capture, self.corpus, self.path)
 
     def with_domain(self, domain: str) -> "Trace":
@@ -323,9 +328,11 @@ class _MemoryWriter(TraceWriter):
         self.model = model
         self.optional = ()
         self.shard_tokens = float("inf")
+        self.commit_seconds = None
         self.expert_dtype = expert_dtype(model.max_experts)
         self._buffer = []
         self._buffered_tokens = 0
+        self._sequences = 0
 
     def trace(self) -> Trace:
         shard, domains = self._pack()
@@ -343,6 +350,8 @@ def _as_sequences(values, name: str) -> list[np.ndarray]:
 
 
 def _load_shard(shard_dir: Path, model: ModelInfo, ids: np.dtype, optional: list[str]) -> dict:
+    """One shard's arrays: sizes, shapes and dtypes checked now (cheap), contents when first used
+    (the per-sequence arrays at once: the trace's layout depends on them)."""
     meta = read_json(shard_dir / SHARD_META, "shard description")
     files = meta.get("arrays", {})
     L, K, E = model.num_moe_layers, model.top_k, model.max_experts
@@ -362,9 +371,12 @@ def _load_shard(shard_dir: Path, model: ModelInfo, ids: np.dtype, optional: list
             raise ExpertcacheError(
                 f"{file}: shape {array.shape} {array.dtype}, the manifest implies {shape} {np.dtype(dtype)}"
             )
-        shard[name] = array
+        crc = entry.get("crc32")
+        check = shard_array_check(file, name, crc if isinstance(crc, int) else None, num_experts=model.num_experts,
+                                  pad=pad_id(ids), num_domains=len(shard["_domains"]))
+        shard[name] = Deferred(array, check)
+    for name in SEQUENCE_ARRAYS:
+        shard[name] = shard[name].get()
     if int(shard["seq_lengths"].sum()) != N:
         raise ExpertcacheError(f"{shard_dir / 'seq_lengths.npy'}: lengths add up to {shard['seq_lengths'].sum()}, not {N}")
-    if ((shard["seq_domain"] < 0) | (shard["seq_domain"] >= len(shard["_domains"]))).any():
-        raise ExpertcacheError(f"{shard_dir / 'seq_domain.npy'}: domain index out of range")
     return shard

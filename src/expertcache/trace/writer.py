@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..errors import ExpertcacheError
 from .format import (
     DECODE,
@@ -29,15 +31,16 @@ from .format import (
     expert_dtype,
     pad_id,
     read_json,
-    write_json_atomic,
 )
 from .model_info import ModelInfo
+from .validate import check_expert_ids, check_phase, file_crc32
 
 __all__ = ["TraceWriter"]
 
 
 class TraceWriter:
-    """Append sequences to a trace directory, one atomic shard per `shard_tokens` tokens.
+    """Append sequences to a trace directory, one atomic shard per `shard_tokens` tokens, or
+    sooner once `commit_seconds` have passed since the last commit (what a kill can lose).
 
     Use as a context manager: leaving the block (normally, on Ctrl-C or on an error) commits
     the sequences already added, so nothing finished is lost.
@@ -53,6 +56,7 @@ class TraceWriter:
         domains: list[str] | None = None,
         optional: tuple[str, ...] = (),
         shard_tokens: int = 1 << 16,
+        commit_seconds: float | None = None,
         overwrite: bool = False,
     ):
         unknown = set(optional) - set(OPTIONAL_ARRAYS)
@@ -61,10 +65,15 @@ class TraceWriter:
         self.path = Path(path)
         self.model = model
         self.optional = tuple(optional)
+        if commit_seconds is not None and not commit_seconds >= 0:
+            raise ExpertcacheError(f"the commit interval must be >= 0 seconds, got {commit_seconds}")
         self.shard_tokens = shard_tokens
+        self.commit_seconds = commit_seconds
+        self._last_commit = time.monotonic()
         self.expert_dtype = expert_dtype(model.max_experts)
         self._buffer: list[dict] = []
         self._buffered_tokens = 0
+        self._sequences = 0  # added by this writer, for naming one in an error
         manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -132,12 +141,14 @@ class TraceWriter:
             raise ExpertcacheError(
                 f"experts shape {experts.shape} does not match the model ({m.num_moe_layers} MoE layers, k={m.top_k})"
             )
+        where = f"sequence {key or self._sequences}"
+        ids, routed = _checked_ids(experts, m, self.expert_dtype, where)
         seq = {
-            "experts": _checked_ids(experts, m, self.expert_dtype),  # [T, L, K]
+            "experts": ids,  # [T, L, K]
             "weights": np.zeros((T, L, K), np.float16) if weights is None else _shaped(weights, (T, L, K), "weights", np.float16),
             "tokens": np.full(T, -1, np.int32) if tokens is None else _shaped(tokens, (T,), "tokens", np.int32),
             "positions": np.arange(T, dtype=np.int32) if positions is None else _shaped(positions, (T,), "positions", np.int32),
-            "phase": np.broadcast_to(np.asarray(phase, np.uint8), (T,)).copy(),
+            "phase": _phases(phase, T, where),
         }
         extras = {"logits": logits, "stale_gate": stale_gate}
         for name in OPTIONAL_ARRAYS:
@@ -145,13 +156,17 @@ class TraceWriter:
                 if extras[name] is None:
                     raise ExpertcacheError(f"this trace stores {name}; the sequence has none")
                 seq[name] = _shaped(extras[name], (T, L, m.max_experts), name, np.float16)
-        self._buffer.append({"arrays": seq, "domain": domain, "turn": turn, "key": key})
+        self._buffer.append({"arrays": seq, "domain": domain, "turn": turn, "key": key, "routed": routed})
         self._buffered_tokens += T
-        if self._buffered_tokens >= self.shard_tokens:
+        self._sequences += 1
+        overdue = self.commit_seconds is not None and time.monotonic() - self._last_commit >= self.commit_seconds
+        if self._buffered_tokens >= self.shard_tokens or overdue:
             self.flush()
 
     def _pack(self) -> tuple[dict[str, np.ndarray], list[str]]:
         """The buffered sequences as one shard's arrays, and the domain names seq_domain indexes."""
+        if not any(s["routed"] for s in self._buffer):
+            raise ExpertcacheError("no token of these sequences is routed to any expert (every id is -1 or the pad id)")
         domains = list(dict.fromkeys(s["domain"] for s in self._buffer))
         arrays = {
             "seq_lengths": np.array([len(s["arrays"]["phase"]) for s in self._buffer], SEQUENCE_ARRAYS["seq_lengths"]),
@@ -163,34 +178,48 @@ class TraceWriter:
         return arrays, domains
 
     def flush(self) -> None:
-        """Commit the buffered sequences as one shard (atomic rename)."""
+        """Commit the buffered sequences as one shard (atomic rename).
+
+        Safe to call again after an interruption (Ctrl-C) anywhere inside: a half-written
+        shard is removed, and a shard already renamed into place is not written twice.
+        """
         if not self._buffer:
             return
-        arrays, domains = self._pack()
-        name = f"{self._next_shard:05d}"
-        tmp = self.path / SHARDS / f"{name}.tmp-{os.getpid()}"
-        tmp.mkdir(parents=True)
-        files = {}
-        for array_name, array in arrays.items():
-            file = tmp / f"{array_name}.npy"
-            with open(file, "wb") as f:
-                np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            files[array_name] = {"shape": list(array.shape), "dtype": array.dtype.name, "bytes": file.stat().st_size}
-        meta = {
-            "num_sequences": len(self._buffer),
-            "num_tokens": int(arrays["seq_lengths"].sum()),
-            "domains": domains,
-            "keys": [s["key"] for s in self._buffer],
-            "arrays": files,
-        }
-        write_json_atomic(tmp / SHARD_META, meta)
-        os.rename(tmp, self.path / SHARDS / name)
+        final = self.path / SHARDS / f"{self._next_shard:05d}"
+        if not final.exists():  # else a commit was interrupted after its rename: only the bookkeeping is left
+            self._write_shard(final)
         self.done_keys.update(s["key"] for s in self._buffer if s["key"] is not None)
         self._next_shard += 1
         self._buffer.clear()
         self._buffered_tokens = 0
+        self._last_commit = time.monotonic()
+
+    def _write_shard(self, final: Path) -> None:
+        arrays, domains = self._pack()
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True)
+        try:
+            files = {}
+            for array_name, array in arrays.items():
+                file = tmp / f"{array_name}.npy"
+                with open(file, "wb") as f:
+                    np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+                files[array_name] = {"shape": list(array.shape), "dtype": array.dtype.name,
+                                     "bytes": file.stat().st_size, "crc32": file_crc32(file)}
+            meta = {
+                "num_sequences": len(self._buffer),
+                "num_tokens": int(arrays["seq_lengths"].sum()),
+                "domains": domains,
+                "keys": [s["key"] for s in self._buffer],
+                "arrays": files,
+            }
+            write_json_atomic(tmp / SHARD_META, meta)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def close(self) -> None:
         self.flush()
@@ -218,18 +247,20 @@ def _shaped(array, shape: tuple, name: str, dtype) -> np.ndarray:
         raise ExpertcacheError(f"{name} must be numbers, got {array.dtype}") from None
 
 
-def _checked_ids(experts: np.ndarray, model: ModelInfo, dtype: np.dtype) -> np.ndarray:
-    """Validate ids against each layer's expert count; negative ids mean "not routed"."""
+def _phases(phase, T: int, where: str) -> np.ndarray:
+    """[T] uint8 phases from one value or one per token; each PREFILL or DECODE."""
+    phase = np.asarray(phase)
+    if phase.shape not in ((), (T,)):
+        raise ExpertcacheError(f"{where}: phase has shape {phase.shape}, expected one value or ({T},)")
+    phase = np.broadcast_to(phase, (T,))
+    check_phase(phase, where)
+    return phase.astype(np.uint8)
+
+
+def _checked_ids(experts: np.ndarray, model: ModelInfo, dtype: np.dtype, where: str) -> tuple[np.ndarray, int]:
+    """(ids in the trace's id type, how many are routed); negative ids mean "not routed"."""
     if not np.issubdtype(experts.dtype, np.integer):
         raise ExpertcacheError(f"expert ids must be integers, got {experts.dtype}")
-    ids = experts.astype(np.int64)
-    routed = ids >= 0
-    limits = np.asarray(model.num_experts)[None, :, None]
-    bad = routed & (ids >= limits) & (ids != pad_id(dtype))
-    if bad.any():
-        where = np.argwhere(bad)[0]
-        raise ExpertcacheError(
-            f"expert id {ids[tuple(where)]} at token {where[0]}, MoE layer {where[1]} "
-            f"is outside 0..{model.num_experts[where[1]] - 1}"
-        )
-    return np.where(routed, ids, pad_id(dtype)).astype(dtype)
+    ids = np.where(experts < 0, pad_id(dtype), experts.astype(np.int64))
+    routed = check_expert_ids(ids, model.num_experts, pad_id(dtype), where)
+    return ids.astype(dtype), routed

