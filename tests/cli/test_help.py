@@ -33,6 +33,5 @@ def test_bracketed_text_is_shown_as_written(args, literal):
 
 
 def test_every_option_help_is_a_sentence():
-    # `run` belongs to the runtime and keeps its own wording for now
-    bad = [(c, p, h) for c, p, h in helps() if c != "run" and not (h[0].isupper() and h.rstrip().endswith("."))]
+    bad = [(c, p, h) for c, p, h in helps() if not (h[0].isupper() and h.rstrip().endswith("."))]
     assert bad == []

@@ -1,4 +1,4 @@
-"""The offloading runtime: generate with routed experts in a bounded cache (SPEC §4b).
+"""The offloading runtime: generate with routed experts in a bounded cache (strict capacity).
 
 loading.py (experts indexed, not loaded) -> store.py (slow tier reads) -> cache.py (slots +
 the engine step shared with the simulator) -> experts.py (stock experts forward on slots) ->

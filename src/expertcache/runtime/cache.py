@@ -3,7 +3,7 @@
     route -> resolve residency (engine_batch) -> free victims' slots -> fetch misses -> compute
 
 Every MoE layer call is one lookup batch of the engine (cache/engine.py), the very step the
-simulator replays, under strict capacity (SPEC §4b): the cache never holds more experts than
+simulator replays, under strict capacity: the cache never holds more experts than
 the budget, and a call whose experts do not fit is computed in chunks. Slots are tensors
 [S, *per-expert shape] per experts-module parameter, plus one all-zero slot used by the exact
 chunked computation (experts.py). A slot is never refilled before the fetch that filled it

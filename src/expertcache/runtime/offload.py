@@ -53,7 +53,7 @@ def _offloaded_experts(module, hidden_states, top_k_index=None, top_k_weights=No
 
 @dataclass
 class OffloadStats(HitCounts):
-    """Counters of a run so far, named as in `SimulationResult` (SPEC §4b accounting)."""
+    """Counters of a run so far, named as in `SimulationResult` (strict accounting)."""
 
     policy: str
     scope: str
@@ -189,7 +189,7 @@ class Runtime:
             yield [int(k - self.offset[layer]) for k in plan.keys[plan.chunk == c]]
 
     def _prefetch(self, layer: int, hidden) -> None:
-        """Predict for (current token, layer) and issue the loads; decode steps only (SPEC §5)."""
+        """Predict for (current token, layer) and issue the loads; decode steps only, as in the simulator."""
         f = self._forward
         stale = None
         if self.want_stale and hidden is not None:

@@ -1,4 +1,4 @@
-"""Prefetchers in online form (SPEC §5): observe each layer call's routing, predict a later one.
+"""Prefetchers in online form: observe each layer call's routing, predict a later one.
 
 Each predicts exactly what its offline form (cache/prefetch.py) predicts from the finished
 trace, so the runtime's prefetch counters replay exactly in `simulate`:
