@@ -21,7 +21,7 @@ import pytest
 from expertcache.trace import Trace
 from expertcache.trace.capture import capture_corpus
 
-SAMPLES, LENGTH = 40, 16  # per corpus source; 80 windows
+SAMPLES, LENGTH = 300, 16  # per corpus source; 600 windows: a capture of a few seconds, long enough to interrupt
 
 
 def _command(model, corpus, out):
