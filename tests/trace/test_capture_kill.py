@@ -21,7 +21,7 @@ import pytest
 from expertcache.trace import Trace
 from expertcache.trace.capture import capture_corpus
 
-SAMPLES, LENGTH = 300, 16  # per corpus source; 600 windows: a capture of a few seconds, long enough to interrupt
+SAMPLES, LENGTH = 100, 16  # per corpus source; 200 windows: a capture long enough to interrupt
 
 
 def _command(model, corpus, out):
@@ -30,8 +30,11 @@ def _command(model, corpus, out):
 
 
 def _start(args):
+    # Ctrl-C's default action for the child, even when this test runs where SIGINT is ignored (a
+    # background job of a non-interactive shell): Python leaves an inherited SIG_IGN alone
     return subprocess.Popen([sys.executable, "-m", "expertcache", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_first_shard(process, out):
