@@ -25,7 +25,7 @@ ACCOUNTINGS = ("published", "strict")  # the published replays' rule, and the ru
 
 
 class HitCounts:
-    """Rates derived from lookups/hits counts: shared by a replay's result and a live run's."""
+    """Rates from the lookup/hit counts, and their JSON: shared by a replay's result and a live run's."""
 
     @property
     def misses(self) -> int:
@@ -38,6 +38,15 @@ class HitCounts:
     @property
     def decode_hit_rate(self) -> float:
         return self.decode_hits / self.decode_lookups if self.decode_lookups else 0.0
+
+    def counters_json(self, prefetch: dict | None) -> dict:
+        """The public JSON contract of `expertcache simulate --json`, one definition for both."""
+        return {
+            "policy": self.policy, "scope": self.scope, "accounting": self.accounting, "budget_bytes": self.budget_bytes,
+            "lookups": self.lookups, "hits": self.hits, "hit_rate": self.hit_rate,
+            "decode_lookups": self.decode_lookups, "decode_hits": self.decode_hits,
+            "decode_hit_rate": self.decode_hit_rate, "bytes_read": self.bytes_read, "prefetch": prefetch,
+        }
 
 
 @dataclass(frozen=True)
@@ -81,13 +90,7 @@ class SimulationResult(HitCounts):
 
     def to_json(self) -> dict:
         """The public JSON contract of `expertcache simulate --json`."""
-        return {
-            "policy": self.policy, "scope": self.scope, "accounting": self.accounting, "budget_bytes": self.budget_bytes,
-            "lookups": self.lookups, "hits": self.hits, "hit_rate": self.hit_rate,
-            "decode_lookups": self.decode_lookups, "decode_hits": self.decode_hits,
-            "decode_hit_rate": self.decode_hit_rate, "bytes_read": self.bytes_read,
-            "prefetch": None if self.prefetch is None else self.prefetch.to_json(),
-        }
+        return self.counters_json(None if self.prefetch is None else self.prefetch.to_json())
 
 
 def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np.ndarray | None = None,

@@ -35,7 +35,6 @@ __all__ = ["ExpertCache", "BatchPlan", "Counters"]
 class BatchPlan:
     """What one layer call must do: keys in lookup order, the chunk each is computed in."""
 
-    layer: int
     keys: np.ndarray  # [n] distinct keys, lookup order
     chunk: np.ndarray  # [n]
     loads: np.ndarray  # [n] bool: fetched for this call
@@ -61,7 +60,7 @@ class ExpertCache:
         if policy.uses_future:
             raise ExpertcacheError(f"{policy.name} reads the future of a trace (an offline bound); "
                                    "the runtime needs an online policy such as lru or lfu")
-        self.policy, self.budget, self.store, self.device = policy, budget, store, device
+        self.budget, self.store, self.device = budget, store, device
         self.key_offset = key_offset  # [L + 1]
         K = int(key_offset[-1])
         self.key_bytes = key_bytes.astype(np.int64)  # [K]
@@ -85,7 +84,7 @@ class ExpertCache:
         self.position = 0  # requests so far: stream position of the next one
 
     # ------------------------------------------------------------------ one layer call
-    def lookup(self, layer: int, keys: np.ndarray, decode: bool) -> BatchPlan | None:
+    def lookup(self, keys: np.ndarray, decode: bool) -> BatchPlan | None:
         """Run the engine step for one layer call (keys in lookup order, repeats allowed).
 
         None when there is nothing to do: every key resident, no fetch in flight.
@@ -114,7 +113,7 @@ class ExpertCache:
         kind = rows[KIND, :n]
         if (kind == BUFFER_HIT).any():
             raise ExpertcacheError("reserved prefetch buffers are a simulator option; the runtime prefetches into the cache")
-        return BatchPlan(layer, rows[ORDER, :n].copy(), rows[CHUNK, :n].copy(), kind == LOAD,
+        return BatchPlan(rows[ORDER, :n].copy(), rows[CHUNK, :n].copy(), kind == LOAD,
                          rows[EVICTED, :ne].copy(), rows[EVICTED_BEFORE, :ne].copy(), int(counts[N_CHUNKS]))
 
     def prepare(self, plan: BatchPlan, chunk: int) -> None:

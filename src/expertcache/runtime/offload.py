@@ -72,11 +72,8 @@ class OffloadStats(HitCounts):
 
     def to_json(self) -> dict:
         """The keys of `simulate --json` (same order), then how experts were computed, timings and memory."""
-        return {"policy": self.policy, "scope": self.scope, "accounting": self.accounting,
-                "budget_bytes": self.budget_bytes, "lookups": self.lookups, "hits": self.hits,
-                "hit_rate": self.hit_rate, "decode_lookups": self.decode_lookups, "decode_hits": self.decode_hits,
-                "decode_hit_rate": self.decode_hit_rate, "bytes_read": self.bytes_read, "prefetch": self.prefetch,
-                "experts_implementation": self.experts_implementation, "timings": self.timings, "memory": self.memory}
+        return {**self.counters_json(self.prefetch), "experts_implementation": self.experts_implementation,
+                "timings": self.timings, "memory": self.memory}
 
 
 class Runtime:
@@ -170,7 +167,7 @@ class Runtime:
         keys = self.offset[layer] + routed.reshape(-1)
         decode = f is not None and f["phase"] == DECODE
         cache = self.cache
-        plan = cache.lookup(layer, keys, decode)
+        plan = cache.lookup(keys, decode)
         layer_slots = cache.slot_of[self.offset[layer]:self.offset[layer + 1]]  # [E] view, updated by fetches
         if plan is None or plan.chunks == 1:
             if plan is not None:
