@@ -11,8 +11,11 @@ import math
 NEVER = (2**63 - 1) // 4  # the stream's "never used again" batch (what the compiled oracle is given)
 
 
-def reference_replay(batches, key_pool, key_cost, budgets, policy, half_life_batches=None, profile=None):
-    """batches: list of lists of keys (stream order). Returns per-batch (hits, misses)."""
+def reference_replay(batches, key_pool, key_cost, budgets, policy, half_life_batches=None, profile=None, cpu_below=0):
+    """batches: list of lists of keys (stream order). Returns per-batch (hits, misses).
+
+    cpu_below: a miss that fewer than this many requests of its batch use is computed where the
+    weights live and never admitted."""
     uses = {}
     for b, batch in enumerate(batches):
         for k in batch:
@@ -37,7 +40,8 @@ def reference_replay(batches, key_pool, key_cost, budgets, policy, half_life_bat
                     hits += 1
                 else:
                     misses += 1
-                    admit.append(k)
+                    if batch.count(k) >= cpu_below:
+                        admit.append(k)
             last_use[k] = t
             t += 1
             if i != batch.index(k):

@@ -10,7 +10,7 @@ import pytest
 from .test_golden import TRACE
 
 KEYS = ["policy", "scope", "accounting", "budget_bytes", "lookups", "hits", "hit_rate", "decode_lookups", "decode_hits",
-        "decode_hit_rate", "bytes_read", "prefetch"]
+        "decode_hit_rate", "bytes_read", "misses_on_cpu", "prefetch"]
 
 
 def cli(*args):

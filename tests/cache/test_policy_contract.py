@@ -37,7 +37,7 @@ def drive_engine_per_call(trace, policy, accounting="published", **budget_kw):
     K = stream.num_keys
     X = new_engine(K, len(budget.pool_budget))
     plan = new_plan(int(np.diff(stream.batch_start).max()), K)
-    hint, out, key_bytes = stream.next_use, np.zeros(3, np.int64), np.zeros(K, np.int64)
+    hint, out, key_bytes = stream.next_use, np.zeros(4, np.int64), np.zeros(K, np.int64)
     result = []
     for b in range(stream.num_batches):
         s, e = stream.batch_start[b], stream.batch_start[b + 1]
@@ -48,7 +48,7 @@ def drive_engine_per_call(trace, policy, accounting="published", **budget_kw):
         assert v == victim(I, F, pool, X[PIN], b + 1, X[WORK])
         assert v < 0 or (X[RESIDENT, v] and budget.key_pool[v] == pool)
         engine_batch(I, F, X, stream.keys[s:e], 0, e - s, s, b, hint[s:e] if policy.uses_future else hint[:0], budget.key_cost, key_bytes,
-                     budget.pool_budget, accounting == "strict", plan.rows, plan.counts, out)
+                     budget.pool_budget, accounting == "strict", 0, plan.rows, plan.counts, out)
         result.append((int(out[0]), int(out[1])))
         evicted = plan.rows[EVICTED, :plan.counts[N_EVICTED]]
         assert not X[RESIDENT, evicted].any()
@@ -96,6 +96,29 @@ def test_matches_plain_reference(name, scope, seed):
                                 name, half_life_batches=half_life, profile=stream.key_counts.tolist())
     r = simulate(trace, name, scope=scope, budget_mib=11 / 2**20, stream=stream)
     assert list(zip(r.batch_hits.tolist(), r.batch_misses.tolist())) == expected
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n != "random"])
+@pytest.mark.parametrize("accounting", ["published", "strict"])
+def test_misses_computed_at_the_source_are_not_admitted(name, accounting):
+    """cpu_below = 2: a miss one token of its batch uses (every decode miss) is computed where
+    the weights live and never admitted; the plain reference says which, batch by batch."""
+    trace = random_trace(1, T=16)
+    stream = build_stream(trace)
+    batches = [stream.keys[a:b].tolist() for a, b in zip(stream.batch_start[:-1], stream.batch_start[1:])]
+    budget = resolve_budget(trace.model, stream.key_layer, "global", budget_slots=30)  # every batch fits
+    half_life = LFUDecay().half_life * trace.num_moe_layers
+    expected = reference_replay(batches, budget.key_pool.tolist(), budget.key_cost.tolist(), budget.pool_budget.tolist(),
+                                name, half_life_batches=half_life, profile=stream.key_counts.tolist(), cpu_below=2)
+    r = simulate(trace, name, budget_slots=30, stream=stream, accounting=accounting, misses_on_cpu_below=2)
+    assert list(zip(r.batch_hits.tolist(), r.batch_misses.tolist())) == expected
+    assert expected != reference_replay(batches, budget.key_pool.tolist(), budget.key_cost.tolist(),
+                                        budget.pool_budget.tolist(), name, half_life_batches=half_life,
+                                        profile=stream.key_counts.tolist())  # the rule changed something
+    at_least_two = sum(1 for batch in batches for k in set(batch) if batch.count(k) >= 2)
+    assert 0 < r.misses_on_cpu <= r.misses and r.misses - r.misses_on_cpu <= at_least_two
+    never = simulate(trace, name, budget_slots=30, stream=stream, accounting=accounting, misses_on_cpu_below=10**9)
+    assert (never.hits, never.bytes_read, never.misses_on_cpu) == (0, 0, never.lookups)  # nothing ever loaded
 
 
 def test_random_is_seeded():

@@ -39,6 +39,23 @@ def test_run_json_counters_equal_simulate_json(model, tmp_path):
         {k: sim["prefetch"][k] for k in ("issued", "used", "wasted")}
 
 
+def test_run_with_misses_on_cpu_replays_with_its_threshold(model, tmp_path):
+    trace = tmp_path / "run.trace"
+    p = cli("run", model, "--prompt", "def main():\n    return", "--generate", 8, "--budget-x", 1, "--slow-tier", "ram",
+            "--misses-on-cpu", 3, "--trace", trace)
+    assert p.returncode == 0, p.stderr
+    assert "computed on the CPU" in p.stderr and "--misses-on-cpu-below 3" in p.stderr
+    p = cli("run", model, "--prompt", "def main():\n    return", "--generate", 8, "--budget-x", 1, "--slow-tier", "ram",
+            "--misses-on-cpu", 3, "--json")
+    run = json.loads(p.stdout)
+    q = cli("simulate", trace, "--budget-x", 1, "--accounting", "strict", "--misses-on-cpu-below", 3, "--json")
+    sim = json.loads(q.stdout)
+    assert run["misses_on_cpu_below"] == 3 and 0 < run["misses_on_cpu"] < run["lookups"] - run["hits"]
+    assert {k: run[k] for k in sim} == sim
+    assert "misses computed where the weights live" in cli("simulate", trace, "--budget-x", 1,
+                                                           "--misses-on-cpu-below", 3).stdout
+
+
 def test_run_prints_text_and_summary(model, tmp_path):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("The cache")
@@ -52,6 +69,7 @@ def test_run_prints_text_and_summary(model, tmp_path):
     (["--generate", 4, "--budget-slots", 8], "exactly one of --prompt"),
     (["--prompt", "x", "--generate", 0, "--budget-slots", 8], "--generate must be"),
     (["--prompt", "x", "--budget-slots", 8, "--policy", "nope"], "unknown policy"),
+    (["--prompt", "x", "--budget-slots", 8, "--misses-on-cpu", "auto"], "use --slow-tier ram"),
 ])
 def test_run_errors_are_one_line(model, args, message):
     p = cli("run", model, *args)

@@ -217,3 +217,54 @@ def test_ram_tier_gives_the_same_tokens_and_counters_as_disk(checkpoints):
     with torch.no_grad():
         assert runs["disk"][0] == stock_model(path, "grouped_mm").generate(prompt(), max_new_tokens=6,
                                                                          do_sample=False).tolist()
+
+
+@pytest.mark.parametrize("family,implementation", [("qwen3_moe", "grouped_mm"), ("qwen3_moe", "eager"),
+                                                   ("gpt_oss", "grouped_mm"), ("llama4_text", None)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_misses_computed_on_the_cpu_are_exact_and_replayed(family, implementation, dtype, checkpoints, tmp_path):
+    """Misses kept at the source (its RAM copy), alone and mixed with loads and chunks: the stock
+    logits and tokens, and counters the simulator reproduces with the same token threshold."""
+    path = checkpoints(family, dtype)
+    stock = stock_model(path, implementation)
+    ids = prompt(20)
+    with torch.no_grad():
+        want = stock(ids).logits
+        steps = stock.generate(ids, max_new_tokens=6, do_sample=False)
+    for rule, below in (("always", 2**62), (2, 2), (4, 4)):
+        trace = tmp_path / f"run-{rule}.trace"
+        model = offload(path, budget_x=1.0, slow_tier="ram", misses_on_cpu=rule, trace=trace,
+                        experts_implementation=implementation)
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, want), f"{family} {dtype} {rule}: prefill"
+            assert model.generate(ids, max_new_tokens=6, do_sample=False).tolist() == steps.tolist()
+        got = stats(model)
+        close(model)
+        assert got.misses_on_cpu_below == below and got.misses_on_cpu > 0
+        if rule == "always":
+            assert (got.hits, got.bytes_read, got.misses_on_cpu) == (0, 0, got.lookups)
+        else:
+            assert got.bytes_read > 0 and got.misses_on_cpu < got.misses
+        replay = ec.simulate(trace, "lru", budget_x=1.0, accounting="strict", misses_on_cpu_below=below).to_json()
+        for key in ("lookups", "hits", "decode_lookups", "decode_hits", "bytes_read", "misses_on_cpu"):
+            assert got.to_json()[key] == replay[key], (rule, key)
+
+
+def test_the_cpu_threshold_is_where_moving_stops_losing():
+    from expertcache.runtime.placement import ALWAYS, threshold
+
+    expert_bytes, link, one, row = 10**6, 1e9, 2e-4, 1e-4  # moving takes 1 ms
+    below = threshold(expert_bytes, link, one, row)
+    cheaper_on_cpu = [n for n in range(1, 100) if one + (n - 1) * row < expert_bytes / link]
+    assert below == 9 and cheaper_on_cpu == list(range(1, below))
+    assert threshold(expert_bytes, link, 2e-3, row) == 0  # one token already slower than the move
+    assert threshold(expert_bytes, link, one, 0.0) == ALWAYS
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"misses_on_cpu": "auto"}, "use --slow-tier ram"),
+    ({"misses_on_cpu": "sometimes", "slow_tier": "ram"}, "unknown --misses-on-cpu 'sometimes'"),
+])
+def test_misses_on_cpu_settings_are_one_line_errors(kwargs, message, checkpoints):
+    with pytest.raises(ExpertcacheError, match=message):
+        offload(checkpoints("qwen3_moe"), budget_slots=8, **kwargs)

@@ -14,6 +14,11 @@ Pins: a key is pinned while PIN[key] >= the current batch index: the batch's own
 runs, and a prefetched key until its target batch. A victim is only ever an unpinned
 resident key of the batch's pool.
 
+Misses computed where the weights live (`cpu_below` > 0, the runtime's --misses-on-cpu): a
+missed key that fewer than `cpu_below` requests of its batch use (fewer tokens) is computed at
+the slow tier, not loaded: it is a miss that reads no bytes and is never admitted (the policy
+still learns of the access, as of any miss).
+
 Accounting: the policy always learns of a batch as in published accounting (lookups, then every
 miss admitted at the batch's end, then evictions of unpinned keys while over budget). Under
 strict capacity a batch that still leaves the pool over budget is executed in chunks: misses are
@@ -35,7 +40,7 @@ from .kernels import on_access, on_evict, on_insert, victim
 from .state import KEY_POOL
 
 __all__ = ["Plan", "new_engine", "new_plan", "engine_batch", "prefetch_after", "finish",
-           "COUNTERS", "PF_ISSUED", "PF_USED", "PF_WASTED", "PF_BYTES", "PF_WASTED_BYTES", "LOAD", "BUFFER_HIT"]
+           "COUNTERS", "PF_ISSUED", "PF_USED", "PF_WASTED", "PF_BYTES", "PF_WASTED_BYTES", "LOAD", "BUFFER_HIT", "AT_SOURCE"]
 
 # rows of the engine state X [9, C] (int64)
 RESIDENT = 0  # [K] 1 while the key is in the main pool
@@ -48,19 +53,20 @@ USED = 6  # [P] budget units in use per pool
 RING = 7  # [reserve + 1] keys in the FIFO buffer; RING[reserve] = next position
 COUNTERS = 8  # [6] prefetch counters, then the number of reserved buffer slots
 WORK = 9  # [K] scratch space for victim searches
-NUM_ROWS = 10
+TALLY = 10  # [K] requests for the key in the current batch (misses computed at the source); 0 between batches
+NUM_ROWS = 11
 
 PF_ISSUED, PF_USED, PF_WASTED, PF_BYTES, PF_WASTED_BYTES = range(5)
 _RESERVE = 5
 
 # rows of a plan [6, n + K]
 ORDER = 0  # [n] distinct keys in lookup order
-KIND = 1  # [n] 0 hit, LOAD a read, BUFFER_HIT from the prefetch buffer (no read)
+KIND = 1  # [n] 0 hit, LOAD a read, BUFFER_HIT from the prefetch buffer (no read), AT_SOURCE computed unloaded
 CHUNK = 2  # [n] chunk the key is computed in
 EVICTED = 3  # [m] keys evicted, in order
 EVICTED_BEFORE = 4  # [m] chunk whose loads the eviction makes room for
 PREFETCHED = 5  # [f] keys a prefetch started loading
-LOAD, BUFFER_HIT = 1, 2
+LOAD, BUFFER_HIT, AT_SOURCE = 1, 2, 3
 # plan counts [4]: n, m, chunks, f
 N_KEYS, N_EVICTED, N_CHUNKS, N_PREFETCHED = range(4)
 
@@ -71,7 +77,7 @@ class Plan(NamedTuple):
 
 
 def new_engine(num_keys: int, num_pools: int, reserve: int = 0) -> np.ndarray:
-    """A cold engine state X [10, C] (empty cache, nothing pinned; rows above)."""
+    """A cold engine state X [11, C] (empty cache, nothing pinned; rows above)."""
     x = np.zeros((NUM_ROWS, max(num_keys, num_pools, reserve + 1, _RESERVE + 1)), np.int64)
     x[MARK] = x[PIN] = -1
     x[RING_SLOT] = x[RING] = -1
@@ -134,12 +140,12 @@ def _strict_chunks(I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts):
     n = counts[N_KEYS]
     resident = X[USED, pool]  # what is physically resident before the loads: used minus the loads
     for i in range(n):
-        if plan[KIND, i] != 0:
+        if _admitted(plan[KIND, i]):
             resident -= key_cost[plan[ORDER, i]]
     chunk = 0
     unresolved = True  # something resolved is still pinned: a new chunk would free it
     for i in range(n):
-        if plan[KIND, i] == 0:
+        if not _admitted(plan[KIND, i]):
             continue
         k = plan[ORDER, i]
         c = key_cost[k]
@@ -163,9 +169,18 @@ def _strict_chunks(I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts):
 
 
 @_jit
-def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, strict, plan, counts, out):
+def _admitted(kind):
+    """The batch makes the key resident: a read, or a move from the prefetch buffer."""
+    return kind == LOAD or kind == BUFFER_HIT
+
+
+@_jit
+def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, strict, cpu_below, plan, counts,
+                 out):
     """Apply batch b (requests keys[s:e], one pool, the first at stream position t0) and write
-    its plan. hint: [R] future annotation (Belady) or empty; out: [3] hits, misses, bytes read.
+    its plan. hint: [R] future annotation (Belady) or empty; cpu_below: misses used by fewer
+    requests are computed at the source (0: none); out: [4] hits, misses, bytes read, misses
+    computed at the source.
     """
     counts[:] = 0
     counts[N_CHUNKS] = 1
@@ -198,13 +213,24 @@ def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, 
             plan[CHUNK, n] = 0
             n += 1
         on_access(I, F, k, t0 + r - s, b, hint[r] if has_hint else 0, repeat)
+        if cpu_below > 0:
+            X[TALLY, k] += 1
+    at_source = 0
+    if cpu_below > 0:
+        for i in range(n):
+            k = plan[ORDER, i]
+            if plan[KIND, i] == LOAD and X[TALLY, k] < cpu_below:
+                plan[KIND, i] = AT_SOURCE
+                rb -= key_bytes[k]
+                at_source += 1
+            X[TALLY, k] = 0
     counts[N_KEYS] = n
-    out[0], out[1], out[2] = h, m, rb
+    out[0], out[1], out[2], out[3] = h, m, rb, at_source
     if e == s:
         return
     pool = I[KEY_POOL, keys[s]]
     for i in range(n):
-        if plan[KIND, i] != 0:
+        if _admitted(plan[KIND, i]):
             k = plan[ORDER, i]
             X[RESIDENT, k] = 1
             X[USED, pool] += key_cost[k]

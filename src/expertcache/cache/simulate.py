@@ -45,7 +45,8 @@ class HitCounts:
             "policy": self.policy, "scope": self.scope, "accounting": self.accounting, "budget_bytes": self.budget_bytes,
             "lookups": self.lookups, "hits": self.hits, "hit_rate": self.hit_rate,
             "decode_lookups": self.decode_lookups, "decode_hits": self.decode_hits,
-            "decode_hit_rate": self.decode_hit_rate, "bytes_read": self.bytes_read, "prefetch": prefetch,
+            "decode_hit_rate": self.decode_hit_rate, "bytes_read": self.bytes_read,
+            "misses_on_cpu": self.misses_on_cpu, "prefetch": prefetch,
         }
 
 
@@ -63,6 +64,7 @@ class SimulationResult(HitCounts):
     decode_lookups: int
     decode_hits: int
     bytes_read: int | None  # misses plus prefetches; None when the trace has no expert sizes
+    misses_on_cpu: int  # misses computed where the weights live, never loaded (misses_on_cpu_below)
     prefetch: PrefetchReport | None
     batch_hits: np.ndarray = field(repr=False)  # [B]
     batch_misses: np.ndarray = field(repr=False)  # [B]
@@ -94,20 +96,30 @@ class SimulationResult(HitCounts):
 
 
 def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np.ndarray | None = None,
-               distance: int = 1, reserve: int = 0, key_bytes: np.ndarray | None = None, accounting: str = "published"):
-    """Drive the compiled loop; returns per-batch hits, misses, read bytes and prefetch counters."""
+               distance: int = 1, reserve: int = 0, key_bytes: np.ndarray | None = None, accounting: str = "published",
+               misses_on_cpu_below: int = 0):
+    """Drive the compiled loop; returns per-batch hits, misses, read bytes, misses computed at the
+    source, and prefetch counters."""
     check_accounting(accounting)
     state = policy.new_state(budget, len(stream.key_offset) - 1, stream)
     hint = stream.next_use if policy.uses_future else np.empty(0, np.int64)
     B = stream.num_batches
-    hits, misses, read = np.zeros(B, np.int32), np.zeros(B, np.int32), np.zeros(B, np.int64)
+    hits, misses, read, at_source = (np.zeros(B, np.int32), np.zeros(B, np.int32), np.zeros(B, np.int64),
+                                     np.zeros(B, np.int32))
     if key_bytes is None:
         key_bytes = np.zeros(stream.num_keys, np.int64)
     if pf_keys is None:
         pf_keys = np.empty((B, 0), np.int64)
     pf = replay(state, stream.keys, stream.batch_start, hint, budget.key_cost, key_bytes, budget.pool_budget,
-                pf_keys, int(distance), int(reserve), hits, misses, read, strict=accounting == "strict")
-    return hits, misses, read, pf
+                pf_keys, int(distance), int(reserve), hits, misses, read, at_source, strict=accounting == "strict",
+                cpu_below=_cpu_below(misses_on_cpu_below))
+    return hits, misses, read, at_source, pf
+
+
+def _cpu_below(tokens) -> int:
+    if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 0:
+        raise ExpertcacheError(f"misses_on_cpu_below must be a whole number of tokens >= 0, not {tokens!r}")
+    return min(int(tokens), 2**62)
 
 
 def check_accounting(accounting: str) -> None:
@@ -117,7 +129,8 @@ def check_accounting(accounting: str) -> None:
 
 def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: float | None = None,
              budget_slots: int | None = None, budget_x: float | None = None, prefetch=None, *,
-             shares: str = "equal", stream: LookupStream | None = None, accounting: str = "published") -> SimulationResult:
+             shares: str = "equal", stream: LookupStream | None = None, accounting: str = "published",
+             misses_on_cpu_below: int = 0) -> SimulationResult:
     """Replay `trace` through `policy` under one budget (exactly one of mib / slots / x).
 
     `trace` is a Trace or a path (trace directory or *.route.csv). `policy` is a registered name
@@ -126,6 +139,8 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     reserved slots). Pass `stream=build_stream(trace)` to reuse the lookup stream across many calls.
     `accounting` is "published" (a batch that does not fit sits over budget until a
     later batch evicts) or "strict" (the runtime's rule: never over budget).
+    `misses_on_cpu_below` replays the runtime's --misses-on-cpu: a miss that fewer than this
+    many tokens of its layer call use is computed where the weights live, not loaded (0: never).
     """
     check_accounting(accounting)
     policy, scope = resolve_policy(policy, scope)
@@ -137,8 +152,10 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     sizes = layer_expert_bytes(trace.model)  # [L] or None
     key_bytes = None if sizes is None else sizes[stream.key_layer]
     pf_keys = None if config is None else plan_prefetch(trace, stream, config)
-    hits, misses, read, pf = run_stream(stream, policy, budget, pf_keys, 1 if config is None else config.distance,
-                                        0 if config is None else config.reserve, key_bytes, accounting)
+    hits, misses, read, at_source, pf = run_stream(stream, policy, budget, pf_keys,
+                                                   1 if config is None else config.distance,
+                                                   0 if config is None else config.reserve, key_bytes, accounting,
+                                                   misses_on_cpu_below)
     decode = stream.batch_phase == DECODE  # [B]
     report = None if config is None else PrefetchReport.from_counts(config, pf, pf_keys, stream, sizes is not None)
     return SimulationResult(
@@ -146,7 +163,8 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
         lookups=int(hits.sum() + misses.sum()), hits=int(hits.sum()),
         decode_lookups=int(np.sum(hits, where=decode, dtype=np.int64) + np.sum(misses, where=decode, dtype=np.int64)),
         decode_hits=int(np.sum(hits, where=decode, dtype=np.int64)),
-        bytes_read=None if sizes is None else int(read.sum() + pf[PF_BYTES]), prefetch=report,
+        bytes_read=None if sizes is None else int(read.sum() + pf[PF_BYTES]), misses_on_cpu=int(at_source.sum()),
+        prefetch=report,
         batch_hits=hits, batch_misses=misses, batch_read=read, stream=stream,
         warnings=tuple(budget_warnings(trace.model, scope, budget)),
     )

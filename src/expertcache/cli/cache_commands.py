@@ -66,6 +66,7 @@ def simulate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     as_decode: AsDecode = False,
     accounting: Accounting = "published",
+    misses_on_cpu_below: Annotated[int, typer.Option(help="Compute a miss where the weights live, without loading it, when fewer than this many tokens of its layer call use it (replays run --misses-on-cpu; 0: never).", min=0)] = 0,
 ) -> None:
     """Replay a trace through one cache configuration (engine accounting)."""
     from ..cache import PrefetchConfig, simulate
@@ -76,7 +77,7 @@ def simulate_command(
         config = PrefetchConfig(PrefetchConfig.of(prefetch).prefetcher, prefetch_count, prefetch_distance, prefetch_reserve)
     hw = _profile(profile)
     result = simulate(_open(trace, as_decode), policy, scope, budget_mib, budget_slots, budget_x, config, shares=shares,
-                      accounting=accounting)
+                      accounting=accounting, misses_on_cpu_below=misses_on_cpu_below)
     for w in result.warnings:
         _err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
     out = result.to_json()
@@ -92,6 +93,8 @@ def simulate_command(
           f"({out['hits']}/{out['lookups']}), decode {100 * out['decode_hit_rate']:.2f} %")
     if out["bytes_read"] is not None:
         print(f"read {_size(out['bytes_read'])}")
+    if result.misses_on_cpu:
+        print(f"{result.misses_on_cpu} misses computed where the weights live (not loaded)")
     if result.prefetch is not None:
         p = result.prefetch
         print(f"prefetch {p.name}: issued {p.issued}, used {p.used}, wasted {p.wasted}, precision {p.precision:.3f}, "

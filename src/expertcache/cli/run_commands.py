@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ExpertcacheError
+from ..runtime.placement import ALWAYS
 from .cache_commands import _size
 
 
@@ -29,6 +30,7 @@ def run_command(
     device: Annotated[str, typer.Option(help="Where the cache lives and experts compute: cpu or cuda.")] = "cpu",
     slow_tier: Annotated[Optional[str], typer.Option(help="Where uncached experts live: disk or ram (default: disk on cpu, ram on cuda).")] = None,
     experts_implementation: Annotated[Optional[str], typer.Option(help="Experts implementation, grouped_mm or eager (default: the one transformers picks for the plain model).")] = None,
+    misses_on_cpu: Annotated[str, typer.Option(help="Compute a missed expert on the CPU from its copy in RAM instead of moving it: never, always, auto (when that is cheaper for the tokens using it, measured at load), or N (when fewer than N tokens of the layer call use it). Needs --slow-tier ram.")] = "never",
     trace: Annotated[Optional[Path], typer.Option(help="Record the run's routing here (replay it with simulate --accounting strict).")] = None,
     sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
@@ -51,7 +53,7 @@ def run_command(
     result = run(model, prompt, generate, sample=sample, temperature=temperature, seed=seed, chat=not raw,
                  budget_mib=budget_mib, budget_slots=budget_slots, budget_x=budget_x, policy=policy, scope=scope,
                  prefetch=prefetch, device=device, slow_tier=slow_tier, trace=trace,
-                 experts_implementation=experts_implementation)
+                 experts_implementation=experts_implementation, misses_on_cpu=misses_on_cpu)
     if as_json:
         print(json.dumps(result.to_json()))
     else:
@@ -74,6 +76,9 @@ def print_run_summary(s, trace: Optional[Path] = None) -> None:
         table.add_row(f"{phase} tokens/s", "-" if rate is None else f"{rate:.1f} ({t[phase + '_tokens']} tokens)")
     table.add_row("hit rate", f"{s.hit_rate:.1%} ({s.hits}/{s.lookups}); decode {s.decode_hit_rate:.1%}")
     table.add_row("bytes read", _size(s.bytes_read))
+    if s.misses_on_cpu_below:
+        rule = "every miss" if s.misses_on_cpu_below >= ALWAYS else f"misses fewer than {s.misses_on_cpu_below} tokens use"
+        table.add_row("computed on the CPU", f"{s.misses_on_cpu} misses ({rule}), not moved")
     if s.prefetch is not None:
         p = s.prefetch
         table.add_row("prefetch", f"{p['name']}: issued {p['issued']}, used {p['used']}, wasted {p['wasted']}")
@@ -85,7 +90,9 @@ def print_run_summary(s, trace: Optional[Path] = None) -> None:
     console = Console(stderr=True)
     console.print(table)
     if trace is not None:
-        console.print(f"routing -> {trace} (check: expertcache simulate {trace} --accounting strict --policy {s.policy} ...)")
+        below = f" --misses-on-cpu-below {s.misses_on_cpu_below}" if s.misses_on_cpu_below else ""
+        console.print(f"routing -> {trace} (check: expertcache simulate {trace} --accounting strict --policy {s.policy}"
+                      f"{below} ...)")
 
 
 def register(app: typer.Typer) -> None:

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from ..cache.budget import Budget
-from ..cache.engine import (BUFFER_HIT, CHUNK, COUNTERS, EVICTED, EVICTED_BEFORE, KIND, LOAD, N_CHUNKS, N_EVICTED,
+from ..cache.engine import (AT_SOURCE, BUFFER_HIT, CHUNK, COUNTERS, EVICTED, EVICTED_BEFORE, KIND, LOAD, N_CHUNKS, N_EVICTED,
                             N_KEYS, N_PREFETCHED, ORDER, PF_BYTES, PF_ISSUED, PF_USED, PF_WASTED, PREFETCHED,
                             engine_batch, finish, new_engine, new_plan, prefetch_after)
 from ..errors import ExpertcacheError
+from .experts import Pools
 from .store import ExpertStore
 
 __all__ = ["ExpertCache", "BatchPlan", "Counters"]
@@ -38,6 +39,7 @@ class BatchPlan:
     keys: np.ndarray  # [n] distinct keys, lookup order
     chunk: np.ndarray  # [n]
     loads: np.ndarray  # [n] bool: fetched for this call
+    at_source: np.ndarray  # [n] bool: computed where the weights live, not fetched
     evicted: np.ndarray  # [m]
     evicted_before: np.ndarray  # [m] chunk whose loads need the room
     chunks: int
@@ -52,11 +54,12 @@ class Counters:
     decode_lookups: int = 0
     decode_hits: int = 0
     bytes_read: int = 0  # misses plus prefetches
+    misses_on_cpu: int = 0  # misses computed where the weights live
 
 
 class ExpertCache:
     def __init__(self, policy, budget: Budget, num_layers: int, key_offset: np.ndarray, key_bytes: np.ndarray,
-                 params: dict, store: ExpertStore, device: torch.device):
+                 params: dict, store: ExpertStore, device: torch.device, misses_on_cpu_below: int = 0):
         if policy.uses_future:
             raise ExpertcacheError(f"{policy.name} reads the future of a trace (an offline bound); "
                                    "the runtime needs an online policy such as lru or lfu")
@@ -67,13 +70,15 @@ class ExpertCache:
         self.I, self.F = policy.new_state(budget, num_layers)
         self.X = new_engine(K, len(budget.pool_budget))
         self._plan = new_plan(1, K)
-        self._out = np.zeros(3, np.int64)
+        self._out = np.zeros(4, np.int64)
+        self.misses_on_cpu_below = misses_on_cpu_below
         self._no_hint = np.empty(0, np.int64)
         S = _slot_count(budget)
         self.num_slots = S
         self.slots = {name: torch.zeros((S + 1, *shape), dtype=dtype, device=device)  # slot S: all zero
                       for name, (shape, dtype) in params.items()}
         self.zero_slot = S
+        self.pools = Pools(self.slots, S)
         self.slot_of = np.full(K, S, np.int64)  # [K] slot of a resident key (S = the zero slot)
         self._free = list(range(S - 1, -1, -1))
         self._pending: dict[int, Future] = {}  # slot -> fetch in flight
@@ -96,14 +101,16 @@ class ExpertCache:
             self._plan = new_plan(len(keys) * 2, len(self.key_bytes))
         rows, counts = self._plan
         engine_batch(self.I, self.F, self.X, keys, 0, len(keys), self.position, self.batch, self._no_hint,
-                     self.budget.key_cost, self.key_bytes, self.budget.pool_budget, True, rows, counts, self._out)
+                     self.budget.key_cost, self.key_bytes, self.budget.pool_budget, True, self.misses_on_cpu_below,
+                     rows, counts, self._out)
         self.batch += 1
         self.position += len(keys)
-        h, m, rb = (int(v) for v in self._out)
+        h, m, rb, at_source = (int(v) for v in self._out)
         c = self.counters
         c.lookups += h + m
         c.hits += h
         c.bytes_read += rb
+        c.misses_on_cpu += at_source
         if decode:
             c.decode_lookups += h + m
             c.decode_hits += h
@@ -113,7 +120,7 @@ class ExpertCache:
         kind = rows[KIND, :n]
         if (kind == BUFFER_HIT).any():
             raise ExpertcacheError("reserved prefetch buffers are a simulator option; the runtime prefetches into the cache")
-        return BatchPlan(rows[ORDER, :n].copy(), rows[CHUNK, :n].copy(), kind == LOAD,
+        return BatchPlan(rows[ORDER, :n].copy(), rows[CHUNK, :n].copy(), kind == LOAD, kind == AT_SOURCE,
                          rows[EVICTED, :ne].copy(), rows[EVICTED_BEFORE, :ne].copy(), int(counts[N_CHUNKS]))
 
     def prepare(self, plan: BatchPlan, chunk: int) -> None:

@@ -17,7 +17,9 @@ parameters come from the cache's slot pools:
 - dense (Llama4, outside the registry): see `DenseCompute`.
 
 A call whose experts do not all fit (strict capacity) is computed chunk by chunk, each chunk
-once its experts are resident, then combined in the stock order:
+once its experts are resident, then combined in the stock order. Misses computed where the
+weights live (--misses-on-cpu) are one more chunk, read from the slow tier's host pools (on the
+CPU) instead of the cache's slots:
 - grouped_mm: each chunk computes its (token, expert) rows with k = 1 and a float32 input
   (cast back to the weights' dtype inside the kernel, so the same bits); the rows are summed
   over k at the end, exactly as the stock function does.
@@ -30,10 +32,12 @@ Shape key: T tokens of the call, H hidden size, K top-k, E experts of the layer,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-__all__ = ["IMPLEMENTATIONS", "DENSE", "SlotCompute", "slot_compute"]
+__all__ = ["IMPLEMENTATIONS", "DENSE", "Pools", "SlotCompute", "slot_compute"]
 
 IMPLEMENTATIONS = ("grouped_mm", "eager")  # registry implementations the runtime reproduces
 DENSE = "dense bmm (the family's own)"  # experts computed outside the registry, on router-scaled inputs
@@ -83,6 +87,23 @@ def _grouped_mm_nonempty(mat_a: torch.Tensor, mat_b: torch.Tensor, offs: torch.T
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class Pools:
+    """Expert weights by row, `tensors[param][row]` ([rows, ...] each); row `zero` is all zeros:
+    the cache's slots, or a layer's experts in the slow tier's host memory."""
+
+    tensors: dict[str, torch.Tensor]
+    zero: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.tensors.values())).device
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x if x.device == device else x.to(device)
+
+
 class _View:
     """Stands in for an experts module inside an experts function; `overrides` replace attributes."""
 
@@ -96,76 +117,83 @@ class _View:
 
 
 class SlotCompute:
-    """One experts implementation over the cache's slot pools: whole calls and chunked ones."""
+    """One experts implementation over slot pools: whole calls and chunked ones.
 
-    def __init__(self, slots: dict[str, torch.Tensor], zero_slot: int):
-        self.slots, self.zero_slot = slots, zero_slot
+    A chunk is (experts, rows, pools): the layer's experts it computes, expert -> row of `pools`
+    ([E]; every expert the call routes has one), and the pools they are read from.
+    """
+
+    def __init__(self, slots: Pools):
+        self.slots = slots
 
     def whole(self, module, layer_slots: np.ndarray, hidden, top_k_index, top_k_weights) -> torch.Tensor:
         """The call's output, all its experts resident. layer_slots: [E] expert -> slot."""
         raise NotImplementedError
 
-    def chunked(self, module, layer_slots: np.ndarray, chunks, hidden, top_k_index, top_k_weights) -> torch.Tensor:
-        """The call's output, computed as `chunks` yields the experts made resident for each chunk."""
+    def chunked(self, module, chunks, hidden, top_k_index, top_k_weights) -> torch.Tensor:
+        """The call's output, computed chunk by chunk as `chunks` yields them (see above)."""
         raise NotImplementedError
 
 
 class GroupedCompute(SlotCompute):
-    def __init__(self, slots, zero_slot):
-        super().__init__({name: pool.as_subclass(_SlotPool) if pool.device.type == "cpu" else pool
-                          for name, pool in slots.items()}, zero_slot)
-        self._views: dict[int, _View] = {}  # id(experts module) -> its view (the pools never move)
+    def __init__(self, slots: Pools):
+        super().__init__(slots)
+        self._views: dict[tuple[int, int], _View] = {}  # (id(module), id(pools)) -> view (pools never move)
 
-    def _view(self, module):
-        view = self._views.get(id(module))
+    def _view(self, module, pools: Pools):
+        view = self._views.get((id(module), id(pools)))
         if view is None:
-            view = self._views[id(module)] = _View(module, {**self.slots, "num_experts": self.zero_slot + 1})
+            tensors = {name: pool.as_subclass(_SlotPool) if pool.device.type == "cpu" else pool
+                       for name, pool in pools.tensors.items()}
+            view = self._views[(id(module), id(pools))] = _View(module, {**tensors, "num_experts": pools.zero + 1})
         return view
 
-    def _slot_ids(self, layer_slots, expert_ids: torch.Tensor) -> torch.Tensor:
-        ids = torch.from_numpy(layer_slots[expert_ids.cpu().numpy()])
-        return ids.to(expert_ids.device)
+    def _slot_ids(self, layer_slots, expert_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return _to(torch.from_numpy(layer_slots[expert_ids.cpu().numpy()]), device)
 
     def whole(self, module, layer_slots, hidden, top_k_index, top_k_weights):
         from transformers.integrations.moe import grouped_mm_experts_forward
 
-        return grouped_mm_experts_forward(self._view(module), hidden, self._slot_ids(layer_slots, top_k_index),
-                                          top_k_weights)
+        return grouped_mm_experts_forward(self._view(module, self.slots), hidden,
+                                          self._slot_ids(layer_slots, top_k_index, hidden.device), top_k_weights)
 
-    def chunked(self, module, layer_slots, chunks, hidden, top_k_index, top_k_weights):
+    def chunked(self, module, chunks, hidden, top_k_index, top_k_weights):
         from transformers.integrations.moe import grouped_mm_experts_forward
 
         T, K = top_k_index.shape
         expert_of_row = top_k_index.reshape(-1)  # [T * K]
         row_weights = top_k_weights.reshape(-1, 1)
         rows = torch.empty((T * K, hidden.shape[-1]), dtype=torch.float32, device=hidden.device)
-        view = self._view(module)
-        for experts in chunks:
+        for experts, layer_rows, pools in chunks:
             mine = torch.isin(expert_of_row, torch.tensor(experts, device=expert_of_row.device)).nonzero().squeeze(-1)
-            slot_ids = self._slot_ids(layer_slots, expert_of_row[mine]).unsqueeze(-1)  # [P, 1]
-            rows[mine] = grouped_mm_experts_forward(view, hidden[mine // K].float(), slot_ids, row_weights[mine])
-        weighted = torch.promote_types(next(iter(self.slots.values())).dtype, top_k_weights.dtype)
+            at = pools.device
+            slot_ids = self._slot_ids(layer_rows, expert_of_row[mine], at).unsqueeze(-1)  # [P, 1]
+            rows[mine] = _to(grouped_mm_experts_forward(self._view(module, pools), _to(hidden[mine // K].float(), at),
+                                                        slot_ids, _to(row_weights[mine], at)), rows.device)
+        weighted = torch.promote_types(next(iter(self.slots.tensors.values())).dtype, top_k_weights.dtype)
         return rows.to(weighted).view(T, K, -1).sum(dim=1).to(hidden.dtype)
 
 
 class EagerCompute(SlotCompute):
-    def _view(self, module, layer_slots):
-        return _View(module, {name: _ExpertRows(pool, layer_slots) for name, pool in self.slots.items()})
+    def _view(self, module, pools: Pools, layer_rows):
+        return _View(module, {name: _ExpertRows(pool, layer_rows) for name, pool in pools.tensors.items()})
 
     def whole(self, module, layer_slots, hidden, top_k_index, top_k_weights):
-        return _eager(module)(self._view(module, layer_slots), hidden, top_k_index, top_k_weights)
+        return _eager(module)(self._view(module, self.slots, layer_slots), hidden, top_k_index, top_k_weights)
 
-    def chunked(self, module, layer_slots, chunks, hidden, top_k_index, top_k_weights):
+    def chunked(self, module, chunks, hidden, top_k_index, top_k_weights):
         forward = _eager(module)
         ids = top_k_index.reshape(-1, top_k_index.shape[-1])  # [T, K]
         parts = {}
-        for experts in chunks:
+        for experts, layer_rows, pools in chunks:
+            at = pools.device
             for e in experts:
                 rows = (ids == e).any(dim=-1).nonzero().squeeze(-1)  # ascending tokens
-                only = np.full_like(layer_slots, self.zero_slot)
-                only[e] = layer_slots[e]
-                parts[e] = (rows, forward(self._view(module, only), hidden[rows], top_k_index[rows],
-                                          top_k_weights[rows]))
+                only = np.full_like(layer_rows, pools.zero)
+                only[e] = layer_rows[e]
+                part = forward(self._view(module, pools, only), _to(hidden[rows], at), _to(top_k_index[rows], at),
+                               _to(top_k_weights[rows], at))
+                parts[e] = (rows, _to(part, hidden.device))
         out = torch.zeros_like(hidden)
         for e in sorted(parts):
             rows, part = parts[e]
@@ -184,17 +212,19 @@ class DenseCompute(SlotCompute):
     """
 
     def whole(self, module, layer_slots, hidden, top_k_index, top_k_weights):
-        return self.chunked(module, layer_slots, [sorted(set(top_k_index.reshape(-1).tolist()))], hidden,
-                            top_k_index, top_k_weights)
+        return self.chunked(module, [(sorted(set(top_k_index.reshape(-1).tolist())), layer_slots, self.slots)],
+                            hidden, top_k_index, top_k_weights)
 
-    def chunked(self, module, layer_slots, chunks, hidden, top_k_index, top_k_weights):
-        rows = hidden.view(len(layer_slots), -1, hidden.shape[-1])  # [E, T, H]
-        out = torch.zeros_like(rows)
-        for experts in chunks:
+    def chunked(self, module, chunks, hidden, top_k_index, top_k_weights):
+        out = None
+        for experts, layer_rows, pools in chunks:
+            if out is None:
+                rows = hidden.view(len(layer_rows), -1, hidden.shape[-1])  # [E, T, H]
+                out = torch.zeros_like(rows)
             for e in experts:
-                slot = int(layer_slots[e])
-                view = _View(module, {name: pool[slot:slot + 1] for name, pool in self.slots.items()})
-                out[e] = type(module).forward(view, rows[e])
+                row = int(layer_rows[e])
+                view = _View(module, {name: pool[row:row + 1] for name, pool in pools.tensors.items()})
+                out[e] = _to(type(module).forward(view, _to(rows[e], pools.device)), out.device)
         return out.view(-1, hidden.shape[-1])
 
 
@@ -203,6 +233,6 @@ def _eager(module: torch.nn.Module):
     return type(module).forward.__wrapped__
 
 
-def slot_compute(implementation: str, slots: dict[str, torch.Tensor], zero_slot: int) -> SlotCompute:
+def slot_compute(implementation: str, slots: Pools) -> SlotCompute:
     computes = {"grouped_mm": GroupedCompute, "eager": EagerCompute, DENSE: DenseCompute}
-    return computes[implementation](slots, zero_slot)
+    return computes[implementation](slots)

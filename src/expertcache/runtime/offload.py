@@ -1,7 +1,8 @@
 """`offload`: a Hugging Face MoE model whose routed experts live in a bounded cache.
 
     route (stock router) -> resolve residency (engine step) -> fetch misses -> compute (stock
-    experts forward on slots) -> combine; after each layer call: prefetch for the next one
+    experts forward on slots; misses kept at the source on its host copy) -> combine;
+    after each layer call: prefetch for the next one
 
 The returned model is the ordinary transformers model (its `generate()`, tokenizer and chat
 template work as usual) with the offloaded experts implementation selected; `stats(model)`
@@ -31,6 +32,7 @@ from ..trace.hub import not_cached, offline_reason
 from .cache import ExpertCache
 from .experts import DENSE, IMPLEMENTATIONS, slot_compute
 from .loading import LoadedCheckpoint, load_checkpoint
+from .placement import misses_on_cpu_below
 from .prefetchers import online_prefetcher
 from .store import TIERS, ExpertStore
 
@@ -65,15 +67,17 @@ class OffloadStats(HitCounts):
     decode_lookups: int
     decode_hits: int
     bytes_read: int
+    misses_on_cpu: int
     prefetch: dict | None
     experts_implementation: str
+    misses_on_cpu_below: int
     timings: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The keys of `simulate --json` (same order), then how experts were computed, timings and memory."""
         return {**self.counters_json(self.prefetch), "experts_implementation": self.experts_implementation,
-                "timings": self.timings, "memory": self.memory}
+                "misses_on_cpu_below": self.misses_on_cpu_below, "timings": self.timings, "memory": self.memory}
 
 
 class Runtime:
@@ -83,7 +87,7 @@ class Runtime:
                  prefetch: str | None, trace_path, slow_tier: str, implementation: str):
         self.ckpt, self.cache, self.store = ckpt, cache, store
         self.implementation = implementation
-        self.compute = slot_compute(implementation, cache.slots, cache.zero_slot)
+        self.compute = slot_compute(implementation, cache.pools)
         self.routed = None  # (ids, weights) the last router outside the registry chose
         self.policy_name, self.scope, self.slow_tier = policy_name, scope, slow_tier
         info = ckpt.info
@@ -97,7 +101,9 @@ class Runtime:
         if trace_path is not None:
             from ..trace.writer import TraceWriter
 
-            self.writer = TraceWriter(trace_path, info, capture={"source": "expertcache run", "policy": policy_name},
+            capture = {"source": "expertcache run", "policy": policy_name,
+                       "misses_on_cpu_below": cache.misses_on_cpu_below}
+            self.writer = TraceWriter(trace_path, info, capture=capture,
                                       optional=("stale_gate",) if self.want_stale else (), overwrite=True,
                                       shard_tokens=256)
         self._seq: dict[str, list] = {}  # the current sequence's routing, per forward
@@ -169,21 +175,27 @@ class Runtime:
         cache = self.cache
         plan = cache.lookup(keys, decode)
         layer_slots = cache.slot_of[self.offset[layer]:self.offset[layer + 1]]  # [E] view, updated by fetches
-        if plan is None or plan.chunks == 1:
+        if plan is None or (plan.chunks == 1 and not plan.at_source.any()):
             if plan is not None:
                 cache.prepare(plan, 0)
             out = self.compute.whole(module, layer_slots, hidden, top_k_index, top_k_weights)
         else:
-            out = self.compute.chunked(module, layer_slots, self._chunks(plan, layer), hidden, top_k_index,
+            out = self.compute.chunked(module, self._chunks(plan, layer, layer_slots), hidden, top_k_index,
                                        top_k_weights)
         if layer + 1 < self.L and self.prefetcher is not None:
             self._prefetch(layer + 1, hidden if self.want_stale else None)
         return out
 
-    def _chunks(self, plan, layer):
+    def _chunks(self, plan, layer, layer_slots):
+        """(experts, expert -> row, pools) per chunk: the cache's chunks, then the misses kept at the source."""
         for c in range(plan.chunks):
             self.cache.prepare(plan, c)
-            yield [int(k - self.offset[layer]) for k in plan.keys[plan.chunk == c]]
+            experts = [int(k - self.offset[layer]) for k in plan.keys[(plan.chunk == c) & ~plan.at_source]]
+            if experts:
+                yield experts, layer_slots, self.cache.pools
+        if plan.at_source.any():
+            host = self.store.host_pools[layer]
+            yield ([int(k - self.offset[layer]) for k in plan.keys[plan.at_source]], np.arange(host.zero), host)
 
     def _prefetch(self, layer: int, hidden) -> None:
         """Predict for (current token, layer) and issue the loads; decode steps only, as in the simulator."""
@@ -239,7 +251,8 @@ class Runtime:
         if self.cache.device.type == "cuda":
             memory["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(self.cache.device))
         return OffloadStats(self.policy_name, self.scope, "strict", b.budget_bytes, b.budget_slots, c.lookups, c.hits,
-                            c.decode_lookups, c.decode_hits, c.bytes_read, pf, self.implementation, t, memory)
+                            c.decode_lookups, c.decode_hits, c.bytes_read, c.misses_on_cpu, pf, self.implementation,
+                            self.cache.misses_on_cpu_below, t, memory)
 
 
 def _peak_rss() -> int:
@@ -252,7 +265,7 @@ def _peak_rss() -> int:
 def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget_slots: int | None = None,
             budget_x: float | None = None, policy="lru", scope: str = "global", prefetch: str | None = None,
             device: str = "cpu", slow_tier: str | None = None, trace: str | os.PathLike | None = None,
-            experts_implementation: str | None = None):
+            experts_implementation: str | None = None, misses_on_cpu: str | int = "never"):
     """Load MODEL (hub id or local folder) with its routed experts in a bounded cache.
 
     One budget, as in `simulate`: MiB, experts (slots), or a multiple of the active experts
@@ -260,7 +273,10 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     "cuda": GPU memory, experts in pinned host RAM); `slow_tier` overrides where uncached
     experts come from ("disk" or "ram"). Experts are computed with `experts_implementation`
     ("grouped_mm" or "eager"; default: the one transformers picks for the plain model), with
-    the same bits as the plain model using it. Returns the transformers model, ready for `generate()`.
+    the same bits as the plain model using it. `misses_on_cpu` ("never", "auto", "always", or a
+    number of tokens; needs the "ram" tier) computes a missed expert on the CPU from its copy in RAM instead of
+    moving it: "auto" when that is cheaper for the tokens that use it (placement.py), so in
+    practice decode misses on a GPU. Returns the transformers model, ready for `generate()`.
     """
     fast = _device(device)
     tier = slow_tier or ("ram" if fast.type == "cuda" else "disk")
@@ -276,10 +292,12 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     budget = resolve_budget(info, key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,
                             budget_x=budget_x)
     _check_minimum(budget, info)
-    store = ExpertStore(folder, ckpt.parts, tier, device=fast)
+    store = ExpertStore(folder, ckpt.parts, tier, ckpt.params, device=fast)
     try:
+        below = misses_on_cpu_below(misses_on_cpu, fast, store.host_pools and store.host_pools[0],
+                                    int(max(info.expert_bytes)))
         cache = ExpertCache(policy_obj, budget, info.num_moe_layers, key_offset,
-                            np.asarray(info.expert_bytes, np.int64)[key_layer], ckpt.params, store, fast)
+                            np.asarray(info.expert_bytes, np.int64)[key_layer], ckpt.params, store, fast, below)
         runtime = Runtime(ckpt, cache, store, policy_obj.name, scope, prefetch, trace, tier, implementation)
     except BaseException:
         store.close()

@@ -5,7 +5,9 @@
   (POSIX_FADV_DONTNEED), so a later read of it goes to the disk again: an honest slow tier,
   not a page-cache copy of the checkpoint.
 - "ram": every expert is read once into host memory (pinned when the cache is on a GPU), a
-  read-only master copy; a fetch copies it into the slot.
+  read-only master copy laid out like the stock experts module (per layer and parameter,
+  [E + 1, ...] with an all-zero last row); a fetch copies an expert into its slot, and a miss
+  computed where the weights live (--misses-on-cpu) reads these pools directly.
 
 Reads run on a small thread pool so that prefetches overlap compute; counters never depend on
 their timing. With the cache on a GPU, copies into slots go on a side stream: a copy first waits
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ExpertcacheError
+from .experts import Pools
 from .loading import ExpertPart
 
 __all__ = ["ExpertStore", "TIERS"]
@@ -34,8 +37,9 @@ TIERS = ("disk", "ram")
 class ExpertStore:
     """Fetches expert (layer, e) into a slot: `dest[param]` are that slot's per-expert tensors."""
 
-    def __init__(self, folder: str | os.PathLike, parts: list[list[list[ExpertPart]]], tier: str, *,
-                 device: torch.device = torch.device("cpu"), workers: int = 4):
+    def __init__(self, folder: str | os.PathLike, parts: list[list[list[ExpertPart]]], tier: str,
+                 params: dict[str, tuple[tuple[int, ...], torch.dtype]], *, device: torch.device = torch.device("cpu"),
+                 workers: int = 4):
         if tier not in TIERS:
             raise ExpertcacheError(f"unknown slow tier {tier!r}; choose disk or ram")
         self.tier = tier
@@ -49,19 +53,17 @@ class ExpertStore:
                 raise ExpertcacheError(f"cannot open {folder / file}: {e.strerror}") from None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expertcache-read")
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        pin = device.type == "cuda"
-        self._master: list[list[np.ndarray]] | None = None
+        self.host_pools: list[Pools] | None = None  # [L] the "ram" tier's master copy
         if tier == "ram":
-            self._master = [[self._read_master(parts_e, pin) for parts_e in layer] for layer in parts]
+            self.host_pools = [self._read_layer(layer, params, pin=device.type == "cuda") for layer in parts]
 
-    def _read_master(self, parts: list[ExpertPart], pin: bool) -> np.ndarray:
-        buf = torch.empty(sum(p.nbytes for p in parts), dtype=torch.uint8, pin_memory=pin)
-        view = buf.numpy()
-        at = 0
-        for p in parts:
-            self._pread(p, view[at:at + p.nbytes])
-            at += p.nbytes
-        return view
+    def _read_layer(self, layer: list[list[ExpertPart]], params, pin: bool) -> Pools:
+        E = len(layer)
+        tensors = {name: torch.zeros((E + 1, *shape), dtype=dtype, pin_memory=pin) for name, (shape, dtype) in params.items()}
+        for e, parts in enumerate(layer):
+            for p in parts:
+                self._pread(p, _bytes(tensors[p.param][e], p).numpy())
+        return Pools(tensors, E)
 
     def _pread(self, part: ExpertPart, out: np.ndarray) -> None:
         fd = self._fds[part.file]
@@ -95,26 +97,29 @@ class ExpertStore:
 
     def _fetch(self, layer: int, expert: int, dest: dict[str, torch.Tensor]) -> None:
         parts = self.parts[layer][expert]
-        if self._master is not None:
-            master = torch.from_numpy(self._master[layer][expert])
-            at = 0
+        if self.host_pools is not None:
+            master = self.host_pools[layer].tensors
             for p in parts:
-                target = dest[p.param].view(-1).view(torch.uint8)[p.dest:p.dest + p.nbytes]
-                target.copy_(master[at:at + p.nbytes], non_blocking=target.is_cuda)
-                at += p.nbytes
+                target = _bytes(dest[p.param], p)
+                target.copy_(_bytes(master[p.param][expert], p), non_blocking=target.is_cuda)
             return
         for p in parts:
             target = dest[p.param]
             if target.is_cuda:  # read into host memory, then copy (the GPU path keeps a RAM tier normally)
                 host = np.empty(p.nbytes, np.uint8)
                 self._pread(p, host)
-                target.view(-1).view(torch.uint8)[p.dest:p.dest + p.nbytes].copy_(torch.from_numpy(host))
+                _bytes(target, p).copy_(torch.from_numpy(host))
                 self._stream.synchronize()  # `host` is freed on return: the copy must have read it
             else:
-                self._pread(p, target.view(-1).view(torch.uint8)[p.dest:p.dest + p.nbytes].numpy())
+                self._pread(p, _bytes(target, p).numpy())
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def _bytes(expert: torch.Tensor, part: ExpertPart) -> torch.Tensor:
+    """The bytes of one expert's parameter tensor that `part` fills."""
+    return expert.view(-1).view(torch.uint8)[part.dest:part.dest + part.nbytes]
