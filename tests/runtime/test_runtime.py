@@ -268,3 +268,30 @@ def test_the_cpu_threshold_is_where_moving_stops_losing():
 def test_misses_on_cpu_settings_are_one_line_errors(kwargs, message, checkpoints):
     with pytest.raises(ExpertcacheError, match=message):
         offload(checkpoints("qwen3_moe"), budget_slots=8, **kwargs)
+
+
+@pytest.mark.parametrize("prefetch", ["previous", "stale-gate"])
+def test_a_prefetch_that_evicts_the_computing_calls_experts_waits_for_it(prefetch, checkpoints, monkeypatch):
+    """One global pool of k x L slots: the prefetch for layer l + 1, issued before layer l computes,
+    evicts experts layer l is about to read; their slots are reused only after it has computed."""
+    from expertcache.runtime.cache import ExpertCache
+
+    deferred = []
+    settle = ExpertCache.settle
+
+    def counting_settle(self):
+        deferred.append(len(self._after_compute[0]))
+        settle(self)
+
+    monkeypatch.setattr(ExpertCache, "settle", counting_settle)
+    path = checkpoints("qwen3_moe", torch.bfloat16)
+    options = dict(max_new_tokens=10, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        want = stock_model(path, "grouped_mm").generate(prompt(), **options)
+    model = offload(path, budget_x=1.0, prefetch=prefetch, policy="fifo")  # old hits go first
+    with torch.no_grad():
+        got = model.generate(prompt(), **options)
+    close(model)
+    assert sum(deferred) > 0  # the case happened
+    assert got.sequences.tolist() == want.sequences.tolist()
+    assert all(torch.equal(g, w) for g, w in zip(got.logits, want.logits))

@@ -72,7 +72,8 @@ class ExpertCache:
         self._plan = new_plan(1, K)
         self._out = np.zeros(4, np.int64)
         self.misses_on_cpu_below = misses_on_cpu_below
-        self._no_hint = np.empty(0, np.int64)
+        self._no_hint = self._none = np.empty(0, np.int64)
+        self._after_compute = (self._none, self._none)  # (evicted, prefetched) keys waiting for a computation
         S = _slot_count(budget)
         self.num_slots = S
         self.slots = {name: torch.zeros((S + 1, *shape), dtype=dtype, device=device)  # slot S: all zero
@@ -125,17 +126,29 @@ class ExpertCache:
 
     def prepare(self, plan: BatchPlan, chunk: int) -> None:
         """Free the slots of the keys evicted before `chunk`, fetch its misses, wait for its keys."""
+        self.start(plan, chunk)
+        self.wait(plan, chunk)
+
+    def start(self, plan: BatchPlan, chunk: int) -> None:
+        """Free the slots of the keys evicted before `chunk` and start fetching its misses."""
         if len(plan.evicted):
             self._release(plan.evicted[plan.evicted_before == chunk])
-        mine = plan.chunk == chunk
-        for k in plan.keys[mine & plan.loads]:
+        for k in plan.keys[(plan.chunk == chunk) & plan.loads]:
             self._start_fetch(int(k))
+
+    def wait(self, plan: BatchPlan, chunk: int) -> None:
+        """Wait until every key of `chunk` is in its slot."""
         if self._pending:  # all hits and nothing in flight (the common decode case): nothing to wait for
-            for k in plan.keys[mine]:
+            for k in plan.keys[plan.chunk == chunk]:
                 self._wait(int(self.slot_of[k]))
 
-    def prefetch(self, predicted_keys: np.ndarray) -> None:
-        """After the last batch, start fetching the keys predicted for the next one."""
+    def prefetch(self, predicted_keys: np.ndarray, in_use: np.ndarray | None = None) -> None:
+        """After the last batch's engine step, start fetching the keys predicted for the next one.
+
+        With `in_use` (the last batch's keys, when the prefetch is issued before that batch
+        computes), the slots of evicted keys in use are freed, and the fetches that need them
+        started, only at `settle()`; the counters are the same either way.
+        """
         rows, counts = self._plan
         counts[:] = 0
         before = self.X[COUNTERS, PF_BYTES]
@@ -143,8 +156,25 @@ class ExpertCache:
                        self.position - 1, self.budget.key_cost, self.key_bytes, self.budget.pool_budget, True, rows,
                        counts)
         self.counters.bytes_read += int(self.X[COUNTERS, PF_BYTES] - before)
-        self._release(rows[EVICTED, :counts[N_EVICTED]])
-        for k in rows[PREFETCHED, :counts[N_PREFETCHED]]:
+        evicted, fetches = rows[EVICTED, :counts[N_EVICTED]].copy(), rows[PREFETCHED, :counts[N_PREFETCHED]].copy()
+        if in_use is not None:
+            busy = np.isin(evicted, in_use)
+            self._after_compute = (evicted[busy], fetches)
+            evicted = evicted[~busy]
+        self._release(evicted)
+        if in_use is not None:  # as many fetches as there are free slots now; the rest in settle()
+            now, later = fetches[:len(self._free)], fetches[len(self._free):]
+            self._after_compute = (self._after_compute[0], later)
+            fetches = now
+        for k in fetches:
+            self._start_fetch(int(k))
+
+    def settle(self) -> None:
+        """After the batch computed: free the slots a prefetch evicted from it, start the fetches left."""
+        evicted, fetches = self._after_compute
+        self._after_compute = (self._none, self._none)
+        self._release(evicted)
+        for k in fetches:
             self._start_fetch(int(k))
 
     # ------------------------------------------------------------------ slots

@@ -175,15 +175,24 @@ class Runtime:
         cache = self.cache
         plan = cache.lookup(keys, decode)
         layer_slots = cache.slot_of[self.offset[layer]:self.offset[layer + 1]]  # [E] view, updated by fetches
+        prefetch = layer + 1 < self.L and self.prefetcher is not None
         if plan is None or (plan.chunks == 1 and not plan.at_source.any()):
+            # one computation: the next layer's prefetch is issued first and overlaps it (its
+            # evictions of this call's experts wait for the computation; the counters do not change)
             if plan is not None:
-                cache.prepare(plan, 0)
+                cache.start(plan, 0)
+            if prefetch:
+                self._prefetch(layer + 1, hidden if self.want_stale else None, in_use=keys)
+            if plan is not None:
+                cache.wait(plan, 0)
             out = self.compute.whole(module, layer_slots, hidden, top_k_index, top_k_weights)
+            if prefetch:
+                cache.settle()
         else:
             out = self.compute.chunked(module, self._chunks(plan, layer, layer_slots), hidden, top_k_index,
                                        top_k_weights)
-        if layer + 1 < self.L and self.prefetcher is not None:
-            self._prefetch(layer + 1, hidden if self.want_stale else None)
+            if prefetch:
+                self._prefetch(layer + 1, hidden if self.want_stale else None)
         return out
 
     def _chunks(self, plan, layer, layer_slots):
@@ -197,8 +206,9 @@ class Runtime:
             host = self.store.host_pools[layer]
             yield ([int(k - self.offset[layer]) for k in plan.keys[plan.at_source]], np.arange(host.zero), host)
 
-    def _prefetch(self, layer: int, hidden) -> None:
-        """Predict for (current token, layer) and issue the loads; decode steps only, as in the simulator."""
+    def _prefetch(self, layer: int, hidden, in_use: np.ndarray | None = None) -> None:
+        """Predict for (current token, layer) and issue the loads; decode steps only, as in the simulator.
+        in_use: the keys of a layer call still to compute (see `ExpertCache.prefetch`)."""
         f = self._forward
         stale = None
         if self.want_stale and hidden is not None:
@@ -213,7 +223,7 @@ class Runtime:
             return
         predicted = self.prefetcher.predict(layer, stale)
         predicted = predicted[predicted >= 0]
-        self.cache.prefetch(self.offset[layer] + predicted)
+        self.cache.prefetch(self.offset[layer] + predicted, in_use)
 
     # ------------------------------------------------------------------ trace
     def _end_sequence(self) -> None:
