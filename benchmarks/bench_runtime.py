@@ -21,7 +21,14 @@ Figures:
   tokens/s, and the runtime's speed-up over it (target >= 10x);
 - peak RSS of each run (each in its own process) against non-expert weights + budget.
 
+With --device cuda the cache is in GPU memory and the slow tier is pinned host RAM: the plain
+model runs on the GPU, the link is `bench_hw`'s pinned host-to-device copy, and --misses-on-cpu
+adds rows with that rule (missed experts computed on the CPU from RAM, not moved; their bytes are
+not in the bound's transfer, so those rows' ratio is against compute alone). Tokens are
+compared with the plain model on the same device.
+
 Run: python benchmarks/bench_runtime.py [--hidden 1024 --layers 16 --experts 64 --k 8 --tokens 16]
+                                        [--device cuda --misses-on-cpu auto]
 """
 
 from __future__ import annotations
@@ -49,18 +56,19 @@ def drop_page_cache(folder: Path) -> None:
         os.close(fd)
 
 
-def _load(kind: str, folder: str, budget_x: float | None, resident: int | None, prefetch: str | None):
+def _load(kind: str, folder: str, budget_x: float | None, resident: int | None, prefetch: str | None,
+          device: str = "cpu", misses_on_cpu: str = "never"):
     import transformers
 
     import expertcache.runtime as rt
 
     if kind == "runtime":
-        return rt.offload(folder, budget_x=budget_x, prefetch=prefetch)
+        return rt.offload(folder, budget_x=budget_x, prefetch=prefetch, device=device, misses_on_cpu=misses_on_cpu)
     if kind == "plain":
         model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
         for p in model.parameters():  # out of the memory map, as the runtime's weights are
             p.data = p.data.clone()
-        return model
+        return model.to(device)
     offload_dir = Path(folder).parent / "accelerate-offload"
     model = transformers.AutoModelForCausalLM.from_pretrained(
         folder, device_map="auto", max_memory={"cpu": resident}, offload_folder=str(offload_dir)).eval()
@@ -88,7 +96,7 @@ def peak_rss() -> int:
 
 
 def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, resident: int | None = None,
-            prefetch: str | None = None, warm_tokens: int = 2) -> dict:
+            prefetch: str | None = None, warm_tokens: int = 2, device: str = "cpu", misses_on_cpu: str = "never") -> dict:
     """In a fresh process: decode seconds for `tokens` tokens (and counters) of one configuration.
 
     A warm-up generation of `warm_tokens` runs first (numba, and for "everything cached" the
@@ -96,8 +104,8 @@ def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, residen
     """
     import expertcache.runtime as rt
 
-    model = _load(kind, folder, budget_x, resident, prefetch)
-    ids = torch.tensor([PROMPT])
+    model = _load(kind, folder, budget_x, resident, prefetch, device, misses_on_cpu)
+    ids = torch.tensor([PROMPT], device=device)
     with torch.no_grad():
         model.generate(ids, max_new_tokens=warm_tokens, min_new_tokens=warm_tokens, do_sample=False)
         drop_page_cache(Path(folder))
@@ -110,6 +118,8 @@ def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, residen
         result.update(rt.stats(model).to_json())
         rt.close(model)
     result["peak_rss"] = peak_rss()
+    if device != "cpu":
+        result["peak_gpu"] = torch.cuda.max_memory_allocated()
     return result
 
 
@@ -131,43 +141,51 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--budgets", default="1,2,4")
     ap.add_argument("--no-accelerate", action="store_true", help="skip the accelerate disk-offload peer")
+    ap.add_argument("--device", default="cpu", help="cpu (disk tier) or cuda (pinned RAM tier)")
+    ap.add_argument("--misses-on-cpu", default=None, help="also run every offloaded budget with this rule (cuda)")
     args = ap.parse_args()
+    gpu = args.device != "cpu"
     from expertcache.cache.hwbench import bench_hw
 
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         folder = build(Path(tmp) / "model", args, torch.bfloat16)
         size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-        _, raw = bench_hw(args.hidden, args.hidden // 2, "bfloat16", args.layers, 256, tmp, "disk", 256, "cpu")
-        disk = raw["disk_read_bytes_per_s"]
-        plain = run_in_process("plain", str(folder), None, args.tokens, None, None, args.tokens + 1)
+        _, raw = bench_hw(args.hidden, args.hidden // 2, "bfloat16", args.layers, 256, tmp,
+                          "device" if gpu else "disk", 256, args.device)
+        link = raw["host_to_device_bytes_per_s"] if gpu else raw["disk_read_bytes_per_s"]
+        plain = run_in_process("plain", str(folder), None, args.tokens, None, None, args.tokens + 1, args.device)
         plain_tps = args.tokens / plain["seconds"]
         everything = args.experts / args.k
         print(f"checkpoint {size / 2**30:.2f} GiB bf16 ({args.layers} layers x {args.experts} experts, k={args.k}); "
-              f"disk {disk / 2**30:.2f} GiB/s (cold); plain model {plain_tps:.2f} tok/s, "
-              f"peak RSS {plain['peak_rss'] / 2**20:.0f} MiB")
-        print(f"{'budget':>8} {'prefetch':>10} {'tok/s':>7} {'vs plain':>9} {'hit rate':>9} {'MiB/token':>10} "
+              f"{'host->device' if gpu else 'disk (cold)'} {link / 2**30:.2f} GiB/s; plain model on {args.device} "
+              f"{plain_tps:.2f} tok/s, peak RSS {plain['peak_rss'] / 2**20:.0f} MiB")
+        print(f"{'budget':>14} {'prefetch':>10} {'tok/s':>7} {'vs plain':>9} {'hit rate':>9} {'MiB/token':>10} "
               f"{'bound':>7} {'vs bound':>9} {'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
         resident_1x = None
         rates = {}
-        runs = [(float(b), p) for b in args.budgets.split(",") if float(b) < everything for p in (None, "stale-gate")]
-        for x, prefetch in runs + [(everything, None)]:
+        rules = ["never"] + ([args.misses_on_cpu] if args.misses_on_cpu else [])
+        runs = [(float(b), p, rule) for b in args.budgets.split(",") if float(b) < everything
+                for rule in rules for p in (None, "stale-gate")]
+        for x, prefetch, rule in runs + [(everything, None, "never")]:
             r = run_in_process("runtime", str(folder), x, args.tokens, None, prefetch,
-                               args.tokens + 1 if x == everything else 2)
+                               args.tokens + 1 if x == everything else 2, args.device, rule)
             tps = args.tokens / r["seconds"]
             rates.setdefault(x, tps)
             expert_bytes = r["memory"]["slow_tier_bytes"] / (args.layers * args.experts)
             decode_tokens = r["decode_lookups"] / (args.layers * args.k)
-            loads = r["decode_lookups"] - r["decode_hits"] + (r["prefetch"]["issued"] if prefetch else 0)
+            moved = max(0, r["decode_lookups"] - r["decode_hits"] - r["misses_on_cpu"])  # misses kept on the CPU move nothing
+            loads = moved + (r["prefetch"]["issued"] if prefetch else 0)
             decode_bytes = loads * expert_bytes / decode_tokens  # misses and prefetches (only in decode)
-            load_s = decode_bytes / disk
+            load_s = decode_bytes / link
             bound = 1 / (max(1 / plain_tps, load_s) if prefetch else 1 / plain_tps + load_s)
             limit = r["memory"]["non_expert_bytes"] + r["memory"]["cache_bytes"]
             resident_1x = resident_1x or limit
-            label = "all" if x == everything else f"{x:g}x"
-            print(f"{label:>8} {prefetch or '-':>10} {tps:7.2f} {tps / plain_tps:9.3f} {r['hit_rate']:9.1%} "
+            label = ("all" if x == everything else f"{x:g}x") + ("" if rule == "never" else f" cpu:{rule}")
+            gpu_peak = f" peak GPU {r['peak_gpu'] / 2**20:.0f}M" if gpu else ""
+            print(f"{label:>14} {prefetch or '-':>10} {tps:7.2f} {tps / plain_tps:9.3f} {r['hit_rate']:9.1%} "
                   f"{decode_bytes / 2**20:10.1f} {bound:7.2f} {tps / bound:9.3f} {r['peak_rss'] / 2**20:8.0f}M "
-                  f"{limit / 2**20:17.0f}M {str(r['tokens'] == plain['tokens']):>12}")
-        if not args.no_accelerate:
+                  f"{limit / 2**20:17.0f}M {str(r['tokens'] == plain['tokens']):>12}{gpu_peak}")
+        if not args.no_accelerate and not gpu:
             a = run_in_process("accelerate", str(folder), None, args.tokens, resident_1x)
             a_tps = args.tokens / a["seconds"]
             first = float(args.budgets.split(",")[0])
