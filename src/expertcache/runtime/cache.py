@@ -157,15 +157,14 @@ class ExpertCache:
                        counts)
         self.counters.bytes_read += int(self.X[COUNTERS, PF_BYTES] - before)
         evicted, fetches = rows[EVICTED, :counts[N_EVICTED]].copy(), rows[PREFETCHED, :counts[N_PREFETCHED]].copy()
+        evicted_later = fetches_later = self._none
         if in_use is not None:
             busy = np.isin(evicted, in_use)
-            self._after_compute = (evicted[busy], fetches)
-            evicted = evicted[~busy]
+            evicted, evicted_later = evicted[~busy], evicted[busy]
         self._release(evicted)
         if in_use is not None:  # as many fetches as there are free slots now; the rest in settle()
-            now, later = fetches[:len(self._free)], fetches[len(self._free):]
-            self._after_compute = (self._after_compute[0], later)
-            fetches = now
+            fetches, fetches_later = fetches[:len(self._free)], fetches[len(self._free):]
+        self._after_compute = (evicted_later, fetches_later)
         for k in fetches:
             self._start_fetch(int(k))
 
