@@ -55,7 +55,7 @@ def synthetic(S: int, T: int, L: int, E: int, K: int, seed: int = 0, reuse: floa
 
 def _hist(ids, tok, n_ids, code, m):
     hist = np.zeros(n_ids + 2, np.int64)
-    _stack.sequence_hist(ids, tok, n_ids, code, m, hist)
+    _stack.sequence_hist(ids, tok, n_ids, code, m, hist, n_ids)
     return hist
 
 

@@ -129,8 +129,8 @@ def test_layers_with_different_expert_counts():
     assert fast.per_layer.shape == (2, 6) and fast.model_level.shape == (9,)
 
 
-def test_lru_fenwick_and_scan_agree():
-    # LRU uses a stack scan up to LRU_SCAN_MAX_IDS ids and a Fenwick tree beyond (model level).
+def test_lru_fenwick_count_and_scan_agree():
+    # LRU counts up to LRU_COUNT_MAX_IDS ids and uses a Fenwick tree beyond (model level).
     from expertcache.locality import _stack
 
     rng = np.random.default_rng(13)
@@ -138,10 +138,45 @@ def test_lru_fenwick_and_scan_agree():
         ids = np.concatenate([rng.choice(n_ids, K, replace=False) for _ in range(T)]).astype(np.int32)
         ids[5] = ids[4]  # a repeat inside one token
         tok = np.arange(0, T * K + 1, K, dtype=np.int64)
-        scan, fenwick = np.zeros(n_ids + 2, np.int64), np.zeros(n_ids + 2, np.int64)
-        _stack.priority_hist(ids, tok, n_ids, _stack.LRU, 1, scan)
+        scan, fenwick, count = (np.zeros(n_ids + 2, np.int64) for _ in range(3))
+        _stack.priority_hist(ids, tok, n_ids, _stack.LRU, 1, scan, n_ids)
         _stack.lru_hist(ids, tok, n_ids, fenwick)
+        _stack.lru_count_hist(ids, tok, n_ids, count)
         np.testing.assert_array_equal(scan, fenwick)
+        np.testing.assert_array_equal(scan, count)
     tokens = [ids[t * K:(t + 1) * K].tolist() for t in range(T)]
     expected = reference.hit_counts_one_pass(tokens, n_ids, "lru")[0]
     np.testing.assert_array_equal(np.cumsum(fenwick[1:n_ids + 1]), expected)
+
+
+@pytest.mark.parametrize("policy,m", [("lru", None), ("lfu", None), ("belady", None), ("fsf", 1), ("fsf", 3)])
+@pytest.mark.parametrize("seed", range(4))
+def test_capped_model_level_matches_reference_up_to_the_cap(policy, m, seed):
+    rng = np.random.default_rng([seed, 99, len(policy)])
+    trace = random_trace(rng, sequences=(1, 3), tokens=(5, 14), layers=(2, 3), experts=(4, 8), pad_share=0.1 * (seed % 2))
+    per_layer, model = reference.trace_curves(trace, policy, m)
+    active = trace.num_moe_layers * trace.top_k
+    for multiple in (0.5, 1, 1.5, 1e9):
+        cap = min(len(model), max(1, int(multiple * active)))
+        fast = curves(trace, policy, m, max_multiple=multiple)
+        np.testing.assert_allclose(fast.per_layer, per_layer, atol=1e-9, rtol=0)
+        np.testing.assert_allclose(fast.model_level[:cap], model[:cap], atol=1e-9, rtol=0)
+        assert np.isnan(fast.model_level[cap:]).all()
+
+
+def test_capped_priority_stack_counts_deeper_requests_as_misses():
+    # One sequence cycling through 6 ids, cap 2: every repeat lies deeper than the cap.
+    from expertcache.locality import _stack
+
+    ids = np.tile(np.arange(6, dtype=np.int32), 3)
+    tok = np.arange(len(ids) + 1, dtype=np.int64)
+    for code in (_stack.LFU, _stack.BELADY, _stack.FSF):
+        full, capped = np.zeros(8, np.int64), np.zeros(8, np.int64)
+        _stack.priority_hist(ids, tok, 6, code, 2, full, 6)
+        _stack.priority_hist(ids, tok, 6, code, 2, capped, 2)
+        np.testing.assert_array_equal(np.cumsum(capped[1:3]), np.cumsum(full[1:3]))
+
+
+def test_invalid_max_multiple():
+    with pytest.raises(ExpertcacheError, match="max_multiple"):
+        curves(one_layer([[[0, 1]]], 2), "lru", max_multiple=0)

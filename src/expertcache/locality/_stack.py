@@ -6,18 +6,23 @@ d hits for every C > d; a first use hits for every C above the number of distinc
 requested before it), then applied one by one.
 
 - LRU: the stack is the recency order, so a depth is the number of experts used since the
-  expert's last use: a Fenwick tree over use times answers it in O(log R), whatever the
-  number of ids. Per layer (at most LRU_SCAN_MAX_IDS ids) the scan below is faster.
+  expert's last use. Up to LRU_COUNT_MAX_IDS ids (a layer) it is counted over all ids' last
+  use times, one compare each, a loop the compiler vectorises (O(I/16) instructions, no
+  stack to move); beyond, a Fenwick tree over use times answers it in O(log R).
 - LFU, Belady, FSF: Mattson's update. Admitting x into every cache smaller than its depth p
   evicts, size by size, the running minimum of priority over the stack's top; those minima
   ("records") move down one step and nothing else moves. One scan of the p entries above x,
   O(p) per request, p being the request's reuse depth (grows with I). A min-tree
   that jumps from record to record was measured slower at every size up to I = 14 848
-  (records are 10-35 % of the depth for LFU and FSF), see docs/metrics.md.
+  (records are 10-35 % of the depth for LFU and FSF), see docs/metrics.md. With a size cap
+  the stack holds only its top `cap` entries (the caches of sizes 1..cap): a deeper or new
+  request scans cap entries at most and the last record falls out, so the cost is
+  O(min(depth, cap)) whatever I.
 
 Shape key: R requests of one stream, T tokens, I ids (E per layer, sum of E at model level).
 hist[d] counts requests whose smallest hitting cache size is d (d = 1..I); hist[I + 1]
-counts requests that miss at every size (a repeat of a first use inside one token).
+counts requests that miss at every size (a repeat of a first use inside one token). With a
+cap, hist[cap + 1] also counts the requests deeper than the cap: misses at every size <= cap.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ LRU, LFU, BELADY, FSF = 0, 1, 2, 3
 POLICY_CODES = {"lru": LRU, "lfu": LFU, "belady": BELADY, "fsf": FSF}
 
 _SHIFT = np.int64(1) << np.int64(32)
-LRU_SCAN_MAX_IDS = 256  # below this a stack scan beats the Fenwick tree (benchmarks/bench_locality.py)
+LRU_COUNT_MAX_IDS = 256  # up to this, counting beats the Fenwick tree (benchmarks/bench_locality.py)
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
@@ -101,6 +106,31 @@ def lru_hist(ids, tok, n_ids, hist):
 
 
 @numba.njit(cache=True)
+def lru_count_hist(ids, tok, n_ids, hist):
+    """LRU histogram for few ids: depth = how many ids were used after the expert's last use."""
+    last = np.full(n_ids, -1, np.int32)  # int32: twice the compares per vector instruction
+    stamp = np.full(n_ids, -1, np.int64)
+    depth = np.empty(_widest_token(tok), np.int64)
+    seen = 0
+    for t in range(tok.shape[0] - 1):
+        a, b = tok[t], tok[t + 1]
+        for q in range(a, b):
+            lx = last[ids[q]]
+            d = -1
+            if lx >= 0:
+                d = 0
+                for y in range(n_ids):
+                    d += last[y] > lx
+            depth[q - a] = d
+        _judge_token(ids, a, b, t, depth, seen, stamp, hist, n_ids)
+        for q in range(a, b):
+            x = ids[q]
+            if last[x] < 0:
+                seen += 1
+            last[x] = q
+
+
+@numba.njit(cache=True)
 def _next_uses(ids, n_ids):
     """[R] position of each request's expert's next request (R when never again)."""
     n = ids.shape[0]
@@ -113,17 +143,18 @@ def _next_uses(ids, n_ids):
 
 
 @numba.njit(cache=True)
-def priority_hist(ids, tok, n_ids, policy, m, hist):
-    """Accumulate the LFU / Belady / FSF(m) (or LRU) hit histogram of one sequence's stream.
+def priority_hist(ids, tok, n_ids, policy, m, hist, cap):
+    """Accumulate the LFU / Belady / FSF(m) (or LRU) hit histogram of one sequence's stream,
+    exact for cache sizes 1..cap (cap = n_ids: every size).
 
     Priorities are int64 keys (larger = kept): LFU count * 2^32 + last use, FSF pending
     future requests * 2^32 + last use, Belady -(next use), LRU last use. key[i] is the key of the entry at
-    depth i, so the scan reads one contiguous array.
+    depth i, so the scan reads one contiguous array. Depth `cap` is a sink: the ids below the cap.
     """
     T = tok.shape[0] - 1
-    stack = np.empty(n_ids, np.int32)  # stack[i] = id at depth i
-    key = np.empty(n_ids, np.int64)  # key[i] = priority of stack[i]
-    where = np.full(n_ids, -1, np.int64)  # depth of each id, -1 if never used
+    stack = np.empty(cap + 1, np.int32)  # stack[i] = id at depth i
+    key = np.empty(cap + 1, np.int64)  # key[i] = priority of stack[i]
+    where = np.full(n_ids, -1, np.int64)  # depth of each id (cap: below the cap), -1 if never used
     count = np.zeros(n_ids, np.int64)
     future = np.zeros(n_ids, np.int64)
     stamp = np.full(n_ids, -1, np.int64)
@@ -159,7 +190,7 @@ def priority_hist(ids, tok, n_ids, policy, m, hist):
             p = where[x]
             if p < 0:
                 p = size
-                size += 1
+                size = min(size + 1, cap)
             if p > 0:
                 # Cache size i < p evicts the lowest key of depths 0..i-1: the running minimum,
                 # which moves down to the next record's depth; the last one lands at depth p.
@@ -183,16 +214,18 @@ def priority_hist(ids, tok, n_ids, policy, m, hist):
 
 
 @numba.njit(cache=True, nogil=True)
-def sequence_hist(ids, tok, n_ids, policy, m, hist):
-    """Accumulate one sequence's hit histogram with the faster method for its size."""
-    if policy == LRU and n_ids > LRU_SCAN_MAX_IDS:
+def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
+    """Accumulate one sequence's hit histogram (exact up to size cap) with the faster method."""
+    if policy == LRU and n_ids <= LRU_COUNT_MAX_IDS:
+        lru_count_hist(ids, tok, n_ids, hist)
+    elif policy == LRU:
         lru_hist(ids, tok, n_ids, hist)
     else:
-        priority_hist(ids, tok, n_ids, policy, m, hist)
+        priority_hist(ids, tok, n_ids, policy, m, hist, cap)
 
 
 @numba.njit(cache=True, nogil=True)
-def stream_hists(ids, tok, seq_offsets, seq_row, n_ids, policy, m, out):
+def stream_hists(ids, tok, seq_offsets, seq_row, n_ids, policy, m, cap, out):
     """Add the hit histograms of a block's sequences into out [rows, n_ids + 2].
 
     Sequence j covers tokens seq_offsets[j]:seq_offsets[j + 1] of the token offsets `tok`
@@ -205,4 +238,4 @@ def stream_hists(ids, tok, seq_offsets, seq_row, n_ids, policy, m, out):
         if t1 > t0:
             sub_tok = tok[t0:t1 + 1] - tok[t0]
             sub_ids = ids[tok[t0]:tok[t1]]
-            sequence_hist(sub_ids, sub_tok, n_ids, policy, m, out[seq_row[j]])
+            sequence_hist(sub_ids, sub_tok, n_ids, policy, m, out[seq_row[j]], cap)

@@ -1,7 +1,8 @@
 """Hit rates of LRU, LFU, Belady and FSF(m) at every cache size, study accounting.
 
 One pass per policy gives every size C = 1..E per MoE layer and C = 1..sum(E) for the
-model-level cache. Each sequence starts with an empty cache; results pool hits and requests
+model-level cache, or C = 1..cap there with `max_multiple`: the priority policies' cost per
+request then stops growing with the number of keys (see _stack). Each sequence starts with an empty cache; results pool hits and requests
 over sequences, and are kept per domain so one pass also answers every domain.
 
 Shape key: L MoE layers, E experts (largest layer), I = sum of the layers' experts, D domains.
@@ -30,7 +31,7 @@ class HitCounts:
 
     per_layer: np.ndarray  # [D, L, E] hits at C = 1..E
     per_layer_requests: np.ndarray  # [D, L]
-    model_level: np.ndarray  # [D, I] hits at C = 1..I
+    model_level: np.ndarray  # [D, I] hits at C = 1..I (NaN above the cap)
     model_requests: np.ndarray  # [D]
 
 
@@ -39,7 +40,7 @@ class HitCurves:
     """Hit rate for every cache size of one policy; `per_layer[l, C-1]`, `model_level[C-1]`.
 
     Sizes beyond a layer's own expert count (layers with fewer than E experts) hit always.
-    Rates are NaN where there were no requests.
+    Rates are NaN where there were no requests, and at model-level sizes above a cap.
     """
 
     policy: str
@@ -85,6 +86,17 @@ def check_m(m) -> int:
     return int(m)
 
 
+def model_cap(trace: Trace, max_multiple: float | None) -> int:
+    """Largest model-level size computed: max_multiple x the active experts (L * k), or all."""
+    I = int(sum(trace.model.num_experts))
+    if max_multiple is None:
+        return I
+    if isinstance(max_multiple, bool) or not isinstance(max_multiple, (int, float, np.integer, np.floating)) \
+            or not max_multiple > 0:
+        raise ExpertcacheError(f"max_multiple must be a number > 0, got {max_multiple!r}")
+    return int(min(I, max(1, np.floor(max_multiple * trace.num_moe_layers * trace.top_k))))
+
+
 def segment_lengths(m) -> tuple[int, ...]:
     """One segment length or several, as distinct validated ints in the order given."""
     values = (m,) if isinstance(m, (int, np.integer)) else tuple(m)
@@ -94,13 +106,16 @@ def segment_lengths(m) -> tuple[int, ...]:
 
 
 def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: bool = True,
-               shuffle: tuple[int, ...] | None = None, progress=None) -> HitCounts:
+               max_multiple: float | None = None, shuffle: tuple[int, ...] | None = None,
+               progress=None) -> HitCounts:
     """One pass over the trace: hits at every size, per domain, layer and model level.
 
-    `shuffle` permutes tokens within sequences (see `_streams.blocks`); `progress(n)` is
-    called with the number of sequences done after each block.
+    `max_multiple` caps the model-level sizes (see `model_cap`); `shuffle` permutes tokens
+    within sequences (see `_streams.blocks`); `progress(n)` is called with the number of
+    sequences done after each block.
     """
     m = check_policy(policy, m)
+    cap = model_cap(trace, max_multiple)
     code = _stack.POLICY_CODES[policy]
     L, D = trace.num_moe_layers, len(trace.domains)
     sizes = np.asarray(trace.model.num_experts, np.int64)
@@ -122,7 +137,7 @@ def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: 
         def one_layer(l):
             ids, tok = layer_stream(block.experts[:, l, :], pad)
             hist = np.zeros((D, sizes[l] + 2), np.int64)  # [D, E_l + 2], last column: never hits
-            _stack.stream_hists(ids, tok, block.seq_offsets, domain, int(sizes[l]), code, fsf_m, hist)
+            _stack.stream_hists(ids, tok, block.seq_offsets, domain, int(sizes[l]), code, fsf_m, int(sizes[l]), hist)
             layer_hist[l, :, :sizes[l] + 1] += hist[:, :-1]
 
         def some_sequences(span):
@@ -130,7 +145,7 @@ def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: 
             ids, tok = model_stream(block.experts[block.seq_offsets[a]:block.seq_offsets[b]], pad, offsets)
             hist = np.zeros((D, I + 2), np.int64)
             _stack.stream_hists(ids, tok, block.seq_offsets[a:b + 1] - block.seq_offsets[a], domain[a:b], I, code,
-                                fsf_m, hist)
+                                fsf_m, cap, hist)
             return hist
 
         parallel_map(one_layer, range(L))  # each layer adds into its own rows
@@ -143,7 +158,9 @@ def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: 
         if progress is not None:
             progress(block.seq_stop)
     per_layer = np.cumsum(layer_hist[:, :, 1:E + 1], axis=2).transpose(1, 0, 2)  # [D, L, E]
-    return HitCounts(per_layer, layer_requests, np.cumsum(model_hist[:, 1:I + 1], axis=1), model_requests)
+    model = np.cumsum(model_hist[:, 1:I + 1], axis=1).astype(float)  # [D, I]
+    model[:, cap:] = np.nan
+    return HitCounts(per_layer, layer_requests, model, model_requests)
 
 
 def check_request(trace: Trace, policy: str, m: int | None, domain: str | None) -> int | None:
@@ -172,12 +189,15 @@ def rates(trace: Trace, counts: HitCounts, policy: str, m: int | None, domain: s
 
 
 def curves(trace: Trace, policy: str, m: int | None = None, domain: str | None = None, *,
-           model_level: bool = True, progress=None) -> HitCurves:
+           model_level: bool = True, max_multiple: float | None = None, progress=None) -> HitCurves:
     """Hit rate at every cache size of `policy` ("lru", "lfu", "belady" or "fsf" with m).
 
     SCH(m, C) is `curves(trace, "fsf", m).per_layer[:, C-1]` (per layer) or `.model_level`.
-    `domain` restricts the pooling to one domain's sequences.
+    `domain` restricts the pooling to one domain's sequences. `max_multiple` computes the
+    model-level curve only up to max_multiple x the active experts (NaN above): exact there, at
+    a cost per request that no longer grows with the model's number of experts.
     """
     m = check_request(trace, policy, m, domain)
-    counts = hit_counts(trace, policy, m, model_level=model_level, progress=progress)
+    model_cap(trace, max_multiple)
+    counts = hit_counts(trace, policy, m, model_level=model_level, max_multiple=max_multiple, progress=progress)
     return rates(trace, counts, policy, m, domain)
