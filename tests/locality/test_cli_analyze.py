@@ -35,6 +35,9 @@ def test_curves_and_srp_json(saved):
     out = json.loads(result.stdout)
     assert out == json.loads(json.dumps(curves(trace, "fsf", 3).to_json()))
     assert len(out["per_layer"]) == 2 and len(out["per_layer"][0]) == 6 and len(out["model_level"]) == 12
+    result = run("curves", "t", "--policy", "lfu", "--max-multiple", 1.5, "--json", cwd=path)
+    capped = json.loads(result.stdout)["model_level"]
+    assert capped[:6] == curves(trace, "lfu").to_json()["model_level"][:6] and capped[6:] == [None] * 6
     result = run("srp", "t", "--m", "2,4", "--by", "expert", "--by", "domain,position", "--json", cwd=path)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
@@ -49,6 +52,7 @@ def test_curves_and_srp_json(saved):
     (("curves", "t", "--policy", "fsf"), "error: policy fsf needs a segment length"),
     (("curves", "t", "--policy", "fsf", "--m", 0), "error: segment length m must be an integer >= 1"),
     (("curves", "t", "--policy", "lru", "--domain", "zz"), "error: no domain 'zz'"),
+    (("curves", "t", "--policy", "lru", "--max-multiple", 0), "error: max_multiple must be a number > 0"),
     (("srp", "t", "--m", "4,x"), "error: --m takes integers"),
     (("srp", "t", "--by", "vocab"), "error: unknown SRP breakdown"),
     (("srp", "t", "--seed", "-1"), "error: seed must be an integer >= 0"),

@@ -57,6 +57,9 @@ def curves(
     policy: Annotated[str, typer.Option("--policy", help="Cache policy: lru, lfu, belady or fsf.")],
     m: Annotated[Optional[int], typer.Option("--m", help="Segment length of fsf (SCH).")] = None,
     domain: Annotated[Optional[str], typer.Option("--domain", help="Only this domain's sequences.")] = None,
+    max_multiple: Annotated[Optional[float], typer.Option(
+        "--max-multiple", help="Model-level sizes only up to this multiple of the active experts (null above): "
+                               "faster for models with many experts.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Hit rate at every cache size, per MoE layer and for one model-level cache (study accounting)."""
@@ -64,7 +67,7 @@ def curves(
 
     trace = open_trace(trace_path)
     with _progress(trace.num_sequences, f"{policy} curves") as done:
-        result = curves_api(trace, policy, m, domain, progress=done)
+        result = curves_api(trace, policy, m, domain, max_multiple=max_multiple, progress=done)
     if as_json:
         print(json.dumps(result.to_json()))
         return

@@ -82,33 +82,14 @@ def _judge_token(ids, a, b, t, depth, seen, stamp, hist, n_ids):
 
 @numba.njit(cache=True)
 def lru_hist(ids, tok, n_ids, hist):
-    """Accumulate the LRU hit histogram of one sequence's stream into hist [n_ids + 2]."""
-    n = ids.shape[0]
-    tree = np.zeros(n + 1, np.int32)
-    last = np.full(n_ids, -1, np.int64)
-    stamp = np.full(n_ids, -1, np.int64)
-    depth = np.empty(_widest_token(tok), np.int64)
-    seen = 0
-    for t in range(tok.shape[0] - 1):
-        a, b = tok[t], tok[t + 1]
-        for q in range(a, b):
-            lt = last[ids[q]]
-            depth[q - a] = seen - _fenwick_prefix(tree, lt + 1) if lt >= 0 else -1
-        _judge_token(ids, a, b, t, depth, seen, stamp, hist, n_ids)
-        for q in range(a, b):
-            x = ids[q]
-            if last[x] >= 0:
-                _fenwick_add(tree, last[x], -1)
-            else:
-                seen += 1
-            _fenwick_add(tree, q, 1)
-            last[x] = q
+    """Accumulate the LRU hit histogram of one sequence's stream into hist [n_ids + 2].
 
-
-@numba.njit(cache=True)
-def lru_count_hist(ids, tok, n_ids, hist):
-    """LRU histogram for few ids: depth = how many ids were used after the expert's last use."""
-    last = np.full(n_ids, -1, np.int32)  # int32: twice the compares per vector instruction
+    depth = how many ids were used after the expert's last use: counted over all ids up to
+    LRU_COUNT_MAX_IDS (int32 times: 16 compares per vector instruction), else a Fenwick tree.
+    """
+    count = n_ids <= LRU_COUNT_MAX_IDS
+    tree = np.zeros(1 if count else ids.shape[0] + 1, np.int32)
+    last = np.full(n_ids, -1, np.int32)
     stamp = np.full(n_ids, -1, np.int64)
     depth = np.empty(_widest_token(tok), np.int64)
     seen = 0
@@ -117,16 +98,22 @@ def lru_count_hist(ids, tok, n_ids, hist):
         for q in range(a, b):
             lx = last[ids[q]]
             d = -1
-            if lx >= 0:
+            if lx >= 0 and count:
                 d = 0
                 for y in range(n_ids):
                     d += last[y] > lx
+            elif lx >= 0:
+                d = seen - _fenwick_prefix(tree, lx + 1)
             depth[q - a] = d
         _judge_token(ids, a, b, t, depth, seen, stamp, hist, n_ids)
         for q in range(a, b):
             x = ids[q]
             if last[x] < 0:
                 seen += 1
+            elif not count:
+                _fenwick_add(tree, last[x], -1)
+            if not count:
+                _fenwick_add(tree, q, 1)
             last[x] = q
 
 
@@ -216,9 +203,7 @@ def priority_hist(ids, tok, n_ids, policy, m, hist, cap):
 @numba.njit(cache=True, nogil=True)
 def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
     """Accumulate one sequence's hit histogram (exact up to size cap) with the faster method."""
-    if policy == LRU and n_ids <= LRU_COUNT_MAX_IDS:
-        lru_count_hist(ids, tok, n_ids, hist)
-    elif policy == LRU:
+    if policy == LRU:
         lru_hist(ids, tok, n_ids, hist)
     else:
         priority_hist(ids, tok, n_ids, policy, m, hist, cap)

@@ -2,8 +2,9 @@
 
 One pass per policy gives every size C = 1..E per MoE layer and C = 1..sum(E) for the
 model-level cache, or C = 1..cap there with `max_multiple`: the priority policies' cost per
-request then stops growing with the number of keys (see _stack). Each sequence starts with an empty cache; results pool hits and requests
-over sequences, and are kept per domain so one pass also answers every domain.
+request then stops growing with the number of keys (see _stack). Each sequence starts with
+an empty cache; results pool hits and requests over sequences, and are kept per domain so
+one pass also answers every domain.
 
 Shape key: L MoE layers, E experts (largest layer), I = sum of the layers' experts, D domains.
 """
@@ -198,6 +199,5 @@ def curves(trace: Trace, policy: str, m: int | None = None, domain: str | None =
     a cost per request that no longer grows with the model's number of experts.
     """
     m = check_request(trace, policy, m, domain)
-    model_cap(trace, max_multiple)
     counts = hit_counts(trace, policy, m, model_level=model_level, max_multiple=max_multiple, progress=progress)
     return rates(trace, counts, policy, m, domain)
