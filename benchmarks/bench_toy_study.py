@@ -51,7 +51,9 @@ def publish(report: Path, docs: Path, args) -> None:
                f"torch {torch.__version__} with {args.threads} thread(s) on {args.device}. Rerun: "
                f"`python benchmarks/bench_toy_study.py --minutes-per-model {args.minutes_per_model:g} "
                f"--device {args.device} --publish docs` (docs/toy.md).")
-    text = report.read_text().replace("](figures/", "](toy-study/")
+    text = report.read_text().replace("](figures/", "](toy-study/").replace(
+        "[suitability/report.html](suitability/report.html)",
+        "`OUT/suitability/report.html` (written by the study, not copied here: about 0.5 MB a model)")
     title, rest = text.split("\n", 1)
     (docs / "toy-study.md").write_text(f"{title}\n\n{machine}\n{rest}")
 

@@ -8,7 +8,7 @@ from expertcache.toy.study import run_study
 def test_tiny_study_writes_its_report_and_resumes(tmp_path):
     lines = []
     report = run_study(tmp_path, minutes_per_model=0.01, variants=["base"], samples=2, length=32, resamples=50,
-                       progress=lines.append)
+                       suitability=False, progress=lines.append)
     text = report.read_text()
     for figure in ("locality", "training", "balance", "specialization"):
         assert (tmp_path / "figures" / f"{figure}.png").stat().st_size > 1000
@@ -19,5 +19,5 @@ def test_tiny_study_writes_its_report_and_resumes(tmp_path):
 
     lines.clear()
     run_study(tmp_path, minutes_per_model=0.01, variants=["base"], samples=2, length=32, resamples=50,
-              progress=lines.append)
+              suitability=False, progress=lines.append)
     assert lines == ["untrained: done before, skipped", "base: done before, skipped"]

@@ -6,6 +6,7 @@ OUT/analysis/V    `expertcache analyze` of that trace (SRP, SCH, overlap, balanc
 OUT/results/V.json  the report's figures of V (toy.measures); written last, so a variant with
                   this file is done and a rerun skips it
 OUT/report.md, OUT/figures/*.png   the comparison (toy.study_report), rewritten on every run
+OUT/suitability/report.html   `expertcache report` over every variant's trace (verdicts, figures per model)
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ ANALYZE_M = (4, 16, 64)
 
 def run_study(out: str | os.PathLike, *, minutes_per_model: float = 5.0, device: str = "cpu",
               variants: list[str] | None = None, samples: int = 8, length: int = 256, seed: int = 0,
-              resamples: int = 1000, progress: Callable[[str], None] | None = None) -> Path:
-    """Run (or resume) the grid and write OUT/report.md; returns its path."""
+              resamples: int = 1000, suitability: bool = True, progress: Callable[[str], None] | None = None) -> Path:
+    """Run (or resume) the grid and write OUT/report.md (and, with `suitability`, the suitability
+    report of every variant's trace); returns report.md's path."""
     from .study_report import write_study_report
 
     say = progress or (lambda line: None)
@@ -61,7 +63,12 @@ def run_study(out: str | os.PathLike, *, minutes_per_model: float = 5.0, device:
                                      "config": variant.config.to_dict(), "settings": settings,
                                      "wall_seconds": time.monotonic() - started, **figures})
         results[variant.name] = json.loads(done.read_text())
-    return write_study_report(out, results, settings)
+    if suitability:
+        from ..report import write_report
+
+        say("suitability report of every variant")
+        write_report([out / "traces" / v.name for v in chosen], out / "suitability", overwrite=True)
+    return write_study_report(out, results, settings, suitability)
 
 
 def _variants(names: list[str] | None) -> list[Variant]:

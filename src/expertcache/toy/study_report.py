@@ -28,7 +28,7 @@ CLAIMS = (
 )
 
 
-def write_study_report(out: Path, results: dict[str, dict], settings: dict) -> Path:
+def write_study_report(out: Path, results: dict[str, dict], settings: dict, suitability: bool = False) -> Path:
     """OUT/report.md and OUT/figures/*.png from the variants' results; returns the report's path."""
     figures = out / "figures"
     names = list(results)
@@ -42,7 +42,9 @@ def write_study_report(out: Path, results: dict[str, dict], settings: dict) -> P
         f"held-out text ({settings['samples']} windows of {settings['length']} tokens per domain). Every figure stands "
         "beside its chance level (the same trace with each sequence's tokens shuffled, or the link it measures "
         "broken); the **excess** over chance is what the model's routing adds. `untrained` is base at "
-        "initialisation: the excess a model shows before learning anything.",
+        "initialisation: the excess a model shows before learning anything."
+        + (" `expertcache report` over every variant's trace (verdicts, hit rates, figures per model): "
+           "[suitability/report.html](suitability/report.html)." if suitability else ""),
         "",
         "## Locality per variant",
         "",
