@@ -30,6 +30,9 @@ def test_smoke_trains_and_every_command_loads_it(tmp_path):
     assert [r["step"] for r in log] == [0, 10, 20, 30]
     assert all(r["overlap_excess"] == r["overlap"] - r["overlap_chance"] for r in log)
     assert sorted(p.name for p in (out / "heldout").iterdir()) == ["code.txt", "docs.txt", "math.txt", "prose.txt"]
+    again = train(preset("smoke"), out)  # done already: nothing trained, nothing logged twice
+    assert (again.steps, again.resumed_from, again.last_probe) == (result.steps, result.steps, log[-1])
+    assert len((out / "log.jsonl").read_text().splitlines()) == len(log)
 
     _register_all()
     runner = CliRunner()

@@ -8,6 +8,7 @@ local-routing-consistency study's findings. docs/toy.md describes both.
 
 from .config import ToyConfig, read_config_file
 from .presets import GRID, PRESETS, preset
+from .study import run_study
 from .train import TrainResult, train
 
-__all__ = ["GRID", "PRESETS", "ToyConfig", "TrainResult", "preset", "read_config_file", "train"]
+__all__ = ["GRID", "PRESETS", "ToyConfig", "TrainResult", "preset", "read_config_file", "run_study", "train"]

@@ -86,7 +86,11 @@ def _claim(out: Path, settings: dict) -> None:
     """Refuse an OUT that holds something else, or a study run with other settings."""
     marker = out / "study.json"
     if marker.is_file():
-        if json.loads(marker.read_text()) != settings:
+        try:
+            held = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ExpertcacheError(f"{marker} is damaged; choose another --out") from None
+        if held != settings:
             raise ExpertcacheError(f"{out} holds a study with other settings ({marker}); choose another --out")
         return
     if out.exists() and any(out.iterdir()):

@@ -136,6 +136,11 @@ def _truncate_log(log: Path, step: int) -> None:
         tmp.write_text("".join(line + "\n" for line in kept))
 
 
+def _last_record(log: Path) -> dict:
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
 class _Loop:
     """The step, the probes and the checkpoints of one run."""
 
@@ -147,8 +152,9 @@ class _Loop:
         self.count = 0
 
     def run(self, state: TrainState, steps, seconds, checkpoint_every, progress) -> dict:
-        last = self._log(state) if state.step == 0 else {}
+        last = self._log(state) if state.step == 0 else _last_record(self.out / "log.jsonl")
         tokens_per_step = self.c.batch_size * self.c.seq_len
+        start = state.step
         with _Bar(progress, steps, seconds, state) as bar:
             saved = time.monotonic()
             try:
@@ -164,10 +170,10 @@ class _Loop:
                     if time.monotonic() - saved >= checkpoint_every:
                         commit(self.out, self.model, self.optimizer, state)
                         saved = time.monotonic()
-                if state.step % self.c.probe_every:  # the end of training is always probed
+                if state.step > start and state.step % self.c.probe_every:  # the end of training is always probed
                     last = self._log(state)
             finally:  # the end, Ctrl-C or an error: what was trained is kept
-                if state.step:
+                if state.step > start:
                     commit(self.out, self.model, self.optimizer, state)
         return last
 
