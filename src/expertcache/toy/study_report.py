@@ -185,23 +185,27 @@ def _save(fig, folder: Path, name: str) -> Path:
 
 
 def _locality_figure(folder: Path, results: dict) -> Path:
+    """Excess over chance (0 = chance) with intervals; the untrained model's excess for reference."""
     plt = _pyplot()
     names = list(results)
     x = np.arange(len(names))
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, key, title in zip(axes, ("srp", "sch_2x", "overlap"), (f"SRP({M})", f"SCH({SCH_M}) at 2x", "consecutive overlap")):
         rows = [results[n][key][M] if key == "srp" else results[n][key] for n in names]
-        observed = np.array([r["observed"] for r in rows])
-        ax.bar(x, observed, color="tab:blue", alpha=0.7, label="measured")
+        excess = np.array([r["excess"] for r in rows])
+        ax.bar(x, excess, color="tab:blue", alpha=0.7, label="measured - chance")
         if all("ci" in r for r in rows):
-            ci = np.array([r["ci"] for r in rows])
-            ax.errorbar(x, observed, yerr=[observed - ci[:, 0], ci[:, 1] - observed], fmt="none", color="black",
-                        capsize=3, label="95 % interval")
-        ax.scatter(x, [r["chance"] for r in rows], marker="_", s=300, color="tab:red", zorder=3, label="chance")
+            ci = np.array([_interval(r) for r in rows])
+            ax.errorbar(x, excess, yerr=[excess - ci[:, 0], ci[:, 1] - excess], fmt="none", color="black", capsize=3,
+                        label="95 % interval")
+        ax.axhline(0, color="tab:red", linewidth=1, label="chance")
+        if "untrained" in results:
+            ax.axhline(excess[names.index("untrained")], color="gray", linestyle="--", linewidth=1, label="untrained")
         ax.set_xticks(x, names, rotation=60, ha="right")
         ax.set_title(title)
+    axes[0].set_ylabel("excess over chance")
     axes[0].legend(fontsize=8)
-    fig.suptitle("locality of each variant on held-out text, against its chance level")
+    fig.suptitle("locality of each variant on held-out text: excess over its chance level")
     return _save(fig, folder, "locality")
 
 
