@@ -48,6 +48,9 @@ def write_study_report(out: Path, results: dict[str, dict], settings: dict, suit
         "",
         "## Locality per variant",
         "",
+        "Training is bounded by minutes, so variants reach different step counts (column steps): slower "
+        "architectures (wide, deep, more experts) and, on a shared machine, other load mean fewer steps.",
+        "",
         f"SRP({M}) and consecutive overlap as written by `expertcache analyze OUT/traces/V` (summary.json); SCH({M}) is "
         "the model-level hit rate at 2x the active experts (same file), its interval from a bootstrap over sequences. "
         "Intervals are 95 % basic bootstrap intervals.",
