@@ -215,9 +215,10 @@ def _locality_figure(folder: Path, results: dict) -> Path:
 def _training_figure(folder: Path, results: dict) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
-    for name in _trained(results):
+    for i, name in enumerate(_trained(results)):  # tab20: the 10 strong hues first, then their light twins
         log = results[name]["training"]["log"]
-        ax.plot([e["tokens"] / 1e6 for e in log], [e["overlap_excess"] for e in log], marker=".", label=name)
+        ax.plot([e["tokens"] / 1e6 for e in log], [e["overlap_excess"] for e in log], marker=".", label=name,
+                color=plt.cm.tab20((2 * i) % 20 + (2 * i) // 20))
     ax.axhline(0, color="black", linewidth=0.8, linestyle="--")
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("overlap - chance")
