@@ -18,7 +18,7 @@ from expertcache.toy import preset, train
 STEPS = 100  # smoke steps of the resume test: long enough to be killed midway on a busy machine
 
 
-def test_smoke_trains_and_every_command_loads_it(tmp_path):
+def test_smoke_trains_and_every_command_loads_it(tmp_path):  # from_pretrained, trace, analyze, run
     import transformers
 
     out = tmp_path / "smoke"
@@ -43,6 +43,8 @@ def test_smoke_trains_and_every_command_loads_it(tmp_path):
     assert analyzed.exit_code == 0, analyzed.output
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["trace"]["experts"] == 8 and summary["trace"]["moe_layers"] == 2
+    offloaded = runner.invoke(app, ["run", str(out), "--prompt", "def main():", "--generate", "4", "--budget-x", "1"])
+    assert offloaded.exit_code == 0, offloaded.output
 
 
 def _cli(out, *extra):
