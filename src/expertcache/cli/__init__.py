@@ -22,10 +22,10 @@ def _register_all() -> None:
     if app.registered_commands or app.registered_groups:  # main() ran before in this process
         return
     from . import (cache_commands, capture_commands, demo_commands, locality_commands, report_commands, run_commands,
-                   trace_commands)
+                   toy_commands, trace_commands)
 
     for module in (demo_commands, report_commands, trace_commands, capture_commands, locality_commands, cache_commands,
-                   run_commands):
+                   run_commands, toy_commands):
         module.register(app)
 
 

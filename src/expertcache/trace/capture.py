@@ -245,7 +245,7 @@ def _shared_experts(block: MoEBlock, config) -> int:
     if block.shared is None:
         return 0
     n = getattr(config, "n_shared_experts", None)
-    return int(n) if isinstance(n, int) and n > 0 else 1
+    return int(n) if isinstance(n, int) else 1  # DeepSeek with n_shared_experts=0 keeps an empty shared module
 
 
 def _expert_bytes(block: MoEBlock, itemsize: int | None) -> int:

@@ -1,0 +1,236 @@
+"""Train a toy MoE on the demo corpus: seeded, resumable to the same weights, locality logged.
+
+DIR after a run:
+    toy.json          the config and seed (a rerun with other ones is refused)
+    config.json, model.safetensors, tokenizer files   the model, loadable by `from_pretrained`
+                      and every expertcache command (written whenever a run ends)
+    checkpoint/       the resumable state (see toy.checkpoint), itself a loadable model folder
+    heldout/D.txt     each domain's held-out text, never trained on
+    log.jsonl         one record per probe: training and held-out loss, locality against chance
+
+Rerunning the same command resumes from the checkpoint; `steps` and `minutes` are totals over
+all runs, so a finished run is extended by asking for more.
+
+Shape key: B sequences, T tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from ..atomic import atomic_path, write_json_atomic
+from ..errors import ExpertcacheError
+from .checkpoint import TrainState, clean, commit, latest, restore_rng
+from .config import ToyConfig, hf_config
+from .data import load_corpus
+from .probe import Probe
+from .routing import balance_loss, router_logits, z_loss
+
+__all__ = ["TrainResult", "train"]
+
+PROBE_WINDOWS = 4  # held-out windows per domain in each probe
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    steps: int
+    tokens: int
+    seconds: float  # training time over all runs
+    resumed_from: int  # the step this run started at
+    last_probe: dict
+
+
+def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None, minutes: float | None = None,
+          seed: int = 0, device: str = "cpu", checkpoint_every: float = 60.0, progress: bool = False) -> TrainResult:
+    """Train (or resume) the model of `config` in `out` until `steps` steps or `minutes` of training.
+
+    With neither, `config.steps`; with 0, the initialised model is saved untrained. A checkpoint is committed every `checkpoint_every` seconds
+    (0: after every step), at the end, and on Ctrl-C.
+    """
+    import transformers
+
+    from ..trace.corpus import demo_tokenizer
+
+    if steps is not None and minutes is not None:
+        raise ExpertcacheError("give --steps or --minutes, not both")
+    if (steps is not None and steps < 0) or (minutes is not None and minutes < 0) or seed < 0:
+        raise ExpertcacheError("--steps, --minutes and --seed must be non-negative")
+    if steps is None and minutes is None:
+        steps = config.steps
+    out = Path(out)
+    device = _device(device)
+    _claim(out, config, seed)
+    tokenizer = demo_tokenizer()
+    corpus = load_corpus(tokenizer, config.corpus_chars, config.heldout_fraction, config.seq_len, out / "heldout")
+    found = latest(out)
+    clean(out)
+    if found is None:
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():  # DeepSeek-V3 without shared experts initialises an empty shared MLP
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            model = transformers.AutoModelForCausalLM.from_config(hf_config(config, len(tokenizer), tokenizer.eos_token_id))
+        state = TrainState()
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            model = transformers.AutoModelForCausalLM.from_pretrained(found[0], dtype=torch.float32)
+        state = TrainState(found[1]["step"], found[1]["tokens"], found[1]["seconds"])
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    if found is not None:
+        optimizer.load_state_dict(found[1]["optimizer"])
+        restore_rng(found[1]["rng"])
+    _truncate_log(out / "log.jsonl", state.step)
+    rows, names = corpus.probe_batch(PROBE_WINDOWS, config.seq_len)
+    probe = Probe(torch.from_numpy(rows).to(device), names, config.experts, config.top_k)
+    loop = _Loop(config, model, optimizer, corpus, seed, device, probe, out)
+    start = state.step
+    last = loop.run(state, steps, None if minutes is None else minutes * 60, checkpoint_every, progress)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return TrainResult(out, state.step, state.tokens, state.seconds, start, last)
+
+
+def _device(name: str) -> torch.device:
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ExpertcacheError(f"unknown device {name!r}; use cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ExpertcacheError("--device cuda, but torch sees no CUDA device here")
+    return torch.device(name)
+
+
+def _claim(out: Path, config: ToyConfig, seed: int) -> None:
+    """Refuse an `out` that holds something else or another run; mark it as this run's."""
+    if out.exists() and not out.is_dir():
+        raise ExpertcacheError(f"{out} is a file; --out needs a directory")
+    marker = out / "toy.json"
+    wanted = {"config": config.to_dict(), "seed": seed}
+    if marker.is_file():
+        try:
+            held = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ExpertcacheError(f"{marker} is damaged; choose another --out") from None
+        if held != wanted:
+            raise ExpertcacheError(f"{out} holds a toy run with another config or seed; choose another --out")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise ExpertcacheError(f"{out} exists and is not a toy training folder; choose another --out")
+    write_json_atomic(marker, wanted)
+
+
+def _truncate_log(log: Path, step: int) -> None:
+    """Drop records past the checkpoint (a killed run logged them; the resumed run logs them again)."""
+    if not log.is_file():
+        return
+    kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    with atomic_path(log) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept))
+
+
+def _last_record(log: Path) -> dict:
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+class _Loop:
+    """The step, the probes and the checkpoints of one run."""
+
+    def __init__(self, config: ToyConfig, model, optimizer, corpus, seed, device, probe, out: Path):
+        self.c, self.model, self.optimizer, self.corpus = config, model, optimizer, corpus
+        self.seed, self.device, self.probe, self.out = seed, device, probe, out
+        self.sigmoid = config.family == "deepseek_v3"
+        self.sums = torch.zeros(3)  # loss, balance, z since the last probe
+        self.count = 0
+
+    def run(self, state: TrainState, steps, seconds, checkpoint_every, progress) -> dict:
+        last = self._log(state) if state.step == 0 else _last_record(self.out / "log.jsonl")
+        tokens_per_step = self.c.batch_size * self.c.seq_len
+        start = state.step
+        with _Bar(progress, steps, seconds, state) as bar:
+            saved = time.monotonic()
+            try:
+                while (steps is None or state.step < steps) and (seconds is None or state.seconds < seconds):
+                    t0 = time.perf_counter()
+                    loss = self._step(state.step)
+                    state.step += 1
+                    state.tokens += tokens_per_step
+                    state.seconds += time.perf_counter() - t0
+                    if state.step % self.c.probe_every == 0:
+                        last = self._log(state)
+                    bar(state, loss, tokens_per_step / max(time.perf_counter() - t0, 1e-9))
+                    if time.monotonic() - saved >= checkpoint_every:
+                        commit(self.out, self.model, self.optimizer, state)
+                        saved = time.monotonic()
+                if state.step > start and state.step % self.c.probe_every:  # the end of training is always probed
+                    last = self._log(state)
+            finally:  # the end, Ctrl-C or an error: what was trained is kept
+                if state.step > start:
+                    commit(self.out, self.model, self.optimizer, state)
+        return last
+
+    def _step(self, step: int) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.c.lr * min(1.0, (step + 1) / max(self.c.warmup_steps, 1))
+        ids = torch.from_numpy(self.corpus.batch(self.seed, step, self.c.batch_size, self.c.seq_len)).to(self.device)  # [B, T]
+        output = self.model(input_ids=ids, output_router_logits=True)
+        ce = F.cross_entropy(output.logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+        logits = router_logits(output, len(ids))
+        balance = balance_loss(logits, self.c.top_k, self.c.balance_scope, self.sigmoid)
+        z = z_loss(logits)
+        loss = ce + self.c.balance_weight * balance + self.c.z_loss_weight * z
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.sums += torch.tensor([ce.item(), balance.item(), z.item()])
+        self.count += 1
+        return ce.item()
+
+    def _log(self, state: TrainState) -> dict:
+        means = (self.sums / self.count).tolist() if self.count else [None] * 3
+        record = {"step": state.step, "tokens": state.tokens, "seconds": round(state.seconds, 3),
+                  "train_loss": means[0], "balance_loss": means[1], "z_loss": means[2], **self.probe(self.model)}
+        self.sums.zero_()
+        self.count = 0
+        with open(self.out / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        return record
+
+
+class _Bar:
+    """A rich progress bar over steps (or training seconds) with loss and tokens/s; or nothing."""
+
+    def __init__(self, enabled: bool, steps, seconds, state: TrainState):
+        self.enabled, self.steps, self.seconds, self.state = enabled, steps, seconds, state
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda state, loss, rate: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        by_steps = self.steps is not None
+        self._bar = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.fields[where]}"),
+                             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+                             TimeRemainingColumn())
+        self._bar.start()
+        task = self._bar.add_task("training", total=self.steps if by_steps else self.seconds, loss="-", rate="", where="",
+                                  completed=self.state.step if by_steps else self.state.seconds)
+
+        def update(state, loss, rate):
+            self._bar.update(task, completed=state.step if by_steps else state.seconds, loss=f"{loss:.3f}",
+                             rate=f"{rate:,.0f} tok/s", where=f"step {state.step}")
+
+        return update
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.stop()

@@ -1,0 +1,61 @@
+"""Mistakes with `expertcache toy` end in one line `error: ...` and status 2, never a traceback."""
+
+import json
+import sys
+
+import pytest
+
+from expertcache.cli import main
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["expertcache", "toy", *args])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("content, says", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"experts": 4, "top_k": 8}', "top_k (8) cannot exceed experts (4)"),
+    ('{"expertz": 4}', "unknown config fields expertz"),
+    ('{"preset": "nope"}', "unknown preset 'nope'"),
+    ('{"family": "mixtral"}', "unknown family 'mixtral'"),
+    ('{"family": "qwen3_moe", "shared_experts": 1}', "need family deepseek_v3"),
+    ('{"layers": 0}', "layers must be a positive integer"),
+])
+def test_bad_config_file(tmp_path, monkeypatch, capsys, content, says):
+    config = tmp_path / "toy.json"
+    config.write_text(content)
+    assert says in run(monkeypatch, capsys, "train", "--config", str(config), "--out", str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["train", "--preset", "nope"], "unknown preset 'nope'; known: smoke, "),
+    (["train"], "give --preset NAME or --config FILE"),
+    (["train", "--preset", "smoke", "--config", "x.json"], "give --preset NAME or --config FILE"),
+    (["train", "--config", "missing.json"], "config file not found"),
+    (["train", "--preset", "smoke", "--steps", "3", "--minutes", "1"], "not both"),
+    (["train", "--preset", "smoke", "--device", "tpu"], "unknown device 'tpu'"),
+    (["study", "--variants", "base,nope"], "unknown variants nope"),
+    (["study", "--minutes-per-model", "0"], "must be positive"),
+])
+def test_bad_arguments(tmp_path, monkeypatch, capsys, args, says):
+    assert says in run(monkeypatch, capsys, *args, "--out", str(tmp_path / "m"))
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_out_holding_something_else(tmp_path, monkeypatch, capsys, command):
+    (tmp_path / "notes.txt").write_text("mine")
+    extra = ["--preset", "smoke"] if command == "train" else []
+    assert "is not a toy" in run(monkeypatch, capsys, command, *extra, "--out", str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_out_holding_another_run(tmp_path, monkeypatch, capsys):
+    (tmp_path / "toy.json").write_text(json.dumps({"config": {}, "seed": 0}))
+    assert "another config or seed" in run(monkeypatch, capsys, "train", "--preset", "smoke", "--out", str(tmp_path))
