@@ -58,4 +58,4 @@ def test_out_holding_something_else(tmp_path, monkeypatch, capsys, command):
 
 def test_out_holding_another_run(tmp_path, monkeypatch, capsys):
     (tmp_path / "toy.json").write_text(json.dumps({"config": {}, "seed": 0}))
-    assert "another config or seed" in run(monkeypatch, capsys, "train", "--preset", "smoke", "--out", str(tmp_path))
+    assert "holds a toy training with other settings" in run(monkeypatch, capsys, "train", "--preset", "smoke", "--out", str(tmp_path))

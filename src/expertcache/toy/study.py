@@ -20,6 +20,7 @@ from typing import Callable
 
 from ..atomic import write_json_atomic
 from ..errors import ExpertcacheError
+from .outdir import claim
 from .presets import GRID, UNTRAINED, Variant
 from .train import train
 
@@ -44,7 +45,7 @@ def run_study(out: str | os.PathLike, *, minutes_per_model: float = 5.0, device:
         raise ExpertcacheError(f"{out} is a file; --out needs a directory")
     settings = {"minutes_per_model": minutes_per_model, "device": device, "samples": samples, "length": length,
                 "seed": seed, "resamples": resamples}
-    _claim(out, settings)
+    claim(out, "study.json", settings, "toy study")
     results = {}
     for variant in chosen:
         done = out / "results" / f"{variant.name}.json"
@@ -80,22 +81,6 @@ def _variants(names: list[str] | None) -> list[Variant]:
     if unknown:
         raise ExpertcacheError(f"unknown variants {', '.join(unknown)}; known: {', '.join(known)}")
     return [UNTRAINED, known["base"]] + [known[n] for n in dict.fromkeys(names) if n not in ("base", "untrained")]
-
-
-def _claim(out: Path, settings: dict) -> None:
-    """Refuse an OUT that holds something else, or a study run with other settings."""
-    marker = out / "study.json"
-    if marker.is_file():
-        try:
-            held = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise ExpertcacheError(f"{marker} is damaged; choose another --out") from None
-        if held != settings:
-            raise ExpertcacheError(f"{out} holds a study with other settings ({marker}); choose another --out")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise ExpertcacheError(f"{out} exists and is not a toy study folder; choose another --out")
-    write_json_atomic(marker, settings)
 
 
 def _trace_and_measure(model: Path, out: Path, name: str, samples: int, length: int, seed: int, resamples: int,

@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ..atomic import atomic_path, write_json_atomic
+from ..atomic import atomic_path
 from ..errors import ExpertcacheError
 from .checkpoint import TrainState, clean, commit, latest, restore_rng
 from .config import ToyConfig, hf_config
 from .data import load_corpus
+from .outdir import claim
 from .probe import Probe
 from .routing import balance_loss, router_logits, z_loss
 
@@ -68,7 +69,7 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
         steps = config.steps
     out = Path(out)
     device = _device(device)
-    _claim(out, config, seed)
+    claim(out, "toy.json", {"config": config.to_dict(), "seed": seed}, "toy training")
     tokenizer = demo_tokenizer()
     corpus = load_corpus(tokenizer, config.corpus_chars, config.heldout_fraction, config.seq_len, out / "heldout")
     found = latest(out)
@@ -106,25 +107,6 @@ def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ExpertcacheError("--device cuda, but torch sees no CUDA device here")
     return torch.device(name)
-
-
-def _claim(out: Path, config: ToyConfig, seed: int) -> None:
-    """Refuse an `out` that holds something else or another run; mark it as this run's."""
-    if out.exists() and not out.is_dir():
-        raise ExpertcacheError(f"{out} is a file; --out needs a directory")
-    marker = out / "toy.json"
-    wanted = {"config": config.to_dict(), "seed": seed}
-    if marker.is_file():
-        try:
-            held = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise ExpertcacheError(f"{marker} is damaged; choose another --out") from None
-        if held != wanted:
-            raise ExpertcacheError(f"{out} holds a toy run with another config or seed; choose another --out")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise ExpertcacheError(f"{out} exists and is not a toy training folder; choose another --out")
-    write_json_atomic(marker, wanted)
 
 
 def _truncate_log(log: Path, step: int) -> None:

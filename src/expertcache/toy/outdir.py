@@ -1,0 +1,30 @@
+"""An --out folder that belongs to one toy run or study: reused by the same settings only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import write_json_atomic
+from ..errors import ExpertcacheError
+
+__all__ = ["claim"]
+
+
+def claim(out: Path, marker_name: str, wanted: dict, what: str) -> None:
+    """Mark `out` as holding `what` made with `wanted` settings (JSON in `marker_name`), or refuse
+    it: a file, a folder holding something else, or one made with other settings."""
+    if out.exists() and not out.is_dir():
+        raise ExpertcacheError(f"{out} is a file; --out needs a directory")
+    marker = out / marker_name
+    if marker.is_file():
+        try:
+            held = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            raise ExpertcacheError(f"{marker} is damaged; choose another --out") from None
+        if held != wanted:
+            raise ExpertcacheError(f"{out} holds a {what} with other settings ({marker}); choose another --out")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise ExpertcacheError(f"{out} exists and is not a {what} folder; choose another --out")
+    write_json_atomic(marker, wanted)
