@@ -26,6 +26,21 @@ def test_decode_bound_by_hand():
     assert predict_throughput(r, slow, misses_at_source=True).decode_tokens_per_s == pytest.approx(4.0)
 
 
+def test_misses_kept_at_the_source_cost_their_bytes_over_its_bandwidth():
+    # the same 4 decode misses of 10 bytes, computed where they live (1 token each < 2): nothing moves
+    trace = decode_trace([[[e]] for e in [0, 1, 0, 1]], 2, expert_bytes=(10,))
+    hw = HardwareProfile(link_bandwidth=20.0, expert_time=0.01, dense_time=0.0, source_bandwidth=100.0)
+    kept = simulate(trace, "lru", budget_slots=1, misses_on_cpu_below=2)
+    assert (kept.bytes_read, kept.misses_on_cpu) == (0, 4)
+    # per token: compute 0.01 s, 10 bytes / 100 = 0.1 s at the source -> 10 tok/s (moving them: 10/20 = 0.5 s)
+    assert predict_throughput(kept, hw).decode_tokens_per_s == pytest.approx(10.0)
+    moved = simulate(trace, "lru", budget_slots=1)
+    assert predict_throughput(moved, hw).decode_tokens_per_s == pytest.approx(2.0)
+    assert predict_throughput(moved, hw, misses_at_source=True).decode_tokens_per_s == pytest.approx(10.0)
+    with pytest.raises(ExpertcacheError, match="source_bandwidth"):
+        predict_throughput(kept, HardwareProfile(link_bandwidth=20.0, expert_time=0.01))
+
+
 def test_prefill_bound_by_hand():
     trace = make_trace([[[[0]], [[1]], [[0]]]], 2, phase=[[0, 0, 1]], expert_bytes=(10,))
     r = simulate(trace, "lru", budget_slots=4)

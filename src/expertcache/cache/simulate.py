@@ -69,6 +69,7 @@ class SimulationResult(HitCounts):
     batch_hits: np.ndarray = field(repr=False)  # [B]
     batch_misses: np.ndarray = field(repr=False)  # [B]
     batch_read: np.ndarray = field(repr=False)  # [B] bytes read by misses
+    batch_at_source_bytes: np.ndarray = field(repr=False)  # [B] bytes of the misses computed where they live
     stream: LookupStream = field(repr=False)
     warnings: tuple[str, ...] = ()  # sizing problems (sizing.py), for people, not for the JSON contract
 
@@ -166,5 +167,6 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
         bytes_read=None if sizes is None else int(read.sum() + pf[PF_BYTES]), misses_on_cpu=int(at_source.sum()),
         prefetch=report,
         batch_hits=hits, batch_misses=misses, batch_read=read, stream=stream,
+        batch_at_source_bytes=at_source * (0 if sizes is None else sizes[stream.batch_layer]),
         warnings=tuple(budget_warnings(trace.model, scope, budget)),
     )

@@ -3,7 +3,8 @@
 Per decode token t, compute_t = dense_time + lookups_t * expert_time and transfer_t =
 bytes_read_t / link_bandwidth; the step takes max(compute_t, transfer_t) when loads overlap
 compute, compute_t + transfer_t when they do not. Misses computed where the weights live (e.g.
-on the CPU) cost bytes / source_bandwidth instead of a transfer. The result is a bound: measured
+on the CPU, `simulate(..., misses_on_cpu_below=N)`) cost bytes / source_bandwidth instead of a
+transfer, on the same path: transfer_t adds them. The result is a bound: measured
 throughput divided by it says how close an engine comes.
 """
 
@@ -64,9 +65,10 @@ class HardwareProfile:
             raise ExpertcacheError(f"{path}: not a JSON hardware profile ({e})") from None
 
 
-def step_times(compute_s, bytes_read, bandwidth: float, overlap: bool) -> np.ndarray:
-    """The bound per step: max or sum of compute and transfer time."""
-    transfer = np.asarray(bytes_read, np.float64) / bandwidth
+def step_times(compute_s, bytes_read, bandwidth: float, overlap: bool, source_s=0.0) -> np.ndarray:
+    """The bound per step: max or sum of compute and transfer time (plus `source_s`, misses
+    computed where the weights live)."""
+    transfer = np.asarray(bytes_read, np.float64) / bandwidth + source_s
     compute = np.asarray(compute_s, np.float64)
     return np.maximum(compute, transfer) if overlap else compute + transfer
 
@@ -95,16 +97,22 @@ def predict_throughput(result, profile: HardwareProfile, *, misses_at_source: bo
     stream = result.stream
     steps = result.per_step()
     decode = _decode_tokens(stream)  # [D] token ids
+    at_source = result.batch_at_source_bytes.astype(np.float64)  # [B]
+    if at_source.any() and not profile.source_bandwidth:
+        raise ExpertcacheError("misses computed where the weights live need the profile's source_bandwidth")
+    source_s = at_source / profile.source_bandwidth if at_source.any() else at_source  # [B]
+    step_source = np.bincount(stream.batch_token, source_s, stream.num_tokens)[decode]
     compute = profile.dense_time + steps["lookups"][decode] * profile.expert_time
-    times = step_times(compute, steps["bytes_read"][decode], bandwidth, profile.overlap)
-    transfer = steps["bytes_read"][decode] / bandwidth
+    times = step_times(compute, steps["bytes_read"][decode], bandwidth, profile.overlap, step_source)
+    transfer = steps["bytes_read"][decode] / bandwidth + step_source
     prefill_rate = None
     prefill = stream.batch_phase == PREFILL
     if prefill.any():
         tokens = stream.num_tokens - len(decode)
         # every prompt token passes its L * k experts; batching on real hardware only does better
         p_compute = tokens * (profile.dense_time + _experts_per_token(stream, decode, tokens) * profile.expert_time)
-        p_time = float(step_times(p_compute, result.batch_read[prefill].sum(), bandwidth, profile.overlap))
+        p_time = float(step_times(p_compute, result.batch_read[prefill].sum(), bandwidth, profile.overlap,
+                                  source_s[prefill].sum()))
         prefill_rate = tokens / p_time if p_time > 0 else float("inf")
     total = float(times.sum())
     return ThroughputEstimate(
