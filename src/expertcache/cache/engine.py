@@ -40,7 +40,8 @@ from .kernels import on_access, on_evict, on_insert, victim
 from .state import KEY_POOL
 
 __all__ = ["Plan", "new_engine", "new_plan", "engine_batch", "prefetch_after", "finish",
-           "COUNTERS", "PF_ISSUED", "PF_USED", "PF_WASTED", "PF_BYTES", "PF_WASTED_BYTES", "LOAD", "BUFFER_HIT", "AT_SOURCE"]
+           "COUNTERS", "PF_ISSUED", "PF_USED", "PF_WASTED", "PF_BYTES", "PF_WASTED_BYTES", "LOAD", "BUFFER_HIT", "AT_SOURCE",
+           "EVERY_MISS"]
 
 # rows of the engine state X [9, C] (int64)
 RESIDENT = 0  # [K] 1 while the key is in the main pool
@@ -67,6 +68,7 @@ EVICTED = 3  # [m] keys evicted, in order
 EVICTED_BEFORE = 4  # [m] chunk whose loads the eviction makes room for
 PREFETCHED = 5  # [f] keys a prefetch started loading
 LOAD, BUFFER_HIT, AT_SOURCE = 1, 2, 3
+EVERY_MISS = 2**62  # a cpu_below that keeps every miss at the source, whatever its token count
 # plan counts [4]: n, m, chunks, f
 N_KEYS, N_EVICTED, N_CHUNKS, N_PREFETCHED = range(4)
 

@@ -15,7 +15,7 @@ from ..trace.opening import open_trace
 from .budget import Budget, budget_warnings, layer_expert_bytes, resolve_budget
 from .policies import Policy, resolve_policy
 from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
-from .engine import PF_BYTES
+from .engine import EVERY_MISS, PF_BYTES
 from .replay import replay
 from .stream import LookupStream, build_stream
 
@@ -120,7 +120,7 @@ def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np
 def _cpu_below(tokens) -> int:
     if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 0:
         raise ExpertcacheError(f"misses_on_cpu_below must be a whole number of tokens >= 0, not {tokens!r}")
-    return min(int(tokens), 2**62)
+    return min(int(tokens), EVERY_MISS)
 
 
 def check_accounting(accounting: str) -> None:

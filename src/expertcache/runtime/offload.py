@@ -1,8 +1,8 @@
 """`offload`: a Hugging Face MoE model whose routed experts live in a bounded cache.
 
     route (stock router) -> resolve residency (engine step) -> fetch misses -> compute (stock
-    experts forward on slots; misses kept at the source on its host copy) -> combine;
-    after each layer call: prefetch for the next one
+    experts forward on slots; misses kept at the source on its host copy) -> combine; the
+    next layer's prefetch is issued before each computation and overlaps it
 
 The returned model is the ordinary transformers model (its `generate()`, tokenizer and chat
 template work as usual) with the offloaded experts implementation selected; `stats(model)`

@@ -16,13 +16,14 @@ import time
 
 import torch
 
+from ..cache.engine import EVERY_MISS
 from ..errors import ExpertcacheError
 from .experts import Pools
 
 __all__ = ["RULES", "ALWAYS", "threshold", "misses_on_cpu_below"]
 
 RULES = ("never", "auto", "always")
-ALWAYS = 2**62  # every miss, whatever its token count
+ALWAYS = EVERY_MISS  # every miss, whatever its token count
 
 
 def threshold(expert_bytes: int, link_bandwidth: float, one_token_s: float, per_token_s: float) -> int:
