@@ -14,11 +14,10 @@ from .engine import COUNTERS, finish, new_engine, new_plan, engine_batch, prefet
 __all__ = ["replay"]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, _nrt=False)  # the inlined engine step would refcount its array views per batch
 def _loop(I, F, X, keys, batch_start, hint, key_cost, key_bytes, budget, strict, cpu_below, pf_keys, pf_distance,
-          plan, counts, hits, misses, read, at_source):
+          plan, counts, hits, misses, read, at_source, out):
     B = len(batch_start) - 1
-    out = np.zeros(4, np.int64)
     prefetching = pf_keys.shape[1] > 0
     for b in range(B):
         s, e = batch_start[b], batch_start[b + 1]
@@ -45,5 +44,6 @@ def replay(state, keys, batch_start, hint, key_cost, key_bytes, budget, pf_keys,
     max_batch = int(np.diff(batch_start).max()) if len(batch_start) > 1 else 0
     plan = new_plan(max_batch + pf_keys.shape[1], K)
     _loop(state.ints, state.floats, X, keys, batch_start, hint, key_cost, key_bytes, budget, bool(strict),
-          int(cpu_below), pf_keys, int(pf_distance), plan.rows, plan.counts, hits, misses, read, at_source)
+          int(cpu_below), pf_keys, int(pf_distance), plan.rows, plan.counts, hits, misses, read, at_source,
+          np.zeros(4, np.int64))
     return X[COUNTERS, :5].copy()
