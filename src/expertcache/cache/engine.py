@@ -184,8 +184,7 @@ def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, 
     requests are computed at the source (0: none); out: [4] hits, misses, bytes read, misses
     computed at the source.
     """
-    counts[:] = 0
-    counts[N_CHUNKS] = 1
+    counts[N_KEYS], counts[N_EVICTED], counts[N_CHUNKS], counts[N_PREFETCHED] = 0, 0, 1, 0  # no memset call
     has_hint = len(hint) > 0
     n, h, m, rb = 0, 0, 0, 0
     for r in range(s, e):

@@ -28,8 +28,9 @@ def _loop(I, F, X, keys, batch_start, batch_phase, hint, key_cost, key_bytes, bu
         hits[b], misses[b] = out[0], out[1]
         if out[3]:  # mostly 0: pages never written stay unallocated
             at_source[b] = out[3]
+        phase = batch_phase[b]
         for j in range(4):
-            totals[batch_phase[b], j] += out[j]
+            totals[phase, j] += out[j]
         if prefetching and b + pf_distance < B:
             prefetch_after(I, F, X, pf_keys[b + pf_distance], b, b + pf_distance, e - 1, key_cost, key_bytes,
                            budget, strict, plan, counts)
