@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ExpertcacheError
-from ..trace.format import DECODE
 from ..trace.opening import open_trace
 from .budget import Budget, budget_warnings, layer_expert_bytes, resolve_budget
 from .policies import Policy, resolve_policy
@@ -114,8 +113,8 @@ class SimulationResult(HitCounts):
 def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np.ndarray | None = None,
                distance: int = 1, reserve: int = 0, key_bytes: np.ndarray | None = None, accounting: str = "published",
                misses_on_cpu_below: int = 0) -> Replayed:
-    """Drive the compiled loop: per-batch hits, misses, misses computed at the source, per-phase
-    totals and prefetch counters."""
+    """Drive the compiled loop: per-batch hits, misses, misses computed at the source, totals
+    (also over decode batches) and prefetch counters."""
     check_accounting(accounting)
     state = policy.new_state(budget, len(stream.key_offset) - 1, stream)
     hint = stream.next_use if policy.uses_future else np.empty(0, np.int64)
@@ -165,13 +164,13 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     pf_keys = None if config is None else plan_prefetch(trace, stream, config)
     r = run_stream(stream, policy, budget, pf_keys, 1 if config is None else config.distance,
                    0 if config is None else config.reserve, key_bytes, accounting, misses_on_cpu_below)
-    hits, misses, read, at_source = r.totals.sum(axis=0).tolist()
+    hits, misses, read, at_source, decode_hits, decode_misses = r.totals.tolist()
     report = None if config is None else PrefetchReport.from_counts(config, r.prefetch, pf_keys, stream,
                                                                     sizes is not None)
     return SimulationResult(
         policy=policy.name, scope=scope, accounting=accounting, budget_bytes=budget.budget_bytes, budget_slots=budget.budget_slots,
         lookups=hits + misses, hits=hits,
-        decode_lookups=int(r.totals[DECODE, 0] + r.totals[DECODE, 1]), decode_hits=int(r.totals[DECODE, 0]),
+        decode_lookups=decode_hits + decode_misses, decode_hits=decode_hits,
         bytes_read=None if sizes is None else read + int(r.prefetch[PF_BYTES]), misses_on_cpu=at_source,
         prefetch=report,
         batch_hits=r.hits, batch_misses=r.misses, batch_at_source=r.at_source, layer_bytes=sizes, stream=stream,
