@@ -93,7 +93,8 @@ def new_plan(max_batch: int, num_keys: int) -> Plan:
     return Plan(np.zeros((6, max(max_batch, 1) + num_keys + 1), np.int64), np.zeros(4, np.int64))
 
 
-_jit = numba.njit(cache=True, _nrt=False)  # called per batch: no refcounting (see kernels.py); the per-batch path is inlined
+# Called per batch: no refcounting (see kernels.py); the per-batch path is inlined (`inline`).
+_jit = numba.njit(cache=True, _nrt=False)
 
 
 @inline
