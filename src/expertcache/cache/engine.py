@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .kernels import on_access, on_evict, on_insert, victim
+from .kernels import inline, on_access, on_evict, on_insert, victim
 from .state import KEY_POOL
 
 __all__ = ["Plan", "new_engine", "new_plan", "engine_batch", "prefetch_after", "finish",
@@ -93,10 +93,11 @@ def new_plan(max_batch: int, num_keys: int) -> Plan:
     return Plan(np.zeros((6, max(max_batch, 1) + num_keys + 1), np.int64), np.zeros(4, np.int64))
 
 
-_jit = numba.njit(cache=True, _nrt=False)  # called per batch: no refcounting (see kernels.py)
+# Called per batch: no refcounting (see kernels.py); the per-batch path is inlined (`inline`).
+_jit = numba.njit(cache=True, _nrt=False)
 
 
-@_jit
+@inline
 def _evict(I, F, X, v, key_cost, key_bytes, plan, counts, chunk):
     X[RESIDENT, v] = 0
     X[USED, I[KEY_POOL, v]] -= key_cost[v]
@@ -111,7 +112,7 @@ def _evict(I, F, X, v, key_cost, key_bytes, plan, counts, chunk):
     counts[N_EVICTED] = m + 1
 
 
-@_jit
+@inline
 def make_room(I, F, X, pool, need, epoch, key_cost, key_bytes, budget, plan, counts, chunk):
     """Evict unpinned keys (PIN < epoch) of `pool`, lowest priority first, until `need` more
     units fit. Returns False when nothing is left to evict (the pool stays as it is)."""
@@ -176,7 +177,7 @@ def _admitted(kind):
     return kind == LOAD or kind == BUFFER_HIT
 
 
-@_jit
+@inline
 def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, strict, cpu_below, plan, counts,
                  out):
     """Apply batch b (requests keys[s:e], one pool, the first at stream position t0) and write
@@ -184,8 +185,7 @@ def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, 
     requests are computed at the source (0: none); out: [4] hits, misses, bytes read, misses
     computed at the source.
     """
-    counts[:] = 0
-    counts[N_CHUNKS] = 1
+    counts[N_KEYS], counts[N_EVICTED], counts[N_CHUNKS], counts[N_PREFETCHED] = 0, 0, 1, 0  # no memset call
     has_hint = len(hint) > 0
     n, h, m, rb = 0, 0, 0, 0
     for r in range(s, e):

@@ -6,44 +6,65 @@ Shape key: R requests, B batches, K keys, P pools, F predictions per batch.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
+from ..trace.format import DECODE
 from .engine import COUNTERS, finish, new_engine, new_plan, engine_batch, prefetch_after
 
-__all__ = ["replay"]
+__all__ = ["replay", "Replayed"]
 
 
-@numba.njit(cache=True)
-def _loop(I, F, X, keys, batch_start, hint, key_cost, key_bytes, budget, strict, cpu_below, pf_keys, pf_distance,
-          plan, counts, hits, misses, read, at_source):
+@numba.njit(cache=True, _nrt=False)  # the inlined engine step would refcount its array views per batch
+def _loop(I, F, X, keys, batch_start, batch_phase, hint, key_cost, key_bytes, budget, strict, cpu_below, pf_keys,
+          pf_distance, plan, counts, hits, misses, at_source, totals, out):
     B = len(batch_start) - 1
-    out = np.zeros(4, np.int64)
     prefetching = pf_keys.shape[1] > 0
+    h = m = rb = at = dh = dm = 0  # totals, and the decode batches' hits and misses
     for b in range(B):
         s, e = batch_start[b], batch_start[b + 1]
         engine_batch(I, F, X, keys, s, e, s, b, hint, key_cost, key_bytes, budget, strict, cpu_below, plan, counts,
                      out)
-        hits[b], misses[b], read[b], at_source[b] = out[0], out[1], out[2], out[3]
+        hits[b], misses[b] = out[0], out[1]
+        if out[3]:  # mostly 0: pages never written stay unallocated
+            at_source[b] = out[3]
+        h, m, rb, at = h + out[0], m + out[1], rb + out[2], at + out[3]
+        if batch_phase[b] == DECODE:
+            dh, dm = dh + out[0], dm + out[1]
         if prefetching and b + pf_distance < B:
             prefetch_after(I, F, X, pf_keys[b + pf_distance], b, b + pf_distance, e - 1, key_cost, key_bytes,
                            budget, strict, plan, counts)
     finish(X, key_bytes)
+    totals[:] = h, m, rb, at, dh, dm
 
 
-def replay(state, keys, batch_start, hint, key_cost, key_bytes, budget, pf_keys, pf_distance, pf_reserve, hits,
-           misses, read, at_source, *, strict: bool = False, cpu_below: int = 0) -> np.ndarray:
-    """Fill hits/misses/read/at_source ([B] each) for a policy state; return the prefetch counters [5].
+class Replayed(NamedTuple):
+    hits: np.ndarray  # [B] int32
+    misses: np.ndarray  # [B] int32
+    at_source: np.ndarray  # [B] int32 misses computed at the source, not loaded
+    totals: np.ndarray  # [6] int64 hits, misses, bytes read by misses, at_source; decode batches' hits, misses
+    prefetch: np.ndarray  # [5] prefetch counters (engine.PF_*)
+
+
+def replay(state, stream, hint, key_cost, key_bytes, budget, pf_keys, pf_distance, pf_reserve, *,
+           strict: bool = False, cpu_below: int = 0) -> Replayed:
+    """Replay a LookupStream through a policy state. Totals are summed in the loop, so a
+    caller needs no pass over the per-batch arrays.
 
     hint: [R] future annotation (Belady) or empty; key_cost: [K] budget units per key;
     key_bytes: [K] bytes moved per load; budget: [P] units per pool; pf_keys: [B, F] keys
     predicted for each batch (-1 none; F = 0 disables prefetch); strict: never over budget (strict capacity);
     cpu_below: a miss fewer requests of its batch use is computed at the source, not loaded (0: never).
     """
-    K = len(key_cost)
+    K, B = len(key_cost), stream.num_batches
     X = new_engine(K, len(budget), pf_reserve)
-    max_batch = int(np.diff(batch_start).max()) if len(batch_start) > 1 else 0
-    plan = new_plan(max_batch + pf_keys.shape[1], K)
-    _loop(state.ints, state.floats, X, keys, batch_start, hint, key_cost, key_bytes, budget, bool(strict),
-          int(cpu_below), pf_keys, int(pf_distance), plan.rows, plan.counts, hits, misses, read, at_source)
-    return X[COUNTERS, :5].copy()
+    plan = new_plan(stream.max_batch + pf_keys.shape[1], K)
+    r = Replayed(np.zeros(B, np.int32), np.zeros(B, np.int32), np.zeros(B, np.int32), np.zeros(6, np.int64),
+                 np.zeros(5, np.int64))
+    _loop(state.ints, state.floats, X, stream.keys, stream.batch_start, stream.batch_phase, hint, key_cost, key_bytes,
+          budget, bool(strict), int(cpu_below), pf_keys, int(pf_distance), plan.rows, plan.counts, r.hits, r.misses,
+          r.at_source, r.totals, np.zeros(4, np.int64))
+    r.prefetch[:] = X[COUNTERS, :5]
+    return r

@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ExpertcacheError
-from ..trace.format import DECODE
 from ..trace.opening import open_trace
 from .budget import Budget, budget_warnings, layer_expert_bytes, resolve_budget
 from .policies import Policy, resolve_policy
 from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
 from .engine import EVERY_MISS, PF_BYTES
-from .replay import replay
+from .replay import Replayed, replay
 from .stream import LookupStream, build_stream
 
 __all__ = ["simulate", "SimulationResult", "HitCounts", "run_stream", "ACCOUNTINGS"]
@@ -68,10 +67,25 @@ class SimulationResult(HitCounts):
     prefetch: PrefetchReport | None
     batch_hits: np.ndarray = field(repr=False)  # [B]
     batch_misses: np.ndarray = field(repr=False)  # [B]
-    batch_read: np.ndarray = field(repr=False)  # [B] bytes read by misses
-    batch_at_source_bytes: np.ndarray = field(repr=False)  # [B] bytes of the misses computed where they live
+    batch_at_source: np.ndarray = field(repr=False)  # [B] misses computed where the weights live
+    layer_bytes: np.ndarray | None = field(repr=False)  # [L] bytes of one expert per MoE layer, None unknown
     stream: LookupStream = field(repr=False)
     warnings: tuple[str, ...] = ()  # sizing problems (sizing.py), for people, not for the JSON contract
+
+    def _batch_bytes(self, experts: np.ndarray) -> np.ndarray:
+        """[B] bytes of `experts` experts per batch (a batch is one layer): derived, not stored,
+        since a long k = 1 replay would spend more on writing them than on the cache."""
+        return experts * (0 if self.layer_bytes is None else self.layer_bytes[self.stream.batch_layer])
+
+    @property
+    def batch_read(self) -> np.ndarray:
+        """[B] bytes read by misses."""
+        return self._batch_bytes(self.batch_misses - self.batch_at_source)
+
+    @property
+    def batch_at_source_bytes(self) -> np.ndarray:
+        """[B] bytes of the misses computed where they live."""
+        return self._batch_bytes(self.batch_at_source)
 
     def _group(self, index: np.ndarray, size: int) -> dict[str, np.ndarray]:
         lookups = np.bincount(index, self.batch_hits + self.batch_misses, size).astype(np.int64)
@@ -98,23 +112,18 @@ class SimulationResult(HitCounts):
 
 def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np.ndarray | None = None,
                distance: int = 1, reserve: int = 0, key_bytes: np.ndarray | None = None, accounting: str = "published",
-               misses_on_cpu_below: int = 0):
-    """Drive the compiled loop; returns per-batch hits, misses, read bytes, misses computed at the
-    source, and prefetch counters."""
+               misses_on_cpu_below: int = 0) -> Replayed:
+    """Drive the compiled loop: per-batch hits, misses, misses computed at the source, totals
+    (also over decode batches) and prefetch counters."""
     check_accounting(accounting)
     state = policy.new_state(budget, len(stream.key_offset) - 1, stream)
     hint = stream.next_use if policy.uses_future else np.empty(0, np.int64)
-    B = stream.num_batches
-    hits, misses, read, at_source = (np.zeros(B, np.int32), np.zeros(B, np.int32), np.zeros(B, np.int64),
-                                     np.zeros(B, np.int32))
     if key_bytes is None:
         key_bytes = np.zeros(stream.num_keys, np.int64)
     if pf_keys is None:
-        pf_keys = np.empty((B, 0), np.int64)
-    pf = replay(state, stream.keys, stream.batch_start, hint, budget.key_cost, key_bytes, budget.pool_budget,
-                pf_keys, int(distance), int(reserve), hits, misses, read, at_source, strict=accounting == "strict",
-                cpu_below=_cpu_below(misses_on_cpu_below))
-    return hits, misses, read, at_source, pf
+        pf_keys = np.empty((stream.num_batches, 0), np.int64)
+    return replay(state, stream, hint, budget.key_cost, key_bytes, budget.pool_budget, pf_keys, int(distance),
+                  int(reserve), strict=accounting == "strict", cpu_below=_cpu_below(misses_on_cpu_below))
 
 
 def _cpu_below(tokens) -> int:
@@ -153,20 +162,17 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     sizes = layer_expert_bytes(trace.model)  # [L] or None
     key_bytes = None if sizes is None else sizes[stream.key_layer]
     pf_keys = None if config is None else plan_prefetch(trace, stream, config)
-    hits, misses, read, at_source, pf = run_stream(stream, policy, budget, pf_keys,
-                                                   1 if config is None else config.distance,
-                                                   0 if config is None else config.reserve, key_bytes, accounting,
-                                                   misses_on_cpu_below)
-    decode = stream.batch_phase == DECODE  # [B]
-    report = None if config is None else PrefetchReport.from_counts(config, pf, pf_keys, stream, sizes is not None)
+    r = run_stream(stream, policy, budget, pf_keys, 1 if config is None else config.distance,
+                   0 if config is None else config.reserve, key_bytes, accounting, misses_on_cpu_below)
+    hits, misses, read, at_source, decode_hits, decode_misses = r.totals.tolist()
+    report = None if config is None else PrefetchReport.from_counts(config, r.prefetch, pf_keys, stream,
+                                                                    sizes is not None)
     return SimulationResult(
         policy=policy.name, scope=scope, accounting=accounting, budget_bytes=budget.budget_bytes, budget_slots=budget.budget_slots,
-        lookups=int(hits.sum() + misses.sum()), hits=int(hits.sum()),
-        decode_lookups=int(np.sum(hits, where=decode, dtype=np.int64) + np.sum(misses, where=decode, dtype=np.int64)),
-        decode_hits=int(np.sum(hits, where=decode, dtype=np.int64)),
-        bytes_read=None if sizes is None else int(read.sum() + pf[PF_BYTES]), misses_on_cpu=int(at_source.sum()),
+        lookups=hits + misses, hits=hits,
+        decode_lookups=decode_hits + decode_misses, decode_hits=decode_hits,
+        bytes_read=None if sizes is None else read + int(r.prefetch[PF_BYTES]), misses_on_cpu=at_source,
         prefetch=report,
-        batch_hits=hits, batch_misses=misses, batch_read=read, stream=stream,
-        batch_at_source_bytes=at_source * (0 if sizes is None else sizes[stream.batch_layer]),
+        batch_hits=r.hits, batch_misses=r.misses, batch_at_source=r.at_source, layer_bytes=sizes, stream=stream,
         warnings=tuple(budget_warnings(trace.model, scope, budget)),
     )

@@ -61,6 +61,11 @@ class LookupStream:
         return nxt
 
     @cached_property
+    def max_batch(self) -> int:
+        """Requests in the largest batch (sizes the engine's plan); 0 for an empty stream."""
+        return int(np.diff(self.batch_start).max()) if self.num_batches else 0
+
+    @cached_property
     def key_counts(self) -> np.ndarray:
         """[K] requests per key over the stream (the frequency profile)."""
         return np.bincount(self.keys, minlength=self.num_keys)
