@@ -16,7 +16,9 @@ Figures:
   0.8): with prefetch, loads can overlap compute and the bound is 1 / max(compute time per
   token, missed bytes per token / disk bandwidth); without, a miss is needed by the call that
   waits for it, and the bound is 1 / (compute time + missed bytes / disk bandwidth). Compute
-  time per token is the plain model's; disk bandwidth is `bench_hw`'s cold read test;
+  time per token is the plain model's, measured in a run of its own just before each row (this
+  VM's speed drifts by 20-40 % over minutes, so one plain run for the whole table would not
+  describe the moment a row ran); disk bandwidth is `bench_hw`'s cold read test;
 - accelerate disk offload (device_map, offload folder) with the resident memory of the 1x run:
   tokens/s, and the runtime's speed-up over it (target >= 10x);
 - peak RSS of each run (each in its own process) against non-expert weights + budget.
@@ -159,14 +161,16 @@ def main() -> None:
         print(f"checkpoint {size / 2**30:.2f} GiB bf16 ({args.layers} layers x {args.experts} experts, k={args.k}); "
               f"{'host->device' if gpu else 'disk (cold)'} {link / 2**30:.2f} GiB/s; plain model on {args.device} "
               f"{plain_tps:.2f} tok/s, peak RSS {plain['peak_rss'] / 2**20:.0f} MiB")
-        print(f"{'budget':>14} {'prefetch':>10} {'tok/s':>7} {'vs plain':>9} {'hit rate':>9} {'MiB/token':>10} "
-              f"{'bound':>7} {'vs bound':>9} {'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
+        print(f"{'budget':>14} {'prefetch':>10} {'tok/s':>7} {'plain':>6} {'vs plain':>9} {'hit rate':>9} "
+              f"{'MiB/token':>10} {'bound':>7} {'vs bound':>9} {'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
         resident_1x = None
         rates = {}
         rules = ["never"] + ([args.misses_on_cpu] if args.misses_on_cpu else [])
         runs = [(float(b), p, rule) for b in args.budgets.split(",") if float(b) < everything
                 for rule in rules for p in (None, "stale-gate")]
         for x, prefetch, rule in runs + [(everything, None, "never")]:
+            plain_tps = args.tokens / run_in_process("plain", str(folder), None, args.tokens, None, None,
+                                                     args.tokens + 1, args.device)["seconds"]
             r = run_in_process("runtime", str(folder), x, args.tokens, None, prefetch,
                                args.tokens + 1 if x == everything else 2, args.device, rule)
             tps = args.tokens / r["seconds"]
@@ -182,7 +186,8 @@ def main() -> None:
             resident_1x = resident_1x or limit
             label = ("all" if x == everything else f"{x:g}x") + ("" if rule == "never" else f" cpu:{rule}")
             gpu_peak = f" peak GPU {r['peak_gpu'] / 2**20:.0f}M" if gpu else ""
-            print(f"{label:>14} {prefetch or '-':>10} {tps:7.2f} {tps / plain_tps:9.3f} {r['hit_rate']:9.1%} "
+            print(f"{label:>14} {prefetch or '-':>10} {tps:7.2f} {plain_tps:6.2f} {tps / plain_tps:9.3f} "
+                  f"{r['hit_rate']:9.1%} "
                   f"{decode_bytes / 2**20:10.1f} {bound:7.2f} {tps / bound:9.3f} {r['peak_rss'] / 2**20:8.0f}M "
                   f"{limit / 2**20:17.0f}M {str(r['tokens'] == plain['tokens']):>12}{gpu_peak}")
         if not args.no_accelerate and not gpu:
