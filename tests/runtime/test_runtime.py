@@ -213,10 +213,15 @@ def test_where_o_direct_is_refused_buffered_reads_give_the_same_logits(refusal, 
 
         monkeypatch.setattr(os, "preadv", preadv)
     model = offload(path, budget_slots=8)
+    store = model._expertcache_runtime.store
+    descriptors = [*store._fds.values(), *store._direct_fds.values()]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, want)
-    assert not model._expertcache_runtime.store._direct_fds  # buffered from then on
+    assert not store._direct_fds  # buffered from then on
     close(model)
+    for fd in descriptors:  # the refused O_DIRECT descriptor is closed with the others
+        with pytest.raises(OSError):
+            os.fstat(fd)
     if refusal == "at the first read" and not refused:
         pytest.skip("this file system refuses O_DIRECT at open already")
     assert len(refused) <= 4  # at most one refused try per read thread

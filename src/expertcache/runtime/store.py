@@ -51,16 +51,17 @@ class ExpertStore:
         self.tier = tier
         self.parts = parts
         self._fds: dict[str, int] = {}
-        self._direct_fds: dict[str, int] = {}  # disk tier, where the file system allows O_DIRECT
+        self._direct_fds: dict[str, int] = {}  # disk tier, while the file system allows O_DIRECT
+        self._opened: list[int] = []  # every descriptor, closed by close() (a refused O_DIRECT one too)
         folder = Path(folder)
         for file in {p.file for layer in parts for expert in layer for p in expert}:
             try:
-                self._fds[file] = os.open(folder / file, os.O_RDONLY)
+                self._fds[file] = self._open(folder / file, os.O_RDONLY)
             except OSError as e:
                 raise ExpertcacheError(f"cannot open {folder / file}: {e.strerror}") from None
             if tier == "disk" and hasattr(os, "O_DIRECT"):
                 try:
-                    self._direct_fds[file] = os.open(folder / file, os.O_RDONLY | os.O_DIRECT)
+                    self._direct_fds[file] = self._open(folder / file, os.O_RDONLY | os.O_DIRECT)
                 except OSError:  # e.g. tmpfs: buffered reads, dropped from the page cache after
                     pass
         largest = max((p.nbytes for layer in parts for expert in layer for p in expert), default=0)
@@ -71,6 +72,11 @@ class ExpertStore:
         self.host_pools: list[Pools] | None = None  # [L] the "ram" tier's master copy
         if tier == "ram":
             self.host_pools = [self._read_layer(layer, params, pin=device.type == "cuda") for layer in parts]
+
+    def _open(self, path: Path, flags: int) -> int:
+        fd = os.open(path, flags)
+        self._opened.append(fd)
+        return fd
 
     def _read_layer(self, layer: list[list[ExpertPart]], params, pin: bool) -> Pools:
         E = len(layer)
@@ -152,8 +158,9 @@ class ExpertStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        for fd in [*self._fds.values(), *self._direct_fds.values()]:
+        for fd in self._opened:
             os.close(fd)
+        self._opened.clear()
         self._fds.clear()
         self._direct_fds.clear()
 
