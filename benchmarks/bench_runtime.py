@@ -155,12 +155,9 @@ def main() -> None:
         _, raw = bench_hw(args.hidden, args.hidden // 2, "bfloat16", args.layers, 256, tmp,
                           "device" if gpu else "disk", 256, args.device)
         link = raw["host_to_device_bytes_per_s"] if gpu else raw["disk_read_bytes_per_s"]
-        plain = run_in_process("plain", str(folder), None, args.tokens, None, None, args.tokens + 1, args.device)
-        plain_tps = args.tokens / plain["seconds"]
         everything = args.experts / args.k
         print(f"checkpoint {size / 2**30:.2f} GiB bf16 ({args.layers} layers x {args.experts} experts, k={args.k}); "
-              f"{'host->device' if gpu else 'disk (cold)'} {link / 2**30:.2f} GiB/s; plain model on {args.device} "
-              f"{plain_tps:.2f} tok/s, peak RSS {plain['peak_rss'] / 2**20:.0f} MiB")
+              f"{'host->device' if gpu else 'disk (cold)'} {link / 2**30:.2f} GiB/s")
         print(f"{'budget':>14} {'prefetch':>10} {'tok/s':>7} {'plain':>6} {'vs plain':>9} {'hit rate':>9} "
               f"{'MiB/token':>10} {'bound':>7} {'vs bound':>9} {'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
         resident_1x = None
@@ -169,8 +166,8 @@ def main() -> None:
         runs = [(float(b), p, rule) for b in args.budgets.split(",") if float(b) < everything
                 for rule in rules for p in (None, "stale-gate")]
         for x, prefetch, rule in runs + [(everything, None, "never")]:
-            plain_tps = args.tokens / run_in_process("plain", str(folder), None, args.tokens, None, None,
-                                                     args.tokens + 1, args.device)["seconds"]
+            plain = run_in_process("plain", str(folder), None, args.tokens, None, None, args.tokens + 1, args.device)
+            plain_tps = args.tokens / plain["seconds"]
             r = run_in_process("runtime", str(folder), x, args.tokens, None, prefetch,
                                args.tokens + 1 if x == everything else 2, args.device, rule)
             tps = args.tokens / r["seconds"]
@@ -190,6 +187,7 @@ def main() -> None:
                   f"{r['hit_rate']:9.1%} "
                   f"{decode_bytes / 2**20:10.1f} {bound:7.2f} {tps / bound:9.3f} {r['peak_rss'] / 2**20:8.0f}M "
                   f"{limit / 2**20:17.0f}M {str(r['tokens'] == plain['tokens']):>12}{gpu_peak}")
+        print(f"plain model on {args.device}: peak RSS {plain['peak_rss'] / 2**20:.0f} MiB")
         if not args.no_accelerate and not gpu:
             a = run_in_process("accelerate", str(folder), None, args.tokens, resident_1x)
             a_tps = args.tokens / a["seconds"]
