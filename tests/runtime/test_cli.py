@@ -77,6 +77,15 @@ def test_run_errors_are_one_line(model, args, message):
     assert p.stderr.startswith("error:") and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+def test_a_folder_without_tokenizer_files_is_a_one_line_error(tmp_path):
+    """transformers builds an empty tokenizer from the config alone; the error says so."""
+    path = build_tiny_model("qwen3_moe", tmp_path / "model", seed=1)
+    p = cli("run", path, "--prompt", "def f(x):", "--generate", 2, "--budget-slots", 8)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error:") and "tokenizer files missing" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
 def test_ctrl_c_stops_after_the_current_token_with_counters_and_trace_consistent(model, tmp_path):
     import signal
     import time

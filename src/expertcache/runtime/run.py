@@ -55,7 +55,9 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
         else:
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
         if ids.shape[1] == 0:
-            raise ExpertcacheError("the prompt is empty after tokenization")
+            hint = f" (the tokenizer of {model} knows {len(tokenizer)} tokens: are its tokenizer files missing?)" \
+                if len(tokenizer) < 256 else ""
+            raise ExpertcacheError("the prompt is empty after tokenization" + hint)
         torch.manual_seed(seed)
         out = ids
         options = dict(max_new_tokens=generate, min_new_tokens=generate, do_sample=sample,
