@@ -16,9 +16,10 @@ Figures:
   0.8): with prefetch, loads can overlap compute and the bound is 1 / max(compute time per
   token, missed bytes per token / disk bandwidth); without, a miss is needed by the call that
   waits for it, and the bound is 1 / (compute time + missed bytes / disk bandwidth). Compute
-  time per token is the plain model's, measured in a run of its own just before each row (this
-  VM's speed drifts by 20-40 % over minutes, so one plain run for the whole table would not
-  describe the moment a row ran); disk bandwidth is `bench_hw`'s cold read test;
+  time per token is the plain model's, the mean of its runs just before and just after the
+  row (each in its own process; this VM's speed drifts by 20-40 % over minutes, so one plain
+  run for the whole table would not describe the moment a row ran); disk bandwidth is
+  `bench_hw`'s cold read test;
 - accelerate disk offload (device_map, offload folder) with the resident memory of the 1x run:
   tokens/s, and the runtime's speed-up over it (target >= 10x);
 - peak RSS of each run (each in its own process) against non-expert weights + budget.
@@ -36,6 +37,7 @@ Run: python benchmarks/bench_runtime.py [--hidden 1024 --layers 16 --experts 64 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -165,11 +167,14 @@ def main() -> None:
         rules = ["never"] + ([args.misses_on_cpu] if args.misses_on_cpu else [])
         runs = [(float(b), p, rule) for b in args.budgets.split(",") if float(b) < everything
                 for rule in rules for p in (None, "stale-gate")]
+        plain_run = functools.partial(run_in_process, "plain", str(folder), None, args.tokens, None, None,
+                                      args.tokens + 1, args.device)
+        after = plain_run()
         for x, prefetch, rule in runs + [(everything, None, "never")]:
-            plain = run_in_process("plain", str(folder), None, args.tokens, None, None, args.tokens + 1, args.device)
-            plain_tps = args.tokens / plain["seconds"]
             r = run_in_process("runtime", str(folder), x, args.tokens, None, prefetch,
                                args.tokens + 1 if x == everything else 2, args.device, rule)
+            plain, after = after, plain_run()
+            plain_tps = 2 * args.tokens / (plain["seconds"] + after["seconds"])  # the runs just before and after
             tps = args.tokens / r["seconds"]
             rates.setdefault(x, tps)
             expert_bytes = r["memory"]["slow_tier_bytes"] / (args.layers * args.experts)

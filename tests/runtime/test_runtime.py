@@ -335,3 +335,47 @@ def test_a_prefetch_that_evicts_the_computing_calls_experts_waits_for_it(prefetc
     assert sum(deferred) > 0  # the case happened
     assert got.sequences.tolist() == want.sequences.tolist()
     assert all(torch.equal(g, w) for g, w in zip(got.logits, want.logits))
+
+
+@pytest.mark.parametrize("family,implementation", [("qwen3_moe", "grouped_mm"), ("gpt_oss", "grouped_mm"),
+                                                   ("deepseek_v3", "grouped_mm"), ("llama4_text", None),
+                                                   ("olmoe", "eager")])
+def test_resident_experts_computed_while_misses_are_read_give_the_same_logits(family, implementation, checkpoints,
+                                                                              monkeypatch):
+    """Reads slowed down so that misses are still in flight when a call computes: its resident
+    experts go first, the rest once read (not with eager, where a chunk costs the whole call)."""
+    import time
+
+    from expertcache.runtime.offload import Runtime
+    from expertcache.runtime.store import ExpertStore
+
+    pread = ExpertStore._pread
+
+    def slow_pread(self, part, target):
+        time.sleep(0.004)
+        pread(self, part, target)
+
+    split = []
+    resident_first = Runtime._resident_first
+
+    def counting(self, plan, late, layer, layer_slots):
+        split.append((int((~late).sum()), int(late.sum())))
+        yield from resident_first(self, plan, late, layer, layer_slots)
+
+    monkeypatch.setattr(ExpertStore, "_pread", slow_pread)
+    monkeypatch.setattr(Runtime, "_resident_first", counting)
+    path = checkpoints(family, torch.bfloat16)
+    options = dict(max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    stock = stock_model(path, implementation)
+    model = offload(path, budget_x=4.0, prefetch="previous", experts_implementation=implementation)
+    for seed in (0, 1):  # the second prompt's prefill finds some of its experts resident (Llama4: k = 1)
+        with torch.no_grad():
+            want = stock.generate(prompt(seed=seed), **options)
+            got = model.generate(prompt(seed=seed), **options)
+        assert got.sequences.tolist() == want.sequences.tolist()
+        assert all(torch.equal(g, w) for g, w in zip(got.logits, want.logits))
+    close(model)
+    if implementation == "eager":
+        assert not split
+    else:
+        assert split and all(ready > 0 and waiting > 0 for ready, waiting in split)

@@ -136,6 +136,18 @@ class ExpertCache:
         for k in plan.keys[(plan.chunk == chunk) & plan.loads]:
             self._start_fetch(int(k))
 
+    def in_flight(self, plan: BatchPlan, chunk: int) -> np.ndarray:
+        """[n] bool: the keys of `chunk` whose fetch (a load or a prefetch) is still running."""
+        late = np.zeros(len(plan.keys), bool)
+        if self._pending:
+            for i in np.flatnonzero(plan.chunk == chunk):
+                slot = int(self.slot_of[plan.keys[i]])
+                future = self._pending.get(slot)
+                if future is not None and future.done():
+                    self._wait(slot)
+                late[i] = slot in self._pending
+        return late
+
     def wait(self, plan: BatchPlan, chunk: int) -> None:
         """Wait until every key of `chunk` is in its slot."""
         if self._pending:  # all hits and nothing in flight (the common decode case): nothing to wait for

@@ -123,6 +123,8 @@ class SlotCompute:
     ([E]; every expert the call routes has one), and the pools they are read from.
     """
 
+    chunks_cost_nothing = True  # a call computed in chunks costs about what it costs whole
+
     def __init__(self, slots: Pools):
         self.slots = slots
 
@@ -175,6 +177,8 @@ class GroupedCompute(SlotCompute):
 
 
 class EagerCompute(SlotCompute):
+    chunks_cost_nothing = False  # each chunk runs the stock loop over all k routed experts
+
     def _view(self, module, pools: Pools, layer_rows):
         return _View(module, {name: _ExpertRows(pool, layer_rows) for name, pool in pools.tensors.items()})
 

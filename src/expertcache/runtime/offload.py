@@ -2,7 +2,9 @@
 
     route (stock router) -> resolve residency (engine step) -> fetch misses -> compute (stock
     experts forward on slots; misses kept at the source on its host copy) -> combine; the
-    next layer's prefetch is issued before each computation and overlaps it
+    next layer's prefetch is issued before each computation and overlaps it, and a call's
+    resident experts are computed while its misses are read (where computing a call in two
+    chunks costs nothing extra: grouped_mm and dense, not eager)
 
 The returned model is the ordinary transformers model (its `generate()`, tokenizer and chat
 template work as usual) with the offloaded experts implementation selected; `stats(model)`
@@ -183,9 +185,15 @@ class Runtime:
                 cache.start(plan, 0)
             if prefetch:
                 self._prefetch(layer + 1, hidden if self.want_stale else None, in_use=keys)
-            if plan is not None:
-                cache.wait(plan, 0)
-            out = self.compute.whole(module, layer_slots, hidden, top_k_index, top_k_weights)
+            late = None if plan is None or not self.compute.chunks_cost_nothing else cache.in_flight(plan, 0)
+            if late is not None and late.any() and not late.all():
+                # the resident experts are computed while the others are still being read
+                out = self.compute.chunked(module, self._resident_first(plan, late, layer, layer_slots), hidden,
+                                           top_k_index, top_k_weights)
+            else:
+                if plan is not None:
+                    cache.wait(plan, 0)
+                out = self.compute.whole(module, layer_slots, hidden, top_k_index, top_k_weights)
             if prefetch:
                 cache.settle()
         else:
@@ -205,6 +213,13 @@ class Runtime:
         if plan.at_source.any():
             host = self.store.host_pools[layer]
             yield ([int(k - self.offset[layer]) for k in plan.keys[plan.at_source]], np.arange(host.zero), host)
+
+    def _resident_first(self, plan, late, layer, layer_slots):
+        """The chunks of a one-chunk call: its resident experts, then (once read) those in flight."""
+        for part in (~late, late):
+            if part is late:
+                self.cache.wait(plan, 0)
+            yield [int(k - self.offset[layer]) for k in plan.keys[part]], layer_slots, self.cache.pools
 
     def _prefetch(self, layer: int, hidden, in_use: np.ndarray | None = None) -> None:
         """Predict for (current token, layer) and issue the loads; decode steps only, as in the simulator.
