@@ -16,13 +16,15 @@ Figures:
   0.8): with prefetch, loads can overlap compute and the bound is 1 / max(compute time per
   token, missed bytes per token / disk bandwidth); without, a miss is needed by the call that
   waits for it, and the bound is 1 / (compute time + missed bytes / disk bandwidth). Compute
-  time per token is the plain model's, the mean of its runs just before and just after the
-  row (each in its own process; this VM's speed drifts by 20-40 % over minutes, so one plain
-  run for the whole table would not describe the moment a row ran); disk bandwidth is
-  `bench_hw`'s cold read test;
+  time per token is the plain model's, measured next to the runtime: one process holds both
+  models and they decode in turn, `--rounds` pairs in ABBA order, each runtime rate against
+  the plain rate beside it (this VM's speed drifts by 20-40 % over minutes, and between
+  processes); the table gives medians and the range of the per-pair ratios. Disk bandwidth is
+  `bench_hw`'s cold read test; bytes per token are those of the measured rounds only;
 - accelerate disk offload (device_map, offload folder) with the resident memory of the 1x run:
   tokens/s, and the runtime's speed-up over it (target >= 10x);
-- peak RSS of each run (each in its own process) against non-expert weights + budget.
+- peak RSS of each budget, from a run of the runtime alone in its own process, against
+  non-expert weights + budget.
 
 With --device cuda the cache is in GPU memory and the slow tier is pinned host RAM: the plain
 model runs on the GPU, the link is `bench_hw`'s pinned host-to-device copy, and --misses-on-cpu
@@ -30,16 +32,16 @@ adds rows with that rule (missed experts computed on the CPU from RAM, not moved
 not in the bound's transfer, so those rows' ratio is against compute alone). Tokens are
 compared with the plain model on the same device.
 
-Run: python benchmarks/bench_runtime.py [--hidden 1024 --layers 16 --experts 64 --k 8 --tokens 16]
+Run: python benchmarks/bench_runtime.py [--hidden 1024 --layers 16 --experts 64 --k 8 --tokens 16 --rounds 4]
                                         [--device cuda --misses-on-cpu auto]
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,9 +129,55 @@ def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, residen
     return result
 
 
-def run_in_process(*args) -> dict:
+def _decode(model, tokens: int, device: str) -> tuple[float, list]:
+    """Seconds from the first generated token to the last of `tokens` more, and the tokens."""
+    ids = torch.tensor([PROMPT], device=device)
+    clock = TokenClock()
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=tokens + 1, min_new_tokens=tokens + 1, do_sample=False,
+                             streamer=clock)
+    return clock.times[-1] - clock.times[1], out[0, len(PROMPT):].tolist()
+
+
+def paired_rates(folder: str, budget_x: float, tokens: int, rounds: int, prefetch: str | None = None,
+                 device: str = "cpu", misses_on_cpu: str = "never", steady: bool = False) -> dict:
+    """In one fresh process: the plain model and the offloaded one decode in turn, `rounds` times
+    (ABBA order), so that each runtime rate has a plain rate measured next to it in time.
+
+    Decode counters are this function's rounds only (the warm-up's excluded). `steady`: the warm-up
+    decodes the whole sequence once, so every expert it uses is resident (everything cached).
+    """
+    import expertcache.runtime as rt
+
+    plain = _load("plain", folder, None, None, None, device)
+    model = _load("runtime", folder, budget_x, None, prefetch, device, misses_on_cpu)
+    _decode(plain, 2, device)
+    _decode(model, tokens if steady else 2, device)
+    before = rt.stats(model)
+    plain_s, runtime_s, same = [], [], True
+    for r in range(rounds):
+        for kind in ("plain", "runtime") if r % 2 == 0 else ("runtime", "plain"):
+            drop_page_cache(Path(folder))
+            seconds, out = _decode(plain if kind == "plain" else model, tokens, device)
+            (plain_s if kind == "plain" else runtime_s).append(seconds)
+            if kind == "plain":
+                want = out
+            else:
+                got = out
+        same = same and got == want
+    after = rt.stats(model)
+    rt.close(model)
+    pf = lambda s: s.prefetch["issued"] if s.prefetch else 0  # noqa: E731
+    return {"plain_s": plain_s, "runtime_s": runtime_s, "same_tokens": same,
+            "decode_lookups": after.decode_lookups - before.decode_lookups,
+            "decode_misses": (after.decode_lookups - after.decode_hits - after.misses_on_cpu)
+            - (before.decode_lookups - before.decode_hits - before.misses_on_cpu),
+            "prefetched": pf(after) - pf(before)}
+
+
+def run_in_process(*args, function: str = "one_run") -> dict:
     code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_runtime as b; " \
-           f"print(json.dumps(b.one_run(*{args!r})))"
+           f"print(json.dumps(b.{function}(*{args!r})))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(p.stderr[-3000:])
@@ -144,6 +192,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--budgets", default="1,2,4")
+    ap.add_argument("--rounds", type=int, default=4, help="plain/runtime pairs per row (medians reported)")
     ap.add_argument("--no-accelerate", action="store_true", help="skip the accelerate disk-offload peer")
     ap.add_argument("--device", default="cpu", help="cpu (disk tier) or cuda (pinned RAM tier)")
     ap.add_argument("--misses-on-cpu", default=None, help="also run every offloaded budget with this rule (cuda)")
@@ -161,37 +210,44 @@ def main() -> None:
         print(f"checkpoint {size / 2**30:.2f} GiB bf16 ({args.layers} layers x {args.experts} experts, k={args.k}); "
               f"{'host->device' if gpu else 'disk (cold)'} {link / 2**30:.2f} GiB/s")
         print(f"{'budget':>14} {'prefetch':>10} {'tok/s':>7} {'plain':>6} {'vs plain':>9} {'hit rate':>9} "
-              f"{'MiB/token':>10} {'bound':>7} {'vs bound':>9} {'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
+              f"{'MiB/token':>10} {'bound':>7} {'vs bound':>9} {'range':>10} {'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
+        plain = run_in_process("plain", str(folder), None, args.tokens, None, None, args.tokens + 1, args.device)
+        plain_tokens = plain["tokens"]
         resident_1x = None
         rates = {}
         rules = ["never"] + ([args.misses_on_cpu] if args.misses_on_cpu else [])
         runs = [(float(b), p, rule) for b in args.budgets.split(",") if float(b) < everything
                 for rule in rules for p in (None, "stale-gate")]
-        plain_run = functools.partial(run_in_process, "plain", str(folder), None, args.tokens, None, None,
-                                      args.tokens + 1, args.device)
-        after = plain_run()
         for x, prefetch, rule in runs + [(everything, None, "never")]:
+            steady = x == everything
             r = run_in_process("runtime", str(folder), x, args.tokens, None, prefetch,
-                               args.tokens + 1 if x == everything else 2, args.device, rule)
-            plain, after = after, plain_run()
-            plain_tps = 2 * args.tokens / (plain["seconds"] + after["seconds"])  # the runs just before and after
-            tps = args.tokens / r["seconds"]
-            rates.setdefault(x, tps)
+                               args.tokens + 1 if steady else 2, args.device, rule)  # alone: its memory
+            pair = run_in_process(str(folder), x, args.tokens, args.rounds, prefetch, args.device, rule, steady,
+                                  function="paired_rates")
             expert_bytes = r["memory"]["slow_tier_bytes"] / (args.layers * args.experts)
-            decode_tokens = r["decode_lookups"] / (args.layers * args.k)
-            moved = max(0, r["decode_lookups"] - r["decode_hits"] - r["misses_on_cpu"])  # misses kept on the CPU move nothing
-            loads = moved + (r["prefetch"]["issued"] if prefetch else 0)
+            decode_tokens = pair["decode_lookups"] / (args.layers * args.k)
+            loads = max(0, pair["decode_misses"]) + pair["prefetched"]  # misses kept on the CPU move nothing
             decode_bytes = loads * expert_bytes / decode_tokens  # misses and prefetches (only in decode)
             load_s = decode_bytes / link
-            bound = 1 / (max(1 / plain_tps, load_s) if prefetch else 1 / plain_tps + load_s)
+            ratios, bounds = [], []
+            for plain_s, runtime_s in zip(pair["plain_s"], pair["runtime_s"]):
+                compute = plain_s / args.tokens
+                bound = 1 / (max(compute, load_s) if prefetch else compute + load_s)
+                bounds.append(bound)
+                ratios.append(args.tokens / runtime_s / bound)
+            tps = statistics.median(args.tokens / t for t in pair["runtime_s"])
+            plain_tps = statistics.median(args.tokens / t for t in pair["plain_s"])
+            vs_plain = statistics.median(p / t for p, t in zip(pair["plain_s"], pair["runtime_s"]))
+            rates.setdefault(x, tps)
             limit = r["memory"]["non_expert_bytes"] + r["memory"]["cache_bytes"]
             resident_1x = resident_1x or limit
-            label = ("all" if x == everything else f"{x:g}x") + ("" if rule == "never" else f" cpu:{rule}")
+            label = ("all" if steady else f"{x:g}x") + ("" if rule == "never" else f" cpu:{rule}")
             gpu_peak = f" peak GPU {r['peak_gpu'] / 2**20:.0f}M" if gpu else ""
-            print(f"{label:>14} {prefetch or '-':>10} {tps:7.2f} {plain_tps:6.2f} {tps / plain_tps:9.3f} "
-                  f"{r['hit_rate']:9.1%} "
-                  f"{decode_bytes / 2**20:10.1f} {bound:7.2f} {tps / bound:9.3f} {r['peak_rss'] / 2**20:8.0f}M "
-                  f"{limit / 2**20:17.0f}M {str(r['tokens'] == plain['tokens']):>12}{gpu_peak}")
+            same = r["tokens"] == plain_tokens and pair["same_tokens"]
+            print(f"{label:>14} {prefetch or '-':>10} {tps:7.2f} {plain_tps:6.2f} {vs_plain:9.3f} "
+                  f"{r['hit_rate']:9.1%} {decode_bytes / 2**20:10.1f} {statistics.median(bounds):7.2f} "
+                  f"{statistics.median(ratios):9.3f} {min(ratios):5.2f}-{max(ratios):4.2f} "
+                  f"{r['peak_rss'] / 2**20:8.0f}M {limit / 2**20:17.0f}M {str(same):>12}{gpu_peak}", flush=True)
         print(f"plain model on {args.device}: peak RSS {plain['peak_rss'] / 2**20:.0f} MiB")
         if not args.no_accelerate and not gpu:
             a = run_in_process("accelerate", str(folder), None, args.tokens, resident_1x)

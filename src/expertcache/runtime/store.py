@@ -96,7 +96,7 @@ class ExpertStore:
             got = self._read(direct, part, bounce[:end - start], start, direct=True)
             if got >= 0:
                 _check_length(part, got - (part.offset - start))
-                target.copy_(torch.from_numpy(bounce[part.offset - start:part.offset - start + part.nbytes]))
+                _copy(target, torch.from_numpy(bounce[part.offset - start:part.offset - start + part.nbytes]))
                 return
             self._direct_fds.pop(part.file, None)  # refused after all (alignment): buffered from now on
         host = target if target.device.type == "cpu" else torch.empty(part.nbytes, dtype=torch.uint8)
@@ -148,8 +148,7 @@ class ExpertStore:
         if self.host_pools is not None:
             master = self.host_pools[layer].tensors
             for p in parts:
-                target = _bytes(dest[p.param], p)
-                target.copy_(_bytes(master[p.param][expert], p), non_blocking=target.is_cuda)
+                _copy(_bytes(dest[p.param], p), _bytes(master[p.param][expert], p))
             return
         for p in parts:
             self._pread(p, _bytes(dest[p.param], p))
@@ -168,6 +167,16 @@ class ExpertStore:
 def _check_length(part: ExpertPart, got: int) -> None:
     if got < part.nbytes:
         raise ExpertcacheError(f"{part.file} ended {part.nbytes - max(got, 0)} bytes early (truncated checkpoint)")
+
+
+def _copy(target: torch.Tensor, source: torch.Tensor) -> None:
+    """Copy host bytes into a slot. Into RAM with numpy: a torch copy on a read thread would start
+    an OpenMP team for that thread, whose workers spin after each copy on the cores the model
+    computes on (4 read threads, 4 more workers; a slower decode on 2 cores)."""
+    if target.device.type == "cpu":
+        np.copyto(target.numpy(), source.numpy())
+    else:  # from pinned memory (the ram tier) the copy is asynchronous on the store's stream
+        target.copy_(source, non_blocking=source.is_pinned())
 
 
 def _bytes(expert: torch.Tensor, part: ExpertPart) -> torch.Tensor:
