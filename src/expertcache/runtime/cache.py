@@ -66,6 +66,8 @@ class ExpertCache:
         self.budget, self.store, self.device = budget, store, device
         self.key_offset = key_offset  # [L + 1]
         K = int(key_offset[-1])
+        layer_of = np.repeat(np.arange(num_layers), np.diff(key_offset))
+        self._layer_expert = list(zip(layer_of.tolist(), (np.arange(K) - key_offset[layer_of]).tolist()))  # [K]
         self.key_bytes = key_bytes.astype(np.int64)  # [K]
         self.I, self.F = policy.new_state(budget, num_layers)
         self.X = new_engine(K, len(budget.pool_budget))
@@ -170,7 +172,7 @@ class ExpertCache:
         self.counters.bytes_read += int(self.X[COUNTERS, PF_BYTES] - before)
         evicted, fetches = rows[EVICTED, :counts[N_EVICTED]].copy(), rows[PREFETCHED, :counts[N_PREFETCHED]].copy()
         evicted_later = fetches_later = self._none
-        if in_use is not None:
+        if in_use is not None and len(evicted):
             busy = np.isin(evicted, in_use)
             evicted, evicted_later = evicted[~busy], evicted[busy]
         self._release(evicted)
@@ -204,10 +206,9 @@ class ExpertCache:
             raise RuntimeError("expertcache: no free slot although the engine made room (a bug)")
         slot = self._free.pop()
         self.slot_of[key] = slot
-        layer = int(np.searchsorted(self.key_offset, key, side="right") - 1)
+        layer, expert = self._layer_expert[key]
         dest = {name: pool[slot] for name, pool in self.slots.items()}
-        self._pending[slot] = self.store.fetch(layer, key - int(self.key_offset[layer]), dest,
-                                               self._reusable_after.pop(slot, None))
+        self._pending[slot] = self.store.fetch(layer, expert, dest, self._reusable_after.pop(slot, None))
 
     def _wait(self, slot: int) -> None:
         future = self._pending.pop(slot, None)
