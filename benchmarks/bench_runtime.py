@@ -101,6 +101,17 @@ def peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 
+def _decode(model, tokens: int, device: str) -> tuple[float, list]:
+    """Seconds from the first generated token (the prefill's) to the last of `tokens` more, and
+    the generated tokens."""
+    ids = torch.tensor([PROMPT], device=device)
+    clock = TokenClock()
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=tokens + 1, min_new_tokens=tokens + 1, do_sample=False,
+                             streamer=clock)
+    return clock.times[-1] - clock.times[1], out[0, len(PROMPT):].tolist()
+
+
 def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, resident: int | None = None,
             prefetch: str | None = None, warm_tokens: int = 2, device: str = "cpu", misses_on_cpu: str = "never") -> dict:
     """In a fresh process: decode seconds for `tokens` tokens (and counters) of one configuration.
@@ -114,12 +125,9 @@ def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, residen
     ids = torch.tensor([PROMPT], device=device)
     with torch.no_grad():
         model.generate(ids, max_new_tokens=warm_tokens, min_new_tokens=warm_tokens, do_sample=False)
-        drop_page_cache(Path(folder))
-        clock = TokenClock()
-        out = model.generate(ids, max_new_tokens=tokens + 1, min_new_tokens=tokens + 1, do_sample=False,
-                             streamer=clock)
-    # times[1] is the first generated token (prefill); decode is from there to the last one
-    result = {"tokens": out[0, len(PROMPT):].tolist(), "seconds": clock.times[-1] - clock.times[1]}
+    drop_page_cache(Path(folder))
+    seconds, generated = _decode(model, tokens, device)
+    result = {"tokens": generated, "seconds": seconds}
     if kind == "runtime":
         result.update(rt.stats(model).to_json())
         rt.close(model)
@@ -127,16 +135,6 @@ def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, residen
     if device != "cpu":
         result["peak_gpu"] = torch.cuda.max_memory_allocated()
     return result
-
-
-def _decode(model, tokens: int, device: str) -> tuple[float, list]:
-    """Seconds from the first generated token to the last of `tokens` more, and the tokens."""
-    ids = torch.tensor([PROMPT], device=device)
-    clock = TokenClock()
-    with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=tokens + 1, min_new_tokens=tokens + 1, do_sample=False,
-                             streamer=clock)
-    return clock.times[-1] - clock.times[1], out[0, len(PROMPT):].tolist()
 
 
 def paired_rates(folder: str, budget_x: float, tokens: int, rounds: int, prefetch: str | None = None,

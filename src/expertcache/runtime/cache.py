@@ -139,7 +139,8 @@ class ExpertCache:
             self._start_fetch(int(k))
 
     def in_flight(self, plan: BatchPlan, chunk: int) -> np.ndarray:
-        """[n] bool: the keys of `chunk` whose fetch (a load or a prefetch) is still running."""
+        """[n] bool: the keys of `chunk` whose fetch (a load or a prefetch) is still running; fetches
+        already finished are collected on the way (as `wait` would, read errors included)."""
         late = np.zeros(len(plan.keys), bool)
         if self._pending:
             for i in np.flatnonzero(plan.chunk == chunk):

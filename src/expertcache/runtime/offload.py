@@ -207,19 +207,23 @@ class Runtime:
         """(experts, expert -> row, pools) per chunk: the cache's chunks, then the misses kept at the source."""
         for c in range(plan.chunks):
             self.cache.prepare(plan, c)
-            experts = [int(k - self.offset[layer]) for k in plan.keys[(plan.chunk == c) & ~plan.at_source]]
+            experts = self._experts(layer, plan.keys[(plan.chunk == c) & ~plan.at_source])
             if experts:
                 yield experts, layer_slots, self.cache.pools
         if plan.at_source.any():
             host = self.store.host_pools[layer]
-            yield ([int(k - self.offset[layer]) for k in plan.keys[plan.at_source]], np.arange(host.zero), host)
+            yield self._experts(layer, plan.keys[plan.at_source]), np.arange(host.zero), host
+
+    def _experts(self, layer: int, keys: np.ndarray) -> list[int]:
+        """The layer's expert ids of cache keys."""
+        return (keys - self.offset[layer]).tolist()
 
     def _resident_first(self, plan, late, layer, layer_slots):
         """The chunks of a one-chunk call: its resident experts, then (once read) those in flight."""
         for part in (~late, late):
             if part is late:
                 self.cache.wait(plan, 0)
-            yield [int(k - self.offset[layer]) for k in plan.keys[part]], layer_slots, self.cache.pools
+            yield self._experts(layer, plan.keys[part]), layer_slots, self.cache.pools
 
     def _prefetch(self, layer: int, hidden, in_use: np.ndarray | None = None) -> None:
         """Predict for (current token, layer) and issue the loads; decode steps only, as in the simulator.

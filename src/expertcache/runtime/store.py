@@ -105,7 +105,7 @@ class ExpertStore:
         if self.tier == "disk" and hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, part.offset, part.nbytes, os.POSIX_FADV_DONTNEED)
         if host is not target:
-            target.copy_(host)
+            _copy(target, host)
 
     @staticmethod
     def _read(fd: int, part: ExpertPart, out: np.ndarray, offset: int, direct: bool = False) -> int:
