@@ -5,13 +5,15 @@ computes with the implementation the plain model would use (transformers' defaul
 `grouped_mm`, or `eager`), on *views* that answer like the experts module except that expert
 parameters come from the cache's slot pools:
 
-- grouped_mm: the view's parameters are the whole pools [S + 1, ...] and the routed expert ids
-  are replaced by their slot ids. Every (token, expert) row is computed from its group's rows
-  alone and rows are summed over k in routing order, so renaming the groups changes nothing.
-  On CPU, torch's grouped matmul visits every group, empty or not (about 1-3 us each), and a
-  pool has many more slots than a layer has experts; so CPU pools are handed over as
-  `_SlotPool` tensors whose grouped matmul runs one `mm` per non-empty group, which is what
-  torch's CPU kernel computes for each group (same bits, tested against the plain model).
+- grouped_mm: the routed expert ids are renamed to their slot ids and the pools [S + 1, ...]
+  stand for the weights. Every (token, expert) row is computed from its group's rows alone and
+  rows are summed over k in routing order, so renaming the groups changes nothing. On CUDA the
+  stock function runs on a view whose parameters are the pools. On CPU torch's grouped matmul
+  visits every group, empty or not (about 1-3 us each), and a pool has many more slots than a
+  layer has experts; so `_grouped_forward` takes the stock function's steps itself, with one
+  `mm` per non-empty group (what torch's CPU kernel computes for each group: same bits, tested
+  against the plain model) and its bookkeeping in numpy, which makes a decode call cheaper
+  than the stock one.
 - eager: the view's `param[e]` is expert e's slot, so the stock loop visits the same experts in
   the same (ascending id) order with the same weights.
 - dense (Llama4, outside the registry): see `DenseCompute`.
@@ -55,35 +57,49 @@ class _ExpertRows:
         return self.pool[int(self.slot_of[int(expert)])]
 
 
-class _SlotPool(torch.Tensor):
-    """A CPU slot pool whose grouped matmuls skip empty groups; every other op sees a plain tensor."""
+@torch.no_grad()  # slots are buffers, and `mm(out=)` refuses autograd
+def _grouped_forward(module, pools: dict[str, torch.Tensor], hidden: torch.Tensor, slot_ids: np.ndarray,
+                     top_k_weights: torch.Tensor) -> torch.Tensor:
+    """The stock grouped_mm experts forward on CPU slot pools, bookkeeping in numpy.
 
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch._grouped_mm:
-            return _grouped_mm_nonempty(*args, **kwargs)
-        with torch._C.DisableTorchFunctionSubclass():
-            out = func(*args, **kwargs)
-        if func is torch.Tensor.transpose:  # the weights' transposed view goes on to the grouped matmul
-            return out.as_subclass(cls)
-        return out
+    The same steps and ops as transformers' function: rows sorted by slot (stable), inputs cast
+    to the weights' dtype, one `mm` per group, the module's own gate (or activation), bias, post
+    norm, routing weights, rows put back in routing order and summed over k. It skips what only
+    the stock kernel's calling convention needs: a histogram of every group, a grouped matmul that
+    visits every slot of the pool, and a tensor subclass to intercept it. slot_ids: [T, K].
+    """
+    T, K = slot_ids.shape
+    flat = slot_ids.reshape(-1)
+    perm = np.argsort(flat, kind="stable")
+    by_slot = flat[perm]
+    starts = np.flatnonzero(np.concatenate(([True], by_slot[1:] != by_slot[:-1])))
+    groups = (by_slot[starts].tolist(), np.diff(starts, append=len(by_slot)).tolist())  # slots, their rows
+    first = "gate_up_proj" if module.has_gate else "up_proj"
+    dtype = pools[first].dtype
+    by_slot_t = torch.from_numpy(by_slot) if module.has_bias else None
+    proj = _grouped_linear(hidden[torch.from_numpy(perm // K)].to(dtype), pools, first, groups,
+                           module.is_transposed, by_slot_t)
+    proj = module._apply_gate(proj) if module.has_gate else module.act_fn(proj)
+    proj = _grouped_linear(proj.to(dtype), pools, "down_proj", groups, module.is_transposed, by_slot_t)
+    if module.has_post_expert_norm:
+        proj = module.post_expert_norm(proj)
+    weighted = proj * top_k_weights.reshape(-1)[torch.from_numpy(perm)].unsqueeze(-1)
+    back = np.empty_like(perm)
+    back[perm] = np.arange(len(perm))
+    return weighted[torch.from_numpy(back)].view(T, K, -1).sum(dim=1).to(hidden.dtype)
 
 
-def _grouped_mm_nonempty(mat_a: torch.Tensor, mat_b: torch.Tensor, offs: torch.Tensor, bias=None, out_dtype=None):
-    """torch._grouped_mm for a 2-D input and 3-D weights, one mm per group that has rows."""
-    if bias is not None or (out_dtype is not None and out_dtype != mat_a.dtype):
-        raise NotImplementedError("expertcache: grouped matmul with bias or another output dtype")
-    weights = mat_b.as_subclass(torch.Tensor)  # [G, in, out]
-    out = torch.empty((mat_a.shape[0], weights.shape[-1]), dtype=mat_a.dtype)
-    ends = offs.numpy()
-    rows = ends.copy()
-    rows[1:] -= ends[:-1]
-    groups = np.flatnonzero(rows)
-    sizes = rows[groups].tolist()  # the non-empty groups' rows lie one after another
-    used = int(ends[-1]) if len(ends) else 0  # rows past the last group (none here) stay unwritten, as in torch
-    for group, a, o in zip(groups.tolist(), mat_a[:used].split(sizes), out[:used].split(sizes)):
-        torch.mm(a, weights[group], out=o)
+def _grouped_linear(rows: torch.Tensor, pools: dict[str, torch.Tensor], name: str, groups, transposed: bool,
+                    by_slot: torch.Tensor | None) -> torch.Tensor:
+    """One projection of rows sorted by slot: `mm` per group (what torch's CPU grouped matmul
+    computes for each group, same bits), then the bias of each row's slot."""
+    pool = pools[name]  # [S + 1, out, in], or [S + 1, in, out] when transposed
+    out = torch.empty((rows.shape[0], pool.shape[-1] if transposed else pool.shape[-2]), dtype=rows.dtype)
+    slots, sizes = groups
+    for slot, a, o in zip(slots, rows.split(sizes), out.split(sizes)):
+        torch.mm(a, pool[slot] if transposed else pool[slot].T, out=o)
+    if by_slot is not None:
+        out.add_(pools[name + "_bias"][by_slot])
     return out
 
 
@@ -142,36 +158,32 @@ class GroupedCompute(SlotCompute):
         super().__init__(slots)
         self._views: dict[tuple[int, int], _View] = {}  # (id(module), id(pools)) -> view (pools never move)
 
-    def _view(self, module, pools: Pools):
+    def _forward(self, module, pools: Pools, hidden, slot_ids: np.ndarray, top_k_weights) -> torch.Tensor:
+        """The grouped_mm forward with expert ids renamed to rows of `pools` (slot_ids: [T, K])."""
+        if pools.device.type == "cpu":
+            return _grouped_forward(module, pools.tensors, hidden, slot_ids, top_k_weights)
+        from transformers.integrations.moe import grouped_mm_experts_forward
+
         view = self._views.get((id(module), id(pools)))
         if view is None:
-            tensors = {name: pool.as_subclass(_SlotPool) if pool.device.type == "cpu" else pool
-                       for name, pool in pools.tensors.items()}
-            view = self._views[(id(module), id(pools))] = _View(module, {**tensors, "num_experts": pools.zero + 1})
-        return view
-
-    def _slot_ids(self, layer_slots, expert_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return _to(torch.from_numpy(layer_slots[expert_ids.cpu().numpy()]), device)
+            view = self._views[(id(module), id(pools))] = _View(module, {**pools.tensors, "num_experts": pools.zero + 1})
+        return grouped_mm_experts_forward(view, hidden, torch.from_numpy(slot_ids).to(pools.device), top_k_weights)
 
     def whole(self, module, layer_slots, hidden, top_k_index, top_k_weights):
-        from transformers.integrations.moe import grouped_mm_experts_forward
-
-        return grouped_mm_experts_forward(self._view(module, self.slots), hidden,
-                                          self._slot_ids(layer_slots, top_k_index, hidden.device), top_k_weights)
+        return self._forward(module, self.slots, hidden, layer_slots[top_k_index.cpu().numpy()], top_k_weights)
 
     def chunked(self, module, chunks, hidden, top_k_index, top_k_weights):
-        from transformers.integrations.moe import grouped_mm_experts_forward
-
         T, K = top_k_index.shape
-        expert_of_row = top_k_index.reshape(-1)  # [T * K]
+        expert_of_row = top_k_index.reshape(-1).cpu().numpy()  # [T * K]
         row_weights = top_k_weights.reshape(-1, 1)
         rows = torch.empty((T * K, hidden.shape[-1]), dtype=torch.float32, device=hidden.device)
         for experts, layer_rows, pools in chunks:
-            mine = torch.isin(expert_of_row, torch.tensor(experts, device=expert_of_row.device)).nonzero().squeeze(-1)
+            mine = np.flatnonzero(np.isin(expert_of_row, experts))
             at = pools.device
-            slot_ids = self._slot_ids(layer_rows, expert_of_row[mine], at).unsqueeze(-1)  # [P, 1]
-            rows[mine] = _to(grouped_mm_experts_forward(self._view(module, pools), _to(hidden[mine // K].float(), at),
-                                                        slot_ids, _to(row_weights[mine], at)), rows.device)
+            here = torch.from_numpy(mine).to(hidden.device)
+            rows[here] = _to(self._forward(module, pools, _to(hidden[here // K].float(), at),
+                                           layer_rows[expert_of_row[mine]].reshape(-1, 1), _to(row_weights[here], at)),
+                             rows.device)
         weighted = torch.promote_types(next(iter(self.slots.tensors.values())).dtype, top_k_weights.dtype)
         return rows.to(weighted).view(T, K, -1).sum(dim=1).to(hidden.dtype)
 

@@ -160,17 +160,17 @@ class Runtime:
         self.routed = self.ckpt.adapter.read_router(router, output)
 
     def experts_call(self, layer, module, hidden, top_k_index, top_k_weights):
-        ids = top_k_index.reshape(-1, top_k_index.shape[-1])  # [T, K]
-        weights = top_k_weights.reshape(ids.shape).float()
+        ids_np = top_k_index.reshape(-1, top_k_index.shape[-1]).cpu().numpy().astype(np.int64, copy=False)  # [T, K]
+        weights = None
+        if self.sort_by_weight or self.writer is not None:
+            weights = top_k_weights.detach().reshape(ids_np.shape).float().cpu().numpy()
         if self.sort_by_weight:  # lookup order = the trace's order: descending weight
-            weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
-            ids = ids.gather(-1, order)
-        ids_np = ids.cpu().numpy().astype(np.int64)  # [T, K]
+            ids_np, weights = _by_descending_weight(ids_np, weights)
         f = self._forward
         if f is not None and ids_np.shape[0] == f["T"]:
             f["experts"][:, layer, :ids_np.shape[1]] = ids_np
             if self.writer is not None:
-                f["weights"][:, layer, :ids_np.shape[1]] = weights.cpu().numpy()
+                f["weights"][:, layer, :ids_np.shape[1]] = weights
         routed = ids_np[ids_np >= 0]
         keys = self.offset[layer] + routed.reshape(-1)
         decode = f is not None and f["phase"] == DECODE
@@ -282,6 +282,15 @@ class Runtime:
         return OffloadStats(self.policy_name, self.scope, "strict", b.budget_bytes, b.budget_slots, c.lookups, c.hits,
                             c.decode_lookups, c.decode_hits, c.bytes_read, c.misses_on_cpu, pf, self.implementation,
                             self.cache.misses_on_cpu_below, t, memory)
+
+
+def _by_descending_weight(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each token's ids and weights in descending weight, ties in routing order (a stable sort);
+    routers that already give them so (top-k does) cost one comparison. ids, weights: [T, K]."""
+    if (weights[:, :-1] >= weights[:, 1:]).all():
+        return ids, weights
+    order = np.argsort(-weights, axis=-1, kind="stable")
+    return np.take_along_axis(ids, order, -1), np.take_along_axis(weights, order, -1)
 
 
 def _peak_rss() -> int:
