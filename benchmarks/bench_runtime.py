@@ -17,9 +17,11 @@ Figures:
   token, missed bytes per token / disk bandwidth); without, a miss is needed by the call that
   waits for it, and the bound is 1 / (compute time + missed bytes / disk bandwidth). Compute
   time per token is the plain model's, measured next to the runtime: one process holds both
-  models and they decode in turn, `--rounds` pairs in ABBA order, each runtime rate against
-  the plain rate beside it (this VM's speed drifts by 20-40 % over minutes, and between
-  processes); the table gives medians and the range of the per-pair ratios. Disk bandwidth is
+  models and they decode the same sequence in lockstep, one token each in turn, `--rounds`
+  sequences (this VM's speed drifts by 20-40 % within a minute, and between processes); each
+  round's runtime rate is set against the plain rate of the same round, and the table gives
+  medians and the range over rounds. The runtime's reads still in flight at the end of its
+  token are waited for inside its time. Disk bandwidth is
   `bench_hw`'s cold read test; bytes per token are those of the measured rounds only;
 - accelerate disk offload (device_map, offload folder) with the resident memory of the 1x run:
   tokens/s, and the runtime's speed-up over it (target >= 10x);
@@ -139,11 +141,16 @@ def one_run(kind: str, folder: str, budget_x: float | None, tokens: int, residen
 
 def paired_rates(folder: str, budget_x: float, tokens: int, rounds: int, prefetch: str | None = None,
                  device: str = "cpu", misses_on_cpu: str = "never", steady: bool = False) -> dict:
-    """In one fresh process: the plain model and the offloaded one decode in turn, `rounds` times
-    (ABBA order), so that each runtime rate has a plain rate measured next to it in time.
+    """In one fresh process: the plain model and the offloaded one decode the same sequence in
+    lockstep, one token each in turn (ABBA order token by token), `rounds` sequences of `tokens`
+    greedy tokens; seconds are summed per round, so every runtime token has a plain token
+    measured next to it in time.
 
-    Decode counters are this function's rounds only (the warm-up's excluded). `steady`: the warm-up
-    decodes the whole sequence once, so every expert it uses is resident (everything cached).
+    The runtime's reads still in flight when its token is done are waited for inside its time
+    (a real generation would overlap them with the next token), so they neither slow the plain
+    model's turn nor hide in it. Decode counters are this function's rounds only (the warm-up's
+    excluded). `steady`: the warm-up decodes the whole sequence once, so every expert it uses is
+    resident (everything cached).
     """
     import expertcache.runtime as rt
 
@@ -151,18 +158,31 @@ def paired_rates(folder: str, budget_x: float, tokens: int, rounds: int, prefetc
     model = _load("runtime", folder, budget_x, None, prefetch, device, misses_on_cpu)
     _decode(plain, 2, device)
     _decode(model, tokens if steady else 2, device)
+    cache = model._expertcache_runtime.cache
     before = rt.stats(model)
-    plain_s, runtime_s, same = [], [], True
+    plain_s, runtime_s, same = [0.0] * rounds, [0.0] * rounds, True
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     for r in range(rounds):
-        for kind in ("plain", "runtime") if r % 2 == 0 else ("runtime", "plain"):
-            drop_page_cache(Path(folder))
-            seconds, out = _decode(plain if kind == "plain" else model, tokens, device)
-            (plain_s if kind == "plain" else runtime_s).append(seconds)
-            if kind == "plain":
-                want = out
-            else:
-                got = out
-        same = same and got == want
+        drop_page_cache(Path(folder))
+        state, generated = {}, {"plain": [], "runtime": []}
+        with torch.no_grad():
+            for name, m in (("plain", plain), ("runtime", model)):  # prefills, not timed
+                out = m(torch.tensor([PROMPT], device=device), use_cache=True)
+                state[name] = (out.cache, out.logits[:, -1:].argmax(-1))
+            for step in range(tokens):
+                for name in ("plain", "runtime") if step % 2 == 0 else ("runtime", "plain"):
+                    m = plain if name == "plain" else model
+                    cache_kv, token = state[name]
+                    start = time.perf_counter()
+                    out = m(token, cache=cache_kv, use_cache=True)
+                    token = out.logits[:, -1:].argmax(-1)
+                    if name == "runtime":
+                        cache.drain()
+                    sync()
+                    (plain_s if name == "plain" else runtime_s)[r] += time.perf_counter() - start
+                    state[name] = (out.cache, token)
+                    generated[name].append(int(token))
+        same = same and generated["plain"] == generated["runtime"]
     after = rt.stats(model)
     rt.close(model)
     pf = lambda s: s.prefetch["issued"] if s.prefetch else 0  # noqa: E731

@@ -108,7 +108,7 @@ class ExpertCache:
                      rows, counts, self._out)
         self.batch += 1
         self.position += len(keys)
-        h, m, rb, at_source = (int(v) for v in self._out)
+        h, m, rb, at_source = self._out.tolist()
         c = self.counters
         c.lookups += h + m
         c.hits += h
@@ -117,9 +117,10 @@ class ExpertCache:
         if decode:
             c.decode_lookups += h + m
             c.decode_hits += h
-        n, ne = int(counts[N_KEYS]), int(counts[N_EVICTED])
+        ne = int(counts[N_EVICTED])
         if m == 0 and ne == 0 and not self._pending:
             return None
+        n = int(counts[N_KEYS])
         kind = rows[KIND, :n]
         if (kind == BUFFER_HIT).any():
             raise ExpertcacheError("reserved prefetch buffers are a simulator option; the runtime prefetches into the cache")

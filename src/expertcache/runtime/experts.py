@@ -62,44 +62,59 @@ def _grouped_forward(module, pools: dict[str, torch.Tensor], hidden: torch.Tenso
                      top_k_weights: torch.Tensor) -> torch.Tensor:
     """The stock grouped_mm experts forward on CPU slot pools, bookkeeping in numpy.
 
-    The same steps and ops as transformers' function: rows sorted by slot (stable), inputs cast
-    to the weights' dtype, one `mm` per group, the module's own gate (or activation), bias, post
-    norm, routing weights, rows put back in routing order and summed over k. It skips what only
-    the stock kernel's calling convention needs: a histogram of every group, a grouped matmul that
-    visits every slot of the pool, and a tensor subclass to intercept it. slot_ids: [T, K].
+    The same steps and ops as transformers' function: rows grouped by slot (a stable sort),
+    inputs cast to the weights' dtype, one `mm` per group, the module's own gate (or
+    activation), bias, post norm, routing weights, rows in routing order summed over k. It skips
+    what only the stock kernel's calling convention needs: a histogram of every group, a grouped
+    matmul that visits every slot of the pool, and a tensor subclass to intercept it. A single
+    token (decode) needs no sort at all: each of its k rows is a group of its own, and a row's
+    bits do not depend on where it lies. slot_ids: [T, K].
     """
     T, K = slot_ids.shape
-    flat = slot_ids.reshape(-1)
-    perm = np.argsort(flat, kind="stable")
-    by_slot = flat[perm]
-    starts = np.flatnonzero(np.concatenate(([True], by_slot[1:] != by_slot[:-1])))
-    groups = (by_slot[starts].tolist(), np.diff(starts, append=len(by_slot)).tolist())  # slots, their rows
     first = "gate_up_proj" if module.has_gate else "up_proj"
     dtype = pools[first].dtype
-    by_slot_t = torch.from_numpy(by_slot) if module.has_bias else None
-    proj = _grouped_linear(hidden[torch.from_numpy(perm // K)].to(dtype), pools, first, groups,
-                           module.is_transposed, by_slot_t)
-    proj = module._apply_gate(proj) if module.has_gate else module.act_fn(proj)
-    proj = _grouped_linear(proj.to(dtype), pools, "down_proj", groups, module.is_transposed, by_slot_t)
+    x = hidden.to(dtype)
+    if T == 1:
+        perm = None
+        slots = slot_ids[0].tolist()
+        inputs = [x] * K
+    else:
+        flat = slot_ids.reshape(-1)
+        perm = np.argsort(flat, kind="stable")
+        by_slot = flat[perm]
+        starts = np.flatnonzero(np.concatenate(([True], by_slot[1:] != by_slot[:-1])))
+        slots = by_slot[starts].tolist()
+        inputs = x[torch.from_numpy(perm // K)].split(np.diff(starts, append=len(by_slot)).tolist())
+    row_slots = torch.from_numpy(slot_ids.reshape(-1) if perm is None else by_slot) if module.has_bias else None
+    proj = _grouped_linear(inputs, pools, first, slots, module.is_transposed, row_slots)
+    proj = (module._apply_gate(proj) if module.has_gate else module.act_fn(proj)).to(dtype)
+    proj = _grouped_linear(proj.split([len(rows) for rows in inputs]), pools, "down_proj", slots,
+                           module.is_transposed, row_slots)
     if module.has_post_expert_norm:
         proj = module.post_expert_norm(proj)
-    weighted = proj * top_k_weights.reshape(-1)[torch.from_numpy(perm)].unsqueeze(-1)
-    back = np.empty_like(perm)
-    back[perm] = np.arange(len(perm))
-    return weighted[torch.from_numpy(back)].view(T, K, -1).sum(dim=1).to(hidden.dtype)
+    weights = top_k_weights.reshape(-1)
+    if perm is None:
+        weighted = proj * weights.unsqueeze(-1)
+    else:
+        back = np.empty_like(perm)
+        back[perm] = np.arange(len(perm))
+        weighted = (proj * weights[torch.from_numpy(perm)].unsqueeze(-1))[torch.from_numpy(back)]
+    return weighted.view(T, K, -1).sum(dim=1).to(hidden.dtype)
 
 
-def _grouped_linear(rows: torch.Tensor, pools: dict[str, torch.Tensor], name: str, groups, transposed: bool,
-                    by_slot: torch.Tensor | None) -> torch.Tensor:
-    """One projection of rows sorted by slot: `mm` per group (what torch's CPU grouped matmul
-    computes for each group, same bits), then the bias of each row's slot."""
+def _grouped_linear(inputs, pools: dict[str, torch.Tensor], name: str, slots: list[int], transposed: bool,
+                    row_slots: torch.Tensor | None) -> torch.Tensor:
+    """One projection, group by group: `mm` of each group's rows with its slot's weights (what
+    torch's CPU grouped matmul computes for each group, same bits), then each row's slot's bias."""
     pool = pools[name]  # [S + 1, out, in], or [S + 1, in, out] when transposed
-    out = torch.empty((rows.shape[0], pool.shape[-1] if transposed else pool.shape[-2]), dtype=rows.dtype)
-    slots, sizes = groups
-    for slot, a, o in zip(slots, rows.split(sizes), out.split(sizes)):
-        torch.mm(a, pool[slot] if transposed else pool[slot].T, out=o)
-    if by_slot is not None:
-        out.add_(pools[name + "_bias"][by_slot])
+    out = torch.empty((sum(len(rows) for rows in inputs), pool.shape[-1] if transposed else pool.shape[-2]),
+                      dtype=pool.dtype)
+    at = 0
+    for slot, rows in zip(slots, inputs):
+        torch.mm(rows, pool[slot] if transposed else pool[slot].T, out=out[at:at + len(rows)])
+        at += len(rows)
+    if row_slots is not None:
+        out.add_(pools[name + "_bias"][row_slots])
     return out
 
 

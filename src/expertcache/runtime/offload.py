@@ -160,19 +160,20 @@ class Runtime:
         self.routed = self.ckpt.adapter.read_router(router, output)
 
     def experts_call(self, layer, module, hidden, top_k_index, top_k_weights):
-        ids_np = top_k_index.reshape(-1, top_k_index.shape[-1]).cpu().numpy().astype(np.int64, copy=False)  # [T, K]
+        K = top_k_index.shape[-1]
+        ids = top_k_index.reshape(-1, K).tolist()  # [T][K]: a decode call's few ids cost less as Python ints
         weights = None
         if self.sort_by_weight or self.writer is not None:
-            weights = top_k_weights.detach().reshape(ids_np.shape).float().cpu().numpy()
+            weights = top_k_weights.reshape(-1, K).tolist()
         if self.sort_by_weight:  # lookup order = the trace's order: descending weight
-            ids_np, weights = _by_descending_weight(ids_np, weights)
+            ids, weights = _by_descending_weight(ids, weights)
         f = self._forward
-        if f is not None and ids_np.shape[0] == f["T"]:
-            f["experts"][:, layer, :ids_np.shape[1]] = ids_np
+        if f is not None and len(ids) == f["T"]:
+            f["experts"][:, layer, :K] = ids
             if self.writer is not None:
-                f["weights"][:, layer, :ids_np.shape[1]] = weights
-        routed = ids_np[ids_np >= 0]
-        keys = self.offset[layer] + routed.reshape(-1)
+                f["weights"][:, layer, :K] = weights
+        offset = int(self.offset[layer])
+        keys = np.array([offset + e for row in ids for e in row if e >= 0], np.int64)
         decode = f is not None and f["phase"] == DECODE
         cache = self.cache
         plan = cache.lookup(keys, decode)
@@ -284,13 +285,17 @@ class Runtime:
                             self.cache.misses_on_cpu_below, t, memory)
 
 
-def _by_descending_weight(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _by_descending_weight(ids: list[list[int]], weights: list[list[float]]) -> tuple[list, list]:
     """Each token's ids and weights in descending weight, ties in routing order (a stable sort);
-    routers that already give them so (top-k does) cost one comparison. ids, weights: [T, K]."""
-    if (weights[:, :-1] >= weights[:, 1:]).all():
-        return ids, weights
-    order = np.argsort(-weights, axis=-1, kind="stable")
-    return np.take_along_axis(ids, order, -1), np.take_along_axis(weights, order, -1)
+    a token whose router already gave them so (top-k does) costs one pass. ids, weights: [T][K]."""
+    out_ids, out_weights = [], []
+    for row, w in zip(ids, weights):
+        if any(a < b for a, b in zip(w, w[1:])):
+            order = sorted(range(len(w)), key=w.__getitem__, reverse=True)  # reverse keeps ties in order
+            row, w = [row[j] for j in order], [w[j] for j in order]
+        out_ids.append(row)
+        out_weights.append(w)
+    return out_ids, out_weights
 
 
 def _peak_rss() -> int:
