@@ -66,18 +66,19 @@ def _grouped_forward(module, pools: dict[str, torch.Tensor], hidden: torch.Tenso
     inputs cast to the weights' dtype, one `mm` per group, the module's own gate (or
     activation), bias, post norm, routing weights, rows in routing order summed over k. It skips
     what only the stock kernel's calling convention needs: a histogram of every group, a grouped
-    matmul that visits every slot of the pool, and a tensor subclass to intercept it. A single
-    token (decode) needs no sort at all: each of its k rows is a group of its own, and a row's
-    bits do not depend on where it lies. slot_ids: [T, K].
+    matmul that visits every slot of the pool, and a tensor subclass to intercept it. Where no
+    slot repeats (one token's call in decode, or a chunk of it) nothing is sorted: each row is a
+    group of its own, and a row's bits do not depend on where it lies. slot_ids: [T, K].
     """
     T, K = slot_ids.shape
     first = "gate_up_proj" if module.has_gate else "up_proj"
     dtype = pools[first].dtype
     x = hidden.to(dtype)
-    if T == 1:
+    slots = slot_ids.reshape(-1).tolist()
+    if len(set(slots)) == len(slots):  # every row a group of its own (a decode call, or a chunk of one)
         perm = None
-        slots = slot_ids[0].tolist()
-        inputs = [x] * K
+        rows = x.split(1)
+        inputs = [rows[i // K] for i in range(T * K)]
     else:
         flat = slot_ids.reshape(-1)
         perm = np.argsort(flat, kind="stable")
