@@ -8,7 +8,7 @@ import pytest
 
 from expertcache import ExpertcacheError
 from expertcache.cache import PREFETCHERS, PrefetchConfig, build_stream, simulate
-from expertcache.cache.prefetch import Frequency, Learned, Oracle, PreviousToken, StaleGate, plan_prefetch
+from expertcache.cache.prefetch import Frequency, Learned, Oracle, PreviousToken, StaleGate, plan_prefetch, top_scoring
 
 from .helpers import decode_trace, make_trace
 
@@ -85,6 +85,18 @@ def test_quality_is_undefined_when_nothing_is_predicted():
 def test_stale_gate_needs_scores_in_the_trace():
     with pytest.raises(ExpertcacheError, match="no stale-gate scores"):
         simulate(cycling_trace(), "lru", budget_slots=4, prefetch="stale-gate")
+
+
+@pytest.mark.parametrize("count", [1, 3, 8, 12])
+def test_top_scoring_is_a_stable_descending_sort_of_the_finite_scores_cut_to_count(count):
+    rng = np.random.default_rng(count)
+    scores = rng.choice(np.float32([-1.5, 0, 0.25, 2, np.nan, -np.inf, np.inf]), size=(300, 10))  # ties, non-finite
+    got = np.empty((300, count), np.int64)
+    top_scoring(scores, got)
+    for row, top in zip(scores, got):
+        finite = sorted((e for e in range(10) if np.isfinite(row[e])), key=lambda e: -row[e])  # sorted() is stable
+        want = (finite + [-1] * count)[:count]
+        assert top.tolist() == want
 
 
 def test_stale_gate_takes_the_top_scores_and_skips_layer_zero():

@@ -109,11 +109,38 @@ class StaleGate:
             raise ExpertcacheError("this trace has no stale-gate scores (capture them to use the stale-gate prefetcher)")
         if distance != 1:
             raise ExpertcacheError("the stale gate is known one layer ahead only: use distance 1")
-        scores = np.nan_to_num(np.asarray(gate, np.float32), nan=-np.inf)  # [N, L, E]
-        scores[:, np.arange(scores.shape[2]) >= np.asarray(trace.model.num_experts)[:, None]] = -np.inf  # padding
-        top = np.argsort(-scores, axis=2, kind="stable")[:, :, :count]
-        top[~np.isfinite(np.take_along_axis(scores, top, axis=2))] = -1
-        return top
+        scores = np.array(gate, np.float32)  # [N, L, E]
+        scores[:, np.arange(scores.shape[2]) >= np.asarray(trace.model.num_experts)[:, None]] = np.nan  # padding
+        N, L, E = scores.shape
+        top = np.empty((N * L, min(count, E)), np.int64)
+        top_scoring(scores.reshape(N * L, E), top)
+        return top.reshape(N, L, -1)
+
+
+@numba.njit(cache=True)
+def top_scoring(scores, out):
+    """Per row of scores [R, E], its F = out.shape[1] highest-scoring columns into out [R, F], best
+    first, ties to the lower id; non-finite scores are never chosen, and places left once the
+    finite ones are used up hold -1 (no prediction). A stable descending sort of the finite
+    scores cut to F, in O(E * F) per row without sorting."""
+    R, E = scores.shape
+    F = out.shape[1]
+    for r in range(R):
+        n = 0
+        for e in range(E):
+            s = scores[r, e]
+            if not np.isfinite(s):
+                continue
+            if n == F and not s > scores[r, out[r, F - 1]]:
+                continue
+            i = min(n, F - 1)  # insertion point: after every kept score >= s (ties keep the lower id first)
+            while i > 0 and scores[r, out[r, i - 1]] < s:
+                out[r, i] = out[r, i - 1]
+                i -= 1
+            out[r, i] = e
+            n = min(n + 1, F)
+        for j in range(n, F):
+            out[r, j] = -1
 
 
 @register_prefetcher

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cache.prefetch import top_scoring
 from ..errors import ExpertcacheError
 
 __all__ = ["ONLINE_PREFETCHERS", "OnlinePrefetcher", "online_prefetcher"]
@@ -60,9 +61,9 @@ class _StaleGate(OnlinePrefetcher):
     needs_stale_gate = True
 
     def predict(self, layer, stale_scores):
-        scores = np.nan_to_num(stale_scores.astype(np.float16).astype(np.float32), nan=-np.inf)  # [E]
-        top = np.argsort(-scores, kind="stable")[:self.count]
-        return np.where(np.isfinite(scores[top]), top, -1)
+        top = np.empty((1, self.count), np.int64)
+        top_scoring(stale_scores.astype(np.float16).astype(np.float32)[None], top)  # rounded as the trace stores them
+        return top[0]
 
 
 ONLINE_PREFETCHERS = {"previous": _Previous, "frequency": _Frequency, "stale-gate": _StaleGate}
