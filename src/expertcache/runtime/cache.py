@@ -168,11 +168,14 @@ class ExpertCache:
         rows, counts = self._plan
         counts[:] = 0
         before = self.X[COUNTERS, PF_BYTES]
-        prefetch_after(self.I, self.F, self.X, predicted_keys.astype(np.int64), self.batch - 1, self.batch,
+        prefetch_after(self.I, self.F, self.X, predicted_keys.astype(np.int64, copy=False), self.batch - 1, self.batch,
                        self.position - 1, self.budget.key_cost, self.key_bytes, self.budget.pool_budget, True, rows,
                        counts)
         self.counters.bytes_read += int(self.X[COUNTERS, PF_BYTES] - before)
-        evicted, fetches = rows[EVICTED, :counts[N_EVICTED]].copy(), rows[PREFETCHED, :counts[N_PREFETCHED]].copy()
+        n_evicted, n_fetches = int(counts[N_EVICTED]), int(counts[N_PREFETCHED])
+        if n_evicted == n_fetches == 0:  # every prediction already resident (or none)
+            return
+        evicted, fetches = rows[EVICTED, :n_evicted].copy(), rows[PREFETCHED, :n_fetches].copy()
         evicted_later = fetches_later = self._none
         if in_use is not None and len(evicted):
             busy = np.isin(evicted, in_use)
