@@ -24,7 +24,8 @@ weights live (--misses-on-cpu) are one more chunk, read from the slow tier's hos
 CPU) instead of the cache's slots:
 - grouped_mm: each chunk computes its (token, expert) rows with k = 1 and a float32 input
   (cast back to the weights' dtype inside the kernel, so the same bits); the rows are summed
-  over k at the end, exactly as the stock function does.
+  over k at the end, exactly as the stock function does. A single token on CPU (a decode call
+  split while its misses are read) takes the shorter way of `_token_chunked`.
 - eager: each expert's contribution is the stock forward over its tokens with every other
   expert mapped to the all-zero slot (adding exactly +0); contributions are summed at the end
   in ascending expert id. About k times the work of those tokens, but exact.
@@ -71,9 +72,7 @@ def _grouped_forward(module, pools: dict[str, torch.Tensor], hidden: torch.Tenso
     group of its own, and a row's bits do not depend on where it lies. slot_ids: [T, K].
     """
     T, K = slot_ids.shape
-    first = "gate_up_proj" if module.has_gate else "up_proj"
-    dtype = pools[first].dtype
-    x = hidden.to(dtype)
+    x = hidden.to(_dtype(module, pools))
     slots = slot_ids.reshape(-1).tolist()
     if len(set(slots)) == len(slots):  # every row a group of its own (a decode call, or a chunk of one)
         perm = None
@@ -87,12 +86,7 @@ def _grouped_forward(module, pools: dict[str, torch.Tensor], hidden: torch.Tenso
         slots = by_slot[starts].tolist()
         inputs = x[torch.from_numpy(perm // K)].split(np.diff(starts, append=len(by_slot)).tolist())
     row_slots = torch.from_numpy(slot_ids.reshape(-1) if perm is None else by_slot) if module.has_bias else None
-    proj = _grouped_linear(inputs, pools, first, slots, module.is_transposed, row_slots)
-    proj = (module._apply_gate(proj) if module.has_gate else module.act_fn(proj)).to(dtype)
-    proj = _grouped_linear(proj.split([len(rows) for rows in inputs]), pools, "down_proj", slots,
-                           module.is_transposed, row_slots)
-    if module.has_post_expert_norm:
-        proj = module.post_expert_norm(proj)
+    proj = _expert_rows(module, pools, inputs, slots, row_slots)
     weights = top_k_weights.reshape(-1)
     if perm is None:
         weighted = proj * weights.unsqueeze(-1)
@@ -101,6 +95,48 @@ def _grouped_forward(module, pools: dict[str, torch.Tensor], hidden: torch.Tenso
         back[perm] = np.arange(len(perm))
         weighted = (proj * weights[torch.from_numpy(perm)].unsqueeze(-1))[torch.from_numpy(back)]
     return weighted.view(T, K, -1).sum(dim=1).to(hidden.dtype)
+
+
+@torch.no_grad()
+def _token_chunked(module, chunks, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                   top_k_weights: torch.Tensor) -> torch.Tensor:
+    """One token's call on CPU pools, chunk by chunk: each chunk's experts through
+    `_expert_rows` (each row a group of its own, as in the whole call), then the routing weights
+    and the sum over k once, in routing order: the same ops as `_grouped_forward`."""
+    ids = top_k_index.reshape(-1).tolist()  # [K]
+    proj = None
+    x = None
+    for experts, layer_rows, pools in chunks:
+        if x is None:
+            x = hidden.to(_dtype(module, pools.tensors))
+        mine = set(experts)
+        cols = [j for j, e in enumerate(ids) if e in mine]
+        slots = [int(layer_rows[ids[j]]) for j in cols]
+        part = _expert_rows(module, pools.tensors, [x] * len(cols), slots,
+                            torch.tensor(slots) if module.has_bias else None)
+        if proj is None:
+            proj = part.new_empty((len(ids), part.shape[-1]))
+        proj[torch.tensor(cols)] = part
+    weighted = proj * top_k_weights.reshape(-1).unsqueeze(-1)
+    return weighted.view(1, len(ids), -1).sum(dim=1).to(hidden.dtype)
+
+
+def _dtype(module, pools: dict[str, torch.Tensor]) -> torch.dtype:
+    return pools["gate_up_proj" if module.has_gate else "up_proj"].dtype
+
+
+def _expert_rows(module, pools: dict[str, torch.Tensor], inputs, slots: list[int],
+                 row_slots: torch.Tensor | None) -> torch.Tensor:
+    """Each group's rows (`inputs`, one tensor per group, sorted as `slots`) through its expert:
+    up (and gate) projection, the module's own gate or activation, down projection, post norm."""
+    first = "gate_up_proj" if module.has_gate else "up_proj"
+    proj = _grouped_linear(inputs, pools, first, slots, module.is_transposed, row_slots)
+    proj = (module._apply_gate(proj) if module.has_gate else module.act_fn(proj)).to(pools[first].dtype)
+    proj = _grouped_linear(proj.split([len(rows) for rows in inputs]), pools, "down_proj", slots,
+                           module.is_transposed, row_slots)
+    if module.has_post_expert_norm:
+        proj = module.post_expert_norm(proj)
+    return proj
 
 
 def _grouped_linear(inputs, pools: dict[str, torch.Tensor], name: str, slots: list[int], transposed: bool,
@@ -190,6 +226,8 @@ class GroupedCompute(SlotCompute):
 
     def chunked(self, module, chunks, hidden, top_k_index, top_k_weights):
         T, K = top_k_index.shape
+        if T == 1 and hidden.device.type == "cpu":  # every pool a chunk reads is then on the CPU too
+            return _token_chunked(module, chunks, hidden, top_k_index, top_k_weights)
         expert_of_row = top_k_index.reshape(-1).cpu().numpy()  # [T * K]
         row_weights = top_k_weights.reshape(-1, 1)
         rows = torch.empty((T * K, hidden.shape[-1]), dtype=torch.float32, device=hidden.device)

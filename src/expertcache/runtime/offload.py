@@ -132,7 +132,7 @@ class Runtime:
             "tokens": ids.reshape(-1).cpu().numpy() if ids is not None else np.full(T, -1),
             "experts": np.full((T, self.L, self.K), -1, np.int64),
             "weights": np.zeros((T, self.L, self.K), np.float32) if self.writer is not None else None,
-            "stale": np.full((T, self.L, self.E), np.nan, np.float32) if self.want_stale else None,
+            "stale": np.full((T, self.L, self.E), np.nan, np.float32) if self.want_stale and self.writer is not None else None,
         }
         if not new and self.prefetcher is not None:  # the prefetch after the previous token's last layer
             self._prefetch(0, None)
@@ -230,16 +230,17 @@ class Runtime:
         """Predict for (current token, layer) and issue the loads; decode steps only, as in the simulator.
         in_use: the keys of a layer call still to compute (see `ExpertCache.prefetch`)."""
         f = self._forward
+        decode = f is not None and f["phase"] == DECODE
         stale = None
-        if self.want_stale and hidden is not None:
+        if self.want_stale and hidden is not None and (decode or self.writer is not None):  # else nothing reads them
             block = self.ckpt.blocks[layer]
             with torch.no_grad():
                 logits = self.ckpt.adapter.router_logits(block.router, hidden.reshape(-1, hidden.shape[-1]))
-            scores = logits.float().cpu().numpy()  # [T, E]
-            if f is not None:
+            scores = logits.float().numpy(force=True)  # [T, E]
+            if f is not None and self.writer is not None:
                 f["stale"][:, layer, :scores.shape[1]] = scores
             stale = scores[-1]
-        if f is None or f["phase"] != DECODE or (self.want_stale and stale is None):
+        if not decode or (self.want_stale and stale is None):
             return
         predicted = self.prefetcher.predict(layer, stale)
         predicted = predicted[predicted >= 0]
