@@ -87,14 +87,12 @@ def _grouped_forward(module, pools: dict[str, torch.Tensor], hidden: torch.Tenso
         inputs = x[torch.from_numpy(perm // K)].split(np.diff(starts, append=len(by_slot)).tolist())
     row_slots = torch.from_numpy(slot_ids.reshape(-1) if perm is None else by_slot) if module.has_bias else None
     proj = _expert_rows(module, pools, inputs, slots, row_slots)
-    weights = top_k_weights.reshape(-1)
     if perm is None:
-        weighted = proj * weights.unsqueeze(-1)
-    else:
-        back = np.empty_like(perm)
-        back[perm] = np.arange(len(perm))
-        weighted = (proj * weights[torch.from_numpy(perm)].unsqueeze(-1))[torch.from_numpy(back)]
-    return weighted.view(T, K, -1).sum(dim=1).to(hidden.dtype)
+        return _weighted_sum(proj, top_k_weights.reshape(-1), T, hidden.dtype)
+    back = np.empty_like(perm)
+    back[perm] = np.arange(len(perm))
+    return _weighted_sum(proj, top_k_weights.reshape(-1)[torch.from_numpy(perm)], T, hidden.dtype,
+                         torch.from_numpy(back))
 
 
 @torch.no_grad()
@@ -117,21 +115,34 @@ def _token_chunked(module, chunks, hidden: torch.Tensor, top_k_index: torch.Tens
         if proj is None:
             proj = part.new_empty((len(ids), part.shape[-1]))
         proj[torch.tensor(cols)] = part
-    weighted = proj * top_k_weights.reshape(-1).unsqueeze(-1)
-    return weighted.view(1, len(ids), -1).sum(dim=1).to(hidden.dtype)
+    return _weighted_sum(proj, top_k_weights.reshape(-1), 1, hidden.dtype)
+
+
+def _weighted_sum(proj: torch.Tensor, weights: torch.Tensor, T: int, dtype: torch.dtype,
+                  back: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows times their routing weights, put back in routing order (`back`, when they were
+    sorted), summed over each token's k: the stock function's last steps."""
+    weighted = proj * weights.unsqueeze(-1)
+    if back is not None:
+        weighted = weighted[back]
+    return weighted.view(T, -1, weighted.shape[-1]).sum(dim=1).to(dtype)
+
+
+def _up(module) -> str:
+    """The name of the experts' first projection."""
+    return "gate_up_proj" if module.has_gate else "up_proj"
 
 
 def _dtype(module, pools: dict[str, torch.Tensor]) -> torch.dtype:
-    return pools["gate_up_proj" if module.has_gate else "up_proj"].dtype
+    return pools[_up(module)].dtype
 
 
 def _expert_rows(module, pools: dict[str, torch.Tensor], inputs, slots: list[int],
                  row_slots: torch.Tensor | None) -> torch.Tensor:
     """Each group's rows (`inputs`, one tensor per group, sorted as `slots`) through its expert:
     up (and gate) projection, the module's own gate or activation, down projection, post norm."""
-    first = "gate_up_proj" if module.has_gate else "up_proj"
-    proj = _grouped_linear(inputs, pools, first, slots, module.is_transposed, row_slots)
-    proj = (module._apply_gate(proj) if module.has_gate else module.act_fn(proj)).to(pools[first].dtype)
+    proj = _grouped_linear(inputs, pools, _up(module), slots, module.is_transposed, row_slots)
+    proj = (module._apply_gate(proj) if module.has_gate else module.act_fn(proj)).to(_dtype(module, pools))
     proj = _grouped_linear(proj.split([len(rows) for rows in inputs]), pools, "down_proj", slots,
                            module.is_transposed, row_slots)
     if module.has_post_expert_norm:
