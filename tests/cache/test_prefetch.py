@@ -87,7 +87,7 @@ def test_stale_gate_needs_scores_in_the_trace():
         simulate(cycling_trace(), "lru", budget_slots=4, prefetch="stale-gate")
 
 
-@pytest.mark.parametrize("count", [1, 3, 8, 12])
+@pytest.mark.parametrize("count", [0, 1, 3, 8, 12])
 def test_top_scoring_is_a_stable_descending_sort_of_the_finite_scores_cut_to_count(count):
     rng = np.random.default_rng(count)
     scores = rng.choice(np.float32([-1.5, 0, 0.25, 2, np.nan, -np.inf, np.inf]), size=(300, 10))  # ties, non-finite

@@ -125,6 +125,8 @@ def top_scoring(scores, out):
     scores cut to F, in O(E * F) per row without sorting."""
     R, E = scores.shape
     F = out.shape[1]
+    if F == 0:  # nothing to choose (and no last place to compare with)
+        return
     for r in range(R):
         n = 0
         for e in range(E):
