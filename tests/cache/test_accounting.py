@@ -139,6 +139,12 @@ def test_budget_as_multiple_of_active_experts():
     ({"budget_x": float("inf")}, "positive"),
     ({"budget_slots": 2, "scope": "tile"}, "scope"),
     ({"budget_slots": 2, "policy": "lrux"}, "unknown policy"),
+    ({"budget_slots": 2, "policy": None}, "policy name or a policy object"),
+    ({"budget_x": "2"}, "must be a number, got '2'"),
+    ({"budget_slots": True}, "must be a number"),
+    ({"budget_slots": 4.7}, "whole experts, got 4.7"),
+    ({"budget_slots": 2**62}, "beyond any machine"),
+    ({"budget_x": 1e300}, "beyond any machine"),
 ])
 def test_user_mistakes_raise_one_line_errors(kwargs, message):
     trace = decode_trace([[[0]]], 2)

@@ -109,3 +109,25 @@ def test_ctrl_c_stops_after_the_current_token_with_counters_and_trace_consistent
     sim = json.loads(q.stdout)
     for key in ("lookups", "hits", "decode_lookups", "bytes_read"):
         assert run[key] == sim[key], key
+
+
+def test_run_trace_never_replaces_what_is_not_an_earlier_runs_trace(model, tmp_path):
+    """A run's trace replaces the trace of an earlier run, and refuses every other existing path."""
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "thesis.txt").write_text("mine")
+    args = ("run", model, "--prompt", "def f():", "--generate", 2, "--budget-x", 1)
+    for out in (keep, keep / "thesis.txt", ".", ""):
+        p = subprocess.run([sys.executable, "-c", "from expertcache.cli import main; main()", *map(str, args),
+                            "--trace", str(out)], capture_output=True, text=True, cwd=keep)
+        assert p.returncode == 2 and "is not a trace of `expertcache run`" in p.stderr, (out, p.stderr)
+        assert (keep / "thesis.txt").read_text() == "mine"
+    trace = tmp_path / "run.trace"
+    assert cli(*args, "--trace", trace).returncode == 0
+    assert cli(*args, "--generate", 3, "--trace", trace).returncode == 0  # its own earlier trace: replaced
+    assert json.loads(cli("simulate", trace, "--budget-x", 1, "--json").stdout)["lookups"] > 0
+    captured = json.loads((trace / "manifest.json").read_text())
+    captured["capture"]["source"] = "capture"  # as if another command had written it
+    (trace / "manifest.json").write_text(json.dumps(captured))
+    p = cli(*args, "--trace", trace)
+    assert p.returncode == 2 and "is not a trace of `expertcache run`" in p.stderr

@@ -145,12 +145,23 @@ def test_experts_never_materialized_and_cache_bounded(checkpoints):
     ({"budget_slots": 8, "device": "cuda"}, "cuda"),
     ({"budget_slots": 8, "experts_implementation": "batched_mm"}, "grouped_mm or eager, not 'batched_mm'"),
     ({}, "exactly one budget"),
+    ({"budget_mib": 1e15}, "beyond any machine"),
+    ({"budget_x": 2, "policy": None}, "policy name or a policy object"),
 ])
 def test_bad_settings_are_one_line_errors(kwargs, message, checkpoints):
     if kwargs.get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ExpertcacheError, match=message):
         offload(checkpoints("qwen3_moe"), **kwargs)
+
+
+def test_a_budget_above_every_expert_allocates_a_slot_per_expert_and_no_more(checkpoints):
+    path = checkpoints("qwen3_moe")
+    model = offload(path, budget_slots=10**12)
+    experts = model._expertcache_runtime.cache.slot_of.shape[0]
+    s = stats(model)
+    close(model)
+    assert s.memory["slots"] == experts and s.memory["cache_bytes"] == s.memory["slow_tier_bytes"]
 
 
 def test_damaged_checkpoints_are_one_line_errors(checkpoints, tmp_path):

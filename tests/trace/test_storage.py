@@ -112,6 +112,29 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         TraceWriter(tmp_path / "t", ModelInfo.synthetic(2, 8, 1))
 
 
+def test_overwrite_replaces_a_trace_and_refuses_to_remove_anything_else(rng, tmp_path, monkeypatch):
+    model = ModelInfo.synthetic(2, 4, 1)
+    path = tmp_path / "t"
+    with TraceWriter(path, model) as writer:
+        writer.add_sequence(rng.integers(0, 4, (3, 2, 1)))
+    with TraceWriter(path, ModelInfo.synthetic(2, 8, 1), overwrite=True) as writer:  # a trace: replaced
+        writer.add_sequence(rng.integers(0, 8, (2, 2, 1)))
+    assert Trace.load(path).seq_lengths.tolist() == [2] and Trace.load(path).model.num_experts == (8, 8)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"format": "not ours"}')
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    for target in (other, file):
+        with pytest.raises(ExpertcacheError, match="is not a trace"):
+            TraceWriter(target, model, overwrite=True)
+    assert (other / "manifest.json").exists() and file.read_text() == "x"
+    monkeypatch.chdir(path / "shards")  # the working directory inside a trace: never removed
+    with pytest.raises(ExpertcacheError, match="holds the working directory"):
+        TraceWriter(path, model, overwrite=True)
+    assert Trace.load(path).seq_lengths.tolist() == [2]
+
+
 def test_kill_9_leaves_a_valid_trace_of_finished_shards(tmp_path):
     path = tmp_path / "t"
     script = textwrap.dedent(f"""

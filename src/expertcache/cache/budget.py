@@ -10,6 +10,7 @@ experts before the next token comes back to them: LRU then collapses to no hits 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..errors import ExpertcacheError
 __all__ = ["Budget", "resolve_budget", "SCOPES", "MIB", "cycle_size", "budget_warnings"]
 
 MIB = 1 << 20
+MAX_BUDGET = 1 << 62  # budgets, in bytes or experts, stay far from int64 overflow
 SCOPES = ("global", "layer")
 SHARES = ("equal", "bytes")
 
@@ -58,8 +60,12 @@ def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budge
     if len(given) != 1:
         raise ExpertcacheError("give exactly one budget: budget_mib, budget_slots or budget_x")
     value, label = given[0]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ExpertcacheError(f"budget must be a number, got {value!r}")
     if not 0 < value < math.inf:  # NaN fails too
         raise ExpertcacheError(f"budget must be positive and finite, got {value} {label}")
+    if budget_slots is not None and value != int(value):
+        raise ExpertcacheError(f"budget_slots counts whole experts, got {value}")
     if scope not in SCOPES:
         raise ExpertcacheError(f"unknown scope {scope!r}; choose global or layer")
     if shares not in SHARES:
@@ -78,6 +84,8 @@ def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budge
             unit, total = "slots", int(budget_x * L * k)
         else:
             unit, total = "bytes", int(budget_x * k * int(sizes.sum()))
+    if total >= MAX_BUDGET:
+        raise ExpertcacheError(f"budget of {value} {label} is beyond any machine (2^62 {unit} or more)")
     cost_per_layer = _layer_cost(model, unit)
     if reserve_slots:
         total -= int(reserve_slots) * int(cost_per_layer.max())

@@ -47,6 +47,8 @@ def register(cls: type) -> type:
 def get_policy(policy: "str | Policy") -> "Policy":
     """A policy object from a registered name (with default parameters) or the object itself."""
     if not isinstance(policy, str):
+        if not callable(getattr(policy, "new_state", None)):
+            raise ExpertcacheError(f"policy must be a policy name or a policy object, got {policy!r}")
         return policy
     name = policy.strip().lower()
     if name not in POLICIES:

@@ -18,6 +18,10 @@ app = typer.Typer(
 )
 
 
+class Interrupted(Exception):
+    """A command stopped by Ctrl-C after keeping its work: main says what was kept, status 130."""
+
+
 def _register_all() -> None:
     if app.registered_commands or app.registered_groups:  # main() ran before in this process
         return
@@ -35,12 +39,19 @@ def main() -> None:
     Usage errors (a missing argument, an unknown command) are click's: usage, then the error,
     status 2. Ctrl-C ends with status 130, after commands have committed what they finished.
     """
-    _register_all()
     try:
+        _register_all()  # imports torch and compiles: seconds in which a Ctrl-C may come
         app()
     except (ExpertcacheError, OSError) as e:  # OSError: permissions, a full disk, a directory for a file
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # before a command started
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as e:
+        if e.code == 130:  # typer's answer to a Ctrl-C inside a command that kept nothing
+            print("interrupted", file=sys.stderr)
+        raise

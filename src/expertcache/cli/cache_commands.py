@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
+from . import Interrupted
 from .arguments import TraceArg
 
 _err = Console(stderr=True)
@@ -149,7 +150,7 @@ def sweep_command(
     except KeyboardInterrupt:
         if rows:  # keep what finished
             write_sweep(rows, out, title=t.model.name)
-            _err.print(f"interrupted: {len(rows)} finished configurations written to {out}")
+            raise Interrupted(f"{len(rows)} finished configurations written to {out}") from None
         raise
     paths = write_sweep(rows, out, title=t.model.name)
     Console(highlight=False).print(_sweep_table(rows))

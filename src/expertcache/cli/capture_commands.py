@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from ..errors import CaptureInterrupted, ExpertcacheError
+from . import Interrupted
 
 _err = Console(stderr=True)
 
@@ -74,8 +75,7 @@ def resumable():
         yield
     except CaptureInterrupted as stop:
         same = shlex.join(["expertcache", *(arg for arg in sys.argv[1:] if arg != "--overwrite")])
-        _err.print(f"interrupted: {stop}; resume with: {same}", soft_wrap=True, markup=False, highlight=False)
-        raise typer.Exit(130) from None
+        raise Interrupted(f"{stop}; resume with: {same}") from None
 
 
 def quiet_transformers() -> None:

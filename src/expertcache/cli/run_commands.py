@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ExpertcacheError
+from . import Interrupted
 from ..runtime.placement import ALWAYS
 from .cache_commands import _size
 
@@ -31,7 +31,7 @@ def run_command(
     slow_tier: Annotated[Optional[str], typer.Option(help="Where uncached experts live: disk or ram (default: disk on cpu, ram on cuda).")] = None,
     experts_implementation: Annotated[Optional[str], typer.Option(help="Experts implementation, grouped_mm or eager (default: the one transformers picks for the plain model).")] = None,
     misses_on_cpu: Annotated[str, typer.Option(help="Compute a missed expert on the CPU from its copy in RAM instead of moving it: never, always, auto (when that is cheaper for the tokens using it, measured at load), or N (when fewer than N tokens of the layer call use it). Needs --slow-tier ram.")] = "never",
-    trace: Annotated[Optional[Path], typer.Option(help="Record the run's routing here (replay it with simulate --accounting strict).")] = None,
+    trace: Annotated[Optional[Path], typer.Option(help="Record the run's routing here (replay it with simulate --accounting strict); replaces an earlier run's trace, never anything else.")] = None,
     sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
@@ -60,9 +60,7 @@ def run_command(
         print(result.text)
         print_run_summary(result.stats, trace)
     if result.interrupted:
-        print("interrupted: the tokens so far are shown" + (f"; the trace in {trace} is complete up to them" if trace else ""),
-              file=sys.stderr)
-        sys.exit(130)
+        raise Interrupted("the tokens so far are shown" + (f"; the trace in {trace} is complete up to them" if trace else ""))
 
 
 def print_run_summary(s, trace: Optional[Path] = None) -> None:

@@ -38,6 +38,8 @@ from .placement import misses_on_cpu_below
 from .prefetchers import online_prefetcher
 from .store import TIERS, ExpertStore
 
+RUN_SOURCE = "expertcache run"  # a run's trace says so in its manifest: a later run may replace it
+
 __all__ = ["offload", "stats", "OffloadStats", "REGISTRY_NAME", "close"]
 
 REGISTRY_NAME = "expertcache_offload"
@@ -103,7 +105,7 @@ class Runtime:
         if trace_path is not None:
             from ..trace.writer import TraceWriter
 
-            capture = {"source": "expertcache run", "policy": policy_name,
+            capture = {"source": RUN_SOURCE, "policy": policy_name,
                        "misses_on_cpu_below": cache.misses_on_cpu_below}
             self.writer = TraceWriter(trace_path, info, capture=capture,
                                       optional=("stale_gate",) if self.want_stale else (), overwrite=True,
@@ -323,6 +325,8 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     practice decode misses on a GPU. Returns the transformers model, ready for `generate()`.
     """
     fast = _device(device)
+    if trace is not None:
+        _check_trace_output(Path(trace))
     tier = slow_tier or ("ram" if fast.type == "cuda" else "disk")
     if tier not in TIERS:
         raise ExpertcacheError(f"unknown slow tier {tier!r}; choose disk or ram")
@@ -387,6 +391,17 @@ def close(model) -> None:
     runtime.close()
     for block in runtime.ckpt.blocks:
         _RUNTIMES.pop(id(block.experts), None)
+
+
+def _check_trace_output(path: Path) -> None:
+    """A run's trace replaces an earlier run's at the same path, and nothing else: not a capture
+    (which may have taken hours), not a folder of other files."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        from ..trace.writer import trace_manifest
+
+        source = ((trace_manifest(path) or {}).get("capture") or {}).get("source")
+        if source != RUN_SOURCE:
+            raise ExpertcacheError(f"{path} exists and is not a trace of `expertcache run`; choose another output")
 
 
 def _device(device: str) -> torch.device:

@@ -32,7 +32,7 @@ from .hub import not_cached, offline_reason
 from .model_info import ModelInfo
 from .recorder import RoutingRecorder
 from .trace import Trace
-from .writer import TraceWriter
+from .writer import TraceWriter, remove_output
 
 __all__ = ["CaptureResult", "LoadedModel", "capture_corpus", "committing", "describe", "ensure_loaded", "load_model",
            "open_writers", "optional_arrays", "trace_paths"]
@@ -277,9 +277,7 @@ def open_writers(loaded: LoadedModel, out: str | os.PathLike, *, capture: dict, 
     if len(stacks) == 1:
         return {stacks[0]: TraceWriter(out, loaded.infos[stacks[0]], **kwargs)}
     if out.exists() and overwrite:
-        import shutil
-
-        shutil.rmtree(out)
+        remove_output(out)
     if out.exists() and not (out / STACKS).is_file() and any(out.iterdir()):
         raise ExpertcacheError(f"{out} exists and is not a capture of a seq2seq model; choose another output")
     out.mkdir(parents=True, exist_ok=True)

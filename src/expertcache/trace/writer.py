@@ -27,6 +27,7 @@ from .format import (
     SEQUENCE_ARRAYS,
     SHARD_META,
     SHARDS,
+    STACKS,
     TOKEN_ARRAYS,
     expert_dtype,
     pad_id,
@@ -35,7 +36,7 @@ from .format import (
 from .model_info import ModelInfo
 from .validate import check_expert_ids, check_phase, file_crc32
 
-__all__ = ["TraceWriter"]
+__all__ = ["TraceWriter", "remove_output", "trace_manifest"]
 
 
 class TraceWriter:
@@ -91,7 +92,7 @@ class TraceWriter:
     def _open(self, manifest: dict, overwrite: bool) -> None:
         manifest_path = self.path / MANIFEST
         if self.path.exists() and overwrite:
-            shutil.rmtree(self.path)
+            remove_output(self.path)
         if manifest_path.exists():
             existing = read_json(manifest_path, "trace manifest")
             if _settings(existing) != _settings(manifest):
@@ -264,3 +265,24 @@ def _checked_ids(experts: np.ndarray, model: ModelInfo, dtype: np.dtype, where: 
     ids = np.where(experts < 0, pad_id(dtype), experts.astype(np.int64))
     routed = check_expert_ids(ids, model.num_experts, pad_id(dtype), where)
     return ids.astype(dtype), routed
+
+
+def remove_output(path: Path) -> None:
+    """--overwrite: remove an earlier trace (or seq2seq capture folder) at `path`, and refuse to
+    remove anything else: a folder of other files, a file, the working directory or one above it."""
+    path = Path(path)
+    ours = (path / STACKS).is_file() or trace_manifest(path) is not None
+    if not path.is_dir() or not ours and any(path.iterdir()):
+        raise ExpertcacheError(f"{path} exists and is not a trace; choose another output")
+    if Path.cwd().resolve().is_relative_to(path.resolve()):
+        raise ExpertcacheError(f"{path} holds the working directory; choose another output")
+    shutil.rmtree(path)
+
+
+def trace_manifest(path: Path) -> dict | None:
+    """The manifest of the trace at `path`, or None where `path` holds no trace."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME else None

@@ -1,0 +1,35 @@
+"""Ctrl-C anywhere in a command: status 130 and one line on stderr, never a traceback."""
+
+import sys
+
+import numpy as np
+import pytest
+
+import expertcache.cache
+import expertcache.cli as cli
+from expertcache import Trace
+
+
+def run_main(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["expertcache", *map(str, args)])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_commands_load(monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_register_all", interrupted)
+    assert run_main(monkeypatch, capsys, "--help") == (130, "interrupted\n")
+
+
+def test_ctrl_c_inside_a_command_that_kept_nothing(monkeypatch, capsys, tmp_path):
+    Trace.from_arrays([np.zeros((2, 1, 1), np.int64)], 4).save(tmp_path / "t")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(expertcache.cache, "simulate", interrupted)
+    assert run_main(monkeypatch, capsys, "simulate", tmp_path / "t", "--budget-slots", 1) == (130, "interrupted\n")
