@@ -56,7 +56,7 @@ def simulate_command(
     scope: Annotated[str, typer.Option(help="Scope: global (one pool) or layer (one pool per MoE layer).")] = "global",
     budget_mib: Annotated[Optional[float], typer.Option(help="Budget in MiB (2^20 bytes).")] = None,
     budget_slots: Annotated[Optional[int], typer.Option(help="Budget in experts.")] = None,
-    budget_x: Annotated[Optional[float], typer.Option(help="Budget as a multiple of the active experts (L x k).")] = None,
+    budget_x: Annotated[Optional[float], typer.Option(help="Budget as a multiple of the active experts (L x k: k per MoE layer).")] = None,
     shares: Annotated[str, typer.Option(help="Per-layer shares: equal or bytes.")] = "equal",
     prefetch: Annotated[Optional[str], typer.Option(help="Prefetcher: previous, frequency, stale-gate, oracle, learned.")] = None,
     prefetch_count: Annotated[Optional[int], typer.Option(help="Experts prefetched per layer (default k).")] = None,

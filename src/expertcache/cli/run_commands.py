@@ -23,7 +23,7 @@ def run_command(
     generate: Annotated[int, typer.Option(help="Tokens to generate.")] = 32,
     budget_mib: Annotated[Optional[float], typer.Option(help="Expert cache budget in MiB.")] = None,
     budget_slots: Annotated[Optional[int], typer.Option(help="Expert cache budget in experts.")] = None,
-    budget_x: Annotated[Optional[float], typer.Option(help="Budget as a multiple of the active experts (k per MoE layer).")] = None,
+    budget_x: Annotated[Optional[float], typer.Option(help="Budget as a multiple of the active experts (L x k: k per MoE layer).")] = None,
     policy: Annotated[str, typer.Option(help="Cache policy: lru, fifo, lfu, lfu-decay, gdsf, hyperbolic or random.")] = "lru",
     scope: Annotated[str, typer.Option(help="Global (one pool) or layer (one pool per MoE layer).")] = "global",
     prefetch: Annotated[Optional[str], typer.Option(help="Prefetcher: previous, frequency or stale-gate.")] = None,
