@@ -239,3 +239,15 @@ def test_cli_advise_and_sweep_carry_the_accounting(tmp_path):
     for command in (["advise", TRACE], ["sweep", TRACE, "--out", tmp_path]):
         p = cli(*command, "--accounting", "lazy")
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_strict_accounting_refuses_a_cache_smaller_than_one_expert():
+    """Under strict capacity every expert is computed from the cache, so a pool must hold one."""
+    from expertcache import ExpertcacheError, Trace
+
+    trace = Trace.from_arrays([np.stack([np.zeros((5, 1)), np.ones((5, 1))], 1).astype(np.int64)], 4)
+    with pytest.raises(ExpertcacheError, match="layer 0's cache holds 0 slots, less than one expert"):
+        simulate(trace, "layer-lru", budget_slots=1, accounting="strict")  # 1 slot over 2 layers: 0 each
+    assert simulate(trace, "lru", budget_slots=1, accounting="strict").hits == 0  # the layers take turns
+    with pytest.raises(ExpertcacheError, match="holds nothing"):
+        simulate(trace, "lru", budget_x=0.1)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from expertcache import Trace
+from expertcache import ExpertcacheError, Trace
 from expertcache.cache import budget_ladder, sweep
 from expertcache.report.build import write_report
 
@@ -113,13 +113,19 @@ def test_an_existing_report_is_kept_without_overwrite(report, traced):
     assert (out / "report.html").read_bytes() == before
 
 
-def test_overwrite_replaces_the_whole_folder(tmp_path):
+def test_overwrite_replaces_a_report_folder_and_nothing_else(tmp_path):
     out = tmp_path / "r"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "stale.png").write_text("old")  # a figure an earlier report had
+    (out / "report.md").write_text("old")
     write_report(["example:olmoe-1b-7b"], out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.json", "report.md"]
+    assert not (out / "figures" / "stale.png").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["r"]  # no temporary folder left behind
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExpertcacheError, match="not a report's"):
+        write_report(["example:olmoe-1b-7b"], out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -84,6 +84,8 @@ def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budge
             unit, total = "slots", int(budget_x * L * k)
         else:
             unit, total = "bytes", int(budget_x * k * int(sizes.sum()))
+    if total < 1:
+        raise ExpertcacheError(f"a budget of {value} {label} holds nothing ({total} {unit})")
     if total >= MAX_BUDGET:
         raise ExpertcacheError(f"budget of {value} {label} is beyond any machine (2^62 {unit} or more)")
     cost_per_layer = _layer_cost(model, unit)

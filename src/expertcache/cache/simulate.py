@@ -116,6 +116,8 @@ def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np
     """Drive the compiled loop: per-batch hits, misses, misses computed at the source, totals
     (also over decode batches) and prefetch counters."""
     check_accounting(accounting)
+    if accounting == "strict":
+        _check_every_expert_fits(budget)
     state = policy.new_state(budget, len(stream.key_offset) - 1, stream)
     hint = stream.next_use if policy.uses_future else np.empty(0, np.int64)
     if key_bytes is None:
@@ -130,6 +132,16 @@ def _cpu_below(tokens) -> int:
     if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 0:
         raise ExpertcacheError(f"misses_on_cpu_below must be a whole number of tokens >= 0, not {tokens!r}")
     return min(int(tokens), EVERY_MISS)
+
+
+def _check_every_expert_fits(budget: Budget) -> None:
+    """Strict capacity computes every expert from its cache: each pool must hold its largest one."""
+    for pool, limit in enumerate(budget.pool_budget):
+        cost = budget.key_cost[budget.key_pool == pool]
+        if len(cost) and limit < cost.max():
+            where = "the cache" if len(budget.pool_budget) == 1 else f"layer {pool}'s cache"
+            raise ExpertcacheError(f"strict accounting: {where} holds {int(limit)} {budget.unit}, less than one expert "
+                                   f"({int(cost.max())}); raise the budget")
 
 
 def check_accounting(accounting: str) -> None:

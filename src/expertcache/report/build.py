@@ -70,6 +70,8 @@ def write_report(sources, out: str | os.PathLike, *, profile=None, budget_mib: f
         raise ExpertcacheError(f"{out} is a file; --out needs a folder")
     if out.exists() and not overwrite:
         raise ExpertcacheError(f"{out} already exists; choose another --out or pass --overwrite")
+    if out.exists():
+        _check_replaceable(out)
     step = progress or (lambda description: None)
     findings = assess(sources, profile=profile, budget_mib=budget_mib, progress=step)
     figures = []
@@ -199,6 +201,17 @@ def _data(f: Finding, figures) -> dict:
         "rarely_used": {str(l): np.flatnonzero(row).tolist() for l, row in enumerate(ev.rare) if row.any()},
         "figures": {fig.name: fig.caption for fig in figures}, "absent": ev.notes,
     })
+
+
+REPORT_FILES = {"figures", "report.md", "report.html", "report.json"}
+
+
+def _check_replaceable(out: Path) -> None:
+    """--overwrite replaces a report folder, nothing else: not other files, not the working directory."""
+    if {p.name for p in out.iterdir()} - REPORT_FILES:
+        raise ExpertcacheError(f"{out} holds files that are not a report's; choose another --out")
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise ExpertcacheError(f"{out} holds the working directory; choose another --out")
 
 
 def _write_folder(out: Path, blocks: list, data: list) -> None:
