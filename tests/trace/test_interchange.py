@@ -37,6 +37,13 @@ def test_export_needs_fixed_length(rng, tmp_path):
         export_arrays(trace, tmp_path / "e.npy")
 
 
+def test_export_refuses_two_arrays_to_one_file(rng, tmp_path):
+    trace = Trace.from_arrays([rng.integers(0, 4, (3, 1, 1))], 4)
+    with pytest.raises(ExpertcacheError, match="same file"):
+        export_arrays(trace, tmp_path / "y.npy", tokens_path=tmp_path / "." / "y.npy")
+    assert not (tmp_path / "y.npy").exists()
+
+
 def test_export_to_an_unwritable_path_names_that_path_and_leaves_no_temporary(rng, tmp_path):
     trace = Trace.from_arrays(rng.integers(0, 4, (2, 3, 1, 1)), 4)
     (tmp_path / "a_file").write_text("")

@@ -83,8 +83,10 @@ LAYERS = {"layers": [[0, 1], [2, 3]]}
     ([{"layers": [[0, 1], None], "weights": [[1, 0], [1, 0]]}], ":1: 'weights' must match 'layers'"),
     ([{**LAYERS, "seq": "a"}, {**LAYERS, "seq": "b"}, {**LAYERS, "seq": "a"}], ":3: sequence 'a' resumes after another"),
     ([{**LAYERS, "domain": "code"}, {**LAYERS, "domain": "math"}], ":2: domain 'math' differs from 'code'"),
-    ([{**LAYERS, "token_id": -3}], ":1: 'token_id' must be an integer >= 0, got -3"),
-    ([LAYERS, "", {**LAYERS, "tok": "1"}], ":3: 'tok' must be an integer >= 0"),  # line numbers count blank lines
+    ([{**LAYERS, "token_id": -3}], ":1: 'token_id' must be an integer from 0 to 2\\^31 - 1, got -3"),
+    ([{**LAYERS, "token_id": 99999999999}], ":1: 'token_id' must be an integer from 0 to 2\\^31 - 1, got 99999999999"),
+    ([{**LAYERS, "tok": 10**23}], ":1: 'tok' must be an integer from 0 to 2\\^31 - 1"),
+    ([LAYERS, "", {**LAYERS, "tok": "1"}], ":3: 'tok' must be an integer from 0"),  # line numbers count blank lines
     ([{"layers": [[0, 1, 2, 3, 0]]}], ":1: top-k 5 is larger than the number of experts 4"),
     ([""], ": no tokens"),
 ])

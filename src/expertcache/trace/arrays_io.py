@@ -52,6 +52,9 @@ def export_arrays(
     tokens_path: str | os.PathLike | None = None,
 ) -> None:
     """Write a fixed-length trace's ids (and optionally weights and token ids) as .npy files."""
+    outputs = [Path(p).resolve() for p in (experts_path, weights_path, tokens_path) if p is not None]
+    if len(set(outputs)) < len(outputs):
+        raise ExpertcacheError("two outputs name the same file; give each array its own")
     experts, weights, tokens = trace.to_arrays()
     for path, array in ((experts_path, experts), (weights_path, weights), (tokens_path, tokens)):
         if path is not None:

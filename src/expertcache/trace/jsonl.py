@@ -207,10 +207,10 @@ def _append(sequence: _Sequence, record: dict, experts: np.ndarray, where: str) 
 
 
 def _natural(record: dict, name: str, where: str) -> int | None:
-    """An optional integer >= 0 (None when absent)."""
+    """An optional integer from 0 to 2^31 - 1, as traces store it (None when absent)."""
     value = record.get(name)
-    if value is not None and (type(value) is not int or value < 0):
-        raise ExpertcacheError(f"{where}: {name!r} must be an integer >= 0, got {value!r}")
+    if value is not None and (type(value) is not int or not 0 <= value < 2**31):
+        raise ExpertcacheError(f"{where}: {name!r} must be an integer from 0 to 2^31 - 1, got {value!r}")
     return value
 
 
