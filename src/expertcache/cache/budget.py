@@ -121,5 +121,5 @@ def budget_warnings(model, scope: str, budget: Budget) -> list[str]:
     if budget.total < need:
         unit = f"{need / 2**20:.1f} MiB" if budget.unit == "bytes" else f"{need} slots"
         return [f"the budget cannot hold one token cycle ({model.num_moe_layers} layers x k={model.top_k} = {unit}): "
-                "a global LRU cache gets no hits below it"]
+                "a global LRU cache then evicts most experts before the next token can reuse them"]
     return []
