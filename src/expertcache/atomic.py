@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import ExpertcacheError
 
-__all__ = ["atomic_path", "write_json_atomic"]
+__all__ = ["atomic_path", "holds_working_directory", "write_json_atomic"]
 
 
 @contextmanager
@@ -47,3 +47,8 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
     """Write `data` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def holds_working_directory(path: str | os.PathLike) -> bool:
+    """Whether the working directory is `path` or lies inside it: a folder never to replace."""
+    return Path.cwd().resolve().is_relative_to(Path(path).resolve())

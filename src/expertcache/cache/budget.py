@@ -41,6 +41,13 @@ class Budget:
     def budget_slots(self) -> int | None:
         return self.total if self.unit == "slots" else None
 
+    def pools(self):
+        """(pool, its budget, [n] the costs of its keys) for every pool that has keys."""
+        for pool, limit in enumerate(self.pool_budget):
+            cost = self.key_cost[self.key_pool == pool]
+            if len(cost):
+                yield pool, int(limit), cost
+
 
 def layer_expert_bytes(model) -> np.ndarray | None:
     """[L] bytes of one expert per MoE layer, or None when the trace does not say."""

@@ -136,11 +136,10 @@ def _cpu_below(tokens) -> int:
 
 def _check_every_expert_fits(budget: Budget) -> None:
     """Strict capacity computes every expert from its cache: each pool must hold its largest one."""
-    for pool, limit in enumerate(budget.pool_budget):
-        cost = budget.key_cost[budget.key_pool == pool]
-        if len(cost) and limit < cost.max():
+    for pool, limit, cost in budget.pools():
+        if limit < cost.max():
             where = "the cache" if len(budget.pool_budget) == 1 else f"layer {pool}'s cache"
-            raise ExpertcacheError(f"strict accounting: {where} holds {int(limit)} {budget.unit}, less than one expert "
+            raise ExpertcacheError(f"strict accounting: {where} holds {limit} {budget.unit}, less than one expert "
                                    f"({int(cost.max())}); raise the budget")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import holds_working_directory
 from ..errors import ExpertcacheError
 from ..trace import Trace, open_trace
 from ..trace.examples import EXAMPLE_PREFIX
@@ -210,7 +211,7 @@ def _check_replaceable(out: Path) -> None:
     """--overwrite replaces a report folder, nothing else: not other files, not the working directory."""
     if {p.name for p in out.iterdir()} - REPORT_FILES:
         raise ExpertcacheError(f"{out} holds files that are not a report's; choose another --out")
-    if Path.cwd().resolve().is_relative_to(out.resolve()):
+    if holds_working_directory(out):
         raise ExpertcacheError(f"{out} holds the working directory; choose another --out")
 
 

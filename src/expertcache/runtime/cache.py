@@ -249,9 +249,4 @@ class ExpertCache:
 def _slot_count(budget: Budget) -> int:
     """The most experts the budget can hold at once: per pool, its budget over its cheapest key,
     and no more than the pool's keys (a budget above every expert allocates no idle slots)."""
-    total = 0
-    for pool, limit in enumerate(budget.pool_budget):
-        cost = budget.key_cost[budget.key_pool == pool]
-        if len(cost):
-            total += min(int(limit // cost.min()), len(cost))
-    return total
+    return sum(min(limit // int(cost.min()), len(cost)) for _, limit, cost in budget.pools())

@@ -453,9 +453,8 @@ def _implementation(ckpt: LoadedCheckpoint, requested: str | None) -> str:
 
 def _check_minimum(budget, info) -> None:
     """Every pool must hold one layer call's k experts of its largest layer."""
-    for pool, limit in enumerate(budget.pool_budget):
-        cost = budget.key_cost[budget.key_pool == pool]
-        if len(cost) and limit < info.top_k * cost.max():
+    for _, limit, cost in budget.pools():
+        if limit < info.top_k * cost.max():
             unit = "experts" if budget.unit == "slots" else "bytes"
-            raise ExpertcacheError(f"the budget gives a pool {int(limit)} {unit}; one layer call needs "
+            raise ExpertcacheError(f"the budget gives a pool {limit} {unit}; one layer call needs "
                                    f"{info.top_k} experts ({int(info.top_k * cost.max())} {unit}): raise the budget")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_json_atomic
+from ..atomic import holds_working_directory, write_json_atomic
 from ..errors import ExpertcacheError
 from .format import (
     DECODE,
@@ -274,7 +274,7 @@ def remove_output(path: Path) -> None:
     ours = (path / STACKS).is_file() or trace_manifest(path) is not None
     if not path.is_dir() or not ours and any(path.iterdir()):
         raise ExpertcacheError(f"{path} exists and is not a trace; choose another output")
-    if Path.cwd().resolve().is_relative_to(path.resolve()):
+    if holds_working_directory(path):
         raise ExpertcacheError(f"{path} holds the working directory; choose another output")
     shutil.rmtree(path)
 
