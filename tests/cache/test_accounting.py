@@ -92,6 +92,7 @@ def test_per_layer_byte_shares():
     # proportional shares: 7 * 3/4 = 5 and 7 * 1/4 = 1 -> layer 0 holds one (5 < 6), layer 1 one
     r = simulate(trace, "lru", scope="layer", budget_mib=7 / 2**20, shares="bytes")
     assert r.per_layer()["hits"].tolist() == [0, 0]
+    assert simulate(trace, "layer-lru", budget_mib=7 / 2**20, shares="bytes").hits == r.hits  # scope from the name
 
 
 def test_lfu_counts_persist_after_eviction_and_ties_go_to_lru():

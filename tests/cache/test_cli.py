@@ -47,6 +47,8 @@ def test_simulate_a_bundled_example_by_name():
 @pytest.mark.parametrize("args, message", [  # the other mistakes are checked through the API
     (["--budget-slots", 4, "--prefetch", "stale-gate"], "no stale-gate scores"),
     (["--budget-slots", 4, "--profile", "/nonexistent.json"], "no such hardware profile"),
+    (["--budget-slots", 4, "--prefetch-count", 2], "apply only with --prefetch"),  # was ignored
+    (["--budget-slots", 4, "--shares", "bytes"], "applies only with scope layer, not global"),  # was ignored
 ])
 def test_user_mistakes_exit_2_with_one_line(args, message):
     p = cli("simulate", TRACE, *args)

@@ -1,6 +1,9 @@
 """Sweep: parallel rows equal serial ones, in grid order, with throughput columns on request."""
 
+import pytest
+
 from expertcache.cache import HardwareProfile, simulate, sweep
+from expertcache.errors import ExpertcacheError
 from expertcache.trace import Trace
 
 from .test_golden import TRACE
@@ -23,3 +26,13 @@ def test_sweep_adds_throughput_with_a_profile():
     rows = sweep(trace, ["lru"], [1, 2], unit="x", profile=hw, workers=1)
     assert all(r["decode_tokens_per_s"] > 0 for r in rows)
     assert rows[1]["decode_tokens_per_s"] >= rows[0]["decode_tokens_per_s"]  # more cache, fewer reads
+
+
+def test_sweep_refuses_fractional_slots_and_bad_worker_counts():
+    trace = Trace.load(TRACE)
+    with pytest.raises(ExpertcacheError, match="whole experts"):
+        sweep(trace, ["lru"], [1.5], unit="slots", workers=1)  # was truncated to 1 slot
+    assert sweep(trace, ["lru"], [2.0], unit="slots", workers=1)[0]["budget"] == 2
+    for workers in (0, -1, 1.5, True):
+        with pytest.raises(ExpertcacheError, match="workers"):
+            sweep(trace, ["lru"], [2], unit="slots", workers=workers)

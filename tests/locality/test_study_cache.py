@@ -178,3 +178,6 @@ def test_capped_priority_stack_counts_deeper_requests_as_misses():
 def test_invalid_max_multiple():
     with pytest.raises(ExpertcacheError, match="max_multiple"):
         curves(one_layer([[[0, 1]]], 2), "lru", max_multiple=0)
+    with pytest.raises(ExpertcacheError, match="max_multiple 0.4 x 2 active experts is less than one expert"):
+        curves(one_layer([[[0, 1]]], 2), "lru", max_multiple=0.4)  # was silently a cap of 1
+    assert curves(one_layer([[[0, 1]]], 2), "lru", max_multiple=0.5).model_level.shape == (2,)

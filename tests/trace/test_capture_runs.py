@@ -115,6 +115,7 @@ def test_user_mistakes_are_one_line_errors(tiny_model, text_corpus, tmp_path, de
         (dict(model=dense_model), "no MoE layers"),
         (dict(corpus=[str(_folder_with(tmp_path / "empty", None))]), "empty|no text"),
         (dict(length=10_000), "fewer than one window"),
+        (dict(batch_tokens=0), "batch_tokens"),
     ]
     for change, message in cases:
         args = {"model": folder, "corpus": text_corpus, "out": tmp_path / "o", "samples": 1, "length": 16, **change}

@@ -74,6 +74,13 @@ def test_a_cut_number_is_refused_with_its_line(tmp_path, routing):
         import_bigmoe(write(tmp_path, lines))
 
 
+def test_a_number_beyond_64_bits_is_refused_with_its_line(tmp_path, routing):
+    lines = route_csv(routing, prompt=5)
+    lines[-1] = "9" * 20 + lines[-1][lines[-1].index(","):]  # the turn: was an OverflowError traceback
+    with pytest.raises(ExpertcacheError, match=rf"r\.csv:{len(lines)}: malformed field \(9+ is beyond a 64-bit integer\)"):
+        import_bigmoe(write(tmp_path, lines))
+
+
 def test_a_cut_line_is_refused_with_its_line(tmp_path, routing):
     lines = route_csv(routing, prompt=5)
     lines[-1] = lines[-1][:9]

@@ -88,6 +88,10 @@ LAYERS = {"layers": [[0, 1], [2, 3]]}
     ([{**LAYERS, "tok": 10**23}], ":1: 'tok' must be an integer from 0 to 2\\^31 - 1"),
     ([LAYERS, "", {**LAYERS, "tok": "1"}], ":3: 'tok' must be an integer from 0"),  # line numbers count blank lines
     ([{"layers": [[0, 1, 2, 3, 0]]}], ":1: top-k 5 is larger than the number of experts 4"),
+    ([{"layers": [[0, True], [2, 3]]}], ":1: layer 0 must be a list of integer expert ids or null"),  # numpy reads 1
+    ([{**LAYERS, "weights": [[1, False], [1, 0]]}], ":1: 'weights' must match 'layers'"),
+    ([{**LAYERS, "weights": [[1, float("nan")], [1, 0]]}], ":1: not valid JSON \\(NaN is not a JSON number"),
+    (['{"layers": [[0, 1], [2, 3]], "weights": [[Infinity, 0], [1, 0]]}'], ":1: not valid JSON \\(Infinity is not"),
     ([""], ": no tokens"),
 ])
 def test_malformed_lines_are_refused_with_their_line_number(tmp_path, lines, message):

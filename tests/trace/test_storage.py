@@ -175,6 +175,15 @@ def test_corrupt_manifest_names_the_file(saved):
         Trace.load(saved)
 
 
+def test_negative_expert_sizes_in_a_manifest_are_refused(saved):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    layers = len(manifest["model"]["moe_layers"])
+    manifest["model"]["expert_bytes"] = [-4096] * layers  # would make budgets hold "more" than everything
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExpertcacheError, match="expert_bytes must not be negative, got -4096"):
+        Trace.load(saved)
+
+
 def test_mismatched_array_names_the_file(saved):
     meta_path = saved / "shards" / "00000" / "shard.json"
     meta = json.loads(meta_path.read_text())

@@ -150,14 +150,15 @@ def check_accounting(accounting: str) -> None:
 
 def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: float | None = None,
              budget_slots: int | None = None, budget_x: float | None = None, prefetch=None, *,
-             shares: str = "equal", stream: LookupStream | None = None, accounting: str = "published",
+             shares: str | None = None, stream: LookupStream | None = None, accounting: str = "published",
              misses_on_cpu_below: int = 0) -> SimulationResult:
     """Replay `trace` through `policy` under one budget (exactly one of mib / slots / x).
 
     `trace` is a Trace or a path (trace directory or *.route.csv). `policy` is a registered name
     ("lru", "lfu", "belady", ...; a "layer-" prefix selects the per-layer scope) or a policy
     object. `prefetch` is a prefetcher name or object, or a PrefetchConfig (count, distance,
-    reserved slots). Pass `stream=build_stream(trace)` to reuse the lookup stream across many calls.
+    reserved slots). `shares` splits a per-layer budget: "equal" (the default) or "bytes".
+    Pass `stream=build_stream(trace)` to reuse the lookup stream across many calls.
     `accounting` is "published" (a batch that does not fit sits over budget until a
     later batch evicts) or "strict" (the runtime's rule: never over budget).
     `misses_on_cpu_below` replays the runtime's --misses-on-cpu: a miss that fewer than this
@@ -165,11 +166,13 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     """
     check_accounting(accounting)
     policy, scope = resolve_policy(policy, scope)
+    if shares is not None and scope != "layer":
+        raise ExpertcacheError(f"shares split a per-layer budget; {shares!r} applies only with scope layer, not {scope}")
     trace = open_trace(trace)
     stream = build_stream(trace) if stream is None else stream
     config = None if prefetch is None else PrefetchConfig.of(prefetch)
     budget = resolve_budget(trace.model, stream.key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,
-                            budget_x=budget_x, shares=shares, reserve_slots=0 if config is None else config.reserve)
+                            budget_x=budget_x, shares=shares or "equal", reserve_slots=0 if config is None else config.reserve)
     sizes = layer_expert_bytes(trace.model)  # [L] or None
     key_bytes = None if sizes is None else sizes[stream.key_layer]
     pf_keys = None if config is None else plan_prefetch(trace, stream, config)

@@ -39,6 +39,11 @@ def _row(task) -> dict:
     return row
 
 
+def _whole(b):
+    """A whole slot count as an int (2.0 -> 2); anything else unchanged, for resolve_budget to judge."""
+    return int(b) if isinstance(b, float) and b.is_integer() else b
+
+
 def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), profile: HardwareProfile | None = None,
           workers: int | None = None, progress=None, into: list | None = None, accounting: str = "published") -> list[dict]:
     """One row per (policy, scope, budget), in grid order, each replayed with `accounting`
@@ -50,7 +55,10 @@ def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), pr
         raise ExpertcacheError(f"budget unit must be one of {', '.join(BUDGET_UNITS)}")
     if not policies or not budgets:
         raise ExpertcacheError("give at least one policy and one budget")
-    tasks = [(*resolve_policy(p, s), float(b) if unit != "slots" else int(b), unit)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ExpertcacheError(f"workers must be a whole number of processes, at least 1; got {workers!r}")
+    # slots stay as given: a fractional slot count is refused by resolve_budget, never truncated
+    tasks = [(*resolve_policy(p, s), _whole(b) if unit == "slots" else b, unit)
              for p in policies for s in scopes for b in budgets]
     _WORKER.update(trace=trace, stream=build_stream(trace), profile=profile, accounting=accounting)
     rows = [] if into is None else into

@@ -57,7 +57,7 @@ def simulate_command(
     budget_mib: Annotated[Optional[float], typer.Option(help="Budget in MiB (2^20 bytes).")] = None,
     budget_slots: Annotated[Optional[int], typer.Option(help="Budget in experts.")] = None,
     budget_x: Annotated[Optional[float], typer.Option(help="Budget as a multiple of the active experts (L x k: k per MoE layer).")] = None,
-    shares: Annotated[str, typer.Option(help="Per-layer shares: equal or bytes.")] = "equal",
+    shares: Annotated[Optional[str], typer.Option(help="Per-layer shares (scope layer): equal (default) or bytes.")] = None,
     prefetch: Annotated[Optional[str], typer.Option(help="Prefetcher: previous, frequency, stale-gate, oracle, learned.")] = None,
     prefetch_count: Annotated[Optional[int], typer.Option(help="Experts prefetched per layer (default k).")] = None,
     prefetch_distance: Annotated[int, typer.Option(help="Layers ahead the prefetch is issued.")] = 1,
@@ -74,6 +74,8 @@ def simulate_command(
     from ..cache.throughput import predict_throughput
 
     config = None
+    if prefetch is None and (prefetch_count is not None or prefetch_distance != 1 or prefetch_reserve != 0):
+        raise ExpertcacheError("--prefetch-count, --prefetch-distance and --prefetch-reserve apply only with --prefetch")
     if prefetch is not None:
         config = PrefetchConfig(PrefetchConfig.of(prefetch).prefetcher, prefetch_count, prefetch_distance, prefetch_reserve)
     hw = _profile(profile)

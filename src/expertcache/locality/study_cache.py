@@ -95,7 +95,10 @@ def model_cap(trace: Trace, max_multiple: float | None) -> int:
     if isinstance(max_multiple, bool) or not isinstance(max_multiple, (int, float, np.integer, np.floating)) \
             or not max_multiple > 0:
         raise ExpertcacheError(f"max_multiple must be a number > 0, got {max_multiple!r}")
-    return int(min(I, max(1, np.floor(max_multiple * trace.num_moe_layers * trace.top_k))))
+    active = trace.num_moe_layers * trace.top_k
+    if max_multiple * active < 1:
+        raise ExpertcacheError(f"max_multiple {max_multiple} x {active} active experts is less than one expert")
+    return int(min(I, np.floor(max_multiple * active)))
 
 
 def segment_lengths(m) -> tuple[int, ...]:

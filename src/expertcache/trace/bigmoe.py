@@ -137,10 +137,17 @@ def _table(path: Path, rows: list[tuple[int, list[str]]]) -> np.ndarray:
         if len(row) != len(_COLUMNS):
             raise ExpertcacheError(f"{path}:{number}: {len(row)} fields, the table has {len(_COLUMNS)} (a cut line?)")
         try:
-            values.append((number, *(float(v) if c == "weight" else int(v) for c, v in zip(_COLUMNS, row))))
+            values.append((number, *(float(v) if c == "weight" else _int64(v) for c, v in zip(_COLUMNS, row))))
         except ValueError as e:
             raise ExpertcacheError(f"{path}:{number}: malformed field ({e})") from None
     return np.array(values, dtype=dtype)
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -2**63 <= value < 2**63:
+        raise ValueError(f"{text} is beyond a 64-bit integer")
+    return value
 
 
 def _check_rows(path: Path, table: np.ndarray, model: ModelInfo) -> None:

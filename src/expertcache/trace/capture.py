@@ -342,6 +342,8 @@ def capture_corpus(
     and raises CaptureInterrupted. Running the same call again resumes."""
     from .corpus import corpus_description, open_sources, sample_windows
 
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise ExpertcacheError(f"batch_tokens (tokens per forward pass) must be a whole number >= 1, got {batch_tokens!r}")
     domains = open_sources(list(corpus))  # a bad source fails before the model loads
     loaded = ensure_loaded(model, device_map=device_map, dtype=dtype, trust_remote_code=trust_remote_code,
                            tokenizer=tokenizer)

@@ -87,10 +87,11 @@ def _read(path: Path, model: ModelInfo | None, num_experts: int | None) -> tuple
                 record = _record(line, where)
                 if model is None:
                     model = _synthetic_model(record["layers"], where, num_experts, path.name.split(".")[0])
-                experts = _ids(record["layers"], where, model)  # [L, K]
+                fast = "true" not in line and "false" not in line  # numpy would read a boolean as 1 or 0
+                experts = _ids(record["layers"], where, model, fast)  # [L, K]
                 if sequences and bool(sequences[0].weights) != ("weights" in record):
                     raise ExpertcacheError(f"{where}: weights given on some lines only (give them on every line or none)")
-                _append(_sequence_of(sequences, keys, record, where), record, experts, where)
+                _append(_sequence_of(sequences, keys, record, where), record, experts, where, fast)
     except UnicodeDecodeError:
         raise ExpertcacheError(f"{path}: not a JSONL routing file (not UTF-8 text)") from None
     if not sequences:
@@ -100,7 +101,7 @@ def _read(path: Path, model: ModelInfo | None, num_experts: int | None) -> tuple
 
 def _record(line: str, where: str) -> dict:
     try:
-        record = json.loads(line)
+        record = json.loads(line, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise ExpertcacheError(f"{where}: not valid JSON ({e.msg})") from None
     if not isinstance(record, dict):
@@ -115,6 +116,11 @@ def _record(line: str, where: str) -> dict:
     return record
 
 
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON (Python's parser accepts them by default)."""
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
 def _synthetic_model(layers, where: str, num_experts: int, name: str) -> ModelInfo:
     """All layers MoE with `num_experts` each; L and k as the first line has them."""
     first = next((ids for ids in layers if isinstance(ids, list)), None) if isinstance(layers, list) else None
@@ -126,14 +132,14 @@ def _synthetic_model(layers, where: str, num_experts: int, name: str) -> ModelIn
         raise ExpertcacheError(f"{where}: {e}") from None
 
 
-def _ids(layers, where: str, model: ModelInfo) -> np.ndarray:
+def _ids(layers, where: str, model: ModelInfo, fast: bool = True) -> np.ndarray:
     """[L, K] int64 ids of one token; -1 for a layer given as null (it did not route the token).
 
-    Whole lines of distinct in-range ids pass a vectorized check; anything else (nulls, or a
-    mistake to explain) goes through the line-by-line one.
+    Whole lines of distinct in-range ids pass a vectorized check (`fast`: the line has no
+    booleans); anything else (nulls, or a mistake to explain) goes through the line-by-line one.
     """
     try:
-        ids = np.array(layers)  # [L, K] when every layer is a list of k ints
+        ids = np.array(layers) if fast else None  # [L, K] when every layer is a list of k ints
     except (ValueError, TypeError):  # ragged, or nulls among lists
         ids = None
     if ids is not None and ids.dtype.kind == "i" and ids.shape == (model.num_moe_layers, model.top_k):
@@ -184,7 +190,7 @@ def _sequence_of(sequences: list[_Sequence], keys: set, record: dict, where: str
     return sequences[-1]
 
 
-def _append(sequence: _Sequence, record: dict, experts: np.ndarray, where: str) -> None:
+def _append(sequence: _Sequence, record: dict, experts: np.ndarray, where: str, fast: bool = True) -> None:
     """Add one token with its weights, token id, position and phase, each checked."""
     previous = sequence.positions[-1] if sequence.positions else None
     position = _natural(record, "tok", where)
@@ -198,7 +204,7 @@ def _append(sequence: _Sequence, record: dict, experts: np.ndarray, where: str) 
     if _PHASES[phase] == PREFILL and sequence.phase and sequence.phase[-1] == DECODE:
         raise ExpertcacheError(f"{where}: a prefill token after decode tokens (a new turn is a new sequence)")
     if "weights" in record:
-        sequence.weights.append(_weights(record["weights"], experts, where))
+        sequence.weights.append(_weights(record["weights"], experts, where, fast))
     token = _natural(record, "token_id", where)
     sequence.experts.append(experts)
     sequence.tokens.append(-1 if token is None else token)
@@ -214,14 +220,14 @@ def _natural(record: dict, name: str, where: str) -> int | None:
     return value
 
 
-def _weights(weights, experts: np.ndarray, where: str) -> np.ndarray:
+def _weights(weights, experts: np.ndarray, where: str, fast: bool = True) -> np.ndarray:
     """[L, K] float32 laid out like the ids: k numbers per layer, null exactly where the ids are."""
     try:
-        fast = np.array(weights)  # [L, K] when every layer has k numbers
+        array = np.array(weights) if fast else None  # [L, K] when every layer has k numbers
     except (ValueError, TypeError):
-        fast = None
-    if fast is not None and fast.dtype.kind in "if" and fast.shape == experts.shape and (experts[:, 0] >= 0).all():
-        return fast.astype(np.float32)
+        array = None
+    if array is not None and array.dtype.kind in "if" and array.shape == experts.shape and (experts[:, 0] >= 0).all():
+        return array.astype(np.float32)
     k = experts.shape[1]
     shaped = isinstance(weights, list) and len(weights) == len(experts) and all(
         w is None if row[0] < 0 else isinstance(w, list) and len(w) == k and all(type(x) in (int, float) for x in w)

@@ -55,6 +55,8 @@ class ModelInfo:
         for name in ("expert_bytes", "dense_bytes"):
             if getattr(self, name) and len(getattr(self, name)) != n:
                 raise ExpertcacheError(f"{name} needs one entry per MoE layer ({n})")
+            if any(v < 0 for v in getattr(self, name)):
+                raise ExpertcacheError(f"{name} must not be negative, got {min(getattr(self, name))}")
         if any(layer < 0 or layer >= self.num_layers for layer in self.moe_layers):
             raise ExpertcacheError(f"MoE layer indices {self.moe_layers} outside 0..{self.num_layers - 1}")
 
