@@ -196,14 +196,6 @@ def hit_counts_one_pass(tokens, num_ids, policy, m=None):
             last[x] = q
             if policy == "fsf":
                 pending[x] -= 1
-            if policy == "lru":
-                key = q
-            elif policy == "lfu":
-                key = (count[x], q)
-            elif policy == "fsf":
-                key = (pending[x], q)
-            else:
-                key = -next_use[q]
             p = stack.index(x) if x in stack else len(stack)
             if p == len(stack):
                 stack.append(x)

@@ -180,7 +180,6 @@ def test_switch_stacks_are_separate_traces_and_capacity_drops_are_not_routed(tin
     for stack, template in (("encoder", "encoder.block.{}.layer.1.mlp"), ("decoder", "decoder.block.{}.layer.2.mlp")):
         trace = result.load(stack)
         assert trace.model.stack == stack and trace.model.moe_layers == (1, 3) and trace.top_k == 1
-        tokens = trace.tokens.reshape(4, 32)
         paths = [template.format(i) for i in (1, 3)]
         seen, handles = block_inputs(model, paths)
         with torch.no_grad():
