@@ -13,7 +13,8 @@ absolute rates vary between runs, ratios within one run much less). One thread u
    once per token) against ours; results checked equal.
 2. Ours per layer for E in {64, 128, 256}, both traces: requests/s.
 3. Model level (one cache over all L x E keys): ns per request vs L x E, every size and with
-   the size capped at 16x and 2x the active experts (`max_multiple`).
+   the size capped at 16x and 2x the active experts (`max_multiple`); LFU and Belady also with
+   the entry-by-entry scan that the descending runs replace there (same results).
 4. Study scale, in a child process with every core: all four curves (per layer and model
    level, every size) and SRP for four segment lengths with 1000-resample intervals.
 """
@@ -224,10 +225,18 @@ def per_layer_rates(samples: int) -> None:
             print(f"{E:>4} {trace_name:<11}" + "".join(f"{c:>10.1f}" for c in cells))
 
 
+def _scan(ids, tok, n_ids, code, cap):
+    """The entry-by-entry scan alone (priority_hist), for LFU and Belady where runs replace it."""
+    hist = np.zeros(n_ids + 2, np.int64)
+    _stack.priority_hist(ids, tok, n_ids, code, 1, hist, cap)
+    return hist
+
+
 def model_level_costs(samples: int, shapes=((16, 64), (32, 128), (58, 256))) -> None:
     print(f"\n== 3. model level (one cache over L x E keys, k = 8, {samples} sequences of 512 tokens,"
-          f" synthetic routing with locality): ns per request")
-    print(f"{'L x E':>9}{'keys':>7}  {'sizes':<12}" + "".join(f"{_name(p, m):>10}" for p, m in POLICIES))
+          f" synthetic routing with locality): ns per request; the scan alone for comparison")
+    print(f"{'L x E':>9}{'keys':>7}  {'sizes':<12}" + "".join(f"{_name(p, m):>10}" for p, m in POLICIES)
+          + f"{'lfu scan':>10}{'bel. scan':>10}")
     for L, E in shapes:
         data = synthetic(samples, 512, L, E, 8, seed=2)
         offsets = np.arange(L + 1, dtype=np.int64) * E
@@ -240,6 +249,9 @@ def model_level_costs(samples: int, shapes=((16, 64), (32, 128), (58, 256))) -> 
                 code = _stack.POLICY_CODES[policy]
                 _hist(streams[0][0][:64], np.array([0, 64]), L * E, code, m, cap)
                 cells.append(1e9 / _rate(lambda s: _hist(*s, L * E, code, m, cap), streams, n, 1))
+            for code in (_stack.LFU, _stack.BELADY):
+                _scan(streams[0][0][:64], np.array([0, 64]), L * E, code, cap)
+                cells.append(1e9 / _rate(lambda s: _scan(*s, L * E, code, cap), streams, n, 1))
             print(f"{f'{L}x{E}':>9}{L * E:>7}  {label + f' ({cap})':<12}" + "".join(f"{c:>10.0f}" for c in cells))
 
 

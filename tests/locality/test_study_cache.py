@@ -181,3 +181,51 @@ def test_invalid_max_multiple():
     with pytest.raises(ExpertcacheError, match="max_multiple 0.4 x 2 active experts is less than one expert"):
         curves(one_layer([[[0, 1]]], 2), "lru", max_multiple=0.4)  # was silently a cap of 1
     assert curves(one_layer([[[0, 1]]], 2), "lru", max_multiple=0.5).model_level.shape == (2,)
+
+
+@pytest.mark.parametrize("code", ["lfu", "belady"])
+def test_segment_kernel_equals_the_scan_on_random_streams(code):
+    # Every size, caps, repeats inside a token, both ways of finding depths; the scan is itself
+    # checked against the brute-force reference above.
+    from expertcache.locality import _stack
+
+    policy = _stack.POLICY_CODES[code]
+    rng = np.random.default_rng([5, policy])
+    for trial in range(600):
+        n_ids = int(rng.integers(2, 40))
+        K, T = int(rng.integers(1, min(n_ids, 4) + 1)), int(rng.integers(1, 60))
+        popularity = rng.dirichlet(np.full(n_ids, 0.3 if trial % 2 else 3.0))  # skewed or near uniform
+        popularity = 0.9 * popularity + 0.1 / n_ids
+        ids = np.concatenate([rng.choice(n_ids, K, replace=False, p=popularity) for _ in range(T)]).astype(np.int32)
+        if trial % 3 == 0 and len(ids) > 2:
+            ids[1] = ids[0]  # a repeat inside one token
+        tok = np.arange(0, T * K + 1, K, dtype=np.int64)
+        cap = n_ids if trial % 2 else int(rng.integers(1, n_ids + 1))
+        scan = np.zeros(n_ids + 2, np.int64)
+        _stack.priority_hist(ids, tok, n_ids, policy, 1, scan, cap)
+        for exact_where in (True, False):
+            runs = np.zeros(n_ids + 2, np.int64)
+            _stack.segment_hist(ids, tok, n_ids, policy, runs, cap, exact_where)
+            np.testing.assert_array_equal(runs, scan, err_msg=f"{ids.tolist()} k={K} cap={cap} {exact_where}")
+
+
+@pytest.mark.parametrize("layers, top_k, max_multiple", [(9, 4, None), (17, 2, None), (9, 4, 20)])
+def test_model_level_curves_where_segments_serve_them_match_single_size_simulations(layers, top_k, max_multiple):
+    # 9 x 256 = 2 304 keys: LFU and Belady take segment_hist with exact depths; 17 x 256 = 4 352
+    # keys, every size: LFU searches keys; a cap of 20 x 36 = 720 keeps Belady on segments.
+    from expertcache.locality import _stack
+
+    rng = np.random.default_rng(layers)
+    popularity = rng.dirichlet(np.full(256, 0.2))
+    seqs = [np.array([[rng.choice(256, top_k, replace=False, p=popularity) for _ in range(layers)] for _ in range(T)])
+            for T in (45, 30)]
+    trace = Trace.from_arrays(seqs, 256)
+    keys = layers * 256
+    assert keys > _stack.LFU_SEGMENTS_MIN_IDS and keys > _stack.BELADY_SEGMENTS_MIN_IDS
+    streams = [reference.model_tokens(s, trace.model.num_experts) for s in reference.sequences(trace)]
+    cap = keys if max_multiple is None else max_multiple * layers * top_k
+    for policy in ("lfu", "belady"):
+        fast = curves(trace, policy, max_multiple=max_multiple).model_level
+        for size in (1, 3, layers * top_k, 200, cap):
+            hits, requests = np.sum([reference.simulate(tokens, size, policy) for tokens in streams], axis=0)
+            assert fast[size - 1] == pytest.approx(hits / requests, abs=1e-12), (policy, size)

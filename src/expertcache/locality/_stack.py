@@ -18,6 +18,12 @@ requested before it), then applied one by one.
   the stack holds only its top `cap` entries (the caches of sizes 1..cap): a deeper or new
   request scans cap entries at most and the last record falls out, so the cost is
   O(min(depth, cap)) whatever I.
+- LFU and Belady at model level (segment_hist): below its top the stack is a few strictly
+  descending runs of keys (LFU 2-5, Belady 10-40), since only the requested entry's key
+  changes. Records are then the tail of each run below the running minimum: a run is
+  skipped with one compare, its first record found by binary search, its records moved by
+  one copy. Cost O(runs above x + log I + records moved), not O(depth). FSF's keys rise
+  while entries wait, which breaks runs: it keeps the scan.
 
 Shape key: R requests of one stream, T tokens, I ids (E per layer, sum of E at model level).
 hist[d] counts requests whose smallest hitting cache size is d (d = 1..I); hist[I + 1]
@@ -200,11 +206,159 @@ def priority_hist(ids, tok, n_ids, policy, m, hist, cap):
             where[x] = 0
 
 
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _first_below(key, base, n, v):
+    """First j in [base, base + n) with key[j] < v, keys strictly descending (base + n if none).
+    Branch-free: the loop runs log2(n) times whatever the keys."""
+    while n > 1:
+        half = n >> 1
+        base = base + half if key[base + half - 1] >= v else base
+        n -= half
+    return base + (key[base] >= v)
+
+
+@numba.njit(cache=True)
+def _key_depth(v, key, head, nseg):
+    """Depth of the (unique) key v: found in the segment whose key range holds it."""
+    for s in range(nseg):
+        a = head[s]
+        b = head[s + 1] - 1
+        if key[a] >= v and v >= key[b]:
+            j = _first_below(key, a, b - a + 1, v + 1)  # the first key <= v: v itself if it lies here
+            if key[j] == v:
+                return j
+    return -1  # not reached: v is in the stack
+
+
+@numba.njit(cache=True)
+def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
+    """priority_hist for LFU and Belady with the stack below its top kept as strictly descending
+    segments of keys: an update skips a segment with one compare, finds where its records begin
+    by binary search and moves them down one step (no entry-by-entry scan).
+
+    The top entry aside, only the requested entry's key changes, so a segment stays descending
+    and its records are the suffix of its keys below the running minimum; a new segment begins
+    only where the last record lands above a larger key (x's old depth, or the bottom), and
+    neighbours merge when their boundary stops rising. Keys are unique (Belady's never-again
+    entries are set apart by position, which does not change any hit). exact_where: keep every
+    id's depth in where[] (one store per record moved); otherwise where[] is a hint, checked,
+    and a stale one is replaced by a search of the segments' key ranges, cheaper once records
+    are many (thousands of keys).
+    """
+    T = tok.shape[0] - 1
+    R = ids.shape[0]
+    stack = np.empty(cap + 1, np.int32)
+    key = np.empty(cap + 1, np.int64)
+    head = np.empty(cap + 2, np.int64)  # segment starts (depths >= 1); head[nseg] = size
+    nseg = 0
+    where = np.full(n_ids, -1, np.int64)
+    keyof = np.zeros(n_ids, np.int64)  # each id's key in the stack
+    count = np.zeros(n_ids, np.int64)
+    stamp = np.full(n_ids, -1, np.int64)
+    nxt = _next_uses(ids, n_ids) if policy == BELADY else np.empty(0, np.int64)
+    depth = np.empty(_widest_token(tok), np.int64)
+    size = 0
+    for t in range(T):
+        a, b = tok[t], tok[t + 1]
+        for q in range(a, b):
+            x = ids[q]
+            d = where[x]
+            if d >= 0 and d < cap and stack[d] != x:  # a stale hint (not exact_where): search, and refresh it
+                d = where[x] = _key_depth(keyof[x], key, head, nseg)
+            depth[q - a] = d
+        _judge_token(ids, a, b, t, depth, size, stamp, hist, n_ids)
+        for q in range(a, b):
+            x = ids[q]
+            if policy == LFU:
+                count[x] += 1
+                kx = count[x] * _SHIFT + q
+            else:
+                kx = -nxt[q] if nxt[q] < R else -(R + q)
+            p = where[x]
+            if p >= 0 and p < cap and stack[p] != x:
+                p = _key_depth(keyof[x], key, head, nseg)
+            grow = p < 0
+            if grow:
+                p = size
+            if p > 0:
+                carry = stack[0]
+                carry_key = key[0]
+                for s in range(nseg):
+                    h = head[s]
+                    if h >= p:
+                        break
+                    e = min(head[s + 1], p) - 1
+                    if key[e] >= carry_key:  # no record in this segment
+                        continue
+                    r = _first_below(key, h, e - h + 1, carry_key)
+                    y = stack[e]
+                    y_key = key[e]
+                    for j in range(e, r, -1):
+                        z = stack[j - 1]
+                        stack[j] = z
+                        key[j] = key[j - 1]
+                        if exact_where:
+                            where[z] = j
+                    stack[r] = carry
+                    key[r] = carry_key
+                    where[carry] = r
+                    carry = y
+                    carry_key = y_key
+                where[carry] = p  # p == cap: below the cap
+                if p < cap:
+                    stack[p] = carry
+                    key[p] = carry_key
+                    if grow:  # at the bottom: a new segment unless it continues the last one's descent
+                        size += 1
+                        if nseg == 0 or key[p - 1] < carry_key:
+                            head[nseg] = p
+                            nseg += 1
+                        head[nseg] = size
+                    elif p + 1 < size and key[p + 1] > carry_key:  # the descent breaks below p
+                        s = 1
+                        while head[s] <= p:
+                            s += 1
+                        if head[s] != p + 1:
+                            for j in range(nseg + 1, s, -1):
+                                head[j] = head[j - 1]
+                            head[s] = p + 1
+                            nseg += 1
+                # boundaries at or above p + 1 whose keys no longer rise: merge
+                w = s = 1
+                while s < nseg and head[s] <= p + 1:
+                    if key[head[s] - 1] < key[head[s]]:
+                        head[w] = head[s]
+                        w += 1
+                    s += 1
+                if w < s:
+                    for j in range(s, nseg + 1):
+                        head[w + j - s] = head[j]
+                    nseg -= s - w
+            elif grow:
+                size = 1
+            stack[0] = x
+            key[0] = kx
+            keyof[x] = kx
+            where[x] = 0
+
+
+# Where segment_hist beats priority_hist's scan, and where searching keys beats storing every moved
+# record's depth (LFU, deep caps only), measured by benchmarks/bench_locality.py (section 3).
+LFU_SEGMENTS_MIN_IDS = 256
+BELADY_SEGMENTS_MIN_IDS = 2048
+BELADY_SEGMENTS_MIN_CAP = 512
+EXACT_WHERE_MAX_CAP = 4096
+
+
 @numba.njit(cache=True, nogil=True)
 def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
     """Accumulate one sequence's hit histogram (exact up to size cap) with the faster method."""
     if policy == LRU:
         lru_hist(ids, tok, n_ids, hist)
+    elif policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS:
+        segment_hist(ids, tok, n_ids, policy, hist, cap, cap <= EXACT_WHERE_MAX_CAP)
+    elif policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP:
+        segment_hist(ids, tok, n_ids, policy, hist, cap, True)
     else:
         priority_hist(ids, tok, n_ids, policy, m, hist, cap)
 
