@@ -190,7 +190,7 @@ def _rate(fn, items, requests: int, repeats: int = 3) -> float:
 
 def versus_study_style(samples_python: int, samples_fast: int) -> dict:
     """Section 1; returns our rates {(trace, policy): req/s} for section 2's E = 64 row."""
-    print(f"\n== 1. all sizes, one layer (E = 64, k = 8, 512-token sequences): study-style reference vs ours")
+    print("\n== 1. all sizes, one layer (E = 64, k = 8, 512-token sequences): study-style reference vs ours")
     print(f"{'trace':<11}{'policy':<9}{'reference req/s':>16}{'ours req/s':>14}{'ratio':>9}")
     ours = {}
     for trace_name, make in TRACES:
