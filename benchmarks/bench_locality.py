@@ -248,10 +248,10 @@ def model_level_costs(samples: int, shapes=((16, 64), (32, 128), (58, 256))) -> 
             for policy, m in POLICIES:
                 code = _stack.POLICY_CODES[policy]
                 _hist(streams[0][0][:64], np.array([0, 64]), L * E, code, m, cap)
-                cells.append(1e9 / _rate(lambda s: _hist(*s, L * E, code, m, cap), streams, n, 1))
+                cells.append(1e9 / _rate(lambda s: _hist(*s, L * E, code, m, cap), streams, n, 3))
             for code in (_stack.LFU, _stack.BELADY):
                 _scan(streams[0][0][:64], np.array([0, 64]), L * E, code, cap)
-                cells.append(1e9 / _rate(lambda s: _scan(*s, L * E, code, cap), streams, n, 1))
+                cells.append(1e9 / _rate(lambda s: _scan(*s, L * E, code, cap), streams, n, 3))
             print(f"{f'{L}x{E}':>9}{L * E:>7}  {label + f' ({cap})':<12}" + "".join(f"{c:>10.0f}" for c in cells))
 
 
