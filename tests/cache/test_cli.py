@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -83,3 +84,17 @@ def test_advise_json():
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["hit_rate"] >= 0.8 * out["best_hit_rate"] and out["budget_x"] > 0
+
+
+def test_a_trace_without_decode_steps_has_no_decode_hit_rate(tmp_path):
+    from expertcache.trace import PREFILL
+
+    from .helpers import make_trace
+
+    trace = make_trace([np.array([[[0, 1]], [[1, 2]], [[0, 2]]])], 4, phase=[np.full(3, PREFILL)])
+    trace.save(tmp_path / "t")
+    out = json.loads(cli("simulate", tmp_path / "t", "--budget-slots", 2, "--json").stdout)
+    assert (out["decode_lookups"], out["decode_hit_rate"]) == (0, None)  # was 0.0, as if every lookup missed
+    assert out["lookups"] == 3  # one prefill batch: its three distinct experts
+    printed = cli("simulate", tmp_path / "t", "--budget-slots", 2).stdout
+    assert f"hit rate {out['hit_rate']:.2%} ({out['hits']}/3), decode n/a" in printed

@@ -35,8 +35,9 @@ class HitCounts:
         return self.hits / self.lookups if self.lookups else 0.0
 
     @property
-    def decode_hit_rate(self) -> float:
-        return self.decode_hits / self.decode_lookups if self.decode_lookups else 0.0
+    def decode_hit_rate(self) -> float | None:
+        """None when no decode step looked anything up (a prefill-only trace)."""
+        return self.decode_hits / self.decode_lookups if self.decode_lookups else None
 
     def counters_json(self, prefetch: dict | None) -> dict:
         """The public JSON contract of `expertcache simulate --json`, one definition for both."""

@@ -27,6 +27,11 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _percent(rate: float | None, digits: int) -> str:
+    """A rate in percent, or "n/a" where nothing was looked up."""
+    return "n/a" if rate is None else f"{rate:.{digits}%}"
+
+
 AsDecode = Annotated[bool, typer.Option(
     "--as-decode", help="Replay every token as a decode step (e.g. a teacher-forced corpus trace, all prefill).")]
 Accounting = Annotated[str, typer.Option(
@@ -92,8 +97,8 @@ def simulate_command(
         print(json.dumps(out))
         return
     budget = _size(out["budget_bytes"]) if out["budget_bytes"] is not None else f"{result.budget_slots} slots"
-    print(f"{out['policy']} ({_label(result)}), budget {budget}: hit rate {100 * out['hit_rate']:.2f} % "
-          f"({out['hits']}/{out['lookups']}), decode {100 * out['decode_hit_rate']:.2f} %")
+    print(f"{out['policy']} ({_label(result)}), budget {budget}: hit rate {out['hit_rate']:.2%} "
+          f"({out['hits']}/{out['lookups']}), decode {_percent(out['decode_hit_rate'], 2)}")
     if out["bytes_read"] is not None:
         print(f"read {_size(out['bytes_read'])}")
     if result.misses_on_cpu:
@@ -169,7 +174,7 @@ def _sweep_table(rows: list[dict]) -> Table:
     for r in rows:
         setting = ", ".join([*(["per layer"] if r["scope"] == "layer" else []), *(["strict"] if r["accounting"] == "strict" else [])])
         table.add_row(r["policy"] + (f" ({setting})" if setting else ""),
-                      f"{r['budget']:g}", f"{r['hit_rate']:.2%}", f"{r['decode_hit_rate']:.2%}",
+                      f"{r['budget']:g}", f"{r['hit_rate']:.2%}", _percent(r["decode_hit_rate"], 2),
                       *([f"{r['read_mib']:.1f}"] if read else []),
                       *([f"{r['decode_tokens_per_s']:.2f}"] if speed else []))
     return table

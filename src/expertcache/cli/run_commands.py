@@ -13,7 +13,7 @@ from rich.table import Table
 from ..errors import ExpertcacheError
 from . import Interrupted
 from ..runtime.placement import ALWAYS
-from .cache_commands import _size
+from .cache_commands import _percent, _size
 
 
 def run_command(
@@ -72,7 +72,7 @@ def print_run_summary(s, trace: Optional[Path] = None) -> None:
     for phase in ("prefill", "decode"):
         rate = t[f"{phase}_tokens_per_s"]
         table.add_row(f"{phase} tokens/s", "-" if rate is None else f"{rate:.1f} ({t[phase + '_tokens']} tokens)")
-    table.add_row("hit rate", f"{s.hit_rate:.1%} ({s.hits}/{s.lookups}); decode {s.decode_hit_rate:.1%}")
+    table.add_row("hit rate", f"{s.hit_rate:.1%} ({s.hits}/{s.lookups}); decode {_percent(s.decode_hit_rate, 1)}")
     table.add_row("bytes read", _size(s.bytes_read))
     if s.misses_on_cpu_below:
         rule = "every miss" if s.misses_on_cpu_below >= ALWAYS else f"misses fewer than {s.misses_on_cpu_below} tokens use"
