@@ -62,6 +62,9 @@ def test_import_errors_name_the_file(tmp_path):
         import_arrays(tmp_path / "garbage.npy", 4)
     with pytest.raises(ExpertcacheError, match="no such file"):
         import_arrays(tmp_path / "missing.npy", 4)
+    np.save(tmp_path / "ragged.npy", np.array([[1, 2], [3]], dtype=object), allow_pickle=True)
+    with pytest.raises(ExpertcacheError, match=r"ragged\.npy: not a readable \.npy array \(an array of Python objects"):
+        import_arrays(tmp_path / "ragged.npy", 4)
 
 
 def read_rows(path):

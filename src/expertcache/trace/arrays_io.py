@@ -68,7 +68,8 @@ def _load(path, what: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise ExpertcacheError(f"{path}: not a readable .npy array ({e})") from None
+        why = "an array of Python objects; save numbers" if "allow_pickle" in str(e) else e
+        raise ExpertcacheError(f"{path}: not a readable .npy array ({why})") from None
 
 
 def _save(path, array: np.ndarray) -> None:
