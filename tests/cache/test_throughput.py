@@ -112,6 +112,8 @@ def test_bench_hw_measures_a_usable_profile(tmp_path):
         bench_hw(hidden=0)
     with pytest.raises(ExpertcacheError, match="CUDA"):
         bench_hw(link="device")
+    with pytest.raises(ExpertcacheError, match="missing: no such directory"):
+        bench_hw(directory=str(tmp_path / "missing"))  # was Python's "[Errno 2] ..." text
     for dtype in ("int8", "nn", "nope"):  # an integer dtype, a torch attribute that is no dtype, no attribute
         with pytest.raises(ExpertcacheError, match="floating-point torch dtype"):
             expert_times(64, 32, dtype)

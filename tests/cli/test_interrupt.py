@@ -33,3 +33,11 @@ def test_ctrl_c_inside_a_command_that_kept_nothing(monkeypatch, capsys, tmp_path
 
     monkeypatch.setattr(expertcache.cache, "simulate", interrupted)
     assert run_main(monkeypatch, capsys, "simulate", tmp_path / "t", "--budget-slots", 1) == (130, "interrupted\n")
+
+
+def test_an_os_error_prints_path_and_reason_in_plain_words():
+    from expertcache.cli import _plain
+
+    assert _plain(FileNotFoundError(2, "No such file or directory", "x.npy")) == "x.npy: No such file or directory"
+    assert _plain(OSError(28, "No space left on device")) == "No space left on device"
+    assert _plain(OSError("no errno")) == "no errno"

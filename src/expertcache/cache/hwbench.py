@@ -143,6 +143,8 @@ def bench_hw(hidden: int = 2048, intermediate: int = 768, dtype: str = "float32"
         raise ExpertcacheError("link device needs a CUDA device: give --device cuda")
     if min(hidden, intermediate, layers, disk_mib, copy_mib) <= 0:
         raise ExpertcacheError("dimensions, layers and sizes must be positive")
+    if directory is not None and not os.path.isdir(directory):
+        raise ExpertcacheError(f"{directory}: no such directory for the disk read test")
     mem = memcpy_bandwidth(copy_mib)
     disk, cold = disk_read_bandwidth(disk_mib, directory)
     t_expert, t_dense_layer, expert_bytes = expert_times(hidden, intermediate, dtype, device=device)

@@ -33,6 +33,13 @@ def _register_all() -> None:
         module.register(app)
 
 
+def _plain(e: Exception) -> str:
+    """An OSError as "path: reason" rather than Python's "[Errno 2] reason: 'path'"."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e)
+
+
 def main() -> None:
     """Entry point: user mistakes end with one line on stderr and exit status 2.
 
@@ -43,7 +50,7 @@ def main() -> None:
         _register_all()  # imports torch and compiles: seconds in which a Ctrl-C may come
         app()
     except (ExpertcacheError, OSError) as e:  # OSError: permissions, a full disk, a directory for a file
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_plain(e)}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
