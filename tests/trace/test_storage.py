@@ -175,12 +175,16 @@ def test_corrupt_manifest_names_the_file(saved):
         Trace.load(saved)
 
 
-def test_negative_expert_sizes_in_a_manifest_are_refused(saved):
+def test_negative_expert_sizes_and_text_counts_in_a_manifest_are_refused(saved):
     manifest = json.loads((saved / "manifest.json").read_text())
     layers = len(manifest["model"]["moe_layers"])
     manifest["model"]["expert_bytes"] = [-4096] * layers  # would make budgets hold "more" than everything
     (saved / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ExpertcacheError, match="expert_bytes must not be negative, got -4096"):
+    with pytest.raises(ExpertcacheError, match=r"manifest\.json: bad model description \(expert_bytes must not be negative, got -4096\)"):
+        Trace.load(saved)
+    manifest["model"].update(expert_bytes=[], top_k="2")
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExpertcacheError, match=r"\(top_k must be a whole number, got '2'\)"):  # was a TypeError's text
         Trace.load(saved)
 
 

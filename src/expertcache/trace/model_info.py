@@ -5,6 +5,7 @@ Shape key: L MoE layers (dense layers are not counted), E experts, K routed expe
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ExpertcacheError
@@ -35,6 +36,10 @@ class ModelInfo:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("num_layers", "top_k", "num_shared_experts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ExpertcacheError(f"{name} must be a whole number, got {value!r}")
         for name in ("moe_layers", "num_experts", "expert_bytes", "dense_bytes"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         n = len(self.moe_layers)

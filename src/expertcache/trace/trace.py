@@ -133,7 +133,7 @@ class Trace:
             )
         try:
             model = ModelInfo.from_json(manifest["model"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, ExpertcacheError) as e:
             raise ExpertcacheError(f"{path / MANIFEST}: bad model description ({e})") from None
         ids = expert_dtype(model.max_experts)
         if manifest.get("expert_dtype") != ids.name:
