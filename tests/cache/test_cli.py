@@ -25,6 +25,7 @@ def test_simulate_json_contract():
     out = json.loads(p.stdout)
     assert list(out) == KEYS
     assert (out["policy"], out["scope"], out["prefetch"]) == ("lfu", "layer", None)
+    assert json.loads(cli("simulate", TRACE, "--policy", "layer-lfu", "--budget-slots", 8, "--json").stdout) == out
     assert out["hit_rate"] == out["hits"] / out["lookups"]
     p = cli("simulate", TRACE, "--policy", "lru", "--budget-x", 1, "--prefetch", "previous", "--json")
     pf = json.loads(p.stdout)["prefetch"]
@@ -50,6 +51,7 @@ def test_simulate_a_bundled_example_by_name():
     (["--budget-slots", 4, "--profile", "/nonexistent.json"], "no such hardware profile"),
     (["--budget-slots", 4, "--prefetch-count", 2], "apply only with --prefetch"),  # was ignored
     (["--budget-slots", 4, "--shares", "bytes"], "applies only with scope layer, not global"),  # was ignored
+    (["--budget-slots", 4, "--policy", "layer-lru", "--scope", "global"], "is per-layer; drop --scope global"),  # was layer
 ])
 def test_user_mistakes_exit_2_with_one_line(args, message):
     p = cli("simulate", TRACE, *args)

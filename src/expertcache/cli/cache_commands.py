@@ -15,7 +15,7 @@ from rich.table import Table
 from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
 from . import Interrupted
-from .arguments import TraceArg
+from .arguments import ScopeOption, TraceArg, scope_of
 
 _err = Console(stderr=True)
 
@@ -58,7 +58,7 @@ def _profile(path: Optional[Path]):
 def simulate_command(
     trace: TraceArg,
     policy: Annotated[str, typer.Option(help="Cache policy: lru, fifo, lfu, lfu-decay, gdsf, hyperbolic, static, random, belady, belady-size (a layer- prefix: per-layer scope).")] = "lru",
-    scope: Annotated[str, typer.Option(help="Scope: global (one pool) or layer (one pool per MoE layer).")] = "global",
+    scope: ScopeOption = None,
     budget_mib: Annotated[Optional[float], typer.Option(help="Budget in MiB (2^20 bytes).")] = None,
     budget_slots: Annotated[Optional[int], typer.Option(help="Budget in experts.")] = None,
     budget_x: Annotated[Optional[float], typer.Option(help="Budget as a multiple of the active experts (L x k: k per MoE layer).")] = None,
@@ -84,7 +84,7 @@ def simulate_command(
     if prefetch is not None:
         config = PrefetchConfig(PrefetchConfig.of(prefetch).prefetcher, prefetch_count, prefetch_distance, prefetch_reserve)
     hw = _profile(profile)
-    result = simulate(_open(trace, as_decode), policy, scope, budget_mib, budget_slots, budget_x, config, shares=shares,
+    result = simulate(_open(trace, as_decode), policy, scope_of(policy, scope), budget_mib, budget_slots, budget_x, config, shares=shares,
                       accounting=accounting, misses_on_cpu_below=misses_on_cpu_below)
     for w in result.warnings:
         _err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
@@ -216,7 +216,7 @@ def bench_hw_command(
 def advise_command(
     trace: TraceArg,
     policy: Annotated[str, typer.Option(help="Cache policy.")] = "lru",
-    scope: Annotated[str, typer.Option(help="Global or layer.")] = "global",
+    scope: ScopeOption = None,
     fraction: Annotated[float, typer.Option(help="Share of the best achievable hit rate to reach.")] = 0.9,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     as_decode: AsDecode = False,
@@ -226,7 +226,7 @@ def advise_command(
     from ..cache import cycle_size, recommend_budget
 
     t = _open(trace, as_decode)
-    advice = recommend_budget(t, policy, fraction, scope, accounting=accounting)
+    advice = recommend_budget(t, policy, fraction, scope_of(policy, scope), accounting=accounting)
     if as_json:
         print(json.dumps(advice.to_json()))
         return

@@ -13,6 +13,7 @@ from rich.table import Table
 from ..errors import ExpertcacheError
 from . import Interrupted
 from ..runtime.placement import ALWAYS
+from .arguments import ScopeOption, scope_of
 from .cache_commands import _percent, _size
 
 
@@ -25,7 +26,7 @@ def run_command(
     budget_slots: Annotated[Optional[int], typer.Option(help="Expert cache budget in experts.")] = None,
     budget_x: Annotated[Optional[float], typer.Option(help="Budget as a multiple of the active experts (L x k: k per MoE layer).")] = None,
     policy: Annotated[str, typer.Option(help="Cache policy: lru, fifo, lfu, lfu-decay, gdsf, hyperbolic or random.")] = "lru",
-    scope: Annotated[str, typer.Option(help="Global (one pool) or layer (one pool per MoE layer).")] = "global",
+    scope: ScopeOption = None,
     prefetch: Annotated[Optional[str], typer.Option(help="Prefetcher: previous, frequency or stale-gate.")] = None,
     device: Annotated[str, typer.Option(help="Where the cache lives and experts compute: cpu or cuda.")] = "cpu",
     slow_tier: Annotated[Optional[str], typer.Option(help="Where uncached experts live: disk or ram (default: disk on cpu, ram on cuda).")] = None,
@@ -51,7 +52,7 @@ def run_command(
             raise ExpertcacheError(f"{prompt_file} is not UTF-8 text") from None
     quiet_transformers()
     result = run(model, prompt, generate, sample=sample, temperature=temperature, seed=seed, chat=not raw,
-                 budget_mib=budget_mib, budget_slots=budget_slots, budget_x=budget_x, policy=policy, scope=scope,
+                 budget_mib=budget_mib, budget_slots=budget_slots, budget_x=budget_x, policy=policy, scope=scope_of(policy, scope),
                  prefetch=prefetch, device=device, slow_tier=slow_tier, trace=trace,
                  experts_implementation=experts_implementation, misses_on_cpu=misses_on_cpu)
     if as_json:
