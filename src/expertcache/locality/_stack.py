@@ -125,14 +125,30 @@ def lru_hist(ids, tok, n_ids, hist):
 
 @numba.njit(cache=True)
 def _next_uses(ids, n_ids):
-    """[R] position of each request's expert's next request (R when never again)."""
+    """[R] position of each request's expert's next request; R + q when never again, so that
+    Belady's keys are unique (which never-again expert a cache keeps changes no hit)."""
     n = ids.shape[0]
     nxt = np.empty(n, np.int64)
-    upcoming = np.full(n_ids, n, np.int64)
+    upcoming = np.full(n_ids, -1, np.int64)
     for q in range(n - 1, -1, -1):
-        nxt[q] = upcoming[ids[q]]
+        nxt[q] = upcoming[ids[q]] if upcoming[ids[q]] >= 0 else n + q
         upcoming[ids[q]] = q
     return nxt
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _new_key(policy, x, q, count, future, nxt):
+    """The key (larger = kept) of x after its request q: LFU count * 2^32 + last use, FSF
+    pending future requests * 2^32 + last use, Belady -(next use), LRU last use."""
+    if policy == LFU:
+        count[x] += 1
+        return count[x] * _SHIFT + q
+    if policy == FSF:
+        future[x] -= 1
+        return future[x] * _SHIFT + q
+    if policy == BELADY:
+        return -nxt[q]
+    return q
 
 
 @numba.njit(cache=True)
@@ -140,9 +156,8 @@ def priority_hist(ids, tok, n_ids, policy, m, hist, cap):
     """Accumulate the LFU / Belady / FSF(m) (or LRU) hit histogram of one sequence's stream,
     exact for cache sizes 1..cap (cap = n_ids: every size).
 
-    Priorities are int64 keys (larger = kept): LFU count * 2^32 + last use, FSF pending
-    future requests * 2^32 + last use, Belady -(next use), LRU last use. key[i] is the key of the entry at
-    depth i, so the scan reads one contiguous array. Depth `cap` is a sink: the ids below the cap.
+    Priorities are int64 keys (_new_key). key[i] is the key of the entry at depth i, so the
+    scan reads one contiguous array. Depth `cap` is a sink: the ids below the cap.
     """
     T = tok.shape[0] - 1
     stack = np.empty(cap + 1, np.int32)  # stack[i] = id at depth i
@@ -170,16 +185,7 @@ def priority_hist(ids, tok, n_ids, policy, m, hist, cap):
         _judge_token(ids, a, b, t, depth, size, stamp, hist, n_ids)
         for q in range(a, b):
             x = ids[q]
-            if policy == LFU:
-                count[x] += 1
-                kx = count[x] * _SHIFT + q
-            elif policy == FSF:
-                future[x] -= 1
-                kx = future[x] * _SHIFT + q
-            elif policy == BELADY:
-                kx = -nxt[q]
-            else:  # LRU: the recency order itself
-                kx = q
+            kx = _new_key(policy, x, q, count, future, nxt)
             p = where[x]
             if p < 0:
                 p = size
@@ -239,14 +245,13 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
     The top entry aside, only the requested entry's key changes, so a segment stays descending
     and its records are the suffix of its keys below the running minimum; a new segment begins
     only where the last record lands above a larger key (x's old depth, or the bottom), and
-    neighbours merge when their boundary stops rising. Keys are unique (Belady's never-again
-    entries are set apart by position, which does not change any hit). exact_where: keep every
+    neighbours merge when their boundary stops rising. Keys are unique (see _next_uses for
+    Belady's). exact_where: keep every
     id's depth in where[] (one store per record moved); otherwise where[] is a hint, checked,
     and a stale one is replaced by a search of the segments' key ranges, cheaper once records
     are many (thousands of keys).
     """
     T = tok.shape[0] - 1
-    R = ids.shape[0]
     stack = np.empty(cap + 1, np.int32)
     key = np.empty(cap + 1, np.int64)
     head = np.empty(cap + 2, np.int64)  # segment starts (depths >= 1); head[nseg] = size
@@ -254,6 +259,7 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
     where = np.full(n_ids, -1, np.int64)
     keyof = np.zeros(n_ids, np.int64)  # each id's key in the stack
     count = np.zeros(n_ids, np.int64)
+    future = np.empty(0, np.int64)  # FSF only, which keeps the scan
     stamp = np.full(n_ids, -1, np.int64)
     nxt = _next_uses(ids, n_ids) if policy == BELADY else np.empty(0, np.int64)
     depth = np.empty(_widest_token(tok), np.int64)
@@ -269,11 +275,7 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
         _judge_token(ids, a, b, t, depth, size, stamp, hist, n_ids)
         for q in range(a, b):
             x = ids[q]
-            if policy == LFU:
-                count[x] += 1
-                kx = count[x] * _SHIFT + q
-            else:
-                kx = -nxt[q] if nxt[q] < R else -(R + q)
+            kx = _new_key(policy, x, q, count, future, nxt)
             p = where[x]
             if p >= 0 and p < cap and stack[p] != x:
                 p = _key_depth(keyof[x], key, head, nseg)
