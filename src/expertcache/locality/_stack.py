@@ -246,10 +246,9 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
     and its records are the suffix of its keys below the running minimum; a new segment begins
     only where the last record lands above a larger key (x's old depth, or the bottom), and
     neighbours merge when their boundary stops rising. Keys are unique (see _next_uses for
-    Belady's). exact_where: keep every
-    id's depth in where[] (one store per record moved); otherwise where[] is a hint, checked,
-    and a stale one is replaced by a search of the segments' key ranges, cheaper once records
-    are many (thousands of keys).
+    Belady's). exact_where: keep every id's depth in where[] (one store per record moved);
+    otherwise where[] is a hint, checked, and a stale one is replaced by a search of the
+    segments' key ranges, cheaper once records are many (thousands of keys).
     """
     T = tok.shape[0] - 1
     stack = np.empty(cap + 1, np.int32)
