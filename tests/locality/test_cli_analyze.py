@@ -58,11 +58,12 @@ def test_curves_and_srp_json(saved):
     (("srp", "t", "--seed", "-1"), "error: seed must be an integer >= 0"),
     (("analyze", "t", "--out", "o", "--m", "-1"), "error: segment length m must be an integer >= 1"),
     (("curves", "missing", "--policy", "lru"), "error: missing: no such trace"),
+    (("analyze", "missing", "--out", "o"), "error: missing: no such trace"),
 ])
 def test_user_mistakes_give_one_line(saved, args, message):
     result = run(*args, cwd=saved[0])
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+    assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -117,15 +117,17 @@ def test_overwrite_replaces_a_report_folder_and_nothing_else(tmp_path):
     out = tmp_path / "r"
     (out / "figures").mkdir(parents=True)
     (out / "figures" / "stale.png").write_text("old")  # a figure an earlier report had
-    (out / "report.md").write_text("old")
+    (out / "report.md").write_text("![old](figures/stale.png)")
     write_report(["example:olmoe-1b-7b"], out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.json", "report.md"]
     assert not (out / "figures" / "stale.png").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["r"]  # no temporary folder left behind
-    (out / "notes.txt").write_text("mine")
-    with pytest.raises(ExpertcacheError, match="not a report's"):
-        write_report(["example:olmoe-1b-7b"], out, overwrite=True)
-    assert (out / "notes.txt").read_text() == "mine"
+    for mine in (out / "notes.txt", out / "figures" / "my-annotated.png"):  # the second was deleted before
+        mine.write_text("mine")
+        with pytest.raises(ExpertcacheError, match="not a report's"):
+            write_report(["example:olmoe-1b-7b"], out, overwrite=True)
+        assert mine.read_text() == "mine"
+        mine.unlink()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -136,7 +138,7 @@ def test_overwrite_replaces_a_report_folder_and_nothing_else(tmp_path):
 def test_user_mistakes_give_one_line(tmp_path, args, message):
     result = cli("report", *args, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1  # no blank line before it
     assert not (tmp_path / "o").exists()
 
 

@@ -148,7 +148,7 @@ def sweep_command(
     hw = _profile(profile)
     rows = []
     try:
-        with Progress(console=_err, transient=True) as bar:
+        with Progress(console=_err, transient=True, disable=not _err.is_terminal) as bar:
             task = bar.add_task("simulating", total=None)
             sweep(t, [p.strip() for p in policies.split(",") if p.strip()], values, unit=unit,
                   scopes=tuple(s.strip() for s in scopes.split(",") if s.strip()), profile=hw, workers=workers,

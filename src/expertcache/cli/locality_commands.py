@@ -174,7 +174,7 @@ def analyze(
     m_values = _segment_lengths(m)
     total = len(analyze_tasks(m_values, permutations))
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_stderr, transient=True) as bar:
+                  console=_stderr, transient=True, disable=not _stderr.is_terminal) as bar:
         task = bar.add_task("analyze", total=total)
         summary = analyze_api(
             trace, out, m=m_values, permutations=permutations, seed=seed, resamples=resamples, overwrite=overwrite,

@@ -39,7 +39,7 @@ def make_report(sources, out: Path, **options):
     from ..report.build import progress_units, write_report
 
     with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_stderr, transient=True) as bar:
+                  console=_stderr, transient=True, disable=not _stderr.is_terminal) as bar:
         task = bar.add_task("report", total=progress_units(len(sources)))
         return write_report(sources, out, progress=lambda step: bar.update(task, advance=1, description=step), **options)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -208,8 +209,13 @@ REPORT_FILES = {"figures", "report.md", "report.html", "report.json"}
 
 
 def _check_replaceable(out: Path) -> None:
-    """--overwrite replaces a report folder, nothing else: not other files, not the working directory."""
-    if {p.name for p in out.iterdir()} - REPORT_FILES:
+    """--overwrite replaces a report folder, nothing else: not other files (figures/ included:
+    only the figures its report.md shows), not the working directory."""
+    figures = out / "figures"
+    shown = set(re.findall(r"\(figures/([^)\s]+)\)", (out / "report.md").read_text(errors="replace"))) \
+        if (out / "report.md").is_file() else set()
+    if {p.name for p in out.iterdir()} - REPORT_FILES or figures.is_file() \
+            or figures.is_dir() and {p.name for p in figures.iterdir()} - shown:
         raise ExpertcacheError(f"{out} holds files that are not a report's; choose another --out")
     if holds_working_directory(out):
         raise ExpertcacheError(f"{out} holds the working directory; choose another --out")
