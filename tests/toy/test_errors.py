@@ -26,6 +26,11 @@ def run(monkeypatch, capsys, *args):
     ('{"family": "mixtral"}', "unknown family 'mixtral'"),
     ('{"family": "qwen3_moe", "shared_experts": 1}', "need family deepseek_v3"),
     ('{"layers": 0}', "layers must be a positive integer"),
+    ('{"preset": "smoke", "hidden_size": 6, "heads": 2}', "head's width hidden_size / heads = 3 must be a multiple"),
+    ('{"hidden_size": 8, "heads": 4}', "= 2 must be a multiple of 4 for deepseek_v3"),  # was a ZeroDivisionError
+    ('{"preset": "smoke", "lr": NaN}', "lr must be a finite non-negative number, got nan"),
+    ('{"balance_weight": Infinity}', "balance_weight must be a finite non-negative number, got inf"),
+    ('{"seq_len": 1}', "seq_len must be at least 2"),  # trained to a loss of nan
 ])
 def test_bad_config_file(tmp_path, monkeypatch, capsys, content, says):
     config = tmp_path / "toy.json"
@@ -43,6 +48,11 @@ def test_bad_config_file(tmp_path, monkeypatch, capsys, content, says):
     (["train", "--preset", "smoke", "--device", "tpu"], "unknown device 'tpu'"),
     (["study", "--variants", "base,nope"], "unknown variants nope"),
     (["study", "--minutes-per-model", "0"], "must be positive"),
+    (["study", "--minutes-per-model", "nan"], "must be positive"),  # trained every variant for 0 steps
+    (["study", "--device", "tpu"], "unknown device 'tpu'"),  # was refused after the first variant started
+    (["train", "--preset", "smoke", "--minutes", "nan"], "--minutes finite"),
+    (["train", "--preset", "smoke", "--checkpoint-every", "-1"], "--checkpoint-every must be a non-negative"),
+    (["train", "--preset", "smoke", "--checkpoint-every", "nan"], "--checkpoint-every must be a non-negative"),
 ])
 def test_bad_arguments(tmp_path, monkeypatch, capsys, args, says):
     assert says in run(monkeypatch, capsys, *args, "--out", str(tmp_path / "m"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +81,18 @@ def _check(c: ToyConfig) -> None:
             raise ExpertcacheError(f"{name} must be a non-negative integer, got {value!r}")
     for name in ("balance_weight", "z_loss_weight", "lr", "weight_decay", "heldout_fraction"):
         value = getattr(c, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ExpertcacheError(f"{name} must be a non-negative number, got {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise ExpertcacheError(f"{name} must be a finite non-negative number, got {value!r}")
     if c.top_k > c.experts:
         raise ExpertcacheError(f"top_k ({c.top_k}) cannot exceed experts ({c.experts})")
     if c.hidden_size % c.heads:
         raise ExpertcacheError(f"hidden_size ({c.hidden_size}) must be a multiple of heads ({c.heads})")
+    pairs = 4 if c.family == "deepseek_v3" else 2  # rotary embeddings turn pairs of a head's (rotary half's) dims
+    if (c.hidden_size // c.heads) % pairs:
+        raise ExpertcacheError(f"a head's width hidden_size / heads = {c.hidden_size // c.heads} must be a multiple of "
+                               f"{pairs} for {c.family} (rotary position embeddings)")
+    if c.seq_len < 2:
+        raise ExpertcacheError(f"seq_len must be at least 2 (a next token to predict), got {c.seq_len}")
     if c.dense_layers >= c.layers:
         raise ExpertcacheError(f"dense_layers ({c.dense_layers}) must leave at least one MoE layer of {c.layers}")
     if c.family != "deepseek_v3" and (c.shared_experts or c.dense_layers):

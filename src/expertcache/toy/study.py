@@ -12,6 +12,7 @@ OUT/suitability/report.html   `expertcache report` over every variant's trace (v
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -22,7 +23,7 @@ from ..atomic import write_json_atomic
 from ..errors import ExpertcacheError
 from .outdir import claim
 from .presets import GRID, UNTRAINED, Variant
-from .train import train
+from .train import torch_device, train
 
 __all__ = ["ANALYZE_M", "run_study"]
 
@@ -38,8 +39,9 @@ def run_study(out: str | os.PathLike, *, minutes_per_model: float = 5.0, device:
 
     say = progress or (lambda line: None)
     chosen = _variants(variants)
-    if minutes_per_model <= 0 or samples < 1 or length < 2:
+    if not 0 < minutes_per_model < math.inf or samples < 1 or length < 2:
         raise ExpertcacheError("--minutes-per-model, --samples and --length must be positive (length at least 2)")
+    torch_device(device)  # before anything is written
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExpertcacheError(f"{out} is a file; --out needs a directory")

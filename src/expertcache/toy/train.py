@@ -17,6 +17,7 @@ Shape key: B sequences, T tokens, V vocabulary.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -63,12 +64,14 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
 
     if steps is not None and minutes is not None:
         raise ExpertcacheError("give --steps or --minutes, not both")
-    if (steps is not None and steps < 0) or (minutes is not None and minutes < 0) or seed < 0:
-        raise ExpertcacheError("--steps, --minutes and --seed must be non-negative")
+    if (steps is not None and steps < 0) or (minutes is not None and not 0 <= minutes < math.inf) or seed < 0:
+        raise ExpertcacheError("--steps, --minutes and --seed must be non-negative (and --minutes finite)")
+    if not 0 <= checkpoint_every < math.inf:
+        raise ExpertcacheError(f"--checkpoint-every must be a non-negative number of seconds, got {checkpoint_every}")
     if steps is None and minutes is None:
         steps = config.steps
     out = Path(out)
-    device = _device(device)
+    device = torch_device(device)
     claim(out, "toy.json", {"config": config.to_dict(), "seed": seed}, "toy training")
     tokenizer = demo_tokenizer()
     corpus = load_corpus(tokenizer, config.corpus_chars, config.heldout_fraction, config.seq_len, out / "heldout")
@@ -101,7 +104,8 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
     return TrainResult(out, state.step, state.tokens, state.seconds, start, last)
 
 
-def _device(name: str) -> torch.device:
+def torch_device(name: str) -> torch.device:
+    """The torch device for a --device name: cpu or cuda (one-line errors for others or without a GPU)."""
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise ExpertcacheError(f"unknown device {name!r}; use cpu or cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
