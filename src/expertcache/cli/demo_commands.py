@@ -32,10 +32,11 @@ def demo(
     Offline. Re-running rewrites the report and reuses the tiny model and its trace.
     """
     from ..report.evidence import gather
-    from ..trace.demo import run_demo
+    from ..trace.demo import check_demo_args, run_demo
     from ..trace.examples import EXAMPLE_PREFIX, example_names
     from .report_commands import make_report
 
+    check_demo_args(out, samples, length)  # before part 1 writes anything
     console = Console(highlight=False)
     console.rule("[bold]1. Real models[/bold]: routing recorded from four released MoE models (bundled, offline)")
     findings = make_report([EXAMPLE_PREFIX + name for name in example_names()], out / "report", overwrite=True)

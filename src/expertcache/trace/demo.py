@@ -179,6 +179,18 @@ def _build(factory: Callable, path, *, vocab_size: int, seed: int, tokenizer) ->
     return path
 
 
+def check_demo_args(out: str | os.PathLike, samples: int, length: int) -> Path:
+    """The demo's output folder, once its arguments are known to be usable (before any work)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExpertcacheError(f"{out} is a file; --out needs a folder")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ExpertcacheError(f"samples (windows per demo domain) must be at least 1, got {samples!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+        raise ExpertcacheError(f"length (tokens per window) must be at least 2 (consecutive tokens), got {length!r}")
+    return out
+
+
 def run_demo(out: str | os.PathLike = "expertcache-demo", *, samples: int = 8, length: int = 256, seed: int = 0,
              overwrite: bool = False, progress: bool = False):
     """Build the demo model in OUT/model (once), capture the demo corpus into OUT/trace.
@@ -189,7 +201,7 @@ def run_demo(out: str | os.PathLike = "expertcache-demo", *, samples: int = 8, l
     from .capture import capture_corpus
     from .corpus import demo_tokenizer
 
-    out = Path(out)
+    out = check_demo_args(out, samples, length)
     model_dir = out / "model"
     if not (model_dir / "config.json").is_file():  # built aside, then renamed: a kill never leaves half a model
         tokenizer = demo_tokenizer()
