@@ -69,6 +69,18 @@ def test_bootstrap_interval_matches_reference():
         assert value.ci == pytest.approx((2 * estimate - hi, 2 * estimate - lo), abs=1e-9)
 
 
+def test_a_single_sequence_has_no_interval():
+    # Every resample of one sequence is that sequence: [est, est] would pose as certainty.
+    one = Trace.from_arrays(np.array([[[[0]], [[0]], [[1]], [[1]], [[0]]]]), 2)
+    out = srp(one, m=2, resamples=50).results[2]
+    assert out["model"].ci is None and out["per_layer"][0].ci is None and out["model"].srp > 0
+    two = Trace.from_arrays(np.array([[[[0]], [[0]], [[1]]], [[[1]], [[0]], [[0]]], [[[1]], [[1]], [[1]]]]), 2,
+                            domains=["a", "a", "b"])
+    out = srp(two, m=2, by=("domain",), resamples=50).results[2]
+    assert out["model"].ci is not None and out["per_domain"]["a"].ci is not None
+    assert out["per_domain"]["b"].ci is None  # a domain of one sequence
+
+
 def test_seeded_reruns_agree_and_seed_matters():
     trace = random_trace(np.random.default_rng(2), sequences=(6, 6), tokens=(8, 12))
     a = srp(trace, m=4, resamples=100, seed=1).to_json()

@@ -103,7 +103,8 @@ def srp(
     if as_json:
         print(json.dumps(report.to_json()))
         return
-    table = Table(title="SRP (model level; per-layer range)")
+    caption = "one sequence: no interval (intervals resample whole sequences)" if trace.num_sequences == 1 and resamples else None
+    table = Table(title="SRP (model level; per-layer range)", caption=caption)
     for column in ("m", "SRP", "95 % CI", "threshold", "group ratio", "k/E", "layers min..max"):
         table.add_column(column, justify="right")
     for mm, result in report.results.items():

@@ -172,7 +172,9 @@ def summarize(trace: Trace, stats: WindowStats, by=(), *, seed: int = 0, resampl
     model_ratio = k * len(sizes) / sizes.sum()
     per_seq = stats.per_sequence  # [S, L, M]
     whole = per_seq.sum(axis=1, dtype=np.int64)  # [S, M]
-    interval = resamples > 0  # model and layers share the draws of seed (seed, m)
+    # model and layers share the draws of seed (seed, m); one sequence has no interval: every
+    # resample would be that sequence, and [est, est] would pose as certainty
+    interval = resamples > 0 and len(whole) > 1
     out = {
         "model": _values(whole.sum(axis=0), m, model_ratio,
                          _interval(whole[:, None], m, resamples, [seed, m]) if interval else None)[0],
@@ -187,7 +189,7 @@ def summarize(trace: Trace, stats: WindowStats, by=(), *, seed: int = 0, resampl
             rows = whole[trace.seq_domain == d]  # [S_d, M]
             if len(rows) == 0:
                 continue
-            dci = _interval(rows[:, None], m, resamples, [seed, m, d + 1]) if interval else None
+            dci = _interval(rows[:, None], m, resamples, [seed, m, d + 1]) if resamples > 0 and len(rows) > 1 else None
             out["per_domain"][name] = _values(rows.sum(axis=0), m, model_ratio, dci)[0]
     if "position" in by:
         out["per_position"] = _values(stats.per_position, m, model_ratio) if stats.per_position is not None else []
