@@ -81,6 +81,16 @@ def test_a_number_beyond_64_bits_is_refused_with_its_line(tmp_path, routing):
         import_bigmoe(write(tmp_path, lines))
 
 
+def test_a_weight_that_is_not_a_finite_number_is_refused_with_its_line(tmp_path, routing):
+    lines = route_csv(routing, prompt=5)
+    for bad in ("nan", "inf"):
+        fields = lines[-1].split(",")
+        fields[6] = bad  # the weight column (turn,phase,step,layer,slot,expert,weight,...)
+        edited = lines[:-1] + [",".join(fields)]
+        with pytest.raises(ExpertcacheError, match=rf"r\.csv:{len(lines)}: weight must be a finite number"):
+            import_bigmoe(write(tmp_path, edited))
+
+
 def test_a_cut_line_is_refused_with_its_line(tmp_path, routing):
     lines = route_csv(routing, prompt=5)
     lines[-1] = lines[-1][:9]

@@ -159,6 +159,7 @@ def _check_rows(path: Path, table: np.ndarray, model: ModelInfo) -> None:
         ((table["expert"] < 0) | (table["expert"] >= model.max_experts),
          f"expert outside 0..{model.max_experts - 1} (header n_expert={model.max_experts})"),
         ((table["phase"] != PREFILL) & (table["phase"] != DECODE), "phase must be 0 (prefill) or 1 (decode)"),
+        (~np.isfinite(table["weight"]), "weight must be a finite number"),
     ]
     if model.expert_bytes:
         size = np.asarray(model.expert_bytes, np.int64)[np.clip(table["layer"], 0, L - 1)]
