@@ -160,3 +160,12 @@ def test_profile_and_budget_add_speed_and_the_users_budget(tmp_path):
     assert b.budget_bytes == 4000 * 2**20
     assert b.hit_rate == pytest.approx(simulate(decode, c.policy, budget_mib=4000, prefetch=c.prefetch).hit_rate)
     assert verdict.advice[4].startswith(f"at your budget (4000 MiB = {b.budget_x:.1f}x the active experts)")
+
+
+def test_a_budget_below_one_expert_is_said_to_hold_none(tmp_path):
+    # OLMoE's experts are about 24 MiB: 1 MiB holds none, though published accounting counts hits.
+    findings = write_report(["example:olmoe-1b-7b"], tmp_path / "r", budget_mib=1)
+    ev, verdict = findings[0].evidence, findings[0].verdict
+    largest = max(ev.model.expert_bytes) / 2**20
+    assert ev.at_budget is None and largest > 1
+    assert f"your budget: 1 MiB holds no expert (the largest is {largest:.1f} MiB)" in verdict.advice

@@ -182,7 +182,10 @@ def _engine(trace: Trace, profile, budget_mib, done) -> dict:
     layer_hits["belady"] = simulate(sample, "belady", budget_x=advice.budget_x, stream=stream).per_layer()["hit_rate"]
     at_budget, budget_note = None, None
     if budget_mib is not None:
-        if trace.model.expert_bytes:
+        largest = max(trace.model.expert_bytes, default=0)
+        if trace.model.expert_bytes and budget_mib * 2**20 < largest:  # published accounting would still count hits
+            budget_note = f"{budget_mib:g} MiB holds no expert (the largest is {largest / 2**20:.1f} MiB)"
+        elif trace.model.expert_bytes:
             r = simulate(sample, best.policy, budget_mib=budget_mib, prefetch=best.prefetch, stream=stream)
             cycle = trace.top_k * sum(trace.model.expert_bytes)
             at_budget = _choice(r, r.budget_bytes / cycle, best.policy, best.prefetch, profile)
