@@ -40,3 +40,12 @@ def test_a_layer_prefix_is_advised_and_labelled_as_the_per_layer_scope():
     prefixed = recommend_budget(trace, "layer-lru")
     assert (prefixed.policy, prefixed.scope) == ("lru", "layer")
     assert prefixed == recommend_budget(trace, "lru", scope="layer")
+
+
+@pytest.mark.parametrize("experts, k", [(4, 2), (1, 1)])
+def test_advice_never_goes_below_one_expert(experts, k):
+    # One layer, two tokens: one expert already reaches the target. Before, the advice bisected
+    # towards a budget holding no expert (4 experts), or refused half an expert it tried itself (1).
+    trace = decode_trace([[list(range(k))], [list(range(k))]], experts, expert_bytes=(100,))
+    advice = recommend_budget(trace, "lru")
+    assert advice.budget_bytes == 100 and advice.budget_x == pytest.approx(1 / k)

@@ -17,9 +17,19 @@ LADDER = (0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # budgets tried f
 
 def budget_ladder(trace) -> list[float]:
     """Budgets (multiples of the active experts) from half a token cycle to every expert of
-    every layer: the points `recommend_budget` tries before it bisects, and a report plots."""
+    every layer, none below one expert: the points `recommend_budget` tries before it bisects,
+    and a report plots."""
     full_x = trace.num_experts / trace.top_k  # every expert of every layer fits
-    return [x for x in LADDER if x < full_x] + [full_x]
+    return [x for x in LADDER if one_expert_x(trace) <= x < full_x] + [full_x]
+
+
+def one_expert_x(trace) -> float:
+    """The smallest budget that holds the largest expert, as a multiple of the active experts
+    (smaller ones hold nothing, though published accounting would still count hits)."""
+    sizes = trace.model.expert_bytes
+    if sizes:
+        return max(sizes) / (trace.top_k * sum(sizes))
+    return 1 / (trace.num_moe_layers * trace.top_k)
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,9 @@ def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.
         return curve[x]
 
     hi = next(x for x in ladder if rate(x) >= target)
-    lo = max([0.0] + [x for x in ladder if x < hi])
+    lo = max([x for x in ladder if x < hi], default=one_expert_x(trace))
+    if rate(lo) >= target:  # lo is one expert, and it is enough
+        hi = lo
     while hi - lo > 0.01:  # bisection: hit rates rise with the budget for the policies we ship
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if rate(mid) >= target else (mid, hi)
