@@ -14,6 +14,7 @@ def test_tiny_study_writes_its_report_and_resumes(tmp_path):
         assert (tmp_path / "figures" / f"{figure}.png").stat().st_size > 1000
         assert f"(figures/{figure}.png)" in text
     assert "| untrained |" in text and "| base |" in text
+    assert "nan" not in text  # an undefined measure is a dash, explained under the table
     assert "Shared experts increase locality.** Not tested in this run" in text
     assert (tmp_path / "analysis" / "base" / "summary.json").is_file()
 

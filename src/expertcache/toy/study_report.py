@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
+from ..locality.specialization import MIN_COUNT
 from .measures import LOCAL_M, SCH_M
 
 __all__ = ["write_study_report"]
@@ -72,18 +73,20 @@ def write_study_report(out: Path, results: dict[str, dict], settings: dict, suit
               "vocabulary specialization | chance |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         lb, ds, vs = r["local_balance"], r["domain_specialization"], r["vocabulary_specialization"]
-        lines.append(f"| {name} | {r['global_balance']:.3f} | {lb['observed']:.3f} | {lb['chance']:.3f} | "
-                     f"{ds['observed']:.3f} | {ds['chance']:.3f} | {vs['observed']:.3f} | {vs['chance']:.3f} |")
+        lines.append(f"| {name} | {r['global_balance']:.3f} | {lb['observed']:.3f} | {lb['chance']:.3f} | " + " | ".join(
+            _number(v) for v in (ds["observed"], ds["chance"], vs["observed"], vs["chance"])) + " |")
     lines += ["", "Balance is normalized entropy of expert loads (1 = even), global over the whole trace and local "
               f"inside windows of {LOCAL_M} tokens; its chance level shuffles tokens within sequences (global balance "
               "does not depend on order). Domain specialization is 1 - H(rate across domains)/log D per expert, chance "
               "with domain labels permuted across sequences; vocabulary specialization is the share of a frequent "
-              "token's occurrences sent to its most frequent expert, chance with token ids permuted. "
+              f"token's occurrences sent to its most frequent expert (tokens seen at least {MIN_COUNT} times; a dash "
+              "where the traces hold none), chance with token ids permuted. With one sequence per domain, permuting "
+              "domain labels only renames the domains, so domain specialization equals its chance level. "
               "docs/metrics.md defines each.", "", _image(drawn[2]), "", _image(drawn[3]), "",
               "## The study's claims against these numbers", ""]
     lines += _claims(results)
     lines += ["", "## Settings", "", f"`{settings}`; models `OUT/models/V` (config in toy.json), traces "
-              "`OUT/traces/V`, analyses `OUT/analysis/V`, figures per variant `OUT/results/V.json`. "
+              "`OUT/traces/V`, analyses `OUT/analysis/V`, each variant's numbers `OUT/results/V.json`. "
               "Total wall time: " + f"{sum(r['wall_seconds'] for r in results.values()) / 60:.1f} min.", ""]
     path = out / "report.md"
     with atomic_path(path) as tmp:
@@ -163,6 +166,10 @@ def _association(results: dict) -> str:
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = a.argsort().argsort(), b.argsort().argsort()
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _number(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
 
 
 def _image(path: Path) -> str:
