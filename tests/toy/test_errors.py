@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from expertcache.cli import main
 
@@ -68,4 +69,15 @@ def test_out_holding_something_else(tmp_path, monkeypatch, capsys, command):
 
 def test_out_holding_another_run(tmp_path, monkeypatch, capsys):
     (tmp_path / "toy.json").write_text(json.dumps({"config": {}, "seed": 0}))
+    (tmp_path / "checkpoint").mkdir()
+    torch.save({"step": 3}, tmp_path / "checkpoint" / "state.pt")  # another run's progress: kept
     assert "holds a toy training with other settings" in run(monkeypatch, capsys, "train", "--preset", "smoke", "--out", str(tmp_path))
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_may_start_again_with_other_settings(tmp_path):
+    from expertcache.toy import preset, train
+
+    (tmp_path / "toy.json").write_text(json.dumps({"config": {"hidden_size": 6}, "seed": 0}))  # crashed, nothing kept
+    (tmp_path / "heldout").mkdir()
+    result = train(preset("smoke"), tmp_path, steps=0)
+    assert result.steps == 0 and json.loads((tmp_path / "toy.json").read_text())["config"] == preset("smoke").to_dict()

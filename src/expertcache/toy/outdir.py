@@ -11,9 +11,10 @@ from ..errors import ExpertcacheError
 __all__ = ["claim"]
 
 
-def claim(out: Path, marker_name: str, wanted: dict, what: str) -> None:
+def claim(out: Path, marker_name: str, wanted: dict, what: str, unstarted: bool = False) -> None:
     """Mark `out` as holding `what` made with `wanted` settings (JSON in `marker_name`), or refuse
-    it: a file, a folder holding something else, or one made with other settings."""
+    it: a file, a folder holding something else, or one made with other settings, unless the
+    caller knows it `unstarted` (nothing made yet that other settings would lose)."""
     if out.exists() and not out.is_dir():
         raise ExpertcacheError(f"{out} is a file; --out needs a directory")
     marker = out / marker_name
@@ -22,9 +23,10 @@ def claim(out: Path, marker_name: str, wanted: dict, what: str) -> None:
             held = json.loads(marker.read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             raise ExpertcacheError(f"{marker} is damaged; choose another --out") from None
-        if held != wanted:
+        if held != wanted and not unstarted:
             raise ExpertcacheError(f"{out} holds a {what} with other settings ({marker}); choose another --out")
-        return
-    if out.exists() and any(out.iterdir()):
+        if held == wanted:
+            return
+    elif out.exists() and any(out.iterdir()):
         raise ExpertcacheError(f"{out} exists and is not a {what} folder; choose another --out")
     write_json_atomic(marker, wanted)

@@ -72,7 +72,8 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
         steps = config.steps
     out = Path(out)
     device = torch_device(device)
-    claim(out, "toy.json", {"config": config.to_dict(), "seed": seed}, "toy training")
+    unstarted = out.is_dir() and latest(out) is None and not (out / "config.json").exists()  # e.g. a run that crashed
+    claim(out, "toy.json", {"config": config.to_dict(), "seed": seed}, "toy training", unstarted)
     tokenizer = demo_tokenizer()
     corpus = load_corpus(tokenizer, config.corpus_chars, config.heldout_fraction, config.seq_len, out / "heldout")
     found = latest(out)
