@@ -129,6 +129,12 @@ def test_overwrite_replaces_a_trace_and_refuses_to_remove_anything_else(rng, tmp
         with pytest.raises(ExpertcacheError, match="is not a trace"):
             TraceWriter(target, model, overwrite=True)
     assert (other / "manifest.json").exists() and file.read_text() == "x"
+    for mine in (path / "notes.txt", path / "shards" / "mine", path / "shards" / "00000" / "plot.png"):  # were removed
+        mine.write_text("mine")
+        with pytest.raises(ExpertcacheError, match=f"holds {mine.relative_to(path)}, which no trace writes"):
+            TraceWriter(path, model, overwrite=True)
+        assert mine.read_text() == "mine"
+        mine.unlink()
     monkeypatch.chdir(path / "shards")  # the working directory inside a trace: never removed
     with pytest.raises(ExpertcacheError, match="holds the working directory"):
         TraceWriter(path, model, overwrite=True)

@@ -274,9 +274,39 @@ def remove_output(path: Path) -> None:
     ours = (path / STACKS).is_file() or trace_manifest(path) is not None
     if not path.is_dir() or not ours and any(path.iterdir()):
         raise ExpertcacheError(f"{path} exists and is not a trace; choose another output")
+    foreign = _foreign(path)
+    if foreign is not None:
+        raise ExpertcacheError(f"{path} holds {foreign.relative_to(path)}, which no trace writes; move it or choose "
+                               "another output")
     if holds_working_directory(path):
         raise ExpertcacheError(f"{path} holds the working directory; choose another output")
     shutil.rmtree(path)
+
+
+def _foreign(path: Path) -> Path | None:
+    """The first entry of a trace (or seq2seq capture) folder that no trace writes, or None.
+    Hidden names are a writer's temporary files."""
+    capture = (path / STACKS).is_file()
+    for p in path.iterdir():
+        if p.name.startswith(".") or p.name == (STACKS if capture else MANIFEST):
+            continue
+        if capture:
+            found = _foreign(p) if p.is_dir() and trace_manifest(p) is not None else p
+        elif p.name == SHARDS and p.is_dir():
+            shards = (_foreign_in_shard(s) if s.is_dir() and s.name.isdigit() else s
+                      for s in p.iterdir() if not s.name.startswith("."))
+            found = next((f for f in shards if f is not None), None)
+        else:
+            found = p
+        if found is not None:
+            return found
+    return None
+
+
+def _foreign_in_shard(shard: Path) -> Path | None:
+    """The first entry of a shard folder that is neither an array nor its shard.json."""
+    return next((f for f in shard.iterdir() if not f.name.startswith(".")
+                 and not (f.is_file() and (f.suffix == ".npy" or f.name == "shard.json"))), None)
 
 
 def trace_manifest(path: Path) -> dict | None:
