@@ -44,6 +44,18 @@ def test_export_refuses_two_arrays_to_one_file(rng, tmp_path):
     assert not (tmp_path / "y.npy").exists()
 
 
+def test_export_replaces_an_earlier_array_and_nothing_else(rng, tmp_path):
+    trace = Trace.from_arrays([rng.integers(0, 4, (3, 1, 1))], 4)
+    export_arrays(trace, tmp_path / "e.npy")
+    export_arrays(trace, tmp_path / "e.npy")  # an earlier export: replaced
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ExpertcacheError, match="model.safetensors exists and is not a .npy array"):
+        export_arrays(trace, tmp_path / "model.safetensors")  # was overwritten
+    assert (tmp_path / "model.safetensors").read_bytes() == b"weights"
+    with pytest.raises(ExpertcacheError, match="is a folder; give a .npy file name"):
+        export_arrays(trace, tmp_path / ".")  # was a ValueError traceback
+
+
 def test_export_to_an_unwritable_path_names_that_path_and_leaves_no_temporary(rng, tmp_path):
     trace = Trace.from_arrays(rng.integers(0, 4, (2, 3, 1, 1)), 4)
     (tmp_path / "a_file").write_text("")

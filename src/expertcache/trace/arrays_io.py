@@ -55,6 +55,8 @@ def export_arrays(
     outputs = [Path(p).resolve() for p in (experts_path, weights_path, tokens_path) if p is not None]
     if len(set(outputs)) < len(outputs):
         raise ExpertcacheError("two outputs name the same file; give each array its own")
+    for path in outputs:
+        _check_replaceable(path)
     experts, weights, tokens = trace.to_arrays()
     for path, array in ((experts_path, experts), (weights_path, weights), (tokens_path, tokens)):
         if path is not None:
@@ -70,6 +72,16 @@ def _load(path, what: str) -> np.ndarray:
     except (ValueError, OSError, EOFError) as e:
         why = "an array of Python objects; save numbers" if "allow_pickle" in str(e) else e
         raise ExpertcacheError(f"{path}: not a readable .npy array ({why})") from None
+
+
+def _check_replaceable(path: Path) -> None:
+    """An output is new, or an earlier .npy array (replaced); never a folder or another file."""
+    if path.is_dir():
+        raise ExpertcacheError(f"{path} is a folder; give a .npy file name")
+    if path.exists():
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise ExpertcacheError(f"{path} exists and is not a .npy array; choose another output")
 
 
 def _save(path, array: np.ndarray) -> None:
