@@ -137,6 +137,7 @@ def test_the_command_line_prints_one_line(tmp_path, routing):
     (lambda ids: ids[1, 2, 0].__setitem__(1, ids[1, 2, 0, 0]), "sequence 1: token 2, MoE layer 0: expert .* twice"),
     (lambda ids: ids.fill(-1), "no token of these sequences is routed"),
     (lambda ids: ids[0, 0, 1].__setitem__(0, 16), "sequence 0: token 0, MoE layer 1: expert id 16 outside 0..15"),
+    (lambda ids: ids[1, 3, 2].__setitem__(1, -2), "sequence 1: token 3, MoE layer 2: expert id -2 \\(only -1 means"),
 ])
 def test_arrays_import_refuses_repeats_nothing_routed_and_ids_out_of_range(tmp_path, distinct_ids, edit, message):
     ids = distinct_ids((2, 5, 3, 2), 16)

@@ -90,6 +90,7 @@ LAYERS = {"layers": [[0, 1], [2, 3]]}
     ([{"layers": [[0, 1, 2, 3, 0]]}], ":1: top-k 5 is larger than the number of experts 4"),
     ([{"layers": [[0, True], [2, 3]]}], ":1: layer 0 must be a list of integer expert ids or null"),  # numpy reads 1
     ([{**LAYERS, "weights": [[1, False], [1, 0]]}], ":1: 'weights' must match 'layers'"),
+    ([{**LAYERS, "weights": [[-5, 1e300], [0.5, 0.5]]}], ":1: a weight is beyond float32's range \\(1e\\+300\\)"),
     ([{**LAYERS, "weights": [[1, float("nan")], [1, 0]]}], ":1: not valid JSON \\(NaN is not a JSON number"),
     (['{"layers": [[0, 1], [2, 3]], "weights": [[Infinity, 0], [1, 0]]}'], ":1: not valid JSON \\(Infinity is not"),
     ([""], ": no tokens"),

@@ -32,6 +32,11 @@ def import_arrays(
         raise ExpertcacheError(f"{experts_path}: expert ids must be [sequences, tokens, layers, k], got shape {experts.shape}")
     if not np.issubdtype(experts.dtype, np.integer):
         raise ExpertcacheError(f"{experts_path}: expert ids must be integers, got {experts.dtype}")
+    below = np.argwhere(experts < -1)
+    if len(below):
+        s, t, layer, slot = below[0]
+        raise ExpertcacheError(f"{experts_path}: sequence {s}: token {t}, MoE layer {layer}: expert id "
+                               f"{experts[s, t, layer, slot]} (only -1 means not routed)")
     weights = tokens = None
     if weights_path is not None:
         weights = _load(weights_path, "routing weights")

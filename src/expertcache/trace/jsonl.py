@@ -227,11 +227,18 @@ def _weights(weights, experts: np.ndarray, where: str, fast: bool = True) -> np.
     except (ValueError, TypeError):
         array = None
     if array is not None and array.dtype.kind in "if" and array.shape == experts.shape and (experts[:, 0] >= 0).all():
-        return array.astype(np.float32)
+        return _finite32(array, where)
     k = experts.shape[1]
     shaped = isinstance(weights, list) and len(weights) == len(experts) and all(
         w is None if row[0] < 0 else isinstance(w, list) and len(w) == k and all(type(x) in (int, float) for x in w)
         for w, row in zip(weights, experts))
     if not shaped:
         raise ExpertcacheError(f"{where}: 'weights' must match 'layers': k numbers per layer, null where the layer is null")
-    return np.array([[0.0] * k if w is None else w for w in weights], np.float32)
+    return _finite32(np.array([[0.0] * k if w is None else w for w in weights], np.float64), where)
+
+
+def _finite32(weights: np.ndarray, where: str) -> np.ndarray:
+    """float32 weights; a number beyond float32 (it would become infinite) is refused."""
+    if (np.abs(weights) > np.finfo(np.float32).max).any():
+        raise ExpertcacheError(f"{where}: a weight is beyond float32's range ({np.abs(weights).max():g})")
+    return weights.astype(np.float32)
