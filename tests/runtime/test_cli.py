@@ -68,6 +68,7 @@ def test_run_prints_text_and_summary(model, tmp_path):
     (["--prompt", "x", "--generate", 4, "--budget-slots", 2], "one layer call needs"),
     (["--generate", 4, "--budget-slots", 8], "exactly one of --prompt"),
     (["--prompt", "x", "--generate", 0, "--budget-slots", 8], "--generate must be"),
+    (["--prompt", "x", "--generate", 10**9, "--budget-slots", 8], "exceed the model's context of"),  # ran for hours
     (["--prompt", "x", "--budget-slots", 8, "--policy", "nope"], "unknown policy"),
     (["--prompt", "x", "--budget-slots", 8, "--misses-on-cpu", "auto"], "use --slow-tier ram"),
 ])

@@ -114,8 +114,9 @@ def test_user_mistakes_are_one_line_errors(tiny_model, text_corpus, tmp_path, de
         (dict(model=str(_folder_with(tmp_path / "alien", {"model_type": "no_such_family"}))), "unknown architecture"),
         (dict(model=dense_model), "no MoE layers"),
         (dict(corpus=[str(_folder_with(tmp_path / "empty", None))]), "empty|no text"),
-        (dict(length=10_000), "fewer than one window"),
+        (dict(length=2048), "fewer than one window"),  # the tiny model's whole context
         (dict(batch_tokens=0), "batch_tokens"),
+        (dict(length=10**6), "windows of 1000000 tokens exceed .* context of"),
     ]
     for change, message in cases:
         args = {"model": folder, "corpus": text_corpus, "out": tmp_path / "o", "samples": 1, "length": 16, **change}

@@ -58,6 +58,10 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
             hint = f" (the tokenizer of {model} knows {len(tokenizer)} tokens: are its tokenizer files missing?)" \
                 if len(tokenizer) < 256 else ""
             raise ExpertcacheError("the prompt is empty after tokenization" + hint)
+        context = getattr(offloaded.config.get_text_config(), "max_position_embeddings", None)
+        if context and ids.shape[1] + generate > context:
+            raise ExpertcacheError(f"the prompt ({ids.shape[1]} tokens) and --generate {generate} exceed the model's "
+                                   f"context of {context} tokens")
         torch.manual_seed(seed)
         out = ids
         options = dict(max_new_tokens=generate, min_new_tokens=generate, do_sample=sample,

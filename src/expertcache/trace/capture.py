@@ -347,6 +347,9 @@ def capture_corpus(
     domains = open_sources(list(corpus))  # a bad source fails before the model loads
     loaded = ensure_loaded(model, device_map=device_map, dtype=dtype, trust_remote_code=trust_remote_code,
                            tokenizer=tokenizer)
+    context = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
+    if context and length > context:
+        raise ExpertcacheError(f"windows of {length} tokens exceed {loaded.name}'s context of {context} tokens")
     windows = list(sample_windows(domains, loaded.tokenizer, samples, length, seed))
     _check_vocab(loaded, max(int(w.token_ids.max()) for w in windows))
     settings = {"mode": "prefill", "samples_per_domain": samples, "length": length, "seed": seed,
