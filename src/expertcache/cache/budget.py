@@ -65,7 +65,8 @@ def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budge
     budget for a prefetch buffer (each reserved slot costs one of the largest experts)."""
     given = [(v, u) for v, u in ((budget_mib, "MiB"), (budget_slots, "slots"), (budget_x, "x")) if v is not None]
     if len(given) != 1:
-        raise ExpertcacheError("give exactly one budget: budget_mib, budget_slots or budget_x")
+        raise ExpertcacheError("give exactly one budget: budget_mib, budget_slots or budget_x "
+                               "(--budget-mib, --budget-slots or --budget-x)")
     value, label = given[0]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ExpertcacheError(f"budget must be a number, got {value!r}")

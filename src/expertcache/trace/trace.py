@@ -117,7 +117,8 @@ class Trace:
         if not path.exists():
             raise ExpertcacheError(f"{path}: no such trace")
         if not path.is_dir():
-            raise ExpertcacheError(f"{path}: a trace is a directory, this is a file")
+            raise ExpertcacheError(f"{path}: a trace is a directory (or a route_trace v1 CSV, *.route.csv), "
+                                   "this is another file")
         if (path / STACKS).is_file() and not (path / MANIFEST).exists():
             stacks = read_json(path / STACKS, "list of stacks").get("stacks", [])
             raise ExpertcacheError(
