@@ -70,7 +70,7 @@ def test_import_errors_name_the_file(tmp_path):
     (tmp_path / "garbage.npy").write_bytes(b"not an array")
     with pytest.raises(ExpertcacheError, match=r"three_d\.npy: expert ids must be \[sequences"):
         import_arrays(tmp_path / "three_d.npy", 4)
-    with pytest.raises(ExpertcacheError, match=r"garbage\.npy: not a readable"):
+    with pytest.raises(ExpertcacheError, match=r"garbage\.npy: not a readable \.npy array \(not \.npy data\)"):
         import_arrays(tmp_path / "garbage.npy", 4)
     with pytest.raises(ExpertcacheError, match="no such file"):
         import_arrays(tmp_path / "missing.npy", 4)

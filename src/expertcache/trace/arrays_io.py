@@ -75,7 +75,9 @@ def _load(path, what: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        why = "an array of Python objects; save numbers" if "allow_pickle" in str(e) else e
+        with open(path, "rb") as f:
+            npy = f.read(6) == b"\x93NUMPY"
+        why = e if "allow_pickle" not in str(e) else "an array of Python objects; save numbers" if npy else "not .npy data"
         raise ExpertcacheError(f"{path}: not a readable .npy array ({why})") from None
 
 
