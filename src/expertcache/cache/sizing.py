@@ -20,7 +20,8 @@ def budget_ladder(trace) -> list[float]:
     every layer, none below one expert: the points `recommend_budget` tries before it bisects,
     and a report plots."""
     full_x = trace.num_experts / trace.top_k  # every expert of every layer fits
-    return [x for x in LADDER if one_expert_x(trace) <= x < full_x] + [full_x]
+    one = one_expert_x(trace)
+    return [x for x in LADDER if one <= x < full_x] + [full_x]
 
 
 def one_expert_x(trace) -> float:

@@ -75,9 +75,8 @@ def _load(path, what: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        with open(path, "rb") as f:
-            npy = f.read(6) == b"\x93NUMPY"
-        why = e if "allow_pickle" not in str(e) else "an array of Python objects; save numbers" if npy else "not .npy data"
+        why = e if "allow_pickle" not in str(e) else "an array of Python objects; save numbers" if _is_npy(path) \
+            else "not .npy data"
         raise ExpertcacheError(f"{path}: not a readable .npy array ({why})") from None
 
 
@@ -85,10 +84,14 @@ def _check_replaceable(path: Path) -> None:
     """An output is new, or an earlier .npy array (replaced); never a folder or another file."""
     if path.is_dir():
         raise ExpertcacheError(f"{path} is a folder; give a .npy file name")
-    if path.exists():
-        with open(path, "rb") as f:
-            if f.read(6) != b"\x93NUMPY":
-                raise ExpertcacheError(f"{path} exists and is not a .npy array; choose another output")
+    if path.exists() and not _is_npy(path):
+        raise ExpertcacheError(f"{path} exists and is not a .npy array; choose another output")
+
+
+def _is_npy(path: Path) -> bool:
+    """Whether the file begins as numpy's .npy format does."""
+    with open(path, "rb") as f:
+        return f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX
 
 
 def _save(path, array: np.ndarray) -> None:
