@@ -1,6 +1,7 @@
 """`expertcache run` from the command line: text, summary, JSON contract, trace, errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from expertcache.trace.demo import build_tiny_model
 
 def cli(*args):
     return subprocess.run([sys.executable, "-c", "from expertcache.cli import main; main()", *map(str, args)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,9 @@ def test_run_prints_text_and_summary(model, tmp_path):
     p = cli("run", model, "--prompt-file", prompt, "--generate", 4, "--budget-x", 1)
     assert p.returncode == 0, p.stderr
     assert "hit rate" in p.stderr and "peak RSS" in p.stderr
+    assert "slots on cpu" in p.stderr and "one per expert" not in p.stderr
+    p = cli("run", model, "--prompt-file", prompt, "--generate", 2, "--budget-mib", 1e12)
+    assert "GiB = 32 slots, one per expert on cpu" in p.stderr  # capped, and says so
 
 
 @pytest.mark.parametrize("args,message", [
@@ -69,7 +73,7 @@ def test_run_prints_text_and_summary(model, tmp_path):
     (["--generate", 4, "--budget-slots", 8], "exactly one of --prompt"),
     (["--prompt", "x", "--generate", 0, "--budget-slots", 8], "--generate must be"),
     (["--prompt", "x", "--generate", 10**9, "--budget-slots", 8], "exceed the model's context of"),  # ran for hours
-    (["--prompt", "x", "--budget-slots", 8, "--policy", "nope"], "unknown policy"),
+    (["--prompt", "x", "--budget-slots", 8, "--policy", "nope"], "'nope' (no such policy)"),
     (["--prompt", "x", "--budget-slots", 8, "--misses-on-cpu", "auto"], "use --slow-tier ram"),
 ])
 def test_run_errors_are_one_line(model, args, message):

@@ -8,6 +8,7 @@ import torch
 import transformers
 
 import expertcache as ec
+from expertcache.cache.policies import Belady
 from expertcache.errors import ExpertcacheError
 from expertcache.runtime import close, offload, stats
 from expertcache.runtime.experts import DENSE
@@ -139,7 +140,11 @@ def test_experts_never_materialized_and_cache_bounded(checkpoints):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"budget_slots": 3}, "one layer call needs 4 experts"),
-    ({"budget_slots": 8, "policy": "belady"}, "online policy"),
+    ({"budget_slots": 8, "policy": "belady"}, r"'belady' \(it reads the future of a trace: an offline bound\); choose "
+                                               "from fifo, gdsf, hyperbolic, lfu, lfu-decay, lru, random$"),
+    ({"budget_slots": 8, "policy": "layer-static"}, r"'layer-static' \(it needs a frequency profile"),
+    ({"budget_slots": 8, "policy": "bogus"}, r"'bogus' \(no such policy\); choose from fifo,"),
+    ({"budget_slots": 8, "policy": Belady()}, "'belady' .*choose an online policy"),
     ({"budget_slots": 8, "prefetch": "oracle"}, "the runtime prefetches with"),
     ({"budget_slots": 8, "slow_tier": "tape"}, "unknown slow tier"),
     ({"budget_slots": 8, "device": "cuda"}, "cuda"),

@@ -68,7 +68,8 @@ def print_run_summary(s, trace: Optional[Path] = None) -> None:
     t, m = s.timings, s.memory
     table = Table("", "value", title="offloaded run", title_justify="left")
     budget = _size(s.budget_bytes) if s.budget_bytes is not None else f"{s.budget_slots} experts"
-    table.add_row("cache", f"{s.policy} ({s.scope}), budget {budget} = {m['slots']} slots on {m['fast_device']}")
+    slots = f"{m['slots']} slots" + (", one per expert" if m["cache_bytes"] >= m["slow_tier_bytes"] else "")
+    table.add_row("cache", f"{s.policy} ({s.scope}), budget {budget} = {slots} on {m['fast_device']}")
     table.add_row("experts computed with", s.experts_implementation)
     for phase in ("prefill", "decode"):
         rate = t[f"{phase}_tokens_per_s"]

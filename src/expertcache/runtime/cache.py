@@ -60,9 +60,6 @@ class Counters:
 class ExpertCache:
     def __init__(self, policy, budget: Budget, num_layers: int, key_offset: np.ndarray, key_bytes: np.ndarray,
                  params: dict, store: ExpertStore, device: torch.device, misses_on_cpu_below: int = 0):
-        if policy.uses_future:
-            raise ExpertcacheError(f"{policy.name} reads the future of a trace (an offline bound); "
-                                   "the runtime needs an online policy such as lru or lfu")
         self.budget, self.store, self.device = budget, store, device
         self.key_offset = key_offset  # [L + 1]
         K = int(key_offset[-1])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..cache.budget import resolve_budget
-from ..cache.policies import resolve_policy
+from ..cache.policies import POLICIES, resolve_policy
 from ..cache.simulate import HitCounts
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
@@ -330,7 +330,7 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     tier = slow_tier or ("ram" if fast.type == "cuda" else "disk")
     if tier not in TIERS:
         raise ExpertcacheError(f"unknown slow tier {tier!r}; choose disk or ram")
-    policy_obj, scope = resolve_policy(policy, scope)
+    policy_obj, scope = online_policy(policy, scope)
     folder = _local_folder(model)
     ckpt = load_checkpoint(folder, fast)
     implementation = _implementation(ckpt, experts_implementation)
@@ -352,6 +352,25 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
         raise
     _install(runtime)
     return ckpt.model
+
+
+def online_policy(policy, scope: str):
+    """(policy object, scope) for a live model, checked before loading: no policy that reads the
+    future of a trace, and `static` only as an object holding its frequency profile."""
+    online = sorted(n for n, cls in POLICIES.items() if not cls.uses_future and n != "static")
+    if isinstance(policy, str) and (name := policy.strip().lower().removeprefix("layer-")) not in online:
+        if name == "static":
+            why = "it needs a frequency profile, given in Python as StaticFrequency(profile=counts)"
+        elif name in POLICIES:
+            why = "it reads the future of a trace: an offline bound"
+        else:
+            why = "no such policy"
+        raise ExpertcacheError(f"the runtime cannot run policy {policy!r} ({why}); choose from {', '.join(online)}")
+    policy_obj, scope = resolve_policy(policy, scope)
+    if policy_obj.uses_future:
+        raise ExpertcacheError(f"the runtime cannot run policy {policy_obj.name!r} (it reads the future of a trace: "
+                               "an offline bound); choose an online policy such as lru or lfu")
+    return policy_obj, scope
 
 
 def _install(runtime: Runtime) -> None:
