@@ -342,3 +342,20 @@ def test_commit_every_seconds_bounds_what_a_kill_loses(rng, tmp_path, monkeypatc
     assert shards() == ["00000"]  # the clock restarts at each commit
     with pytest.raises(ExpertcacheError, match="commit interval must be >= 0"):
         TraceWriter(tmp_path / "u", ModelInfo.synthetic(2, 4, 1), commit_seconds=-1)
+
+
+def test_save_without_overwrite_suggests_it_only_where_it_would_replace(rng, tmp_path):
+    trace = Trace.from_arrays(rng.integers(0, 4, (1, 3, 2, 1)), 4)
+    trace.save(tmp_path / "t")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("x")
+    (tmp_path / "file.txt").write_text("x")
+    for name, message in [("t", "already exists; choose another output or pass --overwrite"),
+                          ("empty", "already exists; choose another output or pass --overwrite"),
+                          ("folder", "exists and is not a trace; choose another output$"),
+                          ("file.txt", "exists and is not a trace; choose another output$")]:
+        with pytest.raises(ExpertcacheError, match=message):
+            trace.save(tmp_path / name)
+    trace.save(tmp_path / "empty", overwrite=True)
+    assert Trace.load(tmp_path / "empty").num_tokens == 3

@@ -31,7 +31,7 @@ from .format import (
 )
 from .model_info import ModelInfo
 from .validate import Deferred, shard_array_check
-from .writer import TraceWriter
+from .writer import TraceWriter, refuse_existing
 
 __all__ = ["Trace"]
 
@@ -158,7 +158,7 @@ class Trace:
         """Write this trace as a directory (see docs/trace-format.md)."""
         path = Path(path)
         if path.exists() and not overwrite:
-            raise ExpertcacheError(f"{path} already exists; choose another output or pass --overwrite")
+            refuse_existing(path)
         optional = tuple(n for n in OPTIONAL_ARRAYS if self._shards[0].get(n) is not None)
         with TraceWriter(path, self.model, capture=self.capture, corpus=self.corpus, domains=self.domains,
                          optional=optional, overwrite=overwrite) as writer:

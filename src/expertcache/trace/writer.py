@@ -271,8 +271,7 @@ def remove_output(path: Path) -> None:
     """--overwrite: remove an earlier trace (or seq2seq capture folder) at `path`, and refuse to
     remove anything else: a folder of other files, a file, the working directory or one above it."""
     path = Path(path)
-    ours = (path / STACKS).is_file() or trace_manifest(path) is not None
-    if not path.is_dir() or not ours and any(path.iterdir()):
+    if not path.is_dir() or not _is_trace_output(path) and any(path.iterdir()):
         raise ExpertcacheError(f"{path} exists and is not a trace; choose another output")
     foreign = _foreign(path)
     if foreign is not None:
@@ -281,6 +280,17 @@ def remove_output(path: Path) -> None:
     if holds_working_directory(path):
         raise ExpertcacheError(f"{path} holds the working directory; choose another output")
     shutil.rmtree(path)
+
+
+def refuse_existing(path: Path) -> None:
+    """An existing output given without --overwrite: say whether --overwrite would replace it."""
+    if path.is_dir() and (_is_trace_output(path) or not any(path.iterdir())):
+        raise ExpertcacheError(f"{path} already exists; choose another output or pass --overwrite")
+    raise ExpertcacheError(f"{path} exists and is not a trace; choose another output")
+
+
+def _is_trace_output(path: Path) -> bool:
+    return (path / STACKS).is_file() or trace_manifest(path) is not None
 
 
 def _foreign(path: Path) -> Path | None:
