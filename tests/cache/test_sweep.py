@@ -36,3 +36,11 @@ def test_sweep_refuses_fractional_slots_and_bad_worker_counts():
     for workers in (0, -1, 1.5, True):
         with pytest.raises(ExpertcacheError, match="workers"):
             sweep(trace, ["lru"], [2], unit="slots", workers=workers)
+
+
+def test_a_configuration_named_twice_in_the_grid_gives_one_row():
+    trace = Trace.load(TRACE)
+    rows = sweep(trace, ["layer-lru", "lru", "LRU"], [4, 4.0, 8], unit="slots", scopes=("global", "layer"), workers=1)
+    # layer-lru is per layer under either scope; lru twice; 4 and 4.0 slots are one budget
+    assert [(r["policy"], r["scope"], r["budget"]) for r in rows] == [
+        ("lru", "layer", 4), ("lru", "layer", 8), ("lru", "global", 4), ("lru", "global", 8)]

@@ -46,7 +46,7 @@ def _whole(b):
 
 def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), profile: HardwareProfile | None = None,
           workers: int | None = None, progress=None, into: list | None = None, accounting: str = "published") -> list[dict]:
-    """One row per (policy, scope, budget), in grid order, each replayed with `accounting`
+    """One row per distinct (policy, scope, budget), in grid order, each replayed with `accounting`
     ("published" or "strict", see `simulate`; the rows' `accounting` column). `progress(done, total)`
     is called as rows finish; rows are also appended to `into` as they come, so an interrupted
     sweep keeps them."""
@@ -57,9 +57,10 @@ def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), pr
         raise ExpertcacheError("give at least one policy and one budget")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ExpertcacheError(f"workers must be a whole number of processes, at least 1; got {workers!r}")
-    # slots stay as given: a fractional slot count is refused by resolve_budget, never truncated
-    tasks = [(*resolve_policy(p, s), _whole(b) if unit == "slots" else b, unit)
-             for p in policies for s in scopes for b in budgets]
+    # slots stay as given: a fractional slot count is refused by resolve_budget, never truncated.
+    # One row per distinct configuration: a repeated item, or a layer- policy under several scopes.
+    tasks = list(dict.fromkeys((*resolve_policy(p, s), _whole(b) if unit == "slots" else b, unit)
+                               for p in policies for s in scopes for b in budgets))
     _WORKER.update(trace=trace, stream=build_stream(trace), profile=profile, accounting=accounting)
     rows = [] if into is None else into
     rows.append(_row(tasks[0]))  # fail fast on a bad configuration, and compile before forking
