@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ExpertcacheError
+from ..trace.capture import context_length
 from .offload import OffloadStats, close, offload, stats
 
 __all__ = ["RunResult", "run"]
@@ -58,7 +59,7 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
             hint = f" (the tokenizer of {model} knows {len(tokenizer)} tokens: are its tokenizer files missing?)" \
                 if len(tokenizer) < 256 else ""
             raise ExpertcacheError("the prompt is empty after tokenization" + hint)
-        context = getattr(offloaded.config.get_text_config(), "max_position_embeddings", None)
+        context = context_length(offloaded)
         if context and ids.shape[1] + generate > context:
             raise ExpertcacheError(f"the prompt ({ids.shape[1]} tokens) and --generate {generate} exceed the model's "
                                    f"context of {context} tokens")
