@@ -9,13 +9,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
 from . import Interrupted
 from .arguments import ScopeOption, TraceArg, scope_of
+from .progress import transient_bar
 
 _err = Console(stderr=True)
 
@@ -148,7 +148,7 @@ def sweep_command(
     hw = _profile(profile)
     rows = []
     try:
-        with Progress(console=_err, transient=True, disable=not _err.is_terminal) as bar:
+        with transient_bar() as bar:
             task = bar.add_task("simulating", total=None)
             sweep(t, [p.strip() for p in policies.split(",") if p.strip()], values, unit=unit,
                   scopes=tuple(s.strip() for s in scopes.split(",") if s.strip()), profile=hw, workers=workers,

@@ -12,12 +12,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import ExpertcacheError
 from ..trace import open_trace
 from .arguments import TraceArg
+from .progress import transient_bar
 
 # The locality package compiles numba kernels on import: imported inside each command, so that
 # other commands start fast. Keep in step with expertcache.locality.srp.DEFAULT_M.
@@ -31,8 +31,7 @@ _stderr = Console(stderr=True)
 @contextmanager
 def _progress(total: int, description: str):
     """A rich progress bar on stderr; yields a callback taking the units done so far."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_stderr, transient=True, disable=not _stderr.is_terminal) as bar:
+    with transient_bar() as bar:
         task = bar.add_task(description, total=total)
         yield lambda done: bar.update(task, completed=done)
 
@@ -174,8 +173,7 @@ def analyze(
     trace = open_trace(trace_path)
     m_values = _segment_lengths(m)
     total = len(analyze_tasks(m_values, permutations))
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_stderr, transient=True, disable=not _stderr.is_terminal) as bar:
+    with transient_bar(28) as bar:
         task = bar.add_task("analyze", total=total)
         summary = analyze_api(
             trace, out, m=m_values, permutations=permutations, seed=seed, resamples=resamples, overwrite=overwrite,

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .progress import transient_bar
 
 _stderr = Console(stderr=True)
 
@@ -38,8 +39,7 @@ def make_report(sources, out: Path, **options):
     """write_report with a progress bar on stderr; returns the findings."""
     from ..report.build import progress_units, write_report
 
-    with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_stderr, transient=True, disable=not _stderr.is_terminal) as bar:
+    with transient_bar(40) as bar:
         task = bar.add_task("report", total=progress_units(len(sources)))
         return write_report(sources, out, progress=lambda step: bar.update(task, advance=1, description=step), **options)
 
