@@ -116,6 +116,21 @@ def test_ctrl_c_stops_after_the_current_token_with_counters_and_trace_consistent
         assert run[key] == sim[key], key
 
 
+def test_a_double_ctrl_c_while_loading_exits_130_without_a_traceback(model):
+    import signal
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "from expertcache.cli import main; main()", "run", str(model),
+                              "--prompt", "x", "--generate", "50", "--budget-slots", "8"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)  # importing and loading
+    child.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # the second one came while the first was unwinding: a death by SIGINT (-2) before
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted")
+
+
 def test_run_trace_never_replaces_what_is_not_an_earlier_runs_trace(model, tmp_path):
     """A run's trace replaces the trace of an earlier run, and refuses every other existing path."""
     keep = tmp_path / "notes"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -53,12 +54,18 @@ def main() -> None:
         print(f"error: {_plain(e)}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        sys.exit(130)
+        _interrupted(f"interrupted: {e}")
     except KeyboardInterrupt:  # before a command started
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted("interrupted")
     except SystemExit as e:
         if e.code == 130:  # typer's answer to a Ctrl-C inside a command that kept nothing
-            print("interrupted", file=sys.stderr)
+            _interrupted("interrupted")
         raise
+
+
+def _interrupted(message: str) -> None:
+    """Exit with status 130; a further Ctrl-C no longer interrupts the exit itself (threads joined
+    at shutdown), which would end in a traceback or a death by signal."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(message, file=sys.stderr)
+    sys.exit(130)
