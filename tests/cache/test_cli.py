@@ -100,3 +100,18 @@ def test_a_trace_without_decode_steps_has_no_decode_hit_rate(tmp_path):
     assert out["lookups"] == 3  # one prefill batch: its three distinct experts
     printed = cli("simulate", tmp_path / "t", "--budget-slots", 2).stdout
     assert f"hit rate {out['hit_rate']:.2%} ({out['hits']}/3), decode n/a" in printed
+
+
+def test_simulate_text_says_n_a_for_an_undefined_precision_and_gives_both_bounds(tmp_path):
+    from expertcache.cache import HardwareProfile
+
+    from .helpers import make_trace
+
+    make_trace([[[[e]] for e in range(8)]], 8, expert_bytes=(100,), phase=[[0, 0] + [1] * 6]).save(tmp_path / "t")
+    printed = cli("simulate", tmp_path / "t", "--budget-slots", 4, "--prefetch", "previous").stdout
+    assert "issued 0, used 0, wasted 0, precision n/a, recall 0.000" in printed  # was "precision nan"
+    HardwareProfile(link_bandwidth=1000.0, expert_time=0.01, dense_time=0.1).save(tmp_path / "hw.json")
+    printed = cli("simulate", tmp_path / "t", "--budget-slots", 4, "--profile", tmp_path / "hw.json").stdout
+    # overlapped: decode, per token max(0.1 + 0.01 s compute, 100 bytes / 1000 B/s) = 0.11 s; prefill, the two
+    # tokens together max(0.22 s, 0.2 s)
+    assert "bound: decode 9.09 tok/s (compute-bound), prefill 9.09 tok/s" in printed

@@ -134,6 +134,29 @@ def test_prefetch_distance_and_count_options():
         simulate(trace, "lru", budget_slots=8, prefetch="psychic")
 
 
+def test_a_prediction_is_never_issued_before_the_routing_it_reads():
+    # layer 1 routes only tokens 0 and 2, so the batches are (t0 L0) (t0 L1) (t1 L0) (t2 L0) (t2 L1) (t3 L0)
+    trace = decode_trace([[[0], [0]], [[1], [-1]], [[2], [1]], [[3], [-1]]], 4)
+    stream = build_stream(trace)
+    assert stream.batch_layer.tolist() == [0, 1, 0, 0, 1, 0]
+    near = plan_prefetch(trace, stream, PrefetchConfig(PreviousToken(), distance=1))[:, 0]
+    assert near.tolist() == [-1, -1, 0, 1, -1, 2]  # the previous token's expert at the layer
+    # two batches ahead, batch 3 (t2 L0) would be issued after batch 1 (t0 L1), before t1 L0 is routed
+    far = plan_prefetch(trace, stream, PrefetchConfig(PreviousToken(), distance=2))[:, 0]
+    assert far.tolist() == [-1, -1, 0, -1, -1, 2]
+    oracle = plan_prefetch(trace, stream, PrefetchConfig(Oracle(), distance=2))[:, 0]
+    assert oracle.tolist() == [0, 4, 1, 2, 5, 3]  # the bound reads the future by design
+
+
+def test_a_distance_beyond_the_layers_is_refused_where_it_would_read_the_future():
+    trace = decode_trace([[[e]] for e in range(8)], 8)  # one layer, no expert used twice
+    for name in ("previous", "frequency", "learned"):
+        with pytest.raises(ExpertcacheError, match="distance 2 is more than the trace's 1 MoE layers"):
+            simulate(trace, "lru", budget_slots=4, prefetch=PrefetchConfig(PREFETCHERS[name](), distance=2))
+    assert simulate(trace, "lru", budget_slots=4, prefetch=PrefetchConfig(PreviousToken(), distance=1)).hits == 0
+    assert simulate(trace, "lru", budget_slots=4, prefetch=PrefetchConfig(Oracle(), distance=2)).hits == 6
+
+
 def test_every_prefetcher_runs_on_a_prefill_trace():
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 8, (30, 3, 2))

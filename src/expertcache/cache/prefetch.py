@@ -27,6 +27,9 @@ __all__ = ["Prefetcher", "PREFETCHERS", "register_prefetcher", "PrefetchConfig",
 
 class Prefetcher(Protocol):
     name: ClassVar[str]
+    # True only for a bound that reads the batch's own routing (oracle); any other prediction
+    # is dropped where it would be issued before the routing it reads is known (plan_prefetch)
+    reads_the_future: ClassVar[bool]
 
     def predict(self, trace, count: int, distance: int) -> np.ndarray: ...  # [N, L, F]
 
@@ -151,6 +154,7 @@ class Oracle:
     """The experts the batch will use: the bound on any prefetcher."""
 
     name: ClassVar[str] = "oracle"
+    reads_the_future: ClassVar[bool] = True
 
     def predict(self, trace, count, distance):
         return _routed(trace)[:, :, :count]
@@ -228,11 +232,29 @@ def plan_prefetch(trace, stream, config: PrefetchConfig) -> np.ndarray:
     if count < 1 or config.distance < 1 or config.reserve < 0:
         raise ExpertcacheError("prefetch count and distance must be >= 1, reserved slots >= 0")
     count = min(count, trace.num_experts)
+    L = trace.num_moe_layers
+    future = getattr(config.prefetcher, "reads_the_future", False)
+    if config.distance > L and not future:
+        raise ExpertcacheError(f"prefetch distance {config.distance} is more than the trace's {L} MoE layers: "
+                               f"{config.prefetcher.name} would predict from the routing of tokens not computed yet "
+                               f"when its loads are issued; use a distance of at most {L}")
     pred = np.asarray(config.prefetcher.predict(trace, count, config.distance), np.int64)  # [N, L, F]
     rows = pred[stream.batch_token, stream.batch_layer]  # [B, F]
     keys = np.where(rows >= 0, stream.key_offset[stream.batch_layer][:, None] + rows, -1)
     keys[stream.batch_phase != DECODE] = -1
+    if not future:  # issued after batch b - distance: before the layer's previous batch, its routing is unknown
+        keys[np.arange(len(keys)) - config.distance < _previous_at_layer(stream)] = -1
     return keys
+
+
+def _previous_at_layer(stream) -> np.ndarray:
+    """[B] index of the previous batch of the same MoE layer (-1 for a layer's first)."""
+    B = stream.num_batches
+    order = np.lexsort((np.arange(B), stream.batch_layer))  # by layer, then stream order
+    prev = np.full(B, -1, np.int64)
+    same = stream.batch_layer[order[1:]] == stream.batch_layer[order[:-1]]
+    prev[order[1:][same]] = order[:-1][same]
+    return prev
 
 
 def prediction_quality(stream, pf_keys: np.ndarray) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -25,6 +26,11 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} B"
+
+
+def _fraction(value: float) -> str:
+    """A precision or recall, or "n/a" where it is undefined (nothing predicted or needed)."""
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def _percent(rate: float | None, digits: int) -> str:
@@ -105,11 +111,13 @@ def simulate_command(
         print(f"{result.misses_on_cpu} misses computed where the weights live (not loaded)")
     if result.prefetch is not None:
         p = result.prefetch
-        print(f"prefetch {p.name}: issued {p.issued}, used {p.used}, wasted {p.wasted}, precision {p.precision:.3f}, "
-              f"recall {p.recall:.3f}")
+        print(f"prefetch {p.name}: issued {p.issued}, used {p.used}, wasted {p.wasted}, precision {_fraction(p.precision)}, "
+              f"recall {_fraction(p.recall)}")
     if hw is not None:
         t = out["throughput"]
-        print(f"bound: decode {t['decode_tokens_per_s']:.2f} tok/s ({t['bound']}-bound)")
+        prefill = t["prefill_tokens_per_s"]
+        print(f"bound: decode {t['decode_tokens_per_s']:.2f} tok/s ({t['bound']}-bound)"
+              + ("" if prefill is None else f", prefill {prefill:.2f} tok/s"))
 
 
 def _write_breakdown(result, directory: Path) -> None:
