@@ -33,6 +33,8 @@ def test_sweep_refuses_fractional_slots_and_bad_worker_counts():
     with pytest.raises(ExpertcacheError, match="whole experts"):
         sweep(trace, ["lru"], [1.5], unit="slots", workers=1)  # was truncated to 1 slot
     assert sweep(trace, ["lru"], [2.0], unit="slots", workers=1)[0]["budget"] == 2
+    with pytest.raises(ExpertcacheError, match="at least one policy, one scope and one budget"):
+        sweep(trace, ["lru"], [2], unit="slots", scopes=(), workers=1)  # was an IndexError
     for workers in (0, -1, 1.5, True):
         with pytest.raises(ExpertcacheError, match="workers"):
             sweep(trace, ["lru"], [2], unit="slots", workers=workers)

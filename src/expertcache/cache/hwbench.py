@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from ..devices import torch_device
 from ..errors import ExpertcacheError
 from .throughput import HardwareProfile
 
@@ -66,12 +67,7 @@ def disk_read_bandwidth(mib: int = 256, directory: str | None = None) -> tuple[f
 def _torch_device(device: str):
     import torch
 
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ExpertcacheError(f"bad device {device!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ExpertcacheError("no CUDA device is available here: use --device cpu")
+    dev = torch_device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     return dev, sync
 
@@ -139,6 +135,7 @@ def bench_hw(hidden: int = 2048, intermediate: int = 768, dtype: str = "float32"
     the CUDA device) or "memory" (host memory copy, a stand-in for a fast tier)."""
     if link not in ("disk", "device", "memory"):
         raise ExpertcacheError(f"link must be disk, device or memory, got {link!r}")
+    device = str(torch_device(device))  # "cpu", "cuda" or "cuda:N", checked before anything is measured
     if link == "device" and device == "cpu":
         raise ExpertcacheError("link device needs a CUDA device: give --device cuda")
     if min(hidden, intermediate, layers, disk_mib, copy_mib) <= 0:

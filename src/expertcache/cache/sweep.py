@@ -53,8 +53,8 @@ def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), pr
     check_accounting(accounting)
     if unit not in BUDGET_UNITS:
         raise ExpertcacheError(f"budget unit must be one of {', '.join(BUDGET_UNITS)}")
-    if not policies or not budgets:
-        raise ExpertcacheError("give at least one policy and one budget")
+    if not policies or not budgets or not scopes:
+        raise ExpertcacheError("give at least one policy, one scope and one budget")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ExpertcacheError(f"workers must be a whole number of processes, at least 1; got {workers!r}")
     # slots stay as given: a fractional slot count is refused by resolve_budget, never truncated.

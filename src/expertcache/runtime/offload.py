@@ -28,6 +28,7 @@ import torch
 from ..cache.budget import resolve_budget
 from ..cache.policies import POLICIES, resolve_policy
 from ..cache.simulate import HitCounts
+from ..devices import torch_device
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
 from ..trace.hub import not_cached, offline_reason
@@ -324,7 +325,7 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     moving it: "auto" when that is cheaper for the tokens that use it (placement.py), so in
     practice decode misses on a GPU. Returns the transformers model, ready for `generate()`.
     """
-    fast = _device(device)
+    fast = torch_device(device)
     if trace is not None:
         _check_trace_output(Path(trace))
     tier = slow_tier or ("ram" if fast.type == "cuda" else "disk")
@@ -421,18 +422,6 @@ def _check_trace_output(path: Path) -> None:
         source = ((trace_manifest(path) or {}).get("capture") or {}).get("source")
         if source != RUN_SOURCE:
             raise ExpertcacheError(f"{path} exists and is not a trace of `expertcache run`; choose another output")
-
-
-def _device(device: str) -> torch.device:
-    try:
-        fast = torch.device(device)
-    except RuntimeError:
-        raise ExpertcacheError(f"unknown device {device!r}; choose cpu or cuda") from None
-    if fast.type == "cuda" and not torch.cuda.is_available():
-        raise ExpertcacheError("--device cuda needs a CUDA build of torch and a GPU; this one has none")
-    if fast.type not in ("cpu", "cuda"):
-        raise ExpertcacheError(f"the runtime caches experts on cpu or cuda, not {fast.type}")
-    return fast
 
 
 def _local_folder(model: str | os.PathLike) -> Path:

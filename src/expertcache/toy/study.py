@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import write_json_atomic
+from ..devices import torch_device
 from ..errors import ExpertcacheError
 from .outdir import claim
 from .presets import GRID, UNTRAINED, Variant
-from .train import torch_device, train
+from .train import train
 
 __all__ = ["ANALYZE_M", "run_study"]
 

@@ -28,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from ..atomic import atomic_path
+from ..devices import torch_device
 from ..errors import ExpertcacheError
 from .checkpoint import TrainState, clean, commit, latest, restore_rng
 from .config import ToyConfig, hf_config
@@ -103,15 +104,6 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return TrainResult(out, state.step, state.tokens, state.seconds, start, last)
-
-
-def torch_device(name: str) -> torch.device:
-    """The torch device for a --device name: cpu or cuda (one-line errors for others or without a GPU)."""
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ExpertcacheError(f"unknown device {name!r}; use cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ExpertcacheError("--device cuda, but torch sees no CUDA device here")
-    return torch.device(name)
 
 
 def _truncate_log(log: Path, step: int) -> None:
