@@ -38,7 +38,11 @@ def test_simulate_writes_breakdowns(tmp_path):
     layers = (tmp_path / "layers.csv").read_text().splitlines()
     assert layers[0] == "layer,lookups,hits,bytes_read,hit_rate" and len(layers) == 1 + 4
     assert sum(int(line.split(",")[2]) for line in layers[1:]) == out["hits"]
-    assert (tmp_path / "steps.csv").is_file() and (tmp_path / "phases.csv").is_file()
+    phases = (tmp_path / "phases.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in phases] == ["phase", "prefill", "decode"]  # were 0 and 1
+    steps = [line.split(",") for line in (tmp_path / "steps.csv").read_text().splitlines()[1:]]
+    assert sum(int(row[1]) for row in steps) == out["lookups"]
+    assert {row[4] for row in steps if row[1] == "0"} == {""}  # no lookup: no hit rate (was 0.0)
 
 
 def test_simulate_a_bundled_example_by_name():

@@ -92,10 +92,10 @@ class SimulationResult(HitCounts):
         lookups = np.bincount(index, self.batch_hits + self.batch_misses, size).astype(np.int64)
         hits = np.bincount(index, self.batch_hits, size).astype(np.int64)
         return {"lookups": lookups, "hits": hits, "bytes_read": np.bincount(index, self.batch_read, size).astype(np.int64),
-                "hit_rate": np.divide(hits, lookups, out=np.zeros(size), where=lookups > 0)}
+                "hit_rate": np.divide(hits, lookups, out=np.full(size, np.nan), where=lookups > 0)}  # NaN: no lookup
 
     def per_layer(self) -> dict[str, np.ndarray]:
-        """[L] lookups, hits, bytes read (misses), hit rate per MoE layer."""
+        """[L] lookups, hits, bytes read (misses), hit rate (NaN without lookups) per MoE layer."""
         return self._group(self.stream.batch_layer, len(self.stream.key_offset) - 1)
 
     def per_phase(self) -> dict[str, np.ndarray]:

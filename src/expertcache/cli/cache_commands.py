@@ -125,12 +125,14 @@ def _write_breakdown(result, directory: Path) -> None:
 
     from ..atomic import atomic_path
 
-    for name, part, index in (("layers", result.per_layer(), "layer"), ("phases", result.per_phase(), "phase"),
-                              ("steps", result.per_step(), "token")):
+    for name, part, index, labels in (("layers", result.per_layer(), "layer", None),
+                                      ("phases", result.per_phase(), "phase", ["prefill", "decode"]),
+                                      ("steps", result.per_step(), "token", None)):
         with atomic_path(directory / f"{name}.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow([index, *part])
-            w.writerows(zip(range(len(part["lookups"])), *(v.tolist() for v in part.values())))
+            columns = [[None if v != v else v for v in values.tolist()] for values in part.values()]  # NaN: empty
+            w.writerows(zip(labels or range(len(part["lookups"])), *columns))
 
 
 def sweep_command(
