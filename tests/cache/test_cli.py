@@ -92,6 +92,14 @@ def test_advise_json():
     assert out["hit_rate"] >= 0.8 * out["best_hit_rate"] and out["budget_x"] > 0
 
 
+def test_advise_notes_the_token_cycle_only_for_a_global_lru_cache():
+    lru = cli("advise", "example:gpt-oss-120b", "--fraction", 1e-9).stdout
+    # 0.99x the active experts still gets 4.9 %: the note no longer says "no LRU hits"
+    assert "target 1e-07 % of it" in lru and "reaches 4.9 %" in lru
+    assert "one token cycle (36 layers x k=2) needs 907.7 MiB: a global LRU cache below it evicts most experts" in lru
+    assert "token cycle" not in cli("advise", "example:gpt-oss-120b", "--policy", "belady", "--scope", "layer").stdout
+
+
 def test_a_trace_without_decode_steps_has_no_decode_hit_rate(tmp_path):
     from expertcache.trace import PREFILL
 
