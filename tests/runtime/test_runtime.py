@@ -117,6 +117,34 @@ def test_counters_equal_the_replay_of_the_runs_trace(family, policy, scope, budg
             assert got["prefetch"][key] == replay["prefetch"][key], key
 
 
+@pytest.mark.parametrize("family", ["qwen3_moe", "llama4_text"])
+def test_stale_gate_scores_are_the_next_router_on_this_layers_input(family, checkpoints, tmp_path):
+    """Recorded by a run: layer l's router on what layer l - 1's router read (Llama4's experts get
+    other rows, [E * T, H] router-scaled; the runtime once scored those)."""
+    from expertcache.trace import Trace
+    from expertcache.trace.adapters import adapter_for, find_blocks
+
+    path = checkpoints(family)
+    stock = stock_model(path, "grouped_mm" if family != "llama4_text" else None)
+    routers = [b.router for b in find_blocks(stock, adapter_for(stock))]
+    seen = []
+    hooks = [r.register_forward_pre_hook(lambda module, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+             for r in routers]
+    ids = prompt(12)
+    with torch.no_grad():
+        stock(ids)
+        want = [torch.nn.functional.linear(x, r.weight).float() for x, r in zip(seen[:-1], routers[1:])]  # [T, E] each
+    for h in hooks:
+        h.remove()
+    model = offload(path, budget_x=2, prefetch="stale-gate", trace=tmp_path / "t")
+    model.generate(ids, max_new_tokens=3, do_sample=False)
+    close(model)
+    stale = Trace.load(tmp_path / "t").stale_gate  # [N, L, E]: prefill rows first
+    assert np.isnan(stale[:, 0]).all()
+    for layer, scores in enumerate(want, start=1):
+        np.testing.assert_array_equal(stale[:12, layer, :scores.shape[1]], scores.numpy().astype(np.float16))  # as stored
+
+
 def test_sampling_generates_and_counts(checkpoints):
     model = offload(checkpoints("olmoe"), budget_slots=4)
     torch.manual_seed(0)

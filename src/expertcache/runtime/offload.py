@@ -53,9 +53,11 @@ def _offloaded_experts(module, hidden_states, top_k_index=None, top_k_weights=No
     if entry is None:
         raise ExpertcacheError("this model's experts were offloaded by a runtime that is closed")
     runtime, layer = entry
-    if top_k_index is None:  # outside the registry: the routing the router hook just read
-        top_k_index, top_k_weights = runtime.routed
-    return runtime.experts_call(layer, module, hidden_states, top_k_index, top_k_weights)
+    if top_k_index is None:  # outside the registry: the routing (and router input) the router hook just read
+        top_k_index, top_k_weights, layer_input = runtime.routed
+    else:
+        layer_input = hidden_states
+    return runtime.experts_call(layer, module, hidden_states, top_k_index, top_k_weights, layer_input)
 
 
 @dataclass
@@ -93,7 +95,7 @@ class Runtime:
         self.ckpt, self.cache, self.store = ckpt, cache, store
         self.implementation = implementation
         self.compute = slot_compute(implementation, cache.pools)
-        self.routed = None  # (ids, weights) the last router outside the registry chose
+        self.routed = None  # (ids, weights, its input) of the last router outside the registry
         self.policy_name, self.scope, self.slow_tier = policy_name, scope, slow_tier
         info = ckpt.info
         self.L, self.K, self.E = info.num_moe_layers, info.top_k, max(info.num_experts)
@@ -159,10 +161,12 @@ class Runtime:
 
     # ------------------------------------------------------------------ one MoE layer call
     def read_router(self, router, args, output) -> None:
-        """Forward hook on a router outside the registry: keep the ids and weights it chose."""
-        self.routed = self.ckpt.adapter.read_router(router, output)
+        """Forward hook on a router outside the registry: keep the ids and weights it chose, and its
+        input: the layer's input, which the stale gate reads (its experts get other rows, Llama4's
+        router-scaled [E * T, H])."""
+        self.routed = (*self.ckpt.adapter.read_router(router, output), args[0])
 
-    def experts_call(self, layer, module, hidden, top_k_index, top_k_weights):
+    def experts_call(self, layer, module, hidden, top_k_index, top_k_weights, layer_input):
         K = top_k_index.shape[-1]
         ids = top_k_index.reshape(-1, K).tolist()  # [T][K]: a decode call's few ids cost less as Python ints
         weights = None
@@ -188,7 +192,7 @@ class Runtime:
             if plan is not None:
                 cache.start(plan, 0)
             if prefetch:
-                self._prefetch(layer + 1, hidden if self.want_stale else None, in_use=keys)
+                self._prefetch(layer + 1, layer_input if self.want_stale else None, in_use=keys)
             late = None if plan is None or not self.compute.chunks_cost_nothing else cache.in_flight(plan, 0)
             if late is not None and late.any() and not late.all():
                 # the resident experts are computed while the others are still being read
@@ -204,7 +208,7 @@ class Runtime:
             out = self.compute.chunked(module, self._chunks(plan, layer, layer_slots), hidden, top_k_index,
                                        top_k_weights)
             if prefetch:
-                self._prefetch(layer + 1, hidden if self.want_stale else None)
+                self._prefetch(layer + 1, layer_input if self.want_stale else None)
         return out
 
     def _chunks(self, plan, layer, layer_slots):
