@@ -25,7 +25,7 @@ def model(tmp_path_factory):
 
 def test_run_json_counters_equal_simulate_json(model, tmp_path):
     trace = tmp_path / "run.trace"
-    p = cli("run", model, "--prompt", "def main():\n    return", "--generate", 8, "--budget-slots", 8,
+    p = cli("run", model, "--prompt", "def main():\n    return", "--generate", 8, "--ignore-eos", "--budget-slots", 8,
             "--scope", "layer", "--prefetch", "frequency", "--trace", trace, "--json")
     assert p.returncode == 0, p.stderr
     run = json.loads(p.stdout)
@@ -97,7 +97,7 @@ def test_ctrl_c_stops_after_the_current_token_with_counters_and_trace_consistent
 
     trace = tmp_path / "run.trace"
     child = subprocess.Popen([sys.executable, "-c", "from expertcache.cli import main; main()", "run", str(model),
-                              "--prompt", "x = 1", "--generate", "1500", "--budget-slots", "8", "--prefetch",
+                              "--prompt", "x = 1", "--generate", "1500", "--ignore-eos", "--budget-slots", "8", "--prefetch",
                               "previous", "--trace", str(trace), "--json", "--raw"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not trace.exists() and child.poll() is None:  # the trace folder appears once the model is loaded
@@ -114,6 +114,25 @@ def test_ctrl_c_stops_after_the_current_token_with_counters_and_trace_consistent
     sim = json.loads(q.stdout)
     for key in ("lookups", "hits", "decode_lookups", "bytes_read"):
         assert run[key] == sim[key], key
+
+
+def test_generation_stops_at_the_models_end_of_sequence_token_unless_told_not_to(model, tmp_path):
+    import shutil
+
+    import transformers
+
+    args = ("--prompt", "def main():", "--raw", "--generate", 8, "--budget-x", 1, "--json")
+    first = json.loads(cli("run", model, *args).stdout)
+    assert first["timings"]["decode_tokens"] == 7  # no end-of-sequence token among these 8
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+    third = tokenizer(first["text"], add_special_tokens=False)["input_ids"][2]
+    ended = tmp_path / "ended"
+    shutil.copytree(model, ended)
+    config = transformers.GenerationConfig.from_pretrained(ended)
+    config.eos_token_id = [third]  # the model's own stop token, as a chat model's end of turn
+    config.save_pretrained(ended)
+    assert json.loads(cli("run", ended, *args).stdout)["timings"]["decode_tokens"] == 2  # was 7: ran past it
+    assert json.loads(cli("run", ended, *args, "--ignore-eos").stdout)["timings"]["decode_tokens"] == 7
 
 
 def test_a_double_ctrl_c_while_loading_exits_130_without_a_traceback(model):

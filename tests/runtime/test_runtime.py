@@ -145,6 +145,27 @@ def test_stale_gate_scores_are_the_next_router_on_this_layers_input(family, chec
         np.testing.assert_array_equal(stale[:12, layer, :scores.shape[1]], scores.numpy().astype(np.float16))  # as stored
 
 
+def test_the_checkpoints_generation_config_is_the_models(checkpoints, tmp_path):
+    import shutil
+
+    path = tmp_path / "m"
+    shutil.copytree(checkpoints("qwen3_moe"), path)
+    config = transformers.GenerationConfig.from_pretrained(path)
+    config.update(eos_token_id=[7, 11], do_sample=True, temperature=0.6, top_k=20)
+    config.save_pretrained(path)
+    stock = stock_model(path, "grouped_mm")
+    model = offload(path, budget_x=2)
+    try:
+        assert model.generation_config.to_dict() == stock.generation_config.to_dict()  # was the config's defaults
+        sampled = []
+        for m in (stock, model):  # sampled with the file's settings, as the stock model does
+            torch.manual_seed(0)
+            sampled.append(m.generate(prompt(), max_new_tokens=8).tolist())
+        assert sampled[0] == sampled[1]
+    finally:
+        close(model)
+
+
 def test_sampling_generates_and_counts(checkpoints):
     model = offload(checkpoints("olmoe"), budget_slots=4)
     torch.manual_seed(0)

@@ -21,7 +21,8 @@ def run_command(
     model: Annotated[str, typer.Argument(help="Hub id or local model folder (safetensors weights).")],
     prompt: Annotated[Optional[str], typer.Option(help="Prompt text.")] = None,
     prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from this file.")] = None,
-    generate: Annotated[int, typer.Option(help="Tokens to generate.")] = 32,
+    generate: Annotated[int, typer.Option(help="Most tokens to generate: fewer where the model ends its text (its end-of-sequence token), unless --ignore-eos.")] = 32,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Generate exactly --generate tokens, past any end-of-sequence token (for measurements).")] = False,
     budget_mib: Annotated[Optional[float], typer.Option(help="Expert cache budget in MiB.")] = None,
     budget_slots: Annotated[Optional[int], typer.Option(help="Expert cache budget in experts.")] = None,
     budget_x: Annotated[Optional[float], typer.Option(help="Budget as a multiple of the active experts (L x k: k per MoE layer).")] = None,
@@ -52,6 +53,7 @@ def run_command(
             raise ExpertcacheError(f"{prompt_file} is not UTF-8 text") from None
     quiet_transformers()
     result = run(model, prompt, generate, sample=sample, temperature=temperature, seed=seed, chat=not raw,
+                 ignore_eos=ignore_eos,
                  budget_mib=budget_mib, budget_slots=budget_slots, budget_x=budget_x, policy=policy, scope=scope_of(policy, scope),
                  prefetch=prefetch, device=device, slow_tier=slow_tier, trace=trace,
                  experts_implementation=experts_implementation, misses_on_cpu=misses_on_cpu)

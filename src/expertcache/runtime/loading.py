@@ -69,6 +69,11 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> LoadedChec
     with _parameters_on_meta():
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
+    if (folder / "generation_config.json").is_file():  # as from_pretrained: the model's own stop tokens and defaults
+        try:
+            model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
+        except (OSError, ValueError) as e:
+            raise ExpertcacheError(f"{folder / 'generation_config.json'}: {str(e).splitlines()[0]}") from None
     adapter = adapter_for(model)
     blocks = [b for b in find_blocks(model, adapter) if b.stack == "decoder"]
     if not blocks:

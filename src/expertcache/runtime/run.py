@@ -35,8 +35,10 @@ class RunResult:
 
 
 def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = False, temperature: float = 1.0,
-        seed: int = 0, chat: bool = True, **offload_options) -> RunResult:
-    """Generate `generate` tokens after `prompt` with the experts offloaded (see `offload`)."""
+        seed: int = 0, chat: bool = True, ignore_eos: bool = False, **offload_options) -> RunResult:
+    """Generate up to `generate` tokens after `prompt` with the experts offloaded (see `offload`):
+    fewer where the model ends its text (an end-of-sequence token of its generation config), or
+    exactly `generate` with `ignore_eos` (for measurements)."""
     import transformers
 
     if generate < 1:
@@ -65,7 +67,7 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
                                    f"context of {context} tokens")
         torch.manual_seed(seed)
         out = ids
-        options = dict(max_new_tokens=generate, min_new_tokens=generate, do_sample=sample,
+        options = dict(max_new_tokens=generate, min_new_tokens=generate if ignore_eos else None, do_sample=sample,
                        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         if sample:
             options["temperature"] = temperature
