@@ -185,7 +185,7 @@ def paired_rates(folder: str, budget_x: float, tokens: int, rounds: int, prefetc
         same = same and generated["plain"] == generated["runtime"]
     after = rt.stats(model)
     rt.close(model)
-    pf = lambda s: s.prefetch["issued"] if s.prefetch else 0  # noqa: E731
+    pf = lambda s: s.prefetch.issued if s.prefetch else 0  # noqa: E731
     return {"plain_s": plain_s, "runtime_s": runtime_s, "same_tokens": same,
             "decode_lookups": after.decode_lookups - before.decode_lookups,
             "decode_misses": (after.decode_lookups - after.decode_hits - after.misses_on_cpu)

@@ -10,7 +10,7 @@ import pytest
 
 from .test_golden import TRACE
 
-KEYS = ["policy", "scope", "accounting", "budget_bytes", "lookups", "hits", "hit_rate", "decode_lookups", "decode_hits",
+KEYS = ["policy", "scope", "accounting", "budget_bytes", "budget_slots", "lookups", "hits", "hit_rate", "decode_lookups", "decode_hits",
         "decode_hit_rate", "bytes_read", "misses_on_cpu", "prefetch"]
 
 
@@ -25,6 +25,7 @@ def test_simulate_json_contract():
     out = json.loads(p.stdout)
     assert list(out) == KEYS
     assert (out["policy"], out["scope"], out["prefetch"]) == ("lfu", "layer", None)
+    assert (out["budget_bytes"], out["budget_slots"]) == (None, 8)
     assert json.loads(cli("simulate", TRACE, "--policy", "layer-lfu", "--budget-slots", 8, "--json").stdout) == out
     assert out["hit_rate"] == out["hits"] / out["lookups"]
     p = cli("simulate", TRACE, "--policy", "lru", "--budget-x", 1, "--prefetch", "previous", "--json")

@@ -19,6 +19,15 @@ def test_warns_below_one_token_cycle_where_global_lru_collapses():
     assert simulate(trace, "lru", budget_slots=3).warnings and not simulate(trace, "lru", budget_slots=4).warnings
 
 
+def test_warns_when_a_per_layer_split_leaves_slots_unused():
+    tokens = [[[t % 3, 3 + t % 2], [t % 3, 3 + t % 2]] for t in range(12)]  # L=2, k=2
+    trace = decode_trace(tokens, 6)
+    odd = simulate(trace, "lru", scope="layer", budget_slots=9)
+    assert odd.warnings == ("9 slots over 2 layers: 4 per layer, 1 left unused",)
+    assert (odd.hits, odd.budget_slots) == (simulate(trace, "lru", scope="layer", budget_slots=8).hits, 9)
+    assert not simulate(trace, "lru", scope="layer", budget_slots=8).warnings
+
+
 def test_recommends_the_smallest_budget_reaching_the_fraction():
     rng = np.random.default_rng(0)
     hot = rng.integers(0, 4, (200, 2, 1))

@@ -108,13 +108,12 @@ def test_counters_equal_the_replay_of_the_runs_trace(family, policy, scope, budg
     got = stats(model).to_json()
     close(model)
     replay = ec.simulate(trace, policy, scope, prefetch=prefetch, accounting="strict", **budget).to_json()
-    for key in ("lookups", "hits", "decode_lookups", "decode_hits", "bytes_read"):
+    for key in ("lookups", "hits", "decode_lookups", "decode_hits", "bytes_read", "budget_bytes", "budget_slots"):
         assert got[key] == replay[key], key
     assert got["lookups"] > got["hits"] > 0
     if prefetch is not None:
         assert got["prefetch"]["issued"] > 0
-        for key in ("issued", "used", "wasted"):
-            assert got["prefetch"][key] == replay["prefetch"][key], key
+        assert got["prefetch"] == replay["prefetch"]  # counts, bytes, precision and recall: simulate's report
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "llama4_text"])

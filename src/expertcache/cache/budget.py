@@ -120,10 +120,15 @@ def cycle_size(model) -> tuple[int, int | None]:
 
 def budget_warnings(model, scope: str, budget: Budget) -> list[str]:
     if scope != "global":
+        warnings = []
+        unused = budget.total - int(budget.pool_budget.sum())
+        if budget.unit == "slots" and unused:
+            warnings.append(f"{budget.total} slots over {model.num_moe_layers} layers: "
+                            f"{budget.total // model.num_moe_layers} per layer, {unused} left unused")
         if (budget.pool_budget < model.top_k * _layer_cost(model, budget.unit)).any():
-            return [f"a per-layer share is smaller than the {model.top_k} experts one layer call needs: "
-                    "each layer keeps only its last call's experts"]
-        return []
+            warnings.append(f"a per-layer share is smaller than the {model.top_k} experts one layer call needs: "
+                            "each layer keeps only its last call's experts")
+        return warnings
     slots, nbytes = cycle_size(model)
     need = nbytes if budget.unit == "bytes" else slots
     if budget.total < need:

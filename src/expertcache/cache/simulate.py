@@ -43,7 +43,7 @@ class HitCounts:
         """The public JSON contract of `expertcache simulate --json`, one definition for both."""
         return {
             "policy": self.policy, "scope": self.scope, "accounting": self.accounting, "budget_bytes": self.budget_bytes,
-            "lookups": self.lookups, "hits": self.hits, "hit_rate": self.hit_rate,
+            "budget_slots": self.budget_slots, "lookups": self.lookups, "hits": self.hits, "hit_rate": self.hit_rate,
             "decode_lookups": self.decode_lookups, "decode_hits": self.decode_hits,
             "decode_hit_rate": self.decode_hit_rate, "bytes_read": self.bytes_read,
             "misses_on_cpu": self.misses_on_cpu, "prefetch": prefetch,

@@ -31,7 +31,7 @@ def _row(task) -> dict:
     r = simulate(trace, policy, scope, stream=stream, accounting=_WORKER["accounting"], **kw)
     row = {"policy": r.policy, "scope": r.scope, "budget": budget, "budget_unit": unit,
            "budget_bytes": r.budget_bytes, "budget_slots": r.budget_slots, **{
-               k: v for k, v in r.to_json().items() if k not in ("policy", "scope", "budget_bytes", "prefetch")}}
+               k: v for k, v in r.to_json().items() if k not in ("policy", "scope", "budget_bytes", "budget_slots", "prefetch")}}
     row["read_mib"] = None if r.bytes_read is None else r.bytes_read / MIB
     if profile is not None:
         t = predict_throughput(r, profile)

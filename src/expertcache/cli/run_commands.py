@@ -83,7 +83,7 @@ def print_run_summary(s, trace: Optional[Path] = None) -> None:
         table.add_row("computed on the CPU", f"{s.misses_on_cpu} misses ({rule}), not moved")
     if s.prefetch is not None:
         p = s.prefetch
-        table.add_row("prefetch", f"{p['name']}: issued {p['issued']}, used {p['used']}, wasted {p['wasted']}")
+        table.add_row("prefetch", f"{p.name}: issued {p.issued}, used {p.used}, wasted {p.wasted}")
     table.add_row("fast tier", f"{_size(m['non_expert_bytes'])} non-expert weights + {_size(m['cache_bytes'])} expert cache")
     table.add_row("slow tier", f"{_size(m['slow_tier_bytes'])} of experts ({m['slow_tier']})")
     table.add_row("peak RSS", _size(m["peak_rss_bytes"]))

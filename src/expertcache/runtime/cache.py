@@ -23,8 +23,8 @@ import torch
 
 from ..cache.budget import Budget
 from ..cache.engine import (AT_SOURCE, BUFFER_HIT, CHUNK, COUNTERS, EVICTED, EVICTED_BEFORE, KIND, LOAD, N_CHUNKS, N_EVICTED,
-                            N_KEYS, N_PREFETCHED, ORDER, PF_BYTES, PF_ISSUED, PF_USED, PF_WASTED, PREFETCHED,
-                            engine_batch, finish, new_engine, new_plan, prefetch_after)
+                            N_KEYS, N_PREFETCHED, ORDER, PF_BYTES, PF_ISSUED, PF_USED, PF_WASTED, PF_WASTED_BYTES,
+                            PREFETCHED, engine_batch, finish, new_engine, new_plan, prefetch_after)
 from ..errors import ExpertcacheError
 from .experts import Pools
 from .store import ExpertStore
@@ -231,12 +231,12 @@ class ExpertCache:
             except ExpertcacheError:
                 pass
 
-    def prefetch_counts(self) -> dict:
-        """issued / used / wasted (prefetched keys still unused count as wasted, as at a trace's end)."""
+    def prefetch_counts(self) -> tuple[int, int, int, int, int]:
+        """issued, used, wasted, bytes and wasted bytes (prefetched keys still unused count as
+        wasted, as at a trace's end)."""
         X = self.X.copy()
         finish(X, self.key_bytes)
-        return {"issued": int(X[COUNTERS, PF_ISSUED]), "used": int(X[COUNTERS, PF_USED]),
-                "wasted": int(X[COUNTERS, PF_WASTED])}
+        return tuple(int(X[COUNTERS, i]) for i in (PF_ISSUED, PF_USED, PF_WASTED, PF_BYTES, PF_WASTED_BYTES))
 
     @property
     def resident_bytes(self) -> int:

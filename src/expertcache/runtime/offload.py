@@ -17,6 +17,7 @@ Shape key: T tokens of a forward, L MoE layers, K top-k, E experts.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import torch
 
 from ..cache.budget import resolve_budget
 from ..cache.policies import POLICIES, resolve_policy
+from ..cache.prefetch import PrefetchReport
 from ..cache.simulate import HitCounts
 from ..devices import torch_device
 from ..errors import ExpertcacheError
@@ -36,7 +38,7 @@ from .cache import ExpertCache
 from .experts import DENSE, IMPLEMENTATIONS, slot_compute
 from .loading import LoadedCheckpoint, load_checkpoint
 from .placement import misses_on_cpu_below
-from .prefetchers import online_prefetcher
+from .prefetchers import PredictionTally, online_prefetcher
 from .store import TIERS, ExpertStore
 
 RUN_SOURCE = "expertcache run"  # a run's trace says so in its manifest: a later run may replace it
@@ -75,7 +77,7 @@ class OffloadStats(HitCounts):
     decode_hits: int
     bytes_read: int
     misses_on_cpu: int
-    prefetch: dict | None
+    prefetch: PrefetchReport | None
     experts_implementation: str
     misses_on_cpu_below: int
     timings: dict = field(default_factory=dict)
@@ -83,7 +85,8 @@ class OffloadStats(HitCounts):
 
     def to_json(self) -> dict:
         """The keys of `simulate --json` (same order), then how experts were computed, timings and memory."""
-        return {**self.counters_json(self.prefetch), "experts_implementation": self.experts_implementation,
+        prefetch = None if self.prefetch is None else self.prefetch.to_json()
+        return {**self.counters_json(prefetch), "experts_implementation": self.experts_implementation,
                 "misses_on_cpu_below": self.misses_on_cpu_below, "timings": self.timings, "memory": self.memory}
 
 
@@ -104,6 +107,7 @@ class Runtime:
         self.prefetch_name = prefetch
         self.prefetcher = None if prefetch is None else online_prefetcher(prefetch, self.L, self.E, self.K)
         self.want_stale = self.prefetcher is not None and self.prefetcher.needs_stale_gate
+        self.tally = PredictionTally()
         self.writer = None
         if trace_path is not None:
             from ..trace.writer import TraceWriter
@@ -182,6 +186,8 @@ class Runtime:
         offset = int(self.offset[layer])
         keys = np.array([offset + e for row in ids for e in row if e >= 0], np.int64)
         decode = f is not None and f["phase"] == DECODE
+        if decode and self.prefetcher is not None:
+            self.tally.called(layer, keys.tolist())
         cache = self.cache
         plan = cache.lookup(keys, decode)
         layer_slots = cache.slot_of[self.offset[layer]:self.offset[layer + 1]]  # [E] view, updated by fetches
@@ -250,8 +256,9 @@ class Runtime:
         if not decode or (self.want_stale and stale is None):
             return
         predicted = self.prefetcher.predict(layer, stale)
-        predicted = predicted[predicted >= 0]
-        self.cache.prefetch(self.offset[layer] + predicted, in_use)
+        keys = self.offset[layer] + predicted[predicted >= 0]
+        self.tally.predict(layer, keys.tolist())
+        self.cache.prefetch(keys, in_use)
 
     # ------------------------------------------------------------------ trace
     def _end_sequence(self) -> None:
@@ -277,8 +284,10 @@ class Runtime:
     def stats(self) -> OffloadStats:
         c, b = self.cache.counters, self.cache.budget
         pf = None
-        if self.prefetcher is not None:
-            pf = {"name": self.prefetch_name, **self.cache.prefetch_counts()}
+        if self.prefetcher is not None:  # distance 1: the loads for a layer call start during the one before it
+            issued, used, wasted, nbytes, wasted_bytes = self.cache.prefetch_counts()
+            pf = PrefetchReport(self.prefetch_name, self.prefetcher.count, 1, 0, issued, used, wasted, nbytes,
+                                wasted_bytes, used / issued if issued else math.nan, *self.tally.precision_recall())
         t = dict(self.timings)
         t["prefill_tokens_per_s"] = t["prefill_tokens"] / t["prefill_s"] if t["prefill_s"] else None
         t["decode_tokens_per_s"] = t["decode_tokens"] / t["decode_s"] if t["decode_s"] else None

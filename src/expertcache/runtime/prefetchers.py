@@ -11,12 +11,14 @@ Shape key: L MoE layers, K top-k, E experts, F predictions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..cache.prefetch import top_scoring
 from ..errors import ExpertcacheError
 
-__all__ = ["ONLINE_PREFETCHERS", "OnlinePrefetcher", "online_prefetcher"]
+__all__ = ["ONLINE_PREFETCHERS", "OnlinePrefetcher", "online_prefetcher", "PredictionTally"]
 
 
 class OnlinePrefetcher:
@@ -73,3 +75,31 @@ def online_prefetcher(name: str, num_layers: int, num_experts: int, count: int) 
     if name not in ONLINE_PREFETCHERS:
         raise ExpertcacheError(f"the runtime prefetches with {', '.join(ONLINE_PREFETCHERS)}; got {name!r}")
     return ONLINE_PREFETCHERS[name](num_layers, num_experts, min(count, num_experts))
+
+
+class PredictionTally:
+    """Precision and recall of the predictions against the experts each decode layer call then
+    used, counted as `prediction_quality` counts them over a trace (distinct keys; recall over
+    the calls that had a prediction). Python sets: a decode call has a handful of keys."""
+
+    def __init__(self):
+        self.predicted = self.correct = self.needed = 0
+        self._open: dict[int, set] = {}  # layer -> keys predicted for its next call
+
+    def predict(self, layer: int, keys: list[int]) -> None:
+        if keys:
+            self._open[layer] = set(keys)
+
+    def called(self, layer: int, keys: list[int]) -> None:
+        """The decode call of `layer` looked up `keys`: settle its prediction, if it had one."""
+        predicted = self._open.pop(layer, None)
+        if predicted is not None:
+            needed = set(keys)
+            self.predicted += len(predicted)
+            self.correct += len(predicted & needed)
+            self.needed += len(needed)
+
+    def precision_recall(self) -> tuple[float, float]:
+        """NaN where undefined, as over a trace."""
+        return (self.correct / self.predicted if self.predicted else math.nan,
+                self.correct / self.needed if self.needed else math.nan)
