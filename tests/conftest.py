@@ -1,3 +1,5 @@
+import signal
+
 import numpy as np
 import pytest
 
@@ -17,3 +19,11 @@ def distinct_ids(rng):
         return np.argsort(rng.random((*shape[:-1], num_experts)), axis=-1)[..., :shape[-1]]
 
     return draw
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_handler_restored():
+    """The CLI's main() ignores a further Ctrl-C once interrupted, for its exit; tests call it in-process."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)

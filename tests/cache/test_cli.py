@@ -64,6 +64,17 @@ def test_user_mistakes_exit_2_with_one_line(args, message):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+def test_option_names_in_any_case_and_a_file_where_a_folder_goes(tmp_path):
+    lower = cli("simulate", TRACE, "--scope", "layer", "--accounting", "strict", "--budget-slots", 8, "--json").stdout
+    assert cli("simulate", TRACE, "--scope", "Layer", "--accounting", "STRICT", "--budget-slots", 8, "--json").stdout \
+        == lower  # --policy LRU was taken, --scope Layer refused
+    (tmp_path / "file").write_text("x")
+    for args, option in [(["simulate", TRACE, "--budget-slots", 8, "--breakdown"], "--breakdown"),
+                         (["sweep", TRACE, "--out"], "--out")]:
+        p = cli(*args, tmp_path / "file")
+        assert p.returncode == 2 and p.stderr == f"error: {tmp_path / 'file'} is a file; {option} names a folder to write into\n"
+
+
 def test_sweep_writes_table_parquet_and_plot(tmp_path):
     p = cli("sweep", TRACE, "--out", tmp_path, "--policies", "lru,belady,layer-lfu", "--budgets", "4,8",
             "--unit", "slots", "--workers", 2)

@@ -1,5 +1,6 @@
 """Ctrl-C anywhere in a command: status 130 and one line on stderr, never a traceback."""
 
+import importlib
 import sys
 
 import numpy as np
@@ -33,6 +34,19 @@ def test_ctrl_c_inside_a_command_that_kept_nothing(monkeypatch, capsys, tmp_path
 
     monkeypatch.setattr(expertcache.cache, "simulate", interrupted)
     assert run_main(monkeypatch, capsys, "simulate", tmp_path / "t", "--budget-slots", 1) == (130, "interrupted\n")
+
+
+def test_ctrl_c_before_any_sweep_configuration_finished_says_nothing_was_written(monkeypatch, capsys, tmp_path):
+    Trace.from_arrays([np.zeros((2, 1, 1), np.int64)], 4).save(tmp_path / "t")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module("expertcache.cache.sweep"), "sweep", interrupted)  # the module
+    code, err = run_main(monkeypatch, capsys, "sweep", tmp_path / "t", "--out", tmp_path / "o", "--budgets", 1,
+                         "--unit", "slots")
+    assert (code, err) == (130, "interrupted: no configuration had finished; nothing was written\n")
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_os_error_prints_path_and_reason_in_plain_words():

@@ -129,6 +129,12 @@ def budget_warnings(model, scope: str, budget: Budget) -> list[str]:
             warnings.append(f"a per-layer share is smaller than the {model.top_k} experts one layer call needs: "
                             "each layer keeps only its last call's experts")
         return warnings
+    smallest = int(budget.key_cost.min())
+    if budget.total < smallest:
+        one = "1 slot" if budget.unit == "slots" else f"{smallest / 2**20:.1f} MiB" if smallest >= 2**20 \
+            else f"{smallest} bytes"
+        return [f"the budget holds no expert (the smallest takes {one}): published accounting keeps only the last "
+                "batch's experts, over budget, until the next batch (strict accounting refuses such a budget)"]
     slots, nbytes = cycle_size(model)
     need = nbytes if budget.unit == "bytes" else slots
     if budget.total < need:

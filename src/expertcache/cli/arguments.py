@@ -12,8 +12,14 @@ from ..errors import ExpertcacheError
 TraceArg = Annotated[Path, typer.Argument(
     metavar="TRACE", help="Trace directory, route_trace v1 CSV, or example:NAME (a bundled real trace: expertcache examples).")]
 
+def lower(value: str | None) -> str | None:
+    """Option names are read as policy names are: in any case, spaces around ignored."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 ScopeOption = Annotated[Optional[str], typer.Option(
-    help="Scope: global (one pool, the default) or layer (one pool per MoE layer); a layer- policy name implies layer.")]
+    help="Scope: global (one pool, the default) or layer (one pool per MoE layer); a layer- policy name implies layer.",
+    callback=lower)]
 
 
 def scope_of(policy: str, scope: str | None) -> str:
@@ -24,3 +30,10 @@ def scope_of(policy: str, scope: str | None) -> str:
     if scope == "global" and policy.strip().lower().startswith("layer-"):
         raise ExpertcacheError(f"policy {policy} is per-layer; drop --scope global or the layer- prefix")
     return scope
+
+
+def output_folder(path: Path, option: str) -> Path:
+    """A folder to write into, checked before any work: a file of that name is a one-line error."""
+    if path.exists() and not path.is_dir():
+        raise ExpertcacheError(f"{path} is a file; {option} names a folder to write into")
+    return path

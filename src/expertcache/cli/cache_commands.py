@@ -15,7 +15,7 @@ from rich.table import Table
 from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
 from . import Interrupted
-from .arguments import ScopeOption, TraceArg, scope_of
+from .arguments import ScopeOption, TraceArg, lower, output_folder, scope_of
 from .progress import transient_bar
 
 _err = Console(stderr=True)
@@ -42,7 +42,8 @@ AsDecode = Annotated[bool, typer.Option(
     "--as-decode", help="Replay every token as a decode step (e.g. a teacher-forced corpus trace, all prefill).")]
 Accounting = Annotated[str, typer.Option(
     help="Accounting: published (a batch that does not fit sits over budget until a later one evicts; the "
-         "published replays) or strict (the runtime's rule: never over budget, such a batch is computed in chunks).")]
+         "published replays) or strict (the runtime's rule: never over budget, such a batch is computed in chunks).",
+    callback=lower)]
 
 
 def _label(r) -> str:
@@ -90,6 +91,8 @@ def simulate_command(
     if prefetch is not None:
         config = PrefetchConfig(PrefetchConfig.of(prefetch).prefetcher, prefetch_count, prefetch_distance, prefetch_reserve)
     hw = _profile(profile)
+    if breakdown is not None:
+        output_folder(breakdown, "--breakdown")
     result = simulate(_open(trace, as_decode), policy, scope_of(policy, scope), budget_mib, budget_slots, budget_x, config, shares=shares,
                       accounting=accounting, misses_on_cpu_below=misses_on_cpu_below)
     for w in result.warnings:
@@ -140,7 +143,7 @@ def sweep_command(
     out: Annotated[Path, typer.Option(help="Output directory for sweep.csv, sweep.parquet, sweep.png.")],
     policies: Annotated[str, typer.Option(help="Comma-separated policies (a layer- prefix: per-layer scope).")] = "belady,lru,lfu",
     budgets: Annotated[str, typer.Option(help="Comma-separated budgets.")] = "1000,2000,4000,8000",
-    unit: Annotated[str, typer.Option(help="Unit of --budgets: mib, slots or x.")] = "mib",
+    unit: Annotated[str, typer.Option(help="Unit of --budgets: mib, slots or x.", callback=lower)] = "mib",
     scopes: Annotated[str, typer.Option(help="Comma-separated scopes.")] = "global",
     profile: Annotated[Optional[Path], typer.Option(help="Hardware profile JSON: adds tokens/s columns.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Processes (default: all cores).")] = None,
@@ -154,6 +157,7 @@ def sweep_command(
         values = [float(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
         raise ExpertcacheError(f"--budgets must be numbers separated by commas, got {budgets!r}") from None
+    output_folder(out, "--out")
     t = _open(trace, as_decode)
     hw = _profile(profile)
     rows = []
@@ -161,14 +165,14 @@ def sweep_command(
         with transient_bar() as bar:
             task = bar.add_task("simulating", total=None)
             sweep(t, [p.strip() for p in policies.split(",") if p.strip()], values, unit=unit,
-                  scopes=tuple(s.strip() for s in scopes.split(",") if s.strip()), profile=hw, workers=workers,
+                  scopes=tuple(s.strip().lower() for s in scopes.split(",") if s.strip()), profile=hw, workers=workers,
                   progress=lambda done, total: bar.update(task, completed=done, total=total), into=rows,
                   accounting=accounting)
     except KeyboardInterrupt:
         if rows:  # keep what finished
             write_sweep(rows, out, title=t.model.name)
             raise Interrupted(f"{len(rows)} finished configurations written to {out}") from None
-        raise
+        raise Interrupted("no configuration had finished; nothing was written") from None
     paths = write_sweep(rows, out, title=t.model.name)
     Console(highlight=False).print(_sweep_table(rows))
     print(f"{len(rows)} configurations -> {paths['csv']}, {paths['parquet']}, {paths['plot']}")
