@@ -116,10 +116,11 @@ def test_counters_equal_the_replay_of_the_runs_trace(family, policy, scope, budg
         assert got["prefetch"] == replay["prefetch"]  # counts, bytes, precision and recall: simulate's report
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "llama4_text"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "llama4_text", "deepseek_v3"])
 def test_stale_gate_scores_are_the_next_router_on_this_layers_input(family, checkpoints, tmp_path):
     """Recorded by a run: layer l's router on what layer l - 1's router read (Llama4's experts get
-    other rows, [E * T, H] router-scaled; the runtime once scored those)."""
+    other rows, [E * T, H] router-scaled; the runtime once scored those), scored as the router
+    ranks experts (DeepSeek-V3: sigmoid plus the load-balancing bias, not the logits)."""
     from expertcache.trace import Trace
     from expertcache.trace.adapters import adapter_for, find_blocks
 
@@ -133,6 +134,8 @@ def test_stale_gate_scores_are_the_next_router_on_this_layers_input(family, chec
     with torch.no_grad():
         stock(ids)
         want = [torch.nn.functional.linear(x, r.weight).float() for x, r in zip(seen[:-1], routers[1:])]  # [T, E] each
+        if family == "deepseek_v3":
+            want = [w.sigmoid() + r.e_score_correction_bias for w, r in zip(want, routers[1:])]
     for h in hooks:
         h.remove()
     model = offload(path, budget_x=2, prefetch="stale-gate", trace=tmp_path / "t")

@@ -248,8 +248,8 @@ class Runtime:
         if self.want_stale and hidden is not None and (decode or self.writer is not None):  # else nothing reads them
             block = self.ckpt.blocks[layer]
             with torch.no_grad():
-                logits = self.ckpt.adapter.router_logits(block.router, hidden.reshape(-1, hidden.shape[-1]))
-            scores = logits.float().numpy(force=True)  # [T, E]
+                scores = self.ckpt.adapter.stale_gate(block.router, hidden.reshape(-1, hidden.shape[-1]))
+            scores = scores.float().numpy(force=True)  # [T, E]
             if f is not None and self.writer is not None:
                 f["stale"][:, layer, :scores.shape[1]] = scores
             stale = scores[-1]

@@ -171,7 +171,7 @@ class RoutingRecorder:
                     if prev is None or prev.shape[0] != x.shape[0]:
                         tap.stale.append(torch.full((x.shape[0], tap.block.num_experts), float("nan"), device=x.device))
                     else:
-                        tap.stale.append(logits_fn(router, prev).float())  # [T, E]
+                        tap.stale.append(self.adapter.stale_gate(router, prev).float())  # [T, E]
                     self._last_input[stack] = x
 
         return hook

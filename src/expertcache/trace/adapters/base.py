@@ -19,12 +19,14 @@ from torch import nn
 
 from ...errors import ExpertcacheError
 
-__all__ = ["Adapter", "MoEBlock", "find_blocks", "linear_router_logits"]
+__all__ = ["Adapter", "MoEBlock", "find_blocks", "linear_router_logits", "biased_sigmoid_choice"]
 
 # (router module, router output) -> (ids [T, K] int, weights [T, K] float); ids < 0 = not routed
 RouterReader = Callable[[nn.Module, object], tuple[torch.Tensor, torch.Tensor]]
 # (router module, router input [T, H]) -> router logits [T, E], computed as the router does
 LogitsFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+# (router module, its logits [T, E]) -> the scores it ranks experts by, where those are not the logits
+ChoiceFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 _LAYER_PATH = re.compile(r"^(?P<stack>(?:.*\.)?(?:layers|block|blocks|h))\.(?P<index>\d+)\.")
 
@@ -39,6 +41,12 @@ def linear_router_logits(router: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def float32_router_logits(router: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """DeepSeek / GLM routers compute their logits in float32 whatever the model dtype."""
     return nn.functional.linear(x.float(), router.weight.float())
+
+
+def biased_sigmoid_choice(router: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """DeepSeek-V3 / GLM4-MoE pick experts (and their groups) by sigmoid(logit) + a per-expert
+    load-balancing bias, which can reorder them against the logits."""
+    return logits.sigmoid() + router.e_score_correction_bias
 
 
 @dataclass(frozen=True)
@@ -61,10 +69,17 @@ class Adapter:
     source: Literal["experts", "router"] = "experts"
     read_router: RouterReader | None = None
     router_logits: LogitsFn = linear_router_logits
+    choice_scores: ChoiceFn | None = None
     score_order: Literal["weights", "router"] = "weights"
     router_attrs: tuple[str, ...] = ("gate", "router")
     shared_attrs: tuple[str, ...] = ("shared_expert", "shared_experts")
     notes: dict = field(default_factory=dict)
+
+    def stale_gate(self, router: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A router on an earlier layer's input [T, H], scored as it ranks experts [T, E]: its
+        logits, or the biased score it picks by (choice_scores)."""
+        logits = self.router_logits(router, x)
+        return logits if self.choice_scores is None else self.choice_scores(router, logits)
 
 
 @dataclass

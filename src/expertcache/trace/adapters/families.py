@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Adapter, float32_router_logits
+from .base import Adapter, biased_sigmoid_choice, float32_router_logits
 
 __all__ = ["FAMILIES"]
 
@@ -51,9 +51,11 @@ FAMILIES: tuple[Adapter, ...] = (
             "weight = score x routed_scaling_factor",
             router_logits=float32_router_logits, notes={"dense": "first_k_dense_replace"}),
     Adapter("DeepSeek-V3", ("deepseek_v3", "kimi_k2"), _GROUP_SIGMOID,
-            router_logits=float32_router_logits, notes={"dense": "first_k_dense_replace"}),
+            router_logits=float32_router_logits, choice_scores=biased_sigmoid_choice,
+            notes={"dense": "first_k_dense_replace"}),
     Adapter("GLM4-MoE", ("glm4_moe",), _GROUP_SIGMOID,
-            router_logits=float32_router_logits, notes={"dense": "first_k_dense_replace"}),
+            router_logits=float32_router_logits, choice_scores=biased_sigmoid_choice,
+            notes={"dense": "first_k_dense_replace"}),
     Adapter("GPT-OSS", ("gpt_oss",), "top-k of the logits (with router bias), then softmax over the k"),
     Adapter("PhiMoE", ("phimoe",), "sparsemixer: experts picked one after another by logit, each weighted by a "
             "masked softmax", score_order="router"),
