@@ -22,7 +22,7 @@ def test_warns_below_one_token_cycle_where_global_lru_collapses():
 def test_warns_when_the_budget_holds_no_expert():
     tokens = [[[t % 3, 3 + t % 2], [t % 3, 3 + t % 2]] for t in range(12)]  # L=2, k=2
     tiny = simulate(decode_trace(tokens, 6, expert_bytes=(10, 10)), "lru", budget_mib=9 / 2**20)
-    assert tiny.hits == 0 and tiny.warnings[0].startswith("the budget holds no expert (the smallest takes 10 bytes)")
+    assert tiny.hits == 0 and tiny.warnings[0].startswith("the budget holds no expert (the smallest takes 10 B)")
 
 
 def test_warns_when_a_per_layer_split_leaves_slots_unused():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ExpertcacheError
+from ..units import size_text
 
 __all__ = ["Budget", "resolve_budget", "SCOPES", "MIB", "cycle_size", "budget_warnings"]
 
@@ -131,14 +132,13 @@ def budget_warnings(model, scope: str, budget: Budget) -> list[str]:
         return warnings
     smallest = int(budget.key_cost.min())
     if budget.total < smallest:
-        one = "1 slot" if budget.unit == "slots" else f"{smallest / 2**20:.1f} MiB" if smallest >= 2**20 \
-            else f"{smallest} bytes"
+        one = "1 slot" if budget.unit == "slots" else size_text(smallest)
         return [f"the budget holds no expert (the smallest takes {one}): published accounting keeps only the last "
                 "batch's experts, over budget, until the next batch (strict accounting refuses such a budget)"]
     slots, nbytes = cycle_size(model)
     need = nbytes if budget.unit == "bytes" else slots
     if budget.total < need:
-        unit = f"{need / 2**20:.1f} MiB" if budget.unit == "bytes" else f"{need} slots"
+        unit = size_text(need) if budget.unit == "bytes" else f"{need} slots"
         return [f"the budget cannot hold one token cycle ({model.num_moe_layers} layers x k={model.top_k} = {unit}): "
                 "a global LRU cache then evicts most experts before the next token can reuse them"]
     return []

@@ -14,18 +14,12 @@ from rich.table import Table
 
 from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
+from ..units import size_text
 from . import Interrupted
 from .arguments import ScopeOption, TraceArg, lower, output_folder, scope_of
 from .progress import transient_bar
 
 _err = Console(stderr=True)
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 def _fraction(value: float) -> str:
@@ -105,11 +99,11 @@ def simulate_command(
     if as_json:
         print(json.dumps(out))
         return
-    budget = _size(out["budget_bytes"]) if out["budget_bytes"] is not None else f"{result.budget_slots} slots"
+    budget = size_text(out["budget_bytes"]) if out["budget_bytes"] is not None else f"{result.budget_slots} slots"
     print(f"{out['policy']} ({_label(result)}), budget {budget}: hit rate {out['hit_rate']:.2%} "
           f"({out['hits']}/{out['lookups']}), decode {_percent(out['decode_hit_rate'], 2)}")
     if out["bytes_read"] is not None:
-        print(f"read {_size(out['bytes_read'])}")
+        print(f"read {size_text(out['bytes_read'])}")
     if result.misses_on_cpu:
         print(f"{result.misses_on_cpu} misses computed where the weights live (not loaded)")
     if result.prefetch is not None:
@@ -245,11 +239,11 @@ def advise_command(
         print(json.dumps(advice.to_json()))
         return
     slots, nbytes = cycle_size(t.model)
-    size = _size(advice.budget_bytes) if advice.budget_bytes is not None else f"{advice.budget_slots} slots"
+    size = size_text(advice.budget_bytes) if advice.budget_bytes is not None else f"{advice.budget_slots} slots"
     print(f"{advice.policy} ({_label(advice)}): {advice.budget_x:.2f}x the active experts = {size} reaches "
           f"{100 * advice.hit_rate:.1f} % (best {100 * advice.best_hit_rate:.1f} %, target {100 * fraction:.3g} % of it)")
     if advice.scope == "global" and advice.policy == "lru":
-        cycle = _size(nbytes) if nbytes is not None else f"{slots} slots"
+        cycle = size_text(nbytes) if nbytes is not None else f"{slots} slots"
         print(f"one token cycle ({t.num_moe_layers} layers x k={t.top_k}) needs {cycle}: a global LRU cache below it "
               "evicts most experts before the next token can reuse them")
 

@@ -14,7 +14,8 @@ from ..errors import ExpertcacheError
 from . import Interrupted
 from ..runtime.placement import ALWAYS
 from .arguments import ScopeOption, scope_of
-from .cache_commands import _percent, _size
+from ..units import size_text
+from .cache_commands import _percent
 
 
 def run_command(
@@ -69,7 +70,7 @@ def run_command(
 def print_run_summary(s, trace: Optional[Path] = None) -> None:
     t, m = s.timings, s.memory
     table = Table("", "value", title="offloaded run", title_justify="left")
-    budget = _size(s.budget_bytes) if s.budget_bytes is not None else f"{s.budget_slots} experts"
+    budget = size_text(s.budget_bytes) if s.budget_bytes is not None else f"{s.budget_slots} experts"
     slots = f"{m['slots']} slots" + (", one per expert" if m["cache_bytes"] >= m["slow_tier_bytes"] else "")
     table.add_row("cache", f"{s.policy} ({s.scope}), budget {budget} = {slots} on {m['fast_device']}")
     table.add_row("experts computed with", s.experts_implementation)
@@ -77,18 +78,18 @@ def print_run_summary(s, trace: Optional[Path] = None) -> None:
         rate = t[f"{phase}_tokens_per_s"]
         table.add_row(f"{phase} tokens/s", "-" if rate is None else f"{rate:.1f} ({t[phase + '_tokens']} tokens)")
     table.add_row("hit rate", f"{s.hit_rate:.1%} ({s.hits}/{s.lookups}); decode {_percent(s.decode_hit_rate, 1)}")
-    table.add_row("bytes read", _size(s.bytes_read))
+    table.add_row("bytes read", size_text(s.bytes_read))
     if s.misses_on_cpu_below:
         rule = "every miss" if s.misses_on_cpu_below >= ALWAYS else f"misses fewer than {s.misses_on_cpu_below} tokens use"
         table.add_row("computed on the CPU", f"{s.misses_on_cpu} misses ({rule}), not moved")
     if s.prefetch is not None:
         p = s.prefetch
         table.add_row("prefetch", f"{p.name}: issued {p.issued}, used {p.used}, wasted {p.wasted}")
-    table.add_row("fast tier", f"{_size(m['non_expert_bytes'])} non-expert weights + {_size(m['cache_bytes'])} expert cache")
-    table.add_row("slow tier", f"{_size(m['slow_tier_bytes'])} of experts ({m['slow_tier']})")
-    table.add_row("peak RSS", _size(m["peak_rss_bytes"]))
+    table.add_row("fast tier", f"{size_text(m['non_expert_bytes'])} non-expert weights + {size_text(m['cache_bytes'])} expert cache")
+    table.add_row("slow tier", f"{size_text(m['slow_tier_bytes'])} of experts ({m['slow_tier']})")
+    table.add_row("peak RSS", size_text(m["peak_rss_bytes"]))
     if "peak_gpu_bytes" in m:
-        table.add_row("peak GPU memory", _size(m["peak_gpu_bytes"]))
+        table.add_row("peak GPU memory", size_text(m["peak_gpu_bytes"]))
     console = Console(stderr=True)
     console.print(table)
     if trace is not None:

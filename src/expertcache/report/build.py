@@ -20,6 +20,7 @@ from ..atomic import holds_working_directory
 from ..errors import ExpertcacheError
 from ..trace import Trace, open_trace
 from ..trace.examples import EXAMPLE_PREFIX
+from ..units import signed_text
 from .document import Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
 from .evidence import M, OPERATING_POINT, STEPS, Evidence, gather
 from .outlook import Outlook, outlook_rows
@@ -98,7 +99,7 @@ def _introduction(findings: list[Finding]) -> list:
         for f in findings:
             ev, o = f.evidence, f.outlook
             rows.append((ev.label, f"{ev.model.max_experts} / {ev.model.top_k}", str(ev.tokens),
-                         f"{o.sch:.1%} vs {o.sch_chance:.1%} ({100 * o.sch_excess:+.1f})",
+                         f"{o.sch:.1%} vs {o.sch_chance:.1%} ({signed_text(100 * o.sch_excess)})",
                          f"{o.srp:.3f} vs {o.srp_chance:.3f}", f"{o.lru_engine:.1%}", f.verdict.kind))
         blocks += [Heading(1, "All models"),
                    Table(("model", "experts / k", "tokens", "SCH at 2x vs chance (excess, points)",

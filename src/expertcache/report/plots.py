@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..units import signed_text
 from .evidence import OPERATING_POINT, VOCABULARY_KINDS, Evidence
 
 __all__ = ["Figure", "figures_of", "comparison"]
@@ -92,7 +93,7 @@ def locality(ev: Evidence) -> Figure:
     caption = (f"SRP (left) scores how well the experts used in a stretch of m tokens predict the experts each of "
                f"those tokens uses, and SCH (right) is the hit rate of a cache that keeps what the next {ev.m} tokens "
                f"need; the dashed lines are the same measures on the trace with token order shuffled (chance), so "
-               f"the gap between solid and dashed is the locality (here {100 * ev.sch_excess:+.1f} points of hit rate "
+               f"the gap between solid and dashed is the locality (here {signed_text(100 * ev.sch_excess)} points of hit rate "
                f"at 2x, the vertical line).")
     return Figure("locality", "Locality against chance", caption, _png(fig))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..units import signed_text, size_text
 from .evidence import Evidence
 
 __all__ = ["KINDS", "LOCAL", "SMALL", "Verdict", "judge"]
@@ -24,7 +25,6 @@ LOCAL = 0.05
 SMALL = 1 / 3
 SUITS, LARGE, NOT = "suits offloading", "suits offloading only with a large cache", "does not suit offloading"
 KINDS = (SUITS, LARGE, NOT)
-GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def judge(ev: Evidence) -> Verdict:
     local = ev.sch_excess >= LOCAL
     share = ev.expert_share(ev.advice.budget_x)
     locality = (f"a cache of 2x the active experts that knows the next {ev.m} tokens hits {ev.sch:.1%}, "
-                f"{100 * ev.sch_excess:+.1f} points over shuffled tokens")
+                f"{signed_text(100 * ev.sch_excess)} points over shuffled tokens")
     size = f"reaching 90% of the best hit rate takes a cache of {share:.0%} of the experts"
     if share <= SMALL:
         kind = SUITS
@@ -65,7 +65,7 @@ def _advice(ev: Evidence) -> tuple[str, ...]:
     c = ev.recommended
     k, L = ev.model.top_k, ev.model.num_moe_layers
     slots = c.budget_x * k * L
-    gib = "size in GiB unknown (the trace records no expert sizes)" if c.budget_bytes is None else f"{c.budget_bytes / GIB:.2f} GiB"
+    gib = "size unknown (the trace records no expert sizes)" if c.budget_bytes is None else size_text(c.budget_bytes)
     lines = [f"cache {slots:.0f} experts = {c.budget_x:.1f}x the {k * L} active experts of a token ({k} per MoE layer) = {gib}",
              f"policy {c.policy.upper()}, " + ("no prefetching" if c.prefetch is None else f"{c.prefetch} prefetching"),
              f"expected hit rate {c.hit_rate:.1%} (engine replay, every token a decode step)",

@@ -414,17 +414,17 @@ def _add_batch(writer: TraceWriter, routed: dict[str, np.ndarray], tokens: np.nd
 
 
 class ProgressBar:
-    """A rich progress bar over tokens (or nothing); call it with (tokens done, tokens/s)."""
+    """A rich progress bar over tokens or forward passes (or nothing); call it with (done, tokens/s)."""
 
-    def __init__(self, enabled: bool, total: int, what: str = "capturing"):
-        self.enabled, self.total, self.what = enabled, total, what
+    def __init__(self, enabled: bool, total: int, what: str = "capturing", unit: str = "tokens"):
+        self.enabled, self.total, self.what, self.unit = enabled, total, what, unit
 
     def __enter__(self):
         if not self.enabled:
             return lambda advance, rate: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(self.unit),
                              TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=False)
         self._bar.start()
         task = self._bar.add_task(self.what, total=self.total, rate="")
