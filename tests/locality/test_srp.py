@@ -97,6 +97,10 @@ def test_short_sequences_never_used_expert_and_k_equals_e():
     empty = srp(trace, m=5, resamples=10).results[5]["model"]
     assert np.isnan(empty.srp) and empty.threshold is None
     assert srp(trace, m=5, resamples=10).to_json()["5"]["model"]["srp"] is None
+    assert srp(trace, m=5, resamples=10).to_json()["5"]["model"]["ci"] is None  # was [null, null]
+    huge = srp(trace, m=10**12, resamples=10).to_json()  # no window: nothing allocated (was a 7 TiB request)
+    assert huge["1000000000000"]["model"] == {"srp": None, "ci": None, "threshold": None, "group_ratio": None,
+                                              "activation_ratio": 1 / 3}
     full = Trace.from_arrays(np.tile(np.arange(3), (1, 6, 1, 1)), 3)  # k = E
     value = srp(full, m=2, resamples=0).results[2]["model"]
     assert value.srp == 1.0 and value.activation_ratio == 1.0
@@ -113,6 +117,8 @@ def test_json_contract():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"m": 0}, "m must be an integer >= 1"),
+    ({"m": 2.0}, "m must be an integer >= 1, got 2.0"),  # was a TypeError
+    ({"m": "16"}, "m must be an integer >= 1, got '16'"),  # was refused as '1'
     ({"m": ()}, "at least one segment length"),
     ({"by": ("vocab",)}, "unknown SRP breakdown"),
 ])

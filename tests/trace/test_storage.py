@@ -359,3 +359,9 @@ def test_save_without_overwrite_suggests_it_only_where_it_would_replace(rng, tmp
             trace.save(tmp_path / name)
     trace.save(tmp_path / "empty", overwrite=True)
     assert Trace.load(tmp_path / "empty").num_tokens == 3
+
+
+def test_a_sequence_of_no_tokens_is_refused():
+    # curves counted its neighbour's requests for it (reduceat), or crashed, depending on where it sat
+    with pytest.raises(ExpertcacheError, match="sequence 1 has no tokens"):
+        Trace.from_arrays([np.array([[[0, 1]]]), np.zeros((0, 1, 2), int), np.array([[[1, 2]]])], 4)

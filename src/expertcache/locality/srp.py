@@ -71,8 +71,10 @@ def window_stats(trace: Trace, m_values, *, positions: bool = False, shuffle=Non
     longest = int(trace.seq_lengths.max())
     out = {}
     for m in m_values:
-        per_position = np.zeros((max(longest - m + 1, 0), m + 1), np.int64) if positions else None
-        out[m] = WindowStats(m, np.zeros((S, L, m + 1), np.int32), np.zeros((L, E, m + 1), np.int64), per_position)
+        # m beyond every sequence: no window, histograms of zeros whatever their width (so m = 10^12 allocates nothing)
+        M = m + 1 if m <= longest else 1
+        per_position = np.zeros((max(longest - m + 1, 0), M), np.int64) if positions else None
+        out[m] = WindowStats(m, np.zeros((S, L, M), np.int32), np.zeros((L, E, M), np.int64), per_position)
     for block in blocks(trace, shuffle=shuffle):
         def one(task):
             l, st = task
@@ -82,7 +84,7 @@ def window_stats(trace: Trace, m_values, *, positions: bool = False, shuffle=Non
             st.per_expert[l, :sizes[l]] += expert  # each task owns its (m, layer) slices
             return pos
 
-        tasks = [(l, st) for l in range(L) for st in out.values()]
+        tasks = [(l, st) for l in range(L) for st in out.values() if st.m <= longest]
         for (l, st), pos in zip(tasks, parallel_map(one, tasks)):
             if positions and len(pos):
                 st.per_position += pos
@@ -99,7 +101,7 @@ def best_f1(hist: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     Ties go to the smallest tau.
     """
     h = hist.astype(np.float64)
-    c = np.arange(m + 1, dtype=np.float64)
+    c = np.arange(hist.shape[-1], dtype=np.float64)  # m + 1, or 1 for the empty histograms of an m without windows
     matches = np.flip(np.cumsum(np.flip(h * c, -1), -1), -1)  # [..., M]
     predictions = m * np.flip(np.cumsum(np.flip(h, -1), -1), -1)  # [..., M]
     activations = matches[..., :1]
@@ -117,7 +119,7 @@ def best_f1(hist: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def _values(hist, m, ratio, ci=None) -> list[SRPValue]:
     value, tau, group = best_f1(hist, m)
     ratio = np.broadcast_to(ratio, value.shape)
-    return [SRPValue(float(v), None if ci is None else (float(ci[i, 0]), float(ci[i, 1])),
+    return [SRPValue(float(v), None if ci is None or not np.isfinite(ci[i]).all() else (float(ci[i, 0]), float(ci[i, 1])),
                      int(t) if t >= 0 else None, float(g), float(r))
             for i, (v, t, g, r) in enumerate(zip(value.ravel(), tau.ravel(), group.ravel(), ratio.ravel()))]
 

@@ -103,7 +103,9 @@ def model_cap(trace: Trace, max_multiple: float | None) -> int:
 
 def segment_lengths(m) -> tuple[int, ...]:
     """One segment length or several, as distinct validated ints in the order given."""
-    values = (m,) if isinstance(m, (int, np.integer)) else tuple(m)
+    if isinstance(m, (str, bytes)) or not hasattr(m, "__iter__"):
+        return (check_m(m),)  # one value: an int, or a one-line error (2.0, "16")
+    values = tuple(m)
     if not values:
         raise ExpertcacheError("give at least one segment length m")
     return tuple(dict.fromkeys(check_m(v) for v in values))

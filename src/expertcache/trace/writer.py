@@ -138,6 +138,8 @@ class TraceWriter:
             raise ExpertcacheError(f"experts of one sequence must be [tokens, layers, k], got shape {experts.shape}")
         T, L, K = experts.shape
         m = self.model
+        if T == 0:  # a sequence of no tokens has no windows, no requests: every per-sequence measure would be 0/0
+            raise ExpertcacheError(f"sequence {key or self._sequences} has no tokens")
         if L != m.num_moe_layers or K != m.top_k:
             raise ExpertcacheError(
                 f"experts shape {experts.shape} does not match the model ({m.num_moe_layers} MoE layers, k={m.top_k})"
