@@ -79,6 +79,12 @@ def test_run_errors_are_one_line(model, args, message):
     assert p.stderr.startswith("error:") and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+def test_a_prompt_beyond_the_context_is_refused_before_the_model_loads(model, tmp_path):
+    p = cli("run", model, "--prompt", "x", "--generate", 10**9, "--budget-slots", 8, "--trace", tmp_path / "t")
+    assert p.returncode == 2 and "exceed the model's context of" in p.stderr
+    assert not (tmp_path / "t").exists()  # was left behind, unfinished
+
+
 def test_a_folder_without_tokenizer_files_is_a_one_line_error(tmp_path):
     """transformers builds an empty tokenizer from the config alone; the error says so."""
     path = build_tiny_model("qwen3_moe", tmp_path / "model", seed=1)

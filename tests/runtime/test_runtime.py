@@ -241,6 +241,23 @@ def test_damaged_checkpoints_are_one_line_errors(checkpoints, tmp_path):
         offload(tmp_path / "nowhere", budget_slots=8)
 
 
+@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss"])  # experts stored per expert, and fused
+def test_a_config_that_disagrees_with_the_weights_is_a_one_line_error(family, checkpoints, tmp_path):
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoints(family), bad)
+    config = json.loads((bad / "config.json").read_text())
+    fewer = {key: config[key] // 2 for key in ("num_experts", "num_local_experts") if key in config}
+    (bad / "config.json").write_text(json.dumps({**config, **fewer}))
+    with pytest.raises(ExpertcacheError, match="the config and the weights disagree"):  # was an IndexError
+        offload(bad, budget_slots=8)
+    (bad / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "model_type"}))
+    with pytest.raises(ExpertcacheError, match=r"config.json: Unrecognized model"):  # was a ValueError traceback
+        offload(bad, budget_slots=8)
+
+
 def test_llama4_has_no_implementation_to_choose(checkpoints):
     with pytest.raises(ExpertcacheError, match="no experts implementation to choose"):
         offload(checkpoints("llama4_text"), budget_slots=8, experts_implementation="eager")

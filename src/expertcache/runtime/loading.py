@@ -62,7 +62,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> LoadedChec
 
     folder = Path(path)
     headers = _read_headers(folder)
-    config = transformers.AutoConfig.from_pretrained(folder)
+    config = read_config(folder)
     if getattr(config, "is_encoder_decoder", False):
         raise ExpertcacheError(f"{path} is an encoder-decoder model; the runtime runs decoder-only MoE models")
     dtype = _checkpoint_dtype(headers)
@@ -85,6 +85,16 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> LoadedChec
     parts, sources = _index(model, headers, expert_params, blocks, params)
     non_expert = _load_non_experts(model, folder, sources, expert_params, device)
     return LoadedCheckpoint(str(path), model, adapter, blocks, info, parts, params, non_expert)
+
+
+def read_config(folder: Path):
+    """The folder's transformers config; one transformers cannot read is a one-line error."""
+    import transformers
+
+    try:
+        return transformers.AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # no model_type, an unknown one, not JSON
+        raise ExpertcacheError(f"{Path(folder) / 'config.json'}: {str(e).splitlines()[0]}") from None
 
 
 # ---------------------------------------------------------------------------- safetensors headers
@@ -159,9 +169,14 @@ def _index(model, headers, expert_params, blocks, params):
             layer, param = expert_params[target]
             begin, end = entry["data_offsets"]
             if _DTYPES.get(entry["dtype"]) != params[param][1]:
-                raise ExpertcacheError(f"{key} is {entry['dtype']} but the model's experts are {params[param][1]}")
+                raise ExpertcacheError(f"{key} is {entry['dtype']}, but other weights are "
+                                       f"{str(params[param][1]).removeprefix('torch.')}: the runtime reads checkpoints "
+                                       "stored in one float type")
+            E = blocks[layer].num_experts
             if pattern is None:  # fused on disk: [E, ...], expert e is the e-th equal slice
-                E = blocks[layer].num_experts
+                if entry["shape"][:1] != [E]:
+                    raise ExpertcacheError(f"{key} holds {entry['shape'][0] if entry['shape'] else 0} experts, config.json "
+                                           f"gives {blocks[layer].path} {E}: the config and the weights disagree")
                 step = (end - begin) // E
                 for e in range(E):
                     parts[layer][e].append(ExpertPart(param, file, start + begin + e * step, step, 0))
@@ -169,6 +184,9 @@ def _index(model, headers, expert_params, blocks, params):
             converter = next(c for c in converters if pattern in c.source_patterns)
             _check_operations(converter, key)
             e = _expert_number(pattern, key)
+            if e >= E:
+                raise ExpertcacheError(f"{key} is expert {e}, but config.json gives {blocks[layer].path} {E} experts: "
+                                       "the config and the weights disagree")
             position = converter.source_patterns.index(pattern)  # concatenated in this order
             parts[layer][e].append(ExpertPart(param, file, start + begin, end - begin, position * (end - begin)))
     _check_complete(parts, blocks, params)
@@ -200,7 +218,8 @@ def _check_complete(parts, blocks, params) -> None:
                 got = sum(p.nbytes for p in mine if p.param == name)
                 if got != need:
                     raise ExpertcacheError(f"the checkpoint holds {got} of the {need} bytes of {block.path}.experts."
-                                           f"{name}[{e}] (missing or truncated shard?)")
+                                           f"{name}[{e}]: a tensor is missing, or of another shape than config.json "
+                                           "gives")
 
 
 # ---------------------------------------------------------------------------- non-expert weights

@@ -345,7 +345,7 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     if tier not in TIERS:
         raise ExpertcacheError(f"unknown slow tier {tier!r}; choose disk or ram")
     policy_obj, scope = online_policy(policy, scope)
-    folder = _local_folder(model)
+    folder = local_folder(model)
     ckpt = load_checkpoint(folder, fast)
     implementation = _implementation(ckpt, experts_implementation)
     info = ckpt.info
@@ -437,7 +437,7 @@ def _check_trace_output(path: Path) -> None:
             raise ExpertcacheError(f"{path} exists and is not a trace of `expertcache run`; choose another output")
 
 
-def _local_folder(model: str | os.PathLike) -> Path:
+def local_folder(model: str | os.PathLike) -> Path:
     """A local checkpoint folder: MODEL itself, or its hub snapshot (weights, config, tokenizer)."""
     path = Path(model).expanduser()
     if path.exists():

@@ -18,7 +18,8 @@ import torch
 
 from ..errors import ExpertcacheError
 from ..trace.capture import context_length
-from .offload import OffloadStats, close, offload, stats
+from .loading import read_config
+from .offload import OffloadStats, close, local_folder, offload, stats
 
 __all__ = ["RunResult", "run"]
 
@@ -45,28 +46,28 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
         raise ExpertcacheError(f"--generate must be >= 1, got {generate}")
     if sample and not temperature > 0:
         raise ExpertcacheError(f"--temperature must be > 0 when sampling, got {temperature}")
-    offloaded = offload(model, **offload_options)
+    # the prompt is checked before the model loads (and before a --trace folder is made)
+    folder = local_folder(model)
     try:
-        folder = offloaded._expertcache_runtime.ckpt.name
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ExpertcacheError(f"no usable tokenizer in {model}: {str(e).splitlines()[0]}") from None
-        if chat and getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                return_tensors="pt", return_dict=True)["input_ids"]
-        else:
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        if ids.shape[1] == 0:
-            hint = f" (the tokenizer of {model} knows {len(tokenizer)} tokens: are its tokenizer files missing?)" \
-                if len(tokenizer) < 256 else ""
-            raise ExpertcacheError("the prompt is empty after tokenization" + hint)
-        context = context_length(offloaded)
-        if context and ids.shape[1] + generate > context:
-            raise ExpertcacheError(f"the prompt ({ids.shape[1]} tokens) and --generate {generate} exceed the model's "
-                                   f"context of {context} tokens")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExpertcacheError(f"no usable tokenizer in {model}: {str(e).splitlines()[0]}") from None
+    if chat and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if ids.shape[1] == 0:
+        hint = f" (the tokenizer of {model} knows {len(tokenizer)} tokens: are its tokenizer files missing?)" \
+            if len(tokenizer) < 256 else ""
+        raise ExpertcacheError("the prompt is empty after tokenization" + hint)
+    context = context_length(read_config(folder))
+    if context and ids.shape[1] + generate > context:
+        raise ExpertcacheError(f"the prompt ({ids.shape[1]} tokens) and --generate {generate} exceed the model's "
+                               f"context of {context} tokens")
+    offloaded = offload(folder, **offload_options)
+    try:
         torch.manual_seed(seed)
-        out = ids
         options = dict(max_new_tokens=generate, min_new_tokens=generate if ignore_eos else None, do_sample=sample,
                        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         if sample:

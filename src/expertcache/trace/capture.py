@@ -202,9 +202,9 @@ def optional_arrays(logits: bool, stale_gate: bool) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------- description
-def context_length(model: nn.Module) -> int | None:
-    """The longest sequence the model's positions cover, where its config says (None where not)."""
-    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+def context_length(config) -> int | None:
+    """The longest sequence a model's positions cover, where its config says (None where not)."""
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
 def describe(name: str, model: nn.Module, adapter: Adapter, blocks: list[MoEBlock], dtype: str) -> dict[str, ModelInfo]:
@@ -352,7 +352,7 @@ def capture_corpus(
     domains = open_sources(list(corpus))  # a bad source fails before the model loads
     loaded = ensure_loaded(model, device_map=device_map, dtype=dtype, trust_remote_code=trust_remote_code,
                            tokenizer=tokenizer)
-    context = context_length(loaded.model)
+    context = context_length(loaded.model.config)
     if context and length > context:
         raise ExpertcacheError(f"windows of {length} tokens exceed {loaded.name}'s context of {context} tokens")
     windows = list(sample_windows(domains, loaded.tokenizer, samples, length, seed))
