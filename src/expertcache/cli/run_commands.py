@@ -21,7 +21,7 @@ from .cache_commands import _percent
 def run_command(
     model: Annotated[str, typer.Argument(help="Hub id or local model folder (safetensors weights).")],
     prompt: Annotated[Optional[str], typer.Option(help="Prompt text.")] = None,
-    prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from this file.")] = None,
+    prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from this UTF-8 file, as is (a final newline is part of it).")] = None,
     generate: Annotated[int, typer.Option(help="Most tokens to generate: fewer where the model ends its text (its end-of-sequence token), unless --ignore-eos.")] = 32,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Generate exactly --generate tokens, past any end-of-sequence token (for measurements).")] = False,
     budget_mib: Annotated[Optional[float], typer.Option(help="Expert cache budget in MiB.")] = None,
