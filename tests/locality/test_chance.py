@@ -22,6 +22,14 @@ def test_shuffle_permutes_within_sequences_and_is_seeded():
         assert sorted(map(bytes, a[s])) == sorted(map(bytes, whole[s]))  # same tokens, all layers together
 
 
+def test_chance_overlap_averages_the_shuffles_that_define_it():
+    sparse = np.full((4, 1, 1), -1)
+    sparse[:2] = 0  # two routed tokens, adjacent: one shuffle of the three ([3, 0, 2, 1]) separates them
+    trace = Trace.from_arrays([sparse], 2)
+    assert consecutive_overlap(trace)[0] == 1.0
+    assert chance_overlap(trace, permutations=3, seed=0)[0] == 1.0  # was NaN
+
+
 def test_order_free_trace_has_no_excess():
     # Every token of a sequence uses the same experts: any order gives the same metrics.
     seqs = [np.tile(np.array([[0, 1], [2, 3]]), (6, 1, 1)), np.tile(np.array([[1, 2], [0, 3]]), (4, 1, 1))]

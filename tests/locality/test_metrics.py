@@ -132,6 +132,22 @@ def test_domain_specialization():
     assert np.isnan(domain_specialization(single)[1]).all()
 
 
+def test_domain_specialization_counts_only_domains_the_layer_routed_and_only_its_own_experts():
+    from expertcache.trace import ModelInfo
+
+    x = np.array([[[0], [1]], [[1], [1]]])  # layer 1 routes domain x only
+    y = np.array([[[0], [-1]], [[2], [-1]]])
+    rate, spec = domain_specialization(Trace.from_arrays([x, y], 3, domains=["x", "y"]))
+    np.testing.assert_allclose(spec[0], [0, 1, 1], atol=1e-12)
+    assert np.isnan(spec[1]).all()  # was [0, 1, nan]: "one domain only" of a layer that saw one domain
+    model = ModelInfo(name="m", architecture="t", num_layers=2, moe_layers=(0, 1), num_experts=(4, 2), top_k=1)
+    rate, spec = domain_specialization(Trace.from_arrays([np.array([[[0], [1]], [[3], [0]]]),
+                                                          np.array([[[1], [0]], [[2], [1]]])], model=model,
+                                                         domains=["x", "y"]))
+    np.testing.assert_allclose(rate[1, :2], [[0.5, 0.5], [0.5, 0.5]])
+    assert np.isnan(rate[1, 2:]).all() and np.isnan(spec[1, 2:]).all()  # layer 1 has no experts 2 and 3 (were 0.0)
+
+
 @pytest.mark.parametrize("m", [0, -2, ()])
 def test_local_balance_rejects_bad_segment_lengths(m):
     trace = random_trace(np.random.default_rng(1), sequences=(2, 2), tokens=(4, 6))

@@ -8,6 +8,8 @@ and a locality figure is reported as its excess over that level.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..errors import ExpertcacheError
@@ -56,6 +58,9 @@ def chance_srp(trace: Trace, m_values, *, permutations: int = DEFAULT_PERMUTATIO
 
 
 def chance_overlap(trace: Trace, *, permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0) -> tuple[float, np.ndarray]:
-    """Consecutive-token overlap of the shuffled trace, averaged over permutations."""
+    """Consecutive-token overlap of the shuffled trace, averaged over the permutations where it is
+    defined (a shuffle may leave no two routed tokens adjacent in a sparsely routed layer)."""
     runs = [consecutive_overlap(trace, shuffle=(seed, p)) for p in range(_check(permutations, seed))]
-    return float(np.mean([r[0] for r in runs])), np.mean([r[1] for r in runs], axis=0)
+    with warnings.catch_warnings():  # NaN where no permutation defines it, without numpy's warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean([r[0] for r in runs])), np.nanmean([r[1] for r in runs], axis=0)

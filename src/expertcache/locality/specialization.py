@@ -13,8 +13,10 @@ specialization is the mean share over the tokens it dominates. Kinds:
 
 Domain, per layer and expert: rate(e, d) = activations of e in domain d / routed tokens of
 domain d (the share of d's tokens sent to e); q(e, d) = rate(e, d) / sum_d rate(e, d);
-specialization(e) = 1 - H(q_e) / log D (0 = the same rate in every domain, 1 = used in one
-domain only; NaN with fewer than two domains or an unused expert).
+specialization(e) = 1 - H(q_e) / log D_l (0 = the same rate in every domain, 1 = used in one
+domain only), D_l counting the domains with routed tokens at that layer (a domain the layer
+never routed says nothing); NaN with fewer than two such domains, for an unused expert, or for
+an expert id beyond the layer's own experts.
 
 Shape key: N tokens, L MoE layers, K top-k, E experts, D domains.
 """
@@ -98,17 +100,19 @@ def domain_specialization(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     L, E, D = trace.num_moe_layers, trace.num_experts, len(trace.domains)
     token_domain = trace.token_domain.astype(np.int64)  # [N]
     rate = np.full((L, E, D), np.nan)
-    for l in range(L):
+    seen = np.zeros(L, np.int64)  # [L] domains with routed tokens at the layer
+    for l, own in enumerate(trace.model.num_experts):
         experts = trace.layer_experts(l)  # [N, K]
         routed = experts != trace.pad_id
         tokens = np.bincount(token_domain[routed.any(axis=1)], minlength=D)  # [D]
         dom = np.broadcast_to(token_domain[:, None], experts.shape)[routed]
-        counts = np.bincount(experts[routed].astype(np.int64) * D + dom, minlength=E * D).reshape(E, D)
+        counts = np.bincount(experts[routed].astype(np.int64) * D + dom, minlength=own * D).reshape(own, D)
         with np.errstate(invalid="ignore", divide="ignore"):
-            rate[l] = np.where(tokens > 0, counts / tokens, np.nan)
+            rate[l, :own] = np.where(tokens > 0, counts / tokens, np.nan)  # ids beyond the layer's own stay NaN
+        seen[l] = (tokens > 0).sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         q = rate / np.nansum(rate, axis=2, keepdims=True)
         plogp = np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0.0)
-        spec = 1 + np.nansum(plogp, axis=2) / math.log(D) if D > 1 else np.full((L, E), np.nan)
-        spec = np.where(np.nansum(rate, axis=2) > 0, spec, np.nan)
+        log_d = np.log(np.where(seen > 1, seen, np.nan))[:, None]  # [L, 1]
+        spec = np.where(np.nansum(rate, axis=2) > 0, 1 + np.nansum(plogp, axis=2) / log_d, np.nan)
     return rate, spec
