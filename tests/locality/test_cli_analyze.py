@@ -123,6 +123,17 @@ def test_analyze_rejects_bad_settings_before_any_work(tmp_path, kwargs):
     assert started == []
 
 
+def test_the_domains_table_has_rows_only_for_a_layers_own_experts(tmp_path):
+    from expertcache.trace import ModelInfo, Trace
+
+    model = ModelInfo(name="m", architecture="t", num_layers=2, moe_layers=(0, 1), num_experts=(4, 2), top_k=1)
+    trace = Trace.from_arrays([np.array([[[0], [1]], [[3], [0]]]), np.array([[[1], [0]], [[2], [1]]])], model=model,
+                              domains=["x", "y"])
+    analyze(trace, tmp_path, m=2, permutations=0, resamples=0)
+    rows = pq.read_table(tmp_path / "domains.parquet").to_pylist()
+    assert sorted({(r["layer"], r["expert"]) for r in rows}) == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]
+
+
 def test_repeated_segment_length_counts_once(tmp_path):
     trace = random_trace(np.random.default_rng(5), sequences=(2, 2), tokens=(6, 8))
     summary = analyze(trace, tmp_path, m=(3, 3), permutations=1, resamples=0)

@@ -168,8 +168,9 @@ def _balance_rows(global_, local) -> list[dict]:
 
 
 def _domain_rows(trace, rate, spec) -> list[dict]:
+    """One row per (layer, expert the layer has, domain)."""
     return [{"layer": l, "expert": e, "domain": name, "rate": float(rate[l, e, d]), "specialization": float(spec[l, e])}
-            for l in range(rate.shape[0]) for e in range(rate.shape[1]) for d, name in enumerate(trace.domains)]
+            for l, own in enumerate(trace.model.num_experts) for e in range(own) for d, name in enumerate(trace.domains)]
 
 
 def _summary(trace, tables, m_values, permutations, seed, resamples) -> dict:
