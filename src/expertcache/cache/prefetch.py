@@ -249,11 +249,17 @@ def plan_prefetch(trace, stream, config: PrefetchConfig) -> np.ndarray:
 
 def _previous_at_layer(stream) -> np.ndarray:
     """[B] index of the previous batch of the same MoE layer (-1 for a layer's first)."""
-    B = stream.num_batches
-    order = np.lexsort((np.arange(B), stream.batch_layer))  # by layer, then stream order
-    prev = np.full(B, -1, np.int64)
-    same = stream.batch_layer[order[1:]] == stream.batch_layer[order[:-1]]
-    prev[order[1:][same]] = order[:-1][same]
+    return _previous_same(stream.batch_layer, len(stream.key_offset) - 1)
+
+
+@numba.njit(cache=True)
+def _previous_same(values, n_values):
+    """[B] for each position, the last earlier one holding the same value (-1 if none): one pass."""
+    last = np.full(n_values, -1, np.int64)
+    prev = np.empty(len(values), np.int64)
+    for b in range(len(values)):
+        prev[b] = last[values[b]]
+        last[values[b]] = b
     return prev
 
 
