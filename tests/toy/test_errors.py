@@ -43,7 +43,9 @@ def test_bad_config_file(tmp_path, monkeypatch, capsys, content, says):
 @pytest.mark.parametrize("args, says", [
     (["train", "--preset", "nope"], "unknown preset 'nope'; known: smoke, "),
     (["train"], "give --preset NAME or --config FILE"),
-    (["train", "--preset", "smoke", "--config", "x.json"], "give --preset NAME or --config FILE"),
+    (["train", "--preset", "smoke", "--config", "x.json"], "give --preset NAME or --config FILE (not both)"),
+    (["train", "--preset", "smoke", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["study", "--threads", "-2"], "--threads must be at least 1, got -2"),
     (["train", "--config", "missing.json"], "config file not found"),
     (["train", "--preset", "smoke", "--steps", "3", "--minutes", "1"], "not both"),
     (["train", "--preset", "smoke", "--device", "tpu"], "unknown device 'tpu'"),

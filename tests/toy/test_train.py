@@ -77,3 +77,16 @@ def test_kill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(l)["step"] for l in (killed / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS
+
+
+def test_a_run_continued_later_logs_the_losses_of_an_uninterrupted_one(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(preset("smoke"), whole, steps=30)
+    train(preset("smoke"), split, steps=15)  # its end record at step 15 averages steps 11-15
+    train(preset("smoke"), split, steps=30)  # the step-20 record must still average 11-20, restored from state.pt
+    one = {r["step"]: r for r in map(json.loads, (whole / "log.jsonl").read_text().splitlines())}
+    two = {r["step"]: r for r in map(json.loads, (split / "log.jsonl").read_text().splitlines())}
+    assert sorted(two) == [0, 10, 15, 20, 30]  # the extra record where the first part ended
+    for step in (10, 20, 30):  # the step-20 losses were the mean of 16-20 only
+        assert {k: v for k, v in two[step].items() if k != "seconds"} == {k: v for k, v in one[step].items()
+                                                                         if k != "seconds"}, step

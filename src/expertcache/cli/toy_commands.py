@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ExpertcacheError
+from ..units import signed_text
 from .capture_commands import quiet_transformers
 
 _err = Console(stderr=True, highlight=False)
@@ -17,6 +18,18 @@ toy_app = typer.Typer(help="Train small MoE models that differ in one factor and
                       no_args_is_help=True, rich_markup_mode=None)
 
 Device = Annotated[str, typer.Option("--device", help="Where to train: cpu or cuda.")]
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads torch computes with (default: one per core). On a busy machine one thread can be "
+                      "many times faster; the same seed gives the same weights at the same thread count.")]
+
+
+def _use_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise ExpertcacheError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
 
 
 @toy_app.command("train")
@@ -30,6 +43,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and the training batches.")] = 0,
     checkpoint_every: Annotated[float, typer.Option(
         "--checkpoint-every", help="Commit a checkpoint at least this often (seconds): what a kill can lose.")] = 60.0,
+    threads: Threads = None,
 ) -> None:
     """Train (or resume) a toy MoE on the demo corpus; rerun the same command to resume."""
     from ..toy import PRESETS, read_config_file
@@ -37,7 +51,9 @@ def train(
     from ..toy import train as run
 
     if (preset is None) == (config is None):
-        raise ExpertcacheError(f"give --preset NAME or --config FILE (presets: {', '.join(PRESETS)})")
+        given = "not both" if preset is not None else f"presets: {', '.join(PRESETS)}"
+        raise ExpertcacheError(f"give --preset NAME or --config FILE ({given})")
+    _use_threads(threads)
     chosen = named(preset) if preset is not None else read_config_file(config, PRESETS)
     quiet_transformers()
     result = run(chosen, out, steps=steps, minutes=minutes, seed=seed, device=device,
@@ -47,7 +63,7 @@ def train(
     _err.print(f"wrote {out}: {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.0f} s{resumed}")
     if p:
         _err.print(f"held-out loss {p['heldout_loss']:.3f}; consecutive-token overlap {p['overlap']:.3f} vs chance "
-                   f"{p['overlap_chance']:.3f} (excess {p['overlap_excess']:+.3f}); log: {out / 'log.jsonl'}")
+                   f"{p['overlap_chance']:.3f} (excess {signed_text(p['overlap_excess'], 3)}); log: {out / 'log.jsonl'}")
 
 
 @toy_app.command("study")
@@ -59,10 +75,12 @@ def study(
         "--variants", help="Comma-separated grid variants to run (default: all; base is always included).")] = None,
     samples: Annotated[int, typer.Option("--samples", "-n", help="Held-out windows per domain in each trace.")] = 8,
     length: Annotated[int, typer.Option("--length", "-T", help="Tokens per traced window.")] = 256,
+    threads: Threads = None,
 ) -> None:
     """Train the preset grid, trace each model on held-out text, write report.md (rerun to resume)."""
     from ..toy.study import run_study
 
+    _use_threads(threads)
     quiet_transformers()
     names = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
     report = run_study(out, minutes_per_model=minutes_per_model, device=device, variants=names, samples=samples,

@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,20 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    # training, balance and z losses summed over the steps since the last log record, and how many:
+    # kept in the checkpoint so that a resumed run logs the means an uninterrupted one logs
+    loss_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    loss_steps: int = 0
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "tokens": self.tokens, "seconds": self.seconds, "loss_sums": list(self.loss_sums),
+                "loss_steps": self.loss_steps}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainState":
+        """From state.pt (a checkpoint written before the sums were kept starts them afresh)."""
+        return cls(saved["step"], saved["tokens"], saved["seconds"], list(saved.get("loss_sums", [0.0, 0.0, 0.0])),
+                   saved.get("loss_steps", 0))
 
 
 def commit(out: Path, model, optimizer, state: TrainState) -> Path:
@@ -37,8 +51,7 @@ def commit(out: Path, model, optimizer, state: TrainState) -> Path:
     tmp = out / f".{NAME}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_states(), "step": state.step, "tokens": state.tokens,
-                "seconds": state.seconds}, tmp / "state.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_states(), **state.to_dict()}, tmp / "state.pt")
     for file in tmp.iterdir():
         _fsync(file)
     _fsync(tmp)

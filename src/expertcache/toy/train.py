@@ -89,7 +89,7 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             model = transformers.AutoModelForCausalLM.from_pretrained(found[0], dtype=torch.float32)
-        state = TrainState(found[1]["step"], found[1]["tokens"], found[1]["seconds"])
+        state = TrainState.from_dict(found[1])
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     if found is not None:
@@ -127,8 +127,6 @@ class _Loop:
         self.c, self.model, self.optimizer, self.corpus = config, model, optimizer, corpus
         self.seed, self.device, self.probe, self.out = seed, device, probe, out
         self.sigmoid = config.family == "deepseek_v3"
-        self.sums = torch.zeros(3)  # loss, balance, z since the last probe
-        self.count = 0
 
     def run(self, state: TrainState, steps, seconds, checkpoint_every, progress) -> dict:
         last = self._log(state) if state.step == 0 else _last_record(self.out / "log.jsonl")
@@ -139,7 +137,7 @@ class _Loop:
             try:
                 while (steps is None or state.step < steps) and (seconds is None or state.seconds < seconds):
                     t0 = time.perf_counter()
-                    loss = self._step(state.step)
+                    loss = self._step(state)
                     state.step += 1
                     state.tokens += tokens_per_step
                     state.seconds += time.perf_counter() - t0
@@ -149,14 +147,15 @@ class _Loop:
                     if time.monotonic() - saved >= checkpoint_every:
                         commit(self.out, self.model, self.optimizer, state)
                         saved = time.monotonic()
-                if state.step > start and state.step % self.c.probe_every:  # the end of training is always probed
-                    last = self._log(state)
+                if state.step > start and state.step % self.c.probe_every:  # the end of training is always probed,
+                    last = self._log(state, restart_means=False)  # and a longer run's records stay the same
             finally:  # the end, Ctrl-C or an error: what was trained is kept
                 if state.step > start:
                     commit(self.out, self.model, self.optimizer, state)
         return last
 
-    def _step(self, step: int) -> float:
+    def _step(self, state: TrainState) -> float:
+        step = state.step
         for group in self.optimizer.param_groups:
             group["lr"] = self.c.lr * min(1.0, (step + 1) / max(self.c.warmup_steps, 1))
         ids = torch.from_numpy(self.corpus.batch(self.seed, step, self.c.batch_size, self.c.seq_len)).to(self.device)  # [B, T]
@@ -170,16 +169,17 @@ class _Loop:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.sums += torch.tensor([ce.item(), balance.item(), z.item()])
-        self.count += 1
+        state.loss_sums = [total + part.item() for total, part in zip(state.loss_sums, (ce, balance, z))]
+        state.loss_steps += 1
         return ce.item()
 
-    def _log(self, state: TrainState) -> dict:
-        means = (self.sums / self.count).tolist() if self.count else [None] * 3
+    def _log(self, state: TrainState, restart_means: bool = True) -> dict:
+        """Append a record: the mean losses since the last regular record, and the probe."""
+        means = [total / state.loss_steps for total in state.loss_sums] if state.loss_steps else [None] * 3
         record = {"step": state.step, "tokens": state.tokens, "seconds": round(state.seconds, 3),
                   "train_loss": means[0], "balance_loss": means[1], "z_loss": means[2], **self.probe(self.model)}
-        self.sums.zero_()
-        self.count = 0
+        if restart_means:
+            state.loss_sums, state.loss_steps = [0.0, 0.0, 0.0], 0
         with open(self.out / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
         return record
