@@ -15,6 +15,8 @@ def test_tiny_study_writes_its_report_and_resumes(tmp_path):
         assert f"(figures/{figure}.png)" in text
     assert "| untrained |" in text and "| base |" in text
     assert "nan" not in text  # an undefined measure is a dash, explained under the table
+    assert "-0.000" not in text and "held-out loss (nats/token)" in text
+    assert "minutes per model 0.01, device cpu, samples 2, length 32" in text  # was a Python dict
     assert "Shared experts increase locality.** Not tested in this run" in text
     assert (tmp_path / "analysis" / "base" / "summary.json").is_file()
 

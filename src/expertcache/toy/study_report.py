@@ -16,6 +16,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..locality.specialization import MIN_COUNT
+from ..units import signed_text
 from .measures import LOCAL_M, SCH_M
 
 __all__ = ["write_study_report"]
@@ -56,7 +57,7 @@ def write_study_report(out: Path, results: dict[str, dict], settings: dict, suit
         "the model-level hit rate at 2x the active experts (same file), its interval from a bootstrap over sequences. "
         "Intervals are 95 % basic bootstrap intervals.",
         "",
-        "| variant | change | steps | held-out loss | SRP | chance | excess [interval] | SCH 2x | chance | excess "
+        "| variant | change | steps | held-out loss (nats/token) | SRP | chance | excess [interval] | SCH 2x | chance | excess "
         "[interval] | overlap | chance | excess |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -64,7 +65,7 @@ def write_study_report(out: Path, results: dict[str, dict], settings: dict, suit
         s, h, o = r["srp"][M], r["sch_2x"], r["overlap"]
         lines.append(f"| {name} | {r['change']} | {r['training']['steps']} | {r['training']['heldout_loss']:.2f} | "
                      f"{s['observed']:.3f} | {s['chance']:.3f} | {_excess(s)} | {h['observed']:.3f} | {h['chance']:.3f} | "
-                     f"{_excess(h)} | {o['observed']:.3f} | {o['chance']:.3f} | {o['excess']:+.3f} |")
+                     f"{_excess(h)} | {o['observed']:.3f} | {o['chance']:.3f} | {signed_text(o['excess'], 3)} |")
     lines += ["", _image(drawn[0]), "", "## Locality during training", "",
               "Consecutive-token overlap on held-out windows minus its chance level, logged while training "
               "(`OUT/models/V/log.jsonl`); step 0 is the untrained model.", "", _image(drawn[1]), "",
@@ -85,7 +86,8 @@ def write_study_report(out: Path, results: dict[str, dict], settings: dict, suit
               "docs/metrics.md defines each.", "", _image(drawn[2]), "", _image(drawn[3]), "",
               "## The study's claims against these numbers", ""]
     lines += _claims(results)
-    lines += ["", "## Settings", "", f"`{settings}`; models `OUT/models/V` (config in toy.json), traces "
+    lines += ["", "## Settings", "", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items())
+              + "; models `OUT/models/V` (config in toy.json), traces "
               "`OUT/traces/V`, analyses `OUT/analysis/V`, each variant's numbers `OUT/results/V.json`. "
               "Total wall time: " + f"{sum(r['wall_seconds'] for r in results.values()) / 60:.1f} min.", ""]
     path = out / "report.md"
@@ -101,7 +103,7 @@ def _interval(r: dict) -> tuple[float, float]:
 
 def _excess(r: dict) -> str:
     lo, hi = _interval(r)
-    return f"{r['excess']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return f"{signed_text(r['excess'], 3)} [{signed_text(lo, 3)}, {signed_text(hi, 3)}]"
 
 
 def _claims(results: dict) -> list[str]:
