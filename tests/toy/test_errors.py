@@ -83,3 +83,25 @@ def test_a_run_that_stopped_before_its_first_checkpoint_may_start_again_with_oth
     (tmp_path / "heldout").mkdir()
     result = train(preset("smoke"), tmp_path, steps=0)
     assert result.steps == 0 and json.loads((tmp_path / "toy.json").read_text())["config"] == preset("smoke").to_dict()
+
+
+def test_ctrl_c_says_which_step_was_kept(tmp_path, monkeypatch, capsys):
+    import expertcache.toy as toy
+
+    real = toy.train
+
+    def trained_then_interrupted(config, out, **kwargs):
+        real(config, out, steps=2)
+        raise KeyboardInterrupt
+
+    def interrupted_at_once(config, out, **kwargs):
+        raise KeyboardInterrupt
+
+    for fake, folder, says in [
+            (trained_then_interrupted, "m", f"checkpoint of step 2 kept in {tmp_path / 'm'}; run the same command to resume"),
+            (interrupted_at_once, "n", "nothing was trained yet")]:
+        monkeypatch.setattr(toy, "train", fake)
+        monkeypatch.setattr(sys, "argv", ["expertcache", "toy", "train", "--preset", "smoke", "--out", str(tmp_path / folder)])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        assert stop.value.code == 130 and capsys.readouterr().err.strip().endswith(says)  # was "interrupted" alone

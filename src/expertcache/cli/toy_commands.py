@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..errors import ExpertcacheError
 from ..units import signed_text
+from . import Interrupted
 from .capture_commands import quiet_transformers
 
 _err = Console(stderr=True, highlight=False)
@@ -56,8 +57,15 @@ def train(
     _use_threads(threads)
     chosen = named(preset) if preset is not None else read_config_file(config, PRESETS)
     quiet_transformers()
-    result = run(chosen, out, steps=steps, minutes=minutes, seed=seed, device=device,
-                 checkpoint_every=checkpoint_every, progress=True)
+    try:
+        result = run(chosen, out, steps=steps, minutes=minutes, seed=seed, device=device,
+                     checkpoint_every=checkpoint_every, progress=True)
+    except KeyboardInterrupt:
+        from ..toy.checkpoint import latest
+
+        found = latest(Path(out))
+        raise Interrupted(f"checkpoint of step {found[1]['step']} kept in {out}; run the same command to resume"
+                          if found else "nothing was trained yet") from None
     p = result.last_probe
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     _err.print(f"wrote {out}: {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.0f} s{resumed}")
