@@ -239,16 +239,18 @@ class Runtime:
                 self.cache.wait(plan, 0)
             yield self._experts(layer, plan.keys[part]), layer_slots, self.cache.pools
 
-    def _prefetch(self, layer: int, hidden, in_use: np.ndarray | None = None) -> None:
+    def _prefetch(self, layer: int, earlier_input, in_use: np.ndarray | None = None) -> None:
         """Predict for (current token, layer) and issue the loads; decode steps only, as in the simulator.
+        earlier_input: the previous layer's router input, for the stale gate (None: no scores);
         in_use: the keys of a layer call still to compute (see `ExpertCache.prefetch`)."""
         f = self._forward
         decode = f is not None and f["phase"] == DECODE
         stale = None
-        if self.want_stale and hidden is not None and (decode or self.writer is not None):  # else nothing reads them
+        if self.want_stale and earlier_input is not None and (decode or self.writer is not None):  # else unread
             block = self.ckpt.blocks[layer]
             with torch.no_grad():
-                scores = self.ckpt.adapter.stale_gate(block.router, hidden.reshape(-1, hidden.shape[-1]))
+                x = earlier_input.reshape(-1, earlier_input.shape[-1])
+                scores = self.ckpt.adapter.stale_gate(block.router, x)
             scores = scores.float().numpy(force=True)  # [T, E]
             if f is not None and self.writer is not None:
                 f["stale"][:, layer, :scores.shape[1]] = scores
