@@ -76,7 +76,7 @@ def capture_generation(
             options.update(temperature=temperature, top_k=None, top_p=None)
         torch.manual_seed(seed)
         with loaded.recorder(logits=logits, stale_gate=stale_gate) as recorder, \
-                ProgressBar(progress, steps, "generating", "forward passes") as bar:
+                ProgressBar(progress, steps + loaded.is_seq2seq, "generating", "forward passes") as bar:  # + the encoder
             t0 = time.perf_counter()
             with torch.inference_mode():
                 sequences = loaded.model.generate(
