@@ -2,6 +2,8 @@
 it writes the report with its figures, and a rerun skips the finished variants.
 benchmarks/bench_toy_study.py runs the full grid."""
 
+import json
+
 from expertcache.toy.study import run_study
 
 
@@ -17,6 +19,8 @@ def test_tiny_study_writes_its_report_and_resumes(tmp_path):
     assert "nan" not in text  # an undefined measure is a dash, explained under the table
     assert "-0.000" not in text and "held-out loss (nats/token)" in text
     assert "minutes per model 0.01, device cpu, samples 2, length 32" in text  # was a Python dict
+    steps = json.loads((tmp_path / "results" / "base.json").read_text())["training"]["steps"]
+    assert steps < 50 and f"**Stopped inside the learning-rate warmup:** base ({steps} of 50) steps." in text
     assert "Shared experts increase locality.** Not tested in this run" in text
     assert (tmp_path / "analysis" / "base" / "summary.json").is_file()
 

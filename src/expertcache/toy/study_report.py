@@ -18,6 +18,7 @@ from ..atomic import atomic_path
 from ..locality.specialization import MIN_COUNT
 from ..units import signed_text
 from .measures import LOCAL_M, SCH_M
+from .presets import PRESETS
 
 __all__ = ["write_study_report"]
 
@@ -66,6 +67,7 @@ def write_study_report(out: Path, results: dict[str, dict], settings: dict, suit
         lines.append(f"| {name} | {r['change']} | {r['training']['steps']} | {r['training']['heldout_loss']:.2f} | "
                      f"{s['observed']:.3f} | {s['chance']:.3f} | {_excess(s)} | {h['observed']:.3f} | {h['chance']:.3f} | "
                      f"{_excess(h)} | {o['observed']:.3f} | {o['chance']:.3f} | {signed_text(o['excess'], 3)} |")
+    lines += _barely_trained(results)
     lines += ["", _image(drawn[0]), "", "## Locality during training", "",
               "Consecutive-token overlap on held-out windows minus its chance level, logged while training "
               "(`OUT/models/V/log.jsonl`); step 0 is the untrained model.", "", _image(drawn[1]), "",
@@ -99,6 +101,17 @@ def write_study_report(out: Path, results: dict[str, dict], settings: dict, suit
 def _interval(r: dict) -> tuple[float, float]:
     lo, hi = r.get("ci", [math.nan, math.nan])
     return lo - r["chance"], hi - r["chance"]
+
+
+def _barely_trained(results: dict) -> list[str]:
+    """A warning under the table for trained variants that stopped inside their learning-rate warmup."""
+    short = [f"{name} ({r['training']['steps']} of {PRESETS[name].warmup_steps})" for name, r in results.items()
+             if name in PRESETS and r["training"]["steps"] < PRESETS[name].warmup_steps]
+    if not short:
+        return []
+    return ["", f"**Stopped inside the learning-rate warmup:** {', '.join(short)} steps. Their routers are close to "
+            "their initialisation, so their figures say little about training; give more `--minutes-per-model` (or "
+            "`--threads 1` on a machine whose cores are busy with other work)."]
 
 
 def _excess(r: dict) -> str:
