@@ -12,6 +12,7 @@ from ..errors import ExpertcacheError
 TraceArg = Annotated[Path, typer.Argument(
     metavar="TRACE", help="Trace directory, route_trace v1 CSV, or example:NAME (a bundled real trace: expertcache examples).")]
 
+
 def lower(value: str | None) -> str | None:
     """Option names are read as policy names are: in any case, spaces around ignored."""
     return value.strip().lower() if isinstance(value, str) else value

@@ -238,11 +238,11 @@ def advise_command(
     if as_json:
         print(json.dumps(advice.to_json()))
         return
-    slots, nbytes = cycle_size(t.model)
     size = size_text(advice.budget_bytes) if advice.budget_bytes is not None else f"{advice.budget_slots} slots"
     print(f"{advice.policy} ({_label(advice)}): {advice.budget_x:.2f}x the active experts = {size} reaches "
           f"{100 * advice.hit_rate:.1f} % (best {100 * advice.best_hit_rate:.1f} %, target {100 * fraction:.3g} % of it)")
     if advice.scope == "global" and advice.policy == "lru":
+        slots, nbytes = cycle_size(t.model)
         cycle = size_text(nbytes) if nbytes is not None else f"{slots} slots"
         print(f"one token cycle ({t.num_moe_layers} layers x k={t.top_k}) needs {cycle}: a global LRU cache below it "
               "evicts most experts before the next token can reuse them")
