@@ -25,7 +25,7 @@ import transformers
 
 import expertcache as ec
 from expertcache.runtime import close, offload, stats
-from expertcache.trace.demo import build_tiny_model
+from expertcache.toy.zoo import build_tiny_model
 
 FAMILIES = ["olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "deepseek_v2", "deepseek_v3", "glm4_moe",
             "gpt_oss", "phimoe", "granitemoe", "llama4_text"]

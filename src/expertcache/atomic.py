@@ -1,4 +1,4 @@
-"""Atomic file writes: every file expertcache writes appears whole or not at all.
+"""Writing outputs safely: every file expertcache writes appears whole or not at all.
 
 A writer fills a temporary file beside the target, which is flushed to disk and renamed onto
 the target only when the writer finished: a kill, a full disk or an exception at any moment
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import ExpertcacheError
 
-__all__ = ["atomic_path", "holds_working_directory", "write_json_atomic"]
+__all__ = ["atomic_path", "holds_working_directory", "output_folder", "write_json_atomic"]
 
 
 @contextmanager
@@ -52,3 +52,11 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
 def holds_working_directory(path: str | os.PathLike) -> bool:
     """Whether the working directory is `path` or lies inside it: a folder never to replace."""
     return Path.cwd().resolve().is_relative_to(Path(path).resolve())
+
+
+def output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """A folder to write into, checked before any work: a file of that name is a one-line error."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ExpertcacheError(f"{path} is a file; {option} names a folder to write into")
+    return path

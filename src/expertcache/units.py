@@ -1,8 +1,8 @@
-"""Sizes in words people read: one formatter for the CLI, warnings and reports."""
+"""Sizes and counts in words people read: one formatter each for the CLI, warnings and reports."""
 
 from __future__ import annotations
 
-__all__ = ["size_text", "signed_text"]
+__all__ = ["count_text", "size_text", "signed_text"]
 
 
 def size_text(n: int | float) -> str:
@@ -16,3 +16,8 @@ def size_text(n: int | float) -> str:
 def signed_text(value: float, digits: int = 1) -> str:
     """A difference with its sign, "+1.5" or "-0.3", never "-0.0" for a value that rounds to zero."""
     return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
+def count_text(n: int, noun: str) -> str:
+    """ "1 token", "2 tokens": a count with its noun in the right number (nouns taking a plain -s)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -28,7 +28,7 @@ def test_demo_leads_with_real_models_and_says_the_tiny_model_is_random(tmp_path,
 
 def test_demo_checks_its_arguments_before_writing_anything(tmp_path):
     (tmp_path / "afile").write_text("mine")
-    cases = [(["--out", str(tmp_path / "afile")], "afile is a file; --out needs a folder"),  # leaked a temp path
+    cases = [(["--out", str(tmp_path / "afile")], "afile is a file; --out names a folder to write into"),  # leaked a temp path
              (["--out", str(tmp_path / "d"), "--samples", "0"], "samples (windows per demo domain) must be at least 1"),
              (["--out", str(tmp_path / "d"), "--length", "1"], "length (tokens per window) must be at least 2")]
     for args, message in cases:

@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from expertcache import ExpertcacheError, Trace
+from expertcache.trace import ModelInfo
 from expertcache.cache import budget_ladder, sweep
 from expertcache.report.build import write_report
 
-from .helpers import E, local_routing
+from .helpers import E, K, L, local_routing
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -169,3 +170,13 @@ def test_a_budget_below_one_expert_is_said_to_hold_none(tmp_path):
     largest = max(ev.model.expert_bytes) / 2**20
     assert ev.at_budget is None and largest > 1
     assert f"your budget: 1 MiB holds no expert (the largest is {largest:.1f} MiB)" in verdict.advice
+
+
+def test_experts_under_a_mebibyte_are_sized_in_kibibytes(tmp_path, rng):
+    # 10 KiB experts and a budget of 1 KiB: "0.0 MiB" would say nothing.
+    model = ModelInfo(name="small", architecture="synthetic", num_layers=L, moe_layers=tuple(range(L)),
+                      num_experts=(E,) * L, top_k=K, expert_bytes=(10 * 1024,) * L)
+    trace = tmp_path / "t"
+    Trace.from_arrays(local_routing(rng), model=model).save(trace)
+    verdict = write_report([trace], tmp_path / "r", budget_mib=1 / 1024)[0].verdict
+    assert "your budget: 0.000976562 MiB holds no expert (the largest is 10.0 KiB)" in verdict.advice

@@ -1,12 +1,14 @@
 """The verdict rule on routing whose answer is known by construction."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 
 from expertcache.report.evidence import gather
-from expertcache.report.verdict import LARGE, NOT, SMALL, SUITS, judge
+from expertcache import Trace
+from expertcache.report.verdict import JUDGEABLE, LARGE, NOT, SMALL, SUITS, TOO_SHORT, judge
 
 from .helpers import E, K, L, local_trace, popular_trace, random_trace, shuffled_trace
 
@@ -22,7 +24,7 @@ def test_local_routing_suits_offloading_with_a_small_cache(local):
     assert v.kind == SUITS and "reuse experts" in v.reason
     c = local.recommended
     assert local.expert_share(c.budget_x) <= SMALL
-    assert v.advice[0].startswith(f"cache {c.budget_x * K * L:.0f} experts = {c.budget_x:.1f}x the {K * L} active")
+    assert v.advice[0].startswith(f"cache {math.floor(c.budget_x * K * L)} experts = {c.budget_x:.1f}x the {K * L} active")
     assert f"expected hit rate {c.hit_rate:.1%}" in v.advice[2]
 
 
@@ -47,3 +49,32 @@ def test_the_size_threshold_separates_suits_from_large_cache(local):
     above = dataclasses.replace(local, advice=dataclasses.replace(local.advice, budget_x=at * 1.01))
     assert judge(exactly).kind == SUITS
     assert judge(above).kind == LARGE and "routing is local" in judge(above).reason
+
+
+def test_a_cache_is_counted_in_whole_experts_that_fit(local):
+    # 2.6875x of 4 active experts is 10.75 experts: 10 fit, not 11.
+    half = dataclasses.replace(local.recommended, budget_x=2.6875)
+    ev = dataclasses.replace(local, choices=[half, *local.choices[1:]])
+    assert judge(ev).advice[0].startswith("cache 10 experts = 2.7x the 4 active experts")
+
+
+def test_sequences_shorter_than_the_segment_are_too_short_to_judge():
+    # 2 tokens per sequence: SCH(16) does not exist, and every lookup "hits" a cache of 2x.
+    rng = np.random.default_rng(0)
+    experts = np.stack([rng.choice(E, K, replace=False) for _ in range(6 * 2 * L)]).reshape(6, 2, L, K)
+    v = judge(gather(Trace.from_arrays(experts, E), "short"))
+    assert v.kind == TOO_SHORT and "the longest sequence has 2 tokens, fewer than the 16" in v.reason
+
+
+def test_a_trace_of_mostly_first_uses_is_too_short_to_judge(local):
+    below = dataclasses.replace(local, advice=dataclasses.replace(local.advice, best_hit_rate=JUDGEABLE - 0.01))
+    at = dataclasses.replace(local, advice=dataclasses.replace(local.advice, best_hit_rate=JUDGEABLE))
+    assert judge(below).kind == TOO_SHORT and "hits only 49.0%" in judge(below).reason
+    assert judge(at).kind == SUITS
+
+
+def test_routing_recorded_with_fewer_experts_than_the_model_routes_is_a_caveat(local):
+    fewer = dataclasses.replace(local, model=dataclasses.replace(local.model, extra={"native_top_k": 2 * K}))
+    assert any(f"recorded with k = {K}, but the model routes each token to {2 * K} experts" in c
+               for c in judge(fewer).caveats)
+    assert not any("recorded with k" in c for c in judge(local).caveats)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from expertcache.trace.corpus import demo_tokenizer
-from expertcache.trace.demo import build_tiny_model
+from expertcache.toy.zoo import build_tiny_model
 
 
 def cli(*args):

@@ -12,7 +12,7 @@ from expertcache.cache.policies import Belady
 from expertcache.errors import ExpertcacheError
 from expertcache.runtime import close, offload, stats
 from expertcache.runtime.experts import DENSE
-from expertcache.trace.demo import build_tiny_model
+from expertcache.toy.zoo import build_tiny_model
 
 FAMILIES = ["olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "deepseek_v2", "deepseek_v3", "glm4_moe",
             "gpt_oss", "phimoe", "granitemoe"]

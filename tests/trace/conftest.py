@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from expertcache.trace.corpus import demo_tokenizer
-from expertcache.trace.demo import build_tiny_model
+from expertcache.toy.zoo import build_tiny_model
 
 
 @pytest.fixture(scope="session")

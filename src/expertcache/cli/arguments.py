@@ -32,9 +32,3 @@ def scope_of(policy: str, scope: str | None) -> str:
         raise ExpertcacheError(f"policy {policy} is per-layer; drop --scope global or the layer- prefix")
     return scope
 
-
-def output_folder(path: Path, option: str) -> Path:
-    """A folder to write into, checked before any work: a file of that name is a one-line error."""
-    if path.exists() and not path.is_dir():
-        raise ExpertcacheError(f"{path} is a file; {option} names a folder to write into")
-    return path

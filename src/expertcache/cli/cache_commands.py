@@ -16,7 +16,8 @@ from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
 from ..units import size_text
 from . import Interrupted
-from .arguments import ScopeOption, TraceArg, lower, output_folder, scope_of
+from ..atomic import output_folder
+from .arguments import ScopeOption, TraceArg, lower, scope_of
 from .progress import transient_bar
 
 _err = Console(stderr=True)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_path, write_json_atomic
+from ..atomic import atomic_path, output_folder, write_json_atomic
 from ..errors import ExpertcacheError
 from ..trace import Trace
 from .balance import global_balance, local_balance
@@ -58,9 +58,7 @@ def analyze(trace: Trace, out: str | os.PathLike, *, m=DEFAULT_M, permutations: 
         raise ExpertcacheError(f"permutations must be >= 0, got {permutations}")
     resamples = check_resamples(resamples)  # before the curves, not after them
     seed = check_seed(seed)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ExpertcacheError(f"{out} is a file; --out needs a directory")
+    out = output_folder(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExpertcacheError(f"{out} already exists; choose another --out or pass --overwrite")
     step = progress or (lambda description, advance: None)

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import holds_working_directory
+from ..atomic import holds_working_directory, output_folder
 from ..errors import ExpertcacheError
 from ..trace import Trace, open_trace
 from ..trace.examples import EXAMPLE_PREFIX
-from ..units import signed_text
+from ..units import count_text, signed_text
 from .document import Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
 from .evidence import M, OPERATING_POINT, STEPS, Evidence, gather
 from .outlook import Outlook, outlook_rows
 from .plots import comparison, figures_of
-from .verdict import LOCAL, Verdict, judge
+from .verdict import JUDGEABLE, LOCAL, Verdict, judge
 
 __all__ = ["Finding", "assess", "progress_units", "write_report"]
 
@@ -68,9 +68,7 @@ def assess(sources, *, profile=None, budget_mib: float | None = None, progress=N
 def write_report(sources, out: str | os.PathLike, *, profile=None, budget_mib: float | None = None,
                  overwrite: bool = False, progress=None) -> list[Finding]:
     """Assess `sources` and write the report folder `out` (see the module docstring)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ExpertcacheError(f"{out} is a file; --out needs a folder")
+    out = output_folder(out)
     if out.exists() and not overwrite:
         raise ExpertcacheError(f"{out} already exists; choose another --out or pass --overwrite")
     if out.exists():
@@ -129,15 +127,18 @@ def _glossary() -> list:
         "held. The recommended sizes and hit rates use it.",
         f"The verdict rule: routing is local when SCH({M}) at 2x beats its chance level by at least "
         f"{100 * LOCAL:.0f} points; a cache is small when the smallest LRU cache reaching 90% of LRU's best hit "
-        "rate holds at most a third of all experts. Small cache: suits offloading. Local but not small: suits "
-        "only with a large cache. Neither: does not suit.",
+        "rate holds at most a third of all experts. Local and small: suits offloading. Small but not local: suits "
+        "offloading because a few experts take most of the traffic, and a fixed cache of them would do about as "
+        "well. Local but not small: suits only with a large cache. Neither: does not suit. Sequences shorter than "
+        f"{M} tokens, or a trace where even a cache of every expert hits less than {JUDGEABLE:.0%}, are too short "
+        "to judge.",
     ))]
 
 
 def _section(f: Finding, figures) -> list:
     ev, v = f.evidence, f.verdict
     blocks = [Heading(1, f"{ev.label}: {v.kind}"),
-              Paragraph(f"{ev.model.name}: {ev.tokens} tokens in {ev.sequences} sequence{'s' * (ev.sequences > 1)}, "
+              Paragraph(f"{ev.model.name}: {count_text(ev.tokens, 'token')} in {count_text(ev.sequences, 'sequence')}, "
                         f"{ev.model.num_moe_layers} MoE layers of {ev.model.max_experts} experts, k = {ev.model.top_k}."),
               Paragraph(v.reason[0].upper() + v.reason[1:] + ".", strong=f"Verdict: {v.kind}."),
               Heading(2, "Recommended configuration"), Bullets(v.advice)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..trace import ModelInfo, Trace
+from ..units import size_text
 from .sample import head
 
 __all__ = ["Choice", "Evidence", "STEPS", "gather"]
@@ -184,7 +185,7 @@ def _engine(trace: Trace, profile, budget_mib, done) -> dict:
     if budget_mib is not None:
         largest = max(trace.model.expert_bytes, default=0)
         if trace.model.expert_bytes and budget_mib * 2**20 < largest:  # published accounting would still count hits
-            budget_note = f"{budget_mib:g} MiB holds no expert (the largest is {largest / 2**20:.1f} MiB)"
+            budget_note = f"{budget_mib:g} MiB holds no expert (the largest is {size_text(largest)})"
         elif trace.model.expert_bytes:
             r = simulate(sample, best.policy, budget_mib=budget_mib, prefetch=best.prefetch, stream=stream)
             cycle = trace.top_k * sum(trace.model.expert_bytes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..trace import Trace
-from ..units import signed_text
+from ..units import count_text, signed_text
 from .evidence import OPERATING_POINT, Evidence, gather
 
 __all__ = ["Outlook", "outlook", "outlook_rows"]
@@ -59,7 +59,7 @@ def outlook_rows(o: Outlook) -> list[tuple[str, str, str, str]]:
     """(figure, measured, chance, excess) in words, locality first: the demo's and the report's table."""
     interval = "" if o.srp_ci is None else f" [{o.srp_ci[0]:.3f}, {o.srp_ci[1]:.3f}]"
     return [
-        (f"SCH({o.m}): hit rate of a 2x cache that knows the next {o.m} tokens (study accounting)", f"{o.sch:.1%}",
+        (f"SCH({o.m}): hit rate of a 2x cache that knows the next {count_text(o.m, 'token')} (study accounting)", f"{o.sch:.1%}",
          f"{o.sch_chance:.1%}", f"{signed_text(100 * o.sch_excess)} points"),
         (f"SRP({o.m}): how well {o.m}-token stretches predict their experts (0..1)"
          + (", 95% interval" if interval else ""), f"{o.srp:.3f}{interval}", f"{o.srp_chance:.3f}", f"{o.srp_excess:+.3f}"),

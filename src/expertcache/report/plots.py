@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..units import signed_text
+from ..units import count_text, signed_text
 from .evidence import OPERATING_POINT, VOCABULARY_KINDS, Evidence
 
 __all__ = ["Figure", "figures_of", "comparison"]
@@ -53,6 +53,14 @@ def _axes(columns: int, height: float = 3.8):
     return fig, list(axes[0])
 
 
+def _layer_axis(ax) -> None:
+    """x = MoE layer index: whole numbers only (a one-layer trace would be ticked -0.4 ... 0.4)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("MoE layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _multiple_axis(ax, low: float, high: float) -> None:
     """Log x axis of cache multiples, ticked at powers of two ("0.5x", "1x", "2x", ...)."""
     ticks = [2.0**p for p in range(int(np.floor(np.log2(low))), int(np.ceil(np.log2(high))) + 1)]
@@ -91,7 +99,7 @@ def locality(ev: Evidence) -> Figure:
     for ax in (left, right):
         ax.legend()
     caption = (f"SRP (left) scores how well the experts used in a stretch of m tokens predict the experts each of "
-               f"those tokens uses, and SCH (right) is the hit rate of a cache that keeps what the next {ev.m} tokens "
+               f"those tokens uses, and SCH (right) is the hit rate of a cache that keeps what the next {count_text(ev.m, 'token')} "
                f"need; the dashed lines are the same measures on the trace with token order shuffled (chance), so "
                f"the gap between solid and dashed is the locality (here {signed_text(100 * ev.sch_excess)} points of hit rate "
                f"at 2x, the vertical line).")
@@ -131,7 +139,7 @@ def layer_heatmap(ev: Evidence) -> Figure:
     ax.grid(False)
     image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=100)
     ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("MoE layer")
+    _layer_axis(ax)
     fig.colorbar(image, ax=ax, label="hit rate (%)", pad=0.01)
     worst = int(np.argmin(data[0]))
     caption = (f"Hit rate of each MoE layer with the recommended cache ({ev.recommended.budget_x:.1f}x the active "
@@ -165,14 +173,15 @@ def balance(ev: Evidence) -> Figure:
     fig, (ax,) = _axes(1, height=3.4)
     layers = np.arange(ev.model.num_moe_layers)
     ax.plot(layers, ev.balance[:, 0], marker="o", markersize=3, label="global: whole trace")
-    ax.plot(layers, ev.local_balance[:, 0], marker="o", markersize=3, label=f"local: windows of {ev.m} tokens")
+    ax.plot(layers, ev.local_balance[:, 0], marker="o", markersize=3, label=f"local: windows of {count_text(ev.m, 'token')}")
     sizes = np.asarray(ev.model.num_experts, float)
     ceiling = np.minimum(1, np.log(ev.m * ev.model.top_k) / np.log(np.maximum(sizes, 2)))
-    ax.plot(layers, ceiling, color="grey", **CHANCE, label=f"most even a window of {ev.m} tokens can be")
-    ax.set(xlabel="MoE layer", ylabel="balance (1 = all experts equally used)", ylim=(0, 1.05))
+    ax.plot(layers, ceiling, color="grey", **CHANCE, label=f"most even a window of {count_text(ev.m, 'token')} can be")
+    ax.set(ylabel="balance (1 = all experts equally used)", ylim=(0, 1.05))
+    _layer_axis(ax)
     ax.legend()
     caption = (f"How evenly each layer uses its experts (normalized entropy), over the whole trace and inside "
-               f"windows of {ev.m} consecutive tokens: a model balanced globally but concentrated locally "
+               f"windows of {count_text(ev.m, 'consecutive token')}: a model balanced globally but concentrated locally "
                f"(local well below its dashed ceiling) routes locally while still spreading load overall.")
     return Figure("balance", "Load balance, global and local", caption, _png(fig))
 
@@ -185,20 +194,19 @@ def specialization(ev: Evidence) -> Figure | None:
     layers = np.arange(ev.model.num_moe_layers)
     parts = []
     for ax, panel in zip(axes, panels):
+        _layer_axis(ax)
         if panel == "vocabulary":
             for kind in VOCABULARY_KINDS:
                 share = [r["share"] for r in ev.vocabulary if r["kind"] == kind and r["expert"] == -1]
                 ax.plot(layers, share, marker="o", markersize=3, label=f"{kind} token")
-            ax.set(xlabel="MoE layer", ylabel="share of a token's uses", title="vocabulary: one expert per token?",
-                   ylim=(0, 1.05))
+            ax.set(ylabel="share of a token's uses", title="vocabulary: one expert per token?", ylim=(0, 1.05))
             ax.legend()
             parts.append("left: the share of a frequent token's occurrences that go to its favourite expert "
                          "(1 = always the same expert)" if len(panels) > 1 else
                          "the share of a frequent token's occurrences that go to its favourite expert")
         else:
             ax.plot(layers, np.nanmean(ev.domains[1], axis=1), marker="o", markersize=3)
-            ax.set(xlabel="MoE layer", ylabel="specialization (0..1)", title="domains: experts for one domain?",
-                   ylim=(0, 1.05))
+            ax.set(ylabel="specialization (0..1)", title="domains: experts for one domain?", ylim=(0, 1.05))
             parts.append(("right: " if len(panels) > 1 else "") + "how much an expert's use depends on the text's "
                          "domain, averaged over experts (0 = the same in every domain, 1 = used in one domain only)")
     caption = "Expert specialization, " + "; ".join(parts) + "."

@@ -10,21 +10,27 @@ excess of chance (docs/report.md states it for users):
 Suits offloading: a small cache is enough (said to come from popularity when routing is not
 local). Suits only with a large cache: local routing, but the cache must hold more than a third
 of the experts. Does not suit: routing no more local than chance, and no small cache is enough.
+Too short to judge: sequences shorter than the 16 tokens SCH looks ahead, or a trace so short
+that even a cache of every expert hits less than JUDGEABLE (most lookups are first uses), where
+both tests above would pass or fail by construction.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from ..units import signed_text, size_text
-from .evidence import Evidence
+from ..units import count_text, signed_text, size_text
+from .evidence import M, Evidence
 
-__all__ = ["KINDS", "LOCAL", "SMALL", "Verdict", "judge"]
+__all__ = ["JUDGEABLE", "KINDS", "LOCAL", "SMALL", "Verdict", "judge"]
 
 LOCAL = 0.05
 SMALL = 1 / 3
+JUDGEABLE = 0.5
 SUITS, LARGE, NOT = "suits offloading", "suits offloading only with a large cache", "does not suit offloading"
-KINDS = (SUITS, LARGE, NOT)
+TOO_SHORT = "too short to judge"
+KINDS = (SUITS, LARGE, NOT, TOO_SHORT)
 
 
 @dataclass(frozen=True)
@@ -46,10 +52,16 @@ def judge(ev: Evidence) -> Verdict:
     """Apply the rule (module docstring) to one trace's evidence."""
     local = ev.sch_excess >= LOCAL
     share = ev.expert_share(ev.advice.budget_x)
-    locality = (f"a cache of 2x the active experts that knows the next {ev.m} tokens hits {ev.sch:.1%}, "
+    locality = (f"a cache of 2x the active experts that knows the next {count_text(ev.m, 'token')} hits {ev.sch:.1%}, "
                 f"{signed_text(100 * ev.sch_excess)} points over shuffled tokens")
     size = f"reaching 90% of the best hit rate takes a cache of {share:.0%} of the experts"
-    if share <= SMALL:
+    if ev.m < M:
+        kind, reason = TOO_SHORT, (f"the longest sequence has {count_text(ev.m, 'token')}, fewer than the {M} "
+                                   "that locality is judged over")
+    elif ev.advice.best_hit_rate < JUDGEABLE:
+        kind, reason = TOO_SHORT, (f"even a cache of every expert hits only {ev.advice.best_hit_rate:.1%}: most lookups "
+                                   "are an expert's first use, so the trace shows too little reuse to size a cache")
+    elif share <= SMALL:
         kind = SUITS
         reason = (f"consecutive tokens reuse experts ({locality}), and {size}" if local else
                   f"a few experts take most of the traffic, not locality ({locality}); {size}, "
@@ -64,9 +76,9 @@ def judge(ev: Evidence) -> Verdict:
 def _advice(ev: Evidence) -> tuple[str, ...]:
     c = ev.recommended
     k, L = ev.model.top_k, ev.model.num_moe_layers
-    slots = c.budget_x * k * L
+    slots = math.floor(c.budget_x * k * L + 1e-9)  # whole experts that fit
     gib = "size unknown (the trace records no expert sizes)" if c.budget_bytes is None else size_text(c.budget_bytes)
-    lines = [f"cache {slots:.0f} experts = {c.budget_x:.1f}x the {k * L} active experts of a token ({k} per MoE layer) = {gib}",
+    lines = [f"cache {count_text(slots, 'expert')} = {c.budget_x:.1f}x the {k * L} active experts of a token ({k} per MoE layer) = {gib}",
              f"policy {c.policy.upper()}, " + ("no prefetching" if c.prefetch is None else f"{c.prefetch} prefetching"),
              f"expected hit rate {c.hit_rate:.1%} (engine replay, every token a decode step)",
              _speed(c)]
@@ -90,10 +102,14 @@ def _speed(c) -> str:
 def _caveats(ev: Evidence) -> tuple[str, ...]:
     out = []
     if ev.advice.best_hit_rate < 0.9:
-        out.append(f"short trace ({ev.tokens} tokens): even a cache of every expert hits only {ev.advice.best_hit_rate:.1%}, "
+        out.append(f"short trace ({count_text(ev.tokens, 'token')}): even a cache of every expert hits only {ev.advice.best_hit_rate:.1%}, "
                    "because each expert's first use is a miss, so the cache sizes above are rough")
     if ev.sequences == 1:
         out.append("one sequence: no confidence interval (intervals resample whole sequences)")
+    native = ev.model.extra.get("native_top_k")
+    if native and native != ev.model.top_k:
+        out.append(f"the routing was recorded with k = {ev.model.top_k}, but the model routes each token to {native} "
+                   "experts per MoE layer: the stock model looks up more experts per token than these figures count")
     if ev.engine_tokens < ev.tokens:
         out.append(f"engine replays use the first {ev.engine_tokens} of {ev.tokens} tokens")
     return tuple(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..atomic import write_json_atomic
+from ..atomic import output_folder, write_json_atomic
 from ..errors import ExpertcacheError
 
 __all__ = ["claim"]
@@ -15,8 +15,7 @@ def claim(out: Path, marker_name: str, wanted: dict, what: str, unstarted: bool 
     """Mark `out` as holding `what` made with `wanted` settings (JSON in `marker_name`), or refuse
     it: a file, a folder holding something else, or one made with other settings, unless the
     caller knows it `unstarted` (nothing made yet that other settings would lose)."""
-    if out.exists() and not out.is_dir():
-        raise ExpertcacheError(f"{out} is a file; --out needs a directory")
+    output_folder(out)
     marker = out / marker_name
     if marker.is_file():
         try:

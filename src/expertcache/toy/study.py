@@ -44,8 +44,6 @@ def run_study(out: str | os.PathLike, *, minutes_per_model: float = 5.0, device:
         raise ExpertcacheError("--minutes-per-model, --samples and --length must be positive (length at least 2)")
     torch_device(device)  # before anything is written
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ExpertcacheError(f"{out} is a file; --out needs a directory")
     settings = {"minutes_per_model": minutes_per_model, "device": device, "samples": samples, "length": length,
                 "seed": seed, "resamples": resamples}
     claim(out, "study.json", settings, "toy study")
