@@ -90,3 +90,24 @@ def test_a_run_continued_later_logs_the_losses_of_an_uninterrupted_one(tmp_path)
     for step in (10, 20, 30):  # the step-20 losses were the mean of 16-20 only
         assert {k: v for k, v in two[step].items() if k != "seconds"} == {k: v for k, v in one[step].items()
                                                                          if k != "seconds"}, step
+
+
+def test_threads_option_sets_the_threads_torch_trains_with(tmp_path, monkeypatch):
+    import expertcache.toy as toy
+
+    seen = []
+
+    def fake_train(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return type("Result", (), {"last_probe": None, "resumed_from": 0, "steps": 0, "tokens": 0, "seconds": 0.0})()
+
+    before = torch.get_num_threads()
+    wanted = before + 1  # unlike the default, whatever the machine
+    monkeypatch.setattr(toy, "train", fake_train)
+    _register_all()
+    try:
+        result = CliRunner().invoke(app, ["toy", "train", "--preset", "smoke", "--threads", str(wanted), "--out", str(tmp_path / "m")])
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert seen == [wanted]
