@@ -78,3 +78,13 @@ def test_routing_recorded_with_fewer_experts_than_the_model_routes_is_a_caveat(l
     assert any(f"recorded with k = {K}, but the model routes each token to {2 * K} experts" in c
                for c in judge(fewer).caveats)
     assert not any("recorded with k" in c for c in judge(local).caveats)
+
+
+def test_a_recommendation_other_than_lru_says_what_lru_alone_hits(local):
+    # The headline row gives LRU's hit rate at the same size; the advice must not read as contradicting it.
+    def advice_with(policy, prefetch):
+        c = dataclasses.replace(local.recommended, policy=policy, prefetch=prefetch)
+        return judge(dataclasses.replace(local, choices=[c, *local.choices[1:]])).advice[2]
+
+    assert advice_with("lfu", "previous").endswith(f"; LRU alone: {local.advice.hit_rate:.1%})")
+    assert "LRU alone" not in advice_with("lru", None)

@@ -66,5 +66,5 @@ def outlook_rows(o: Outlook) -> list[tuple[str, str, str, str]]:
         ("LRU hit rate with a 2x cache, one per layer (study accounting)", f"{o.lru_study:.1%}", "", ""),
         ("LRU hit rate with a 2x cache shared by all layers, decode (engine accounting)", f"{o.lru_engine:.1%}", "", ""),
         ("smallest shared LRU cache reaching 90% of LRU's best hit rate",
-         f"{o.recommended_x:.1f}x ({o.recommended_hit_rate:.1%} hits)", "", ""),
+         f"{o.recommended_x:.1f}x ({o.recommended_hit_rate:.1%} LRU hits)", "", ""),
     ]

@@ -80,7 +80,8 @@ def _advice(ev: Evidence) -> tuple[str, ...]:
     gib = "size unknown (the trace records no expert sizes)" if c.budget_bytes is None else size_text(c.budget_bytes)
     lines = [f"cache {count_text(slots, 'expert')} = {c.budget_x:.1f}x the {k * L} active experts of a token ({k} per MoE layer) = {gib}",
              f"policy {c.policy.upper()}, " + ("no prefetching" if c.prefetch is None else f"{c.prefetch} prefetching"),
-             f"expected hit rate {c.hit_rate:.1%} (engine replay, every token a decode step)",
+             f"expected hit rate {c.hit_rate:.1%} (engine replay, every token a decode step"
+             + ("" if (c.policy, c.prefetch) == ("lru", None) else f"; LRU alone: {ev.advice.hit_rate:.1%}") + ")",
              _speed(c)]
     if ev.at_budget is not None:
         b = ev.at_budget
