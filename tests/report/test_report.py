@@ -180,3 +180,18 @@ def test_experts_under_a_mebibyte_are_sized_in_kibibytes(tmp_path, rng):
     Trace.from_arrays(local_routing(rng), model=model).save(trace)
     verdict = write_report([trace], tmp_path / "r", budget_mib=1 / 1024)[0].verdict
     assert "your budget: 0.000976562 MiB holds no expert (the largest is 10.0 KiB)" in verdict.advice
+
+
+def test_a_layer_axis_is_ticked_at_whole_layers_even_for_one_layer():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from expertcache.report.plots import _layer_axis
+
+    fig, ax = plt.subplots()
+    ax.imshow(np.zeros((3, 1)), aspect="auto")  # one MoE layer: x runs from -0.5 to 0.5
+    _layer_axis(ax)
+    assert [t for t in ax.get_xticks() if -0.5 <= t <= 0.5] == [0]  # was -0.4, -0.2, 0.0, 0.2, 0.4
+    plt.close(fig)

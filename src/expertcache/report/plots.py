@@ -58,7 +58,7 @@ def _layer_axis(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("MoE layer")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _multiple_axis(ax, low: float, high: float) -> None:
