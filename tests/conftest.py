@@ -22,8 +22,10 @@ def distinct_ids(rng):
 
 
 @pytest.fixture(autouse=True)
-def _ctrl_c_handler_restored():
-    """The CLI's main() ignores a further Ctrl-C once interrupted, for its exit; tests call it in-process."""
-    handler = signal.getsignal(signal.SIGINT)
+def _stop_handlers_restored():
+    """The CLI's main() handles SIGTERM, and ignores a further Ctrl-C once interrupted, for its
+    exit; tests call it in-process."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     yield
-    signal.signal(signal.SIGINT, handler)
+    for s, handler in handlers.items():
+        signal.signal(s, handler)

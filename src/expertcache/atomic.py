@@ -2,20 +2,26 @@
 
 A writer fills a temporary file beside the target, which is flushed to disk and renamed onto
 the target only when the writer finished: a kill, a full disk or an exception at any moment
-leaves the previous file (or none), never half of one, and no temporary file behind.
+leaves the previous file (or none), never half of one, and no temporary file behind. Outputs of
+several files are written the same way as a whole: a folder staged beside its target and
+swapped in (`atomic_folder`), or files staged inside a folder and renamed in together
+(`staged_files`). What a SIGKILL leaves (staging names carry the writer's process id) is
+cleared, or an interrupted swap undone, by the next writer of the same target.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import ExpertcacheError
 
-__all__ = ["atomic_path", "holds_working_directory", "output_folder", "write_json_atomic"]
+__all__ = ["atomic_folder", "atomic_path", "holds_working_directory", "output_folder", "staged_files",
+           "write_json_atomic"]
 
 
 @contextmanager
@@ -60,3 +66,79 @@ def output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise ExpertcacheError(f"{path} is a file; {option} names a folder to write into")
     return path
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder beside `path` to fill; when the block ends without an error it takes
+    `path`'s place (a folder there before is removed after the swap). An interruption leaves the
+    earlier folder, or none, never part of the new one."""
+    path = Path(path)
+    stage, old = _staging(path, "tmp"), _staging(path, "old")
+    _clear_leftovers(path)
+    try:
+        stage.mkdir(parents=True)
+        yield stage
+        if path.exists():
+            path.rename(old)
+        stage.rename(path)
+    except OSError as e:
+        raise ExpertcacheError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_files(folder: str | os.PathLike, replaces: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield an empty folder inside `folder` to write files into; when the block ends without an
+    error, the files named `replaces` (an earlier run's, in that order) are removed from `folder`
+    and the staged files renamed into it. The slow writing comes before anything is removed, so
+    an interruption leaves the earlier files; only a kill during the renames leaves a mixture."""
+    folder = Path(folder)
+    stage = folder / f".staged-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.glob(".staged-*"):
+            if not _alive(leftover.name.rpartition("-")[2]):
+                shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        yield stage
+        for name in replaces:
+            (folder / name).unlink(missing_ok=True)
+        for file in sorted(stage.iterdir()):
+            os.replace(file, folder / file.name)
+    except OSError as e:
+        raise ExpertcacheError(f"cannot write into {folder}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _staging(path: Path, kind: str, pid: int | None = None) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid() if pid is None else pid}")
+
+
+def _clear_leftovers(path: Path) -> None:
+    """Remove what killed writers of `path` left; put back a folder a kill caught mid-swap."""
+    for kind in ("old", "tmp"):
+        for leftover in path.parent.glob(f".{path.name}.{kind}-*"):
+            if _alive(leftover.name.rpartition("-")[2]):
+                continue
+            if kind == "old" and not path.exists():
+                leftover.rename(path)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    """Whether `pid` names a running process other than this one (a writer still at work)."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

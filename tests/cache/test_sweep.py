@@ -46,3 +46,23 @@ def test_a_configuration_named_twice_in_the_grid_gives_one_row():
     # layer-lru is per layer under either scope; lru twice; 4 and 4.0 slots are one budget
     assert [(r["policy"], r["scope"], r["budget"]) for r in rows] == [
         ("lru", "layer", 4), ("lru", "layer", 8), ("lru", "global", 4), ("lru", "global", 8)]
+
+
+def test_an_interrupted_write_keeps_the_earlier_sweep_whole(tmp_path, monkeypatch):
+    # The three files used to be replaced one by one: a Ctrl-C left a new CSV beside an old plot.
+    import pyarrow.parquet as pq
+
+    from expertcache.cache.sweep import write_sweep
+
+    rows = sweep(Trace.load(TRACE), ["lru", "lfu"], [2, 4], unit="slots")
+    write_sweep(rows, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["sweep.csv", "sweep.parquet", "sweep.png"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", interrupted)  # after the CSV, before the plot
+    with pytest.raises(KeyboardInterrupt):
+        write_sweep(rows[:1], tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -55,3 +55,31 @@ def test_an_os_error_prints_path_and_reason_in_plain_words():
     assert _plain(FileNotFoundError(2, "No such file or directory", "x.npy")) == "x.npy: No such file or directory"
     assert _plain(OSError(28, "No space left on device")) == "No space left on device"
     assert _plain(OSError("no errno")) == "no errno"
+
+
+def test_ctrl_c_in_a_toy_study_says_what_is_kept_and_how_to_resume(monkeypatch, capsys, tmp_path):
+    import expertcache.toy.study as study
+
+    def interrupted(out, **kwargs):
+        out.mkdir()
+        (out / "study.json").write_text("{}")  # the study had claimed its folder
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "run_study", interrupted)
+    code, err = run_main(monkeypatch, capsys, "toy", "study", "--out", tmp_path / "s")
+    assert code == 130
+    assert err == f"interrupted: what each variant finished is kept in {tmp_path / 's'}; run the same command to resume\n"
+
+
+def test_sigterm_takes_the_way_out_of_ctrl_c_with_status_143(monkeypatch, capsys, tmp_path):
+    import os
+    import signal
+
+    Trace.from_arrays([np.zeros((2, 1, 1), np.int64)], 4).save(tmp_path / "t")
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # main's handler turns it into a KeyboardInterrupt here
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(expertcache.cache, "simulate", terminated)
+    assert run_main(monkeypatch, capsys, "simulate", tmp_path / "t", "--budget-slots", 1) == (143, "terminated\n")

@@ -171,3 +171,25 @@ def test_sharded_trace_and_small_blocks_give_the_same_results(tmp_path, monkeypa
     for trace in (disk, memory):
         assert {p: curves(trace, p, m).to_json() for p, m in (("lru", None), ("fsf", 3))} == expected
         assert srp(trace, (2, 5), ("expert", "domain", "position"), resamples=30).to_json() == expected_srp
+
+
+def test_an_interrupted_overwrite_keeps_the_earlier_analysis_whole(tmp_path, monkeypatch):
+    # Old tables used to be deleted before the new ones were written: a Ctrl-C left a new table
+    # beside the old summary, read as one finished analysis.
+    module = sys.modules["expertcache.locality.analyze"]  # the package exports the function by that name
+    trace = random_trace(np.random.default_rng(3), sequences=(2, 2), tokens=(6, 8))
+    out = tmp_path / "o"
+    analyze(trace, out, m=3, permutations=0, resamples=0)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    written = []
+
+    def write_then_stop(stem, rows):
+        if written:
+            raise KeyboardInterrupt
+        written.append(original(stem, rows))
+
+    original = module._write_table
+    monkeypatch.setattr(module, "_write_table", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        analyze(trace, out, m=2, permutations=0, resamples=0, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

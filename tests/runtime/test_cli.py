@@ -94,7 +94,9 @@ def test_a_folder_without_tokenizer_files_is_a_one_line_error(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
-def test_ctrl_c_stops_after_the_current_token_with_counters_and_trace_consistent(model, tmp_path):
+@pytest.mark.parametrize("stop, status, said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_ctrl_c_stops_after_the_current_token_with_counters_and_trace_consistent(model, tmp_path, stop, status, said):
+    # SIGTERM (a scheduler's stop) used to kill the process: the routing recorded so far was lost.
     import signal
     import time
 
@@ -106,10 +108,10 @@ def test_ctrl_c_stops_after_the_current_token_with_counters_and_trace_consistent
     while not trace.exists() and child.poll() is None:  # the trace folder appears once the model is loaded
         time.sleep(0.05)
     time.sleep(1.5)  # well into generation
-    child.send_signal(signal.SIGINT)
+    child.send_signal(getattr(signal, stop))
     out, err = child.communicate(timeout=120)
-    assert child.returncode == 130, err
-    assert "Traceback" not in err and "interrupted: the tokens so far are shown" in err
+    assert child.returncode == status, err
+    assert "Traceback" not in err and f"{said}: the tokens so far are shown" in err
     run = json.loads(out)
     assert run["interrupted"] and 0 < run["timings"]["decode_tokens"] < 1499
     q = cli("simulate", trace, "--budget-slots", 8, "--prefetch", "previous", "--accounting", "strict", "--json")

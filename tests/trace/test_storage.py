@@ -365,3 +365,28 @@ def test_a_sequence_of_no_tokens_is_refused():
     # curves counted its neighbour's requests for it (reduceat), or crashed, depending on where it sat
     with pytest.raises(ExpertcacheError, match="sequence 1 has no tokens"):
         Trace.from_arrays([np.array([[[0, 1]]]), np.zeros((0, 1, 2), int), np.array([[[1, 2]]])], 4)
+
+
+def test_an_interrupted_save_keeps_the_earlier_trace_whole(rng, distinct_ids, tmp_path, monkeypatch):
+    # `import` saves a whole trace: a Ctrl-C used to leave its first shards under the final name,
+    # read by every command as the complete trace (and --overwrite had already removed the old one).
+    *_, trace = ragged_trace(rng, distinct_ids)
+    path = tmp_path / "t"
+    trace.save(path)
+    added = []
+
+    def add_then_stop(self, *args, **kwargs):
+        if len(added) == 2:
+            raise KeyboardInterrupt
+        added.append(original(self, *args, **kwargs))
+        self.flush()  # the shard is on disk before the interruption
+
+    bigger = Trace.from_arrays([distinct_ids((4, 3, 2), 6)] * 5, 6)
+    original = TraceWriter.add_sequence
+    monkeypatch.setattr(TraceWriter, "add_sequence", add_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        bigger.save(tmp_path / "new")
+    with pytest.raises(KeyboardInterrupt):
+        bigger.save(path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]  # nothing of either interrupted save
+    assert Trace.load(path).seq_lengths.tolist() == [5, 1, 9]

@@ -10,7 +10,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from ..atomic import atomic_path
+from ..atomic import staged_files
 from ..errors import ExpertcacheError
 from .budget import MIB
 from .policies import resolve_policy
@@ -89,20 +89,24 @@ def write_sweep(rows: list[dict], out: str | os.PathLike, title: str = "") -> di
     import matplotlib
 
     matplotlib.use("Agg")
+    out = Path(out)
+    paths = {"csv": out / "sweep.csv", "parquet": out / "sweep.parquet", "plot": out / "sweep.png"}
+    with staged_files(out) as stage:  # the three are renamed in together, after all are written
+        _write_files(rows, stage, title)
+    return paths
+
+
+def _write_files(rows: list[dict], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "sweep.csv", "parquet": out / "sweep.parquet", "plot": out / "sweep.png"}
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as f:
+    with open(out / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
-    with atomic_path(paths["parquet"]) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    pq.write_table(pa.Table.from_pylist(rows), out / "sweep.parquet")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (policy, scope) in dict.fromkeys((r["policy"], r["scope"]) for r in rows):
@@ -115,7 +119,5 @@ def write_sweep(rows: list[dict], out: str | os.PathLike, title: str = "") -> di
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(paths["plot"]) as tmp:
-        fig.savefig(tmp, dpi=120)
+    fig.savefig(out / "sweep.png", dpi=120)
     plt.close(fig)
-    return paths

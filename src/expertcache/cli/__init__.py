@@ -20,7 +20,12 @@ app = typer.Typer(
 
 
 class Interrupted(Exception):
-    """A command stopped by Ctrl-C after keeping its work: main says what was kept, status 130."""
+    """A command stopped by Ctrl-C after keeping its work: main says what was kept, status 130
+    (143 when `signum` says SIGTERM stopped it)."""
+
+    def __init__(self, message: str, signum: int = 0):
+        super().__init__(message)
+        self.signum = signum
 
 
 def _register_all() -> None:
@@ -45,8 +50,10 @@ def main() -> None:
     """Entry point: user mistakes end with one line on stderr and exit status 2.
 
     Usage errors (a missing argument, an unknown command) are click's: usage, then the error,
-    status 2. Ctrl-C ends with status 130, after commands have committed what they finished.
+    status 2. Ctrl-C ends with status 130, after commands have committed what they finished;
+    SIGTERM (a scheduler's or `kill`'s stop) takes the same way out, with status 143.
     """
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         _register_all()  # imports torch and compiles: seconds in which a Ctrl-C may come
         app()
@@ -54,7 +61,7 @@ def main() -> None:
         print(f"error: {_plain(e)}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as e:
-        _interrupted(f"interrupted: {e}")
+        _interrupted(f"interrupted: {e}", e.signum)
     except KeyboardInterrupt:  # before a command started
         _interrupted("interrupted")
     except SystemExit as e:
@@ -63,9 +70,23 @@ def main() -> None:
         raise
 
 
-def _interrupted(message: str) -> None:
-    """Exit with status 130; a further Ctrl-C no longer interrupts the exit itself (threads joined
-    at shutdown), which would end in a traceback or a death by signal."""
+_stopped_by: list[int] = []  # SIGTERM, once it arrived
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM as a Ctrl-C: commands commit what they finished on the way out."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _stopped_by.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted(message: str, signum: int = 0) -> None:
+    """Exit with status 130 (143 after SIGTERM); a further Ctrl-C no longer interrupts the exit
+    itself (threads joined at shutdown), which would end in a traceback or a death by signal."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signum = signum or (_stopped_by[0] if _stopped_by else signal.SIGINT)
+    if signum == signal.SIGTERM:
+        message = message.replace("interrupted", "terminated", 1)
     print(message, file=sys.stderr)
-    sys.exit(130)
+    sys.exit(128 + signum)

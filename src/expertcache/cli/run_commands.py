@@ -64,7 +64,8 @@ def run_command(
         print(result.text)
         print_run_summary(result.stats, trace)
     if result.interrupted:
-        raise Interrupted("the tokens so far are shown" + (f"; the trace in {trace} is complete up to them" if trace else ""))
+        raise Interrupted("the tokens so far are shown" + (f"; the trace in {trace} is complete up to them" if trace else ""),
+                          result.stop_signal)
 
 
 def print_run_summary(s, trace: Optional[Path] = None) -> None:

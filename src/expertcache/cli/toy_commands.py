@@ -91,8 +91,13 @@ def study(
     _use_threads(threads)
     quiet_transformers()
     names = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
-    report = run_study(out, minutes_per_model=minutes_per_model, device=device, variants=names, samples=samples,
-                       length=length, progress=lambda line: _err.print(line))
+    try:
+        report = run_study(out, minutes_per_model=minutes_per_model, device=device, variants=names, samples=samples,
+                           length=length, progress=lambda line: _err.print(line))
+    except KeyboardInterrupt:
+        if not (out / "study.json").is_file():
+            raise
+        raise Interrupted(f"what each variant finished is kept in {out}; run the same command to resume") from None
     _err.print(f"report: {report}")
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_path, output_folder, write_json_atomic
+from ..atomic import output_folder, staged_files, write_json_atomic
 from ..errors import ExpertcacheError
 from ..trace import Trace
 from .balance import global_balance, local_balance
@@ -95,12 +95,12 @@ def analyze(trace: Trace, out: str | os.PathLike, *, m=DEFAULT_M, permutations: 
         del tables[name]
         skipped[name] = NO_FREQUENT_TOKEN if name == "vocabulary" else "no value is defined for this trace"
     summary = _summary(trace, tables, m_values, permutations, seed, resamples) | {"skipped": skipped}
-    out.mkdir(parents=True, exist_ok=True)
-    for name in TABLES:  # a table an earlier run wrote and this one skips must not stay behind
-        for suffix in (".parquet", ".csv"):
-            (out / name).with_suffix(suffix).unlink(missing_ok=True)
-    for name, rows in tables.items():
-        _write_table(out / name, rows)
+    # an earlier run's summary goes first (tables without one are unfinished), then its tables: one
+    # this run skips must not stay behind; the summary comes last
+    earlier = ["summary.json"] + [f"{name}{suffix}" for name in TABLES for suffix in (".parquet", ".csv")]
+    with staged_files(out, replaces=earlier) as stage:
+        for name, rows in tables.items():
+            _write_table(stage / name, rows)
     write_json_atomic(out / "summary.json", summary)
     return summary
 
@@ -227,8 +227,7 @@ def json_safe(value):
 
 
 def _write_table(stem: Path, rows: list[dict]) -> None:
-    """stem.parquet and stem.csv, each written to a temporary name and renamed (no half files)."""
+    """stem.parquet and stem.csv (into a staging folder: see `analyze`)."""
     table = pa.Table.from_pylist(rows) if rows else pa.table({})
-    for suffix, write in ((".parquet", pq.write_table), (".csv", pacsv.write_csv)):
-        with atomic_path(stem.with_suffix(suffix)) as tmp:
-            write(table, tmp)
+    pq.write_table(table, stem.with_suffix(".parquet"))
+    pacsv.write_csv(table, stem.with_suffix(".csv"))

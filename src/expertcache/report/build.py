@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import holds_working_directory, output_folder
+from ..atomic import atomic_folder, holds_working_directory, output_folder
 from ..errors import ExpertcacheError
 from ..trace import Trace, open_trace
 from ..trace.examples import EXAMPLE_PREFIX
@@ -224,19 +223,10 @@ def _check_replaceable(out: Path) -> None:
 
 
 def _write_folder(out: Path, blocks: list, data: list) -> None:
-    stage = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
-        (stage / "figures").mkdir(parents=True)
+    with atomic_folder(out) as stage:
+        (stage / "figures").mkdir()
         for image in (b for b in blocks if isinstance(b, Image)):
             (stage / image.file).write_bytes(image.figure.png)
         (stage / "report.md").write_text(to_markdown(TITLE, blocks))
         (stage / "report.html").write_text(to_html(TITLE, blocks))
         (stage / "report.json").write_text(json.dumps({"traces": data}, indent=1))
-        if out.exists():
-            out.rename(old)
-        stage.rename(out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)

@@ -30,6 +30,7 @@ class RunResult:
     token_ids: list[int]  # prompt + generated
     stats: OffloadStats
     interrupted: bool = False
+    stop_signal: int = 0  # the signal that ended generation early (SIGINT or SIGTERM), else 0
 
     def to_json(self) -> dict:
         return {"text": self.text, "interrupted": self.interrupted, **self.stats.to_json()}
@@ -72,24 +73,26 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
                        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         if sample:
             options["temperature"] = temperature
-        stop = _StopOnCtrlC()
+        stop = _StopOnSignal()
         with stop.installed(), torch.no_grad():
             out = offloaded.generate(ids, stopping_criteria=[stop], **options)
-        interrupted = stop.requested
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        return RunResult(text, out[0].tolist(), stats(offloaded), interrupted)
+        return RunResult(text, out[0].tolist(), stats(offloaded), stop.signum != 0, stop.signum)
     finally:
         close(offloaded)
 
 
-class _StopOnCtrlC:
-    """A stopping criterion that ends generation after the token in progress once Ctrl-C came."""
+class _StopOnSignal:
+    """A stopping criterion that ends generation after the token in progress once Ctrl-C (or
+    SIGTERM, a scheduler's stop) came; a second one stops at once."""
+
+    STOPS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
+        self.signum = 0
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.requested, dtype=torch.bool, device=input_ids.device)
+        return torch.full((input_ids.shape[0],), self.signum != 0, dtype=torch.bool, device=input_ids.device)
 
     def __deepcopy__(self, memo):  # generate() copies its criteria; the flag must stay shared
         return self
@@ -100,16 +103,17 @@ class _StopOnCtrlC:
             yield
             return
 
-        def on_sigint(signum, frame):
-            if self.requested:  # the second Ctrl-C: stop now
+        def on_stop(signum, frame):
+            if self.signum:  # the second one: stop now
                 raise KeyboardInterrupt
-            self.requested = True
+            self.signum = signum
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = {s: signal.signal(s, on_stop) for s in self.STOPS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 @dataclass

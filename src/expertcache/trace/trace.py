@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_folder
 from ..errors import ExpertcacheError
 from .format import (
     DECODE,
@@ -31,7 +32,7 @@ from .format import (
 )
 from .model_info import ModelInfo
 from .validate import Deferred, shard_array_check
-from .writer import TraceWriter, refuse_existing
+from .writer import TraceWriter, check_replaceable, refuse_existing
 
 __all__ = ["Trace"]
 
@@ -155,13 +156,16 @@ class Trace:
         return cls(model, shards, domains, manifest.get("capture"), manifest.get("corpus"), path)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
-        """Write this trace as a directory (see docs/trace-format.md)."""
+        """Write this trace as a directory (see docs/trace-format.md), whole or not at all: it is
+        written beside `path` and swapped in, so an interruption leaves the earlier trace (or none)."""
         path = Path(path)
-        if path.exists() and not overwrite:
-            refuse_existing(path)
+        if path.exists():
+            if not overwrite:
+                refuse_existing(path)
+            check_replaceable(path)
         optional = tuple(n for n in OPTIONAL_ARRAYS if self._shards[0].get(n) is not None)
-        with TraceWriter(path, self.model, capture=self.capture, corpus=self.corpus, domains=self.domains,
-                         optional=optional, overwrite=overwrite) as writer:
+        with atomic_folder(path) as stage, TraceWriter(stage, self.model, capture=self.capture, corpus=self.corpus,
+                                                       domains=self.domains, optional=optional) as writer:
             for i in range(self.num_sequences):
                 s = self.sequence(i)
                 writer.add_sequence(

@@ -36,7 +36,7 @@ from .format import (
 from .model_info import ModelInfo
 from .validate import check_expert_ids, check_phase, file_crc32
 
-__all__ = ["TraceWriter", "remove_output", "trace_manifest"]
+__all__ = ["TraceWriter", "check_replaceable", "remove_output", "trace_manifest"]
 
 
 class TraceWriter:
@@ -270,8 +270,14 @@ def _checked_ids(experts: np.ndarray, model: ModelInfo, dtype: np.dtype, where: 
 
 
 def remove_output(path: Path) -> None:
-    """--overwrite: remove an earlier trace (or seq2seq capture folder) at `path`, and refuse to
-    remove anything else: a folder of other files, a file, the working directory or one above it."""
+    """--overwrite: remove an earlier trace (or seq2seq capture folder) at `path` (see `check_replaceable`)."""
+    check_replaceable(path)
+    shutil.rmtree(path)
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace anything but an earlier trace (or seq2seq capture folder): a folder of
+    other files, a file, the working directory or one above it."""
     path = Path(path)
     if not path.is_dir() or not _is_trace_output(path) and any(path.iterdir()):
         raise ExpertcacheError(f"{path} exists and is not a trace; choose another output")
@@ -281,7 +287,6 @@ def remove_output(path: Path) -> None:
                                "another output")
     if holds_working_directory(path):
         raise ExpertcacheError(f"{path} holds the working directory; choose another output")
-    shutil.rmtree(path)
 
 
 def refuse_existing(path: Path) -> None:
