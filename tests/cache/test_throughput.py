@@ -60,6 +60,16 @@ def test_profile_round_trip_and_errors(tmp_path):
     for bad in (dict(link_bandwidth=float("nan"), expert_time=1), dict(link_bandwidth=1, expert_time=1, source_bandwidth=-1)):
         with pytest.raises(ExpertcacheError):
             HardwareProfile(**bad)
+    # accepted before, and predicted 0.00 tokens/s (or wrote Infinity into JSON)
+    for bad in (dict(expert_time=float("inf")), dict(link_bandwidth=1e-300), dict(link_bandwidth=True),
+                dict(dense_time="0.1"), dict(source_bandwidth=float("inf"))):
+        with pytest.raises(ExpertcacheError, match="finite numbers"):
+            HardwareProfile(**(dict(link_bandwidth=1e9, expert_time=1e-4) | bad))
+    for bad in (dict(overlap="no"), dict(name=5)):  # "no" read as true
+        with pytest.raises(ExpertcacheError, match="overlap must be true or false, and name a string"):
+            HardwareProfile(link_bandwidth=1e9, expert_time=1e-4, **bad)
+    with pytest.raises(ExpertcacheError, match="is a folder; give a hardware profile's JSON file"):
+        HardwareProfile.load(tmp_path)
     (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ExpertcacheError, match="not a JSON hardware profile"):
         HardwareProfile.load(tmp_path / "binary.json")

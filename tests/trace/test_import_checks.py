@@ -163,3 +163,17 @@ def test_the_shared_check_serves_line_per_token_formats():
     check_imported_routing("t.jsonl", experts, lines, (8, 8))
     with pytest.raises(ExpertcacheError, match=r"^t\.jsonl: no token is routed"):
         check_imported_routing("t.jsonl", np.full((2, 2, 2), -1), lines, (8, 8))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("n_layer", "1000000000", r"header says n_layer=1000000000, but the table's \d+ rows cannot route that many"),
+    ("n_layer", "0", r"header says n_layer=0"),
+    ("n_expert", "1" + "0" * 30, "experts per layer is more than any id type holds"),
+])
+def test_a_header_beyond_what_the_table_can_hold_is_refused_before_anything_is_sized(tmp_path, routing, field, value,
+                                                                                     message):
+    # n_layer=10^9 sized two lists by it (the process was killed for memory); a huge n_expert overflowed a C long
+    lines = route_csv(routing, prompt=5)
+    lines[1] = lines[1].replace(f"{field}=", f"{field}={value} old_{field}=")
+    with pytest.raises(ExpertcacheError, match=message):
+        import_bigmoe(write(tmp_path, lines))

@@ -11,6 +11,7 @@ throughput divided by it says how close an engine comes.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,10 +37,15 @@ class HardwareProfile:
     name: str = "custom"
 
     def __post_init__(self):
-        ok = (self.link_bandwidth > 0 and self.expert_time >= 0 and self.dense_time >= 0  # False for NaN too
-              and (self.source_bandwidth is None or self.source_bandwidth > 0))
-        if not ok:
-            raise ExpertcacheError("hardware profile: bandwidths must be > 0 and times >= 0")
+        bandwidths = [self.link_bandwidth] + ([] if self.source_bandwidth is None else [self.source_bandwidth])
+        times = [self.expert_time, self.dense_time]
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      for v in bandwidths + times)
+        if not numbers or min(bandwidths) < 1 or min(times) < 0:  # below 1 byte/s: a damaged profile
+            raise ExpertcacheError("hardware profile: bandwidths must be finite numbers of at least 1 byte/s, "
+                                   "and times finite numbers >= 0")
+        if not isinstance(self.overlap, bool) or not isinstance(self.name, str):
+            raise ExpertcacheError("hardware profile: overlap must be true or false, and name a string")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,6 +63,8 @@ class HardwareProfile:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "HardwareProfile":
         path = Path(path)
+        if path.is_dir():
+            raise ExpertcacheError(f"{path} is a folder; give a hardware profile's JSON file")
         if not path.is_file():
             raise ExpertcacheError(f"{path}: no such hardware profile (make one with `expertcache bench-hw --out`)")
         try:

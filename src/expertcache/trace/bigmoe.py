@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExpertcacheError
-from .format import DECODE, PREFILL
+from .format import DECODE, PREFILL, expert_dtype
 from .import_checks import check_imported_routing
 from .model_info import ModelInfo
 from .trace import Trace
@@ -38,7 +38,7 @@ def import_bigmoe(path: str | os.PathLike) -> Trace:
     if not path.is_file():
         raise ExpertcacheError(f"{path}: no such file")
     header, rows = _read_rows(path)
-    model = _model_info(path, header)
+    model = _model_info(path, header, len(rows))
     table = _table(path, rows)
     _check_rows(path, table, model)
 
@@ -99,7 +99,7 @@ def _fields(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.split() if "=" in part)
 
 
-def _model_info(path: Path, header: list[str]) -> ModelInfo:
+def _model_info(path: Path, header: list[str], rows: int) -> ModelInfo:
     model_line = next((_fields(h) for h in header if h.startswith("model=")), None)
     if model_line is None:
         raise ExpertcacheError(f"{path}: header lacks the 'model=… n_layer=… n_expert=… n_expert_used=…' line")
@@ -107,6 +107,9 @@ def _model_info(path: Path, header: list[str]) -> ModelInfo:
         n_layer, n_expert, k = (int(model_line[key]) for key in ("n_layer", "n_expert", "n_expert_used"))
     except (KeyError, ValueError) as e:
         raise ExpertcacheError(f"{path}: header model line lacks or garbles {e}") from None
+    if not 0 < n_layer <= rows:  # every layer has rows: a larger count is a damaged header, not a model
+        raise ExpertcacheError(f"{path}: header says n_layer={n_layer}, but the table's {rows} rows cannot route that many")
+    expert_dtype(n_expert)  # ids beyond any id type: one line, before any array is sized by it
     expert_bytes, dense_bytes = [0] * n_layer, [0] * n_layer
     for h in header:
         if h.startswith("layer="):
