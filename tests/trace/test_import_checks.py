@@ -167,7 +167,6 @@ def test_the_shared_check_serves_line_per_token_formats():
 
 @pytest.mark.parametrize("field, value, message", [
     ("n_layer", "1000000000", r"header says n_layer=1000000000, but the table's \d+ rows cannot route that many"),
-    ("n_layer", "0", r"header says n_layer=0"),
     ("n_expert", "1" + "0" * 30, "experts per layer is more than any id type holds"),
 ])
 def test_a_header_beyond_what_the_table_can_hold_is_refused_before_anything_is_sized(tmp_path, routing, field, value,
@@ -177,3 +176,19 @@ def test_a_header_beyond_what_the_table_can_hold_is_refused_before_anything_is_s
     lines[1] = lines[1].replace(f"{field}=", f"{field}={value} old_{field}=")
     with pytest.raises(ExpertcacheError, match=message):
         import_bigmoe(write(tmp_path, lines))
+
+
+@pytest.mark.parametrize("name, values, message", [
+    ("weights", np.nan, "weights must be finite numbers within \\+-65504 \\(float16\\)"),  # imported as is
+    ("weights", 1e6, "weights must be finite numbers within"),  # stored as inf, with a numpy warning
+    ("tokens", 0.5, "tokens must be whole numbers"),  # truncated to 0
+    ("tokens", 2.0**40, "tokens must lie in -2147483648..2147483647 \\(int32\\)"),  # wrapped around
+])
+def test_arrays_import_refuses_values_the_stored_type_would_change(tmp_path, distinct_ids, name, values, message):
+    ids = distinct_ids((2, 5, 3, 2), 16)
+    np.save(tmp_path / "e.npy", ids)
+    np.save(tmp_path / "x.npy", np.full(ids.shape if name == "weights" else ids.shape[:2], values, np.float64))
+    with pytest.raises(ExpertcacheError, match=message):
+        import_arrays(tmp_path / "e.npy", 16, **{f"{name}_path": tmp_path / "x.npy"})
+    np.save(tmp_path / "x.npy", np.full(ids.shape if name == "weights" else ids.shape[:2], 1.0))
+    import_arrays(tmp_path / "e.npy", 16, **{f"{name}_path": tmp_path / "x.npy"})  # whole or in range: fine

@@ -117,8 +117,8 @@ def test_bigmoe_bad_files(tmp_path):
         import_bigmoe(tmp_path / "a.csv")
     head = "# route_trace v1\n# model=m.gguf arch=x n_layer=2 n_expert=4 n_expert_used=2\n"
     cols = "turn,phase,step,layer,slot,expert,weight,residency,expert_bytes\n"
-    (tmp_path / "b.csv").write_text(head + cols + "0,1,0,0,0,3,0.5,0,10\n")
-    with pytest.raises(ExpertcacheError, match=r"b\.csv:4: MoE layer 0 of this token has 1 of its k=2 experts"):
+    (tmp_path / "b.csv").write_text(head + cols + "0,1,0,0,0,3,0.5,0,10\n0,1,0,1,0,1,0.5,0,10\n0,1,0,1,1,2,0.5,0,10\n")
+    with pytest.raises(ExpertcacheError, match=r"b\.csv:\d: MoE layer 0 of this token has 1 of its k=2 experts"):
         import_bigmoe(tmp_path / "b.csv")
     (tmp_path / "c.csv").write_text(head + cols + "0,1,0,0,0,9,0.5,0,10\n0,1,0,0,1,1,0.5,0,10\n")
     with pytest.raises(ExpertcacheError, match=r"c\.csv:4: expert outside 0\.\.3 \(header n_expert=4\)"):

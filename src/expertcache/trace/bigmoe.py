@@ -107,22 +107,22 @@ def _model_info(path: Path, header: list[str], rows: int) -> ModelInfo:
         n_layer, n_expert, k = (int(model_line[key]) for key in ("n_layer", "n_expert", "n_expert_used"))
     except (KeyError, ValueError) as e:
         raise ExpertcacheError(f"{path}: header model line lacks or garbles {e}") from None
-    if not 0 < n_layer <= rows:  # every layer has rows: a larger count is a damaged header, not a model
-        raise ExpertcacheError(f"{path}: header says n_layer={n_layer}, but the table's {rows} rows cannot route that many")
-    expert_dtype(n_expert)  # ids beyond any id type: one line, before any array is sized by it
-    expert_bytes, dense_bytes = [0] * n_layer, [0] * n_layer
+    sizes = {}  # layer -> (expert bytes, dense bytes)
     for h in header:
         if h.startswith("layer="):
             fields = _fields(h)
             try:
-                layer, layer_expert_bytes, layer_dense_bytes = (
-                    int(fields.get(key, 0)) for key in ("layer", "expert_bytes", "dense_bytes"))
+                layer, expert, dense = (int(fields.get(key, 0)) for key in ("layer", "expert_bytes", "dense_bytes"))
             except ValueError as e:
                 raise ExpertcacheError(f"{path}: header line '{h}' garbles a number ({e})") from None
             if not 0 <= layer < n_layer:
                 raise ExpertcacheError(f"{path}: header names layer {layer} of {n_layer}")
-            expert_bytes[layer] = layer_expert_bytes
-            dense_bytes[layer] = layer_dense_bytes
+            sizes[layer] = (expert, dense)
+    if not 0 < n_layer <= rows:  # every layer has rows: a larger count is a damaged header, not a model
+        raise ExpertcacheError(f"{path}: header says n_layer={n_layer}, but the table's {rows} rows cannot route that many")
+    expert_dtype(n_expert)  # ids beyond any id type: one line, before any array is sized by it
+    expert_bytes = [sizes.get(layer, (0, 0))[0] for layer in range(n_layer)]
+    dense_bytes = [sizes.get(layer, (0, 0))[1] for layer in range(n_layer)]
     name = Path(model_line.get("model", "unknown")).name
     return ModelInfo(
         name=name, architecture=model_line.get("arch", "unknown"), num_layers=n_layer,

@@ -241,13 +241,22 @@ def _settings(manifest: dict) -> dict:
 
 
 def _shaped(array, shape: tuple, name: str, dtype) -> np.ndarray:
+    """`array` in the stored type, refusing what that type would change: fractions or values out of
+    range for integers, and (weights) values that are not finite or beyond float16's range."""
     array = np.asarray(array)
     if array.shape != shape:
         raise ExpertcacheError(f"{name} has shape {array.shape}, expected {shape}")
-    try:
-        return array.astype(dtype, copy=False)
-    except (ValueError, TypeError):
-        raise ExpertcacheError(f"{name} must be numbers, got {array.dtype}") from None
+    if array.dtype.kind not in "biuf":
+        raise ExpertcacheError(f"{name} must be numbers, got {array.dtype}")
+    if array.size and np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):  # NaN too
+            raise ExpertcacheError(f"{name} must be whole numbers")
+        if array.min() < info.min or array.max() > info.max:
+            raise ExpertcacheError(f"{name} must lie in {info.min}..{info.max} ({np.dtype(dtype).name})")
+    elif array.size and name == "weights" and not (np.abs(array) <= np.finfo(dtype).max).all():  # NaN too
+        raise ExpertcacheError(f"weights must be finite numbers within +-{np.finfo(dtype).max:g} ({np.dtype(dtype).name})")
+    return array.astype(dtype, copy=False)
 
 
 def _phases(phase, T: int, where: str) -> np.ndarray:
