@@ -72,6 +72,9 @@ def test_run_prints_text_and_summary(model, tmp_path):
     (["--prompt", "x", "--generate", 10**9, "--budget-slots", 8], "exceed the model's context of"),  # ran for hours
     (["--prompt", "x", "--budget-slots", 8, "--policy", "nope"], "'nope' (no such policy)"),
     (["--prompt", "x", "--budget-slots", 8, "--misses-on-cpu", "auto"], "use --slow-tier ram"),
+    (["--prompt", "x", "--budget-slots", 8, "--seed", 2**64], "--seed must be an integer in 0.."),  # a traceback
+    (["--prompt", "x", "--budget-slots", 8, "--seed", -1], "--seed must be an integer in 0.."),
+    (["--prompt", "x", "--budget-slots", 8, "--sample", "--temperature", "inf"], "a finite number > 0"),  # exit 0
 ])
 def test_run_errors_are_one_line(model, args, message):
     p = cli("run", model, *args)

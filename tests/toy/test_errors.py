@@ -54,11 +54,13 @@ def test_bad_config_file(tmp_path, monkeypatch, capsys, content, says):
     (["study", "--minutes-per-model", "nan"], "must be positive"),  # trained every variant for 0 steps
     (["study", "--device", "tpu"], "unknown device 'tpu'"),  # was refused after the first variant started
     (["train", "--preset", "smoke", "--minutes", "nan"], "--minutes finite"),
+    (["train", "--preset", "smoke", "--seed", str(2**64)], "--seed must be an integer in 0.."),  # a traceback
     (["train", "--preset", "smoke", "--checkpoint-every", "-1"], "--checkpoint-every must be a non-negative"),
     (["train", "--preset", "smoke", "--checkpoint-every", "nan"], "--checkpoint-every must be a non-negative"),
 ])
 def test_bad_arguments(tmp_path, monkeypatch, capsys, args, says):
     assert says in run(monkeypatch, capsys, *args, "--out", str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("command", ["train", "study"])

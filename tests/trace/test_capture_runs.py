@@ -130,8 +130,11 @@ def test_generation_and_placement_mistakes_are_one_line_errors(tiny_model, tmp_p
 
     from expertcache.trace.generate import capture_generation
 
-    with pytest.raises(ExpertcacheError, match="temperature must be positive"):
-        capture_generation("never-loaded", "a b", tmp_path / "g", sample=True, temperature=0.0)
+    for temperature in (0.0, float("inf")):  # inf was a traceback in the sampler
+        with pytest.raises(ExpertcacheError, match="temperature must be a finite number > 0"):
+            capture_generation("never-loaded", "a b", tmp_path / "g", sample=True, temperature=temperature)
+    with pytest.raises(ExpertcacheError, match="--seed must be an integer in 0.."):  # overflowed torch.manual_seed
+        capture_generation("never-loaded", "a b", tmp_path / "g", sample=True, seed=2**64)
     if not torch.cuda.is_available():
         with pytest.raises(ExpertcacheError, match="cannot move .* to cuda") as error:
             load_model(tiny_model("olmoe"), device_map="cuda", need_tokenizer=False)

@@ -22,8 +22,9 @@ from ..atomic import output_folder, staged_files, write_json_atomic
 from ..errors import ExpertcacheError
 from ..trace import Trace
 from .balance import global_balance, local_balance
-from .bootstrap import check_resamples, check_seed
-from .chance import DEFAULT_PERMUTATIONS, chance_curves, chance_overlap, chance_srp
+from ..checks import check_seed
+from .bootstrap import check_resamples
+from .chance import DEFAULT_PERMUTATIONS, MAX_PERMUTATIONS, chance_curves, chance_overlap, chance_srp
 from .overlap import consecutive_overlap
 from .specialization import NO_FREQUENT_TOKEN, domain_specialization, missing_specialization, vocabulary_specialization
 from .srp import DEFAULT_M, srp
@@ -54,8 +55,8 @@ def analyze(trace: Trace, out: str | os.PathLike, *, m=DEFAULT_M, permutations: 
     the tables and summary written there before.
     """
     m_values = segment_lengths(m)
-    if permutations < 0:
-        raise ExpertcacheError(f"permutations must be >= 0, got {permutations}")
+    if not 0 <= permutations <= MAX_PERMUTATIONS:
+        raise ExpertcacheError(f"permutations must be in 0..{MAX_PERMUTATIONS}, got {permutations}")
     resamples = check_resamples(resamples)  # before the curves, not after them
     seed = check_seed(seed)
     out = output_folder(out)

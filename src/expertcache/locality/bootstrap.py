@@ -15,22 +15,17 @@ import numpy as np
 
 from ..errors import ExpertcacheError
 
-__all__ = ["RESAMPLES", "basic_interval", "check_resamples", "check_seed", "resample_counts"]
+__all__ = ["MAX_RESAMPLES", "RESAMPLES", "basic_interval", "check_resamples", "resample_counts"]
 
 RESAMPLES = 1000
+MAX_RESAMPLES = 100_000
 
 
 def check_resamples(resamples: int) -> int:
-    if resamples < 0:
-        raise ExpertcacheError(f"resamples must be >= 0, got {resamples}")
+    """0..MAX_RESAMPLES: beyond, the draws alone ([B, S] float64) outgrow a machine's memory."""
+    if not 0 <= resamples <= MAX_RESAMPLES:
+        raise ExpertcacheError(f"resamples must be in 0..{MAX_RESAMPLES:,}, got {resamples}")
     return int(resamples)
-
-
-def check_seed(seed) -> int:
-    """Seeds enter numpy's SeedSequence inside a list, which takes only integers >= 0."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ExpertcacheError(f"seed must be an integer >= 0, got {seed!r}")
-    return int(seed)
 
 
 def resample_counts(num_sequences: int, resamples: int, seed) -> np.ndarray:

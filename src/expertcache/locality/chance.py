@@ -14,21 +14,22 @@ import numpy as np
 
 from ..errors import ExpertcacheError
 from ..trace import Trace
-from .bootstrap import check_seed
+from ..checks import check_seed
 from .overlap import consecutive_overlap
 from .srp import best_f1, window_stats
 from .study_cache import HitCurves, check_request, hit_counts, rates
 
-__all__ = ["DEFAULT_PERMUTATIONS", "chance_curves", "chance_overlap", "chance_srp"]
+__all__ = ["DEFAULT_PERMUTATIONS", "MAX_PERMUTATIONS", "chance_curves", "chance_overlap", "chance_srp"]
 
 DEFAULT_PERMUTATIONS = 3
+MAX_PERMUTATIONS = 1000  # a chance level averaged over more shuffles changes in no printed digit
 
 
 def _check(permutations: int, seed: int) -> int:
     """Validate the shuffles' settings before any pass; returns the number of permutations."""
     check_seed(seed)
-    if permutations < 1:
-        raise ExpertcacheError(f"permutations must be >= 1, got {permutations}")
+    if not 1 <= permutations <= MAX_PERMUTATIONS:
+        raise ExpertcacheError(f"permutations must be in 1..{MAX_PERMUTATIONS}, got {permutations}")
     return int(permutations)
 
 

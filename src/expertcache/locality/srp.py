@@ -18,7 +18,8 @@ from ..errors import ExpertcacheError
 from ..trace import Trace
 from ._streams import blocks, layer_ids, parallel_map
 from ._windows import window_hists
-from .bootstrap import RESAMPLES, basic_interval, check_resamples, check_seed, resample_counts, resampled_sums
+from ..checks import check_seed
+from .bootstrap import RESAMPLES, basic_interval, check_resamples, resample_counts, resampled_sums
 from .study_cache import segment_lengths
 
 __all__ = ["BREAKDOWNS", "DEFAULT_M", "SRPReport", "SRPValue", "WindowStats", "best_f1", "srp", "window_stats"]

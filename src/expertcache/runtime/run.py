@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import check_sampling
 from ..errors import ExpertcacheError
 from ..trace.capture import context_length
 from .loading import read_config
@@ -45,8 +46,7 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
 
     if generate < 1:
         raise ExpertcacheError(f"--generate must be >= 1, got {generate}")
-    if sample and not temperature > 0:
-        raise ExpertcacheError(f"--temperature must be > 0 when sampling, got {temperature}")
+    check_sampling(sample, temperature, seed)
     # the prompt is checked before the model loads (and before a --trace folder is made)
     folder = local_folder(model)
     try:

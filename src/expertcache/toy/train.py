@@ -28,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from ..atomic import atomic_path
+from ..checks import check_seed
 from ..devices import torch_device
 from ..errors import ExpertcacheError
 from .checkpoint import TrainState, clean, commit, latest, restore_rng
@@ -65,8 +66,9 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
 
     if steps is not None and minutes is not None:
         raise ExpertcacheError("give --steps or --minutes, not both")
-    if (steps is not None and steps < 0) or (minutes is not None and not 0 <= minutes < math.inf) or seed < 0:
-        raise ExpertcacheError("--steps, --minutes and --seed must be non-negative (and --minutes finite)")
+    if (steps is not None and steps < 0) or (minutes is not None and not 0 <= minutes < math.inf):
+        raise ExpertcacheError("--steps and --minutes must be non-negative (and --minutes finite)")
+    check_seed(seed, "--seed")
     if not 0 <= checkpoint_every < math.inf:
         raise ExpertcacheError(f"--checkpoint-every must be a non-negative number of seconds, got {checkpoint_every}")
     if steps is None and minutes is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import check_sampling
 from ..errors import ExpertcacheError
 from .capture import (CaptureResult, LoadedModel, ProgressBar, committing, ensure_loaded, open_writers, optional_arrays,
                       trace_paths)
@@ -49,8 +50,7 @@ def capture_generation(
         raise ExpertcacheError(f"--generate must be at least 1, got {new_tokens}")
     if not prompt:
         raise ExpertcacheError("the prompt is empty")
-    if sample and not temperature > 0:
-        raise ExpertcacheError(f"--temperature must be positive when sampling, got {temperature}")
+    check_sampling(sample, temperature, seed)
     loaded = ensure_loaded(model, device_map=device_map, dtype=dtype, trust_remote_code=trust_remote_code,
                            tokenizer=tokenizer)
     prompt_ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids  # [1, P]

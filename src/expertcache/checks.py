@@ -1,0 +1,28 @@
+"""Checks of arguments that several rooms take alike: one rule, one message each."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import ExpertcacheError
+
+__all__ = ["MAX_SEED", "check_sampling", "check_seed"]
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence both take it; 2^64 overflowed torch's
+
+
+def check_seed(seed, option: str = "seed") -> int:
+    """An integer seed in 0..MAX_SEED (numpy's SeedSequence refuses negatives; torch overflows past it)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ExpertcacheError(f"{option} must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    return int(seed)
+
+
+def check_sampling(sample: bool, temperature: float, seed) -> None:
+    """Generation settings: a seed in range, and when sampling a finite temperature > 0 (inf
+    divided every logit into a NaN probability: a traceback in the sampler)."""
+    check_seed(seed, "--seed")
+    if sample and not 0 < temperature < math.inf:
+        raise ExpertcacheError(f"--temperature must be a finite number > 0 when sampling, got {temperature}")
