@@ -45,6 +45,8 @@ def test_curves_and_srp_json(saved):
     assert out == json.loads(json.dumps(expected))
     assert set(out["4"]) == {"model", "per_layer", "per_expert", "per_domain", "per_position"}
     assert run("srp", "t", "--json", cwd=path).returncode == 0
+    once, twice = (run("srp", "t", "--m", "2", "--by", by, cwd=path).stdout for by in ("expert", "expert,expert"))
+    assert twice == once  # printed the per-expert table twice
 
 
 @pytest.mark.parametrize("args,message", [

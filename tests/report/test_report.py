@@ -135,6 +135,8 @@ def test_overwrite_replaces_a_report_folder_and_nothing_else(tmp_path):
     (("missing", "--out", "o"), "error: missing: no such trace"),
     (("example:nope", "--out", "o"), "error: no example trace 'nope'"),
     (("example:olmoe-1b-7b", "--out", "o", "--profile", "hw.json"), "error: hw.json: no such hardware profile"),
+    (("example:olmoe-1b-7b", "--out", "o", "--budget-mib", "-1"), "error: budget must be positive and finite"),
+    (("example:kimi-linear-48b", "--out", "o", "--budget-mib", "nan"), "error: budget must be positive and finite"),
 ])
 def test_user_mistakes_give_one_line(tmp_path, args, message):
     result = cli("report", *args, cwd=tmp_path)

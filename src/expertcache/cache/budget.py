@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ExpertcacheError
 from ..units import size_text
 
-__all__ = ["Budget", "resolve_budget", "SCOPES", "MIB", "cycle_size", "budget_warnings"]
+__all__ = ["Budget", "check_budget_value", "resolve_budget", "SCOPES", "MIB", "cycle_size", "budget_warnings"]
 
 MIB = 1 << 20
 MAX_BUDGET = 1 << 62  # budgets, in bytes or experts, stay far from int64 overflow
@@ -60,6 +60,14 @@ def _layer_cost(model, unit: str) -> np.ndarray:
     return layer_expert_bytes(model) if unit == "bytes" else np.ones(model.num_moe_layers, np.int64)
 
 
+def check_budget_value(value, label: str) -> None:
+    """A budget is a positive, finite number (NaN is neither)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ExpertcacheError(f"budget must be a number, got {value!r}")
+    if not 0 < value < math.inf:
+        raise ExpertcacheError(f"budget must be positive and finite, got {value} {label}")
+
+
 def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budget_mib=None, budget_slots=None,
                    budget_x=None, shares: str = "equal", reserve_slots: int = 0) -> Budget:
     """Pools and per-pool limits for one configuration. `reserve_slots` are taken off the main
@@ -69,10 +77,7 @@ def resolve_budget(model, key_layer: np.ndarray, scope: str = "global", *, budge
         raise ExpertcacheError("give exactly one budget: budget_mib, budget_slots or budget_x "
                                "(--budget-mib, --budget-slots or --budget-x)")
     value, label = given[0]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ExpertcacheError(f"budget must be a number, got {value!r}")
-    if not 0 < value < math.inf:  # NaN fails too
-        raise ExpertcacheError(f"budget must be positive and finite, got {value} {label}")
+    check_budget_value(value, label)
     if budget_slots is not None and value != int(value):
         raise ExpertcacheError(f"budget_slots counts whole experts, got {value}")
     if scope not in SCOPES:

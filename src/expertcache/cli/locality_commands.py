@@ -96,7 +96,7 @@ def srp(
     from ..locality import srp as srp_api
 
     trace = open_trace(trace_path)
-    breakdowns = tuple(b.strip() for item in (by or []) for b in item.split(",") if b.strip())
+    breakdowns = tuple(dict.fromkeys(b.strip() for item in (by or []) for b in item.split(",") if b.strip()))  # each once
     with _progress(trace.num_sequences, "srp") as done:
         report = srp_api(trace, _segment_lengths(m), breakdowns, seed=seed, resamples=resamples, progress=done)
     if as_json:

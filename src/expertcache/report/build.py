@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_folder, holds_working_directory, output_folder
+from ..cache.budget import check_budget_value
 from ..errors import ExpertcacheError
 from ..trace import Trace, open_trace
 from ..trace.examples import EXAMPLE_PREFIX
@@ -52,6 +53,8 @@ def assess(sources, *, profile=None, budget_mib: float | None = None, progress=N
     """Gather the evidence and judge each trace (`sources`: Traces, paths or example:NAME), named
     by the example's name or else the model's."""
     step = progress or (lambda description: None)
+    if budget_mib is not None:
+        check_budget_value(budget_mib, "MiB")
     findings, names = [], []
     for source in sources:
         trace = open_trace(source)
