@@ -124,6 +124,15 @@ def test_bench_hw_measures_a_usable_profile(tmp_path):
         bench_hw(link="device")
     with pytest.raises(ExpertcacheError, match="missing: no such directory"):
         bench_hw(directory=str(tmp_path / "missing"))  # was Python's "[Errno 2] ..." text
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ExpertcacheError, match="file: is not a directory"):
+        bench_hw(directory=str(tmp_path / "file"))
+    with pytest.raises(ExpertcacheError, match="above 65536 are no model's"):
+        bench_hw(hidden=10**20)  # a traceback from torch.randn
+    with pytest.raises(ExpertcacheError, match=r"--copy-mib 1099511627776 needs 2\.0 PiB|--copy-mib .* of memory"):
+        bench_hw(copy_mib=2**40)  # two buffers of a mebibyte each 2^40 times: killed for memory
+    with pytest.raises(ExpertcacheError, match="--disk-mib .* on disk"):
+        bench_hw(disk_mib=2**40, directory=str(tmp_path))
     for dtype in ("int8", "nn", "nope"):  # an integer dtype, a torch attribute that is no dtype, no attribute
         with pytest.raises(ExpertcacheError, match="floating-point torch dtype"):
             expert_times(64, 32, dtype)

@@ -9,6 +9,7 @@ pinned memory when a CUDA device is used, and the time of one SwiGLU expert and 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 
@@ -16,6 +17,8 @@ import numpy as np
 
 from ..devices import torch_device
 from ..errors import ExpertcacheError
+from ..units import size_text
+from .budget import MIB
 from .throughput import HardwareProfile
 
 __all__ = ["bench_hw"]
@@ -127,6 +130,21 @@ def _time_expert_and_dense(hidden, intermediate, dt, dev, sync, repeats) -> tupl
     return t_expert, t_dense, (gate_up.numel() + down.numel()) * gate_up.element_size()
 
 
+MAX_DIMENSION = 1 << 16
+
+
+def _check_room(copy_mib: int, disk_mib: int, directory: str | None) -> None:
+    """The copy test holds two buffers of copy_mib in memory, the disk test writes a file of
+    disk_mib: refuse what this machine cannot hold rather than be killed half-way."""
+    free_ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if 2 * copy_mib * MIB > free_ram:
+        raise ExpertcacheError(f"--copy-mib {copy_mib} needs {size_text(2 * copy_mib * MIB)} of memory; "
+                               f"{size_text(free_ram)} is free")
+    free_disk = shutil.disk_usage(directory or tempfile.gettempdir()).free
+    if disk_mib * MIB > free_disk:
+        raise ExpertcacheError(f"--disk-mib {disk_mib} needs {size_text(disk_mib * MIB)} on disk; {size_text(free_disk)} is free")
+
+
 def bench_hw(hidden: int = 2048, intermediate: int = 768, dtype: str = "float32", layers: int = 48,
              disk_mib: int = 256, directory: str | None = None, link: str = "disk",
              copy_mib: int = 256, device: str = "cpu") -> tuple[HardwareProfile, dict]:
@@ -140,8 +158,12 @@ def bench_hw(hidden: int = 2048, intermediate: int = 768, dtype: str = "float32"
         raise ExpertcacheError("link device needs a CUDA device: give --device cuda")
     if min(hidden, intermediate, layers, disk_mib, copy_mib) <= 0:
         raise ExpertcacheError("dimensions, layers and sizes must be positive")
+    if max(hidden, intermediate) > MAX_DIMENSION:
+        raise ExpertcacheError(f"--hidden and --intermediate above {MAX_DIMENSION} are no model's (got {hidden}, {intermediate})")
     if directory is not None and not os.path.isdir(directory):
-        raise ExpertcacheError(f"{directory}: no such directory for the disk read test")
+        what = "is not a directory" if os.path.exists(directory) else "no such directory"
+        raise ExpertcacheError(f"{directory}: {what} for the disk read test")
+    _check_room(copy_mib, disk_mib, directory)
     mem = memcpy_bandwidth(copy_mib)
     disk, cold = disk_read_bandwidth(disk_mib, directory)
     t_expert, t_dense_layer, expert_bytes = expert_times(hidden, intermediate, dtype, device=device)
