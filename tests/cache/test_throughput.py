@@ -129,7 +129,7 @@ def test_bench_hw_measures_a_usable_profile(tmp_path):
         bench_hw(directory=str(tmp_path / "file"))
     with pytest.raises(ExpertcacheError, match="above 65536 are no model's"):
         bench_hw(hidden=10**20)  # a traceback from torch.randn
-    with pytest.raises(ExpertcacheError, match=r"--copy-mib 1099511627776 needs 2\.0 PiB|--copy-mib .* of memory"):
+    with pytest.raises(ExpertcacheError, match="--copy-mib .* of memory"):
         bench_hw(copy_mib=2**40)  # two buffers of a mebibyte each 2^40 times: killed for memory
     with pytest.raises(ExpertcacheError, match="--disk-mib .* on disk"):
         bench_hw(disk_mib=2**40, directory=str(tmp_path))
