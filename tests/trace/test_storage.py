@@ -390,3 +390,20 @@ def test_an_interrupted_save_keeps_the_earlier_trace_whole(rng, distinct_ids, tm
         bigger.save(path, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["t"]  # nothing of either interrupted save
     assert Trace.load(path).seq_lengths.tolist() == [5, 1, 9]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_experts", [8.5, 8, 8], "num_experts must hold whole numbers, got 8.5"),  # read as 8
+    ("num_experts", ["8", "8", "8"], "num_experts must hold whole numbers, got '8'"),
+    ("moe_layers", [0, 0, 1], r"MoE layer indices \(0, 0, 1\) must rise, each layer once"),
+    ("num_shared_experts", -1, "num_shared_experts >= 0, got 3 and -1"),  # printed as "-1 shared"
+    ("num_layers", -3, "num_layers must be >= 1"),  # was "outside 0..-4"
+    ("dense_bytes", [1e300] * 3, "dense_bytes must hold whole numbers"),
+])
+def test_a_model_description_the_manifest_garbles_is_refused(saved, field, value, message):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert len(manifest["model"]["moe_layers"]) == 3 and manifest["model"]["num_layers"] == 3
+    manifest["model"][field] = value
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExpertcacheError, match=message):
+        Trace.load(saved)

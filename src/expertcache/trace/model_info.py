@@ -41,7 +41,14 @@ class ModelInfo:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ExpertcacheError(f"{name} must be a whole number, got {value!r}")
         for name in ("moe_layers", "num_experts", "expert_bytes", "dense_bytes"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            values = tuple(getattr(self, name))
+            wrong = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)), None)
+            if wrong is not None:  # 8.5 experts were read as 8, "8" as 8
+                raise ExpertcacheError(f"{name} must hold whole numbers, got {wrong!r}")
+            object.__setattr__(self, name, tuple(int(v) for v in values))
+        if self.num_layers < 1 or self.num_shared_experts < 0:
+            raise ExpertcacheError(f"num_layers must be >= 1 and num_shared_experts >= 0, got {self.num_layers} "
+                                   f"and {self.num_shared_experts}")
         n = len(self.moe_layers)
         if n == 0:
             raise ExpertcacheError(f"model {self.name!r} has no MoE layers")
@@ -64,6 +71,8 @@ class ModelInfo:
                 raise ExpertcacheError(f"{name} must not be negative, got {min(getattr(self, name))}")
         if any(layer < 0 or layer >= self.num_layers for layer in self.moe_layers):
             raise ExpertcacheError(f"MoE layer indices {self.moe_layers} outside 0..{self.num_layers - 1}")
+        if any(a >= b for a, b in zip(self.moe_layers, self.moe_layers[1:])):
+            raise ExpertcacheError(f"MoE layer indices {self.moe_layers} must rise, each layer once")
 
     @property
     def num_moe_layers(self) -> int:
