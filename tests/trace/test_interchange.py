@@ -63,9 +63,15 @@ def test_export_to_an_unwritable_path_names_that_path_and_leaves_no_temporary(rn
         export_arrays(trace, tmp_path / "a_file" / "e.npy")
     export_arrays(trace, tmp_path / "new" / "e.npy")  # missing folders are made
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["e.npy"]
+    with pytest.raises(ExpertcacheError, match=r"cannot write .*a_file/w\.npy"):  # the ids were written all the same
+        export_arrays(trace, tmp_path / "ids.npy", weights_path=tmp_path / "a_file" / "w.npy")
+    assert not (tmp_path / "ids.npy").exists() and not list(tmp_path.glob(".*"))
 
 
 def test_import_errors_name_the_file(tmp_path):
+    np.save(tmp_path / "huge.npy", np.full((1, 2, 1, 1), 2**63 + 2, np.uint64))
+    with pytest.raises(ExpertcacheError, match=r"huge\.npy: expert id 9223372036854775810 outside 0\.\.3"):  # was -9223372036854775806
+        import_arrays(tmp_path / "huge.npy", 4)
     np.save(tmp_path / "three_d.npy", np.zeros((2, 3, 4), int))
     (tmp_path / "garbage.npy").write_bytes(b"not an array")
     with pytest.raises(ExpertcacheError, match=r"three_d\.npy: expert ids must be \[sequences"):

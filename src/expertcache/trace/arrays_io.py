@@ -8,6 +8,7 @@ on the same inputs to check the routing.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ def import_arrays(
         raise ExpertcacheError(f"{experts_path}: expert ids must be [sequences, tokens, layers, k], got shape {experts.shape}")
     if not np.issubdtype(experts.dtype, np.integer):
         raise ExpertcacheError(f"{experts_path}: expert ids must be integers, got {experts.dtype}")
+    if experts.size and experts.dtype.kind == "u" and experts.max() >= num_experts:  # before int64 wraps them
+        raise ExpertcacheError(f"{experts_path}: expert id {experts.max()} outside 0..{num_experts - 1}")
     below = np.argwhere(experts < -1)
     if len(below):
         s, t, layer, slot = below[0]
@@ -63,9 +66,11 @@ def export_arrays(
     for path in outputs:
         _check_replaceable(path)
     experts, weights, tokens = trace.to_arrays()
-    for path, array in ((experts_path, experts), (weights_path, weights), (tokens_path, tokens)):
-        if path is not None:
-            _save(path, array)
+    with ExitStack() as renames:  # every array written before any is renamed into place
+        for path, array in ((experts_path, experts), (weights_path, weights), (tokens_path, tokens)):
+            if path is not None:
+                with open(renames.enter_context(atomic_path(path)), "wb") as f:
+                    np.save(f, array, allow_pickle=False)
 
 
 def _load(path, what: str) -> np.ndarray:
@@ -93,7 +98,3 @@ def _is_npy(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX
 
-
-def _save(path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
