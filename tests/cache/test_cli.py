@@ -133,7 +133,9 @@ def test_simulate_text_says_n_a_for_an_undefined_precision_and_gives_both_bounds
 
     make_trace([[[[e]] for e in range(8)]], 8, expert_bytes=(100,), phase=[[0, 0] + [1] * 6]).save(tmp_path / "t")
     printed = cli("simulate", tmp_path / "t", "--budget-slots", 4, "--prefetch", "previous").stdout
-    assert "issued 0, used 0, wasted 0, precision n/a, recall 0.000" in printed  # was "precision nan"
+    # precision was "nan"; a recall beside "issued 0" read as a contradiction until it said it counts predictions
+    assert "issued 0, used 0, wasted 0, precision n/a; predictions, resident ones included: precision 0.000, " \
+           "recall 0.000" in printed
     HardwareProfile(link_bandwidth=1000.0, expert_time=0.01, dense_time=0.1).save(tmp_path / "hw.json")
     printed = cli("simulate", tmp_path / "t", "--budget-slots", 4, "--profile", tmp_path / "hw.json").stdout
     # overlapped: decode, per token max(0.1 + 0.01 s compute, 100 bytes / 1000 B/s) = 0.11 s; prefill, the two

@@ -30,7 +30,9 @@ def test_demo_checks_its_arguments_before_writing_anything(tmp_path):
     (tmp_path / "afile").write_text("mine")
     cases = [(["--out", str(tmp_path / "afile")], "afile is a file; --out names a folder to write into"),  # leaked a temp path
              (["--out", str(tmp_path / "d"), "--samples", "0"], "samples (windows per demo domain) must be at least 1"),
-             (["--out", str(tmp_path / "d"), "--length", "1"], "length (tokens per window) must be at least 2")]
+             (["--out", str(tmp_path / "d"), "--length", "1"], "length (tokens per window) must be in 2..4096"),
+             # was refused only after part 1 and the model were written
+             (["--out", str(tmp_path / "d"), "--length", "99999999999999999999"], "must be in 2..4096")]
     for args, message in cases:
         result = subprocess.run([sys.executable, "-m", "expertcache", "demo", *args], capture_output=True, text=True)
         assert result.returncode == 2 and result.stderr.startswith("error: ")

@@ -109,7 +109,8 @@ def simulate_command(
         print(f"{result.misses_on_cpu} misses computed where the weights live (not loaded)")
     if result.prefetch is not None:
         p = result.prefetch
-        print(f"prefetch {p.name}: issued {p.issued}, used {p.used}, wasted {p.wasted}, precision {_fraction(p.precision)}, "
+        print(f"prefetch {p.name}: issued {p.issued}, used {p.used}, wasted {p.wasted}, precision {_fraction(p.precision)}; "
+              f"predictions, resident ones included: precision {_fraction(p.prediction_precision)}, "
               f"recall {_fraction(p.recall)}")
     if hw is not None:
         t = out["throughput"]

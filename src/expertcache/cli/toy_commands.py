@@ -37,7 +37,7 @@ def _use_threads(threads: int | None) -> None:
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the model, its checkpoint and its log.")],
     preset: Annotated[Optional[str], typer.Option("--preset", help="A named config (smoke, base, the study's variants).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="A JSON file of config fields over a preset.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A JSON file of config fields; a \"preset\" field in it names the preset they change.")] = None,
     minutes: Annotated[Optional[float], typer.Option("--minutes", help="Train until this many minutes in all.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Train until this many steps in all.")] = None,
     device: Device = "cpu",

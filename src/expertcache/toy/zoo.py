@@ -15,15 +15,19 @@ from typing import Callable
 
 from ..errors import ExpertcacheError
 
-__all__ = ["TINY_FAMILIES", "build_demo_model", "build_tiny_model", "tiny_config"]
+__all__ = ["DEMO_CONTEXT", "TINY_FAMILIES", "build_demo_model", "build_tiny_model", "tiny_config"]
 
 _ATTN = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+
+
+DEMO_CONTEXT = 4096  # tokens the demo model's positions reach
 
 
 def _demo(t, v):  # the demo model: a little wider and deeper than the test models
     return t.Qwen3MoeConfig(vocab_size=v, hidden_size=64, intermediate_size=64, moe_intermediate_size=32,
                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                            num_experts=16, num_experts_per_tok=4, norm_topk_prob=True, max_position_embeddings=4096)
+                            num_experts=16, num_experts_per_tok=4, norm_topk_prob=True,
+                            max_position_embeddings=DEMO_CONTEXT)
 
 
 def _olmoe(t, v):

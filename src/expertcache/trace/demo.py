@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from ..atomic import output_folder
+from ..toy.zoo import DEMO_CONTEXT
 from ..errors import ExpertcacheError
 
 __all__ = ["check_demo_args", "run_demo"]
@@ -21,8 +22,9 @@ def check_demo_args(out: str | os.PathLike, samples: int, length: int) -> Path:
     out = output_folder(out)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ExpertcacheError(f"samples (windows per demo domain) must be at least 1, got {samples!r}")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
-        raise ExpertcacheError(f"length (tokens per window) must be at least 2 (consecutive tokens), got {length!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= DEMO_CONTEXT:
+        raise ExpertcacheError(f"length (tokens per window) must be in 2..{DEMO_CONTEXT} (consecutive tokens, within "
+                               f"the demo model's context), got {length!r}")
     return out
 
 
