@@ -167,3 +167,41 @@ def test_every_prefetcher_runs_on_a_prefill_trace():
         r = simulate(trace, "lru", budget_slots=10, prefetch=name)
         assert r.lookups == plain.lookups  # prefetching never changes what is looked up
         assert r.prefetch.issued >= r.prefetch.used and r.prefetch.issued == r.prefetch.used + r.prefetch.wasted
+
+
+class _Fixed:
+    """A user's prefetcher that predicts `value` everywhere (or an array of its own shape)."""
+
+    name, reads_the_future = "fixed", False
+
+    def __init__(self, value, shape=None):
+        self.value, self.shape = value, shape
+
+    def predict(self, trace, count, distance):
+        return np.full(self.shape or (trace.num_tokens, trace.num_moe_layers, count), self.value)
+
+
+@pytest.mark.parametrize("prefetcher, message", [
+    (_Fixed(100_000_000), "predicted an expert id outside -1..E-1"),  # a segfault in the replay
+    (_Fixed(4), "predicted an expert id outside -1..E-1"),  # E = 4: layer 1's expert 0, silently
+    (_Fixed(-2), "predicted an expert id outside -1..E-1"),
+    (_Fixed(0.5), "must predict integer expert ids"),
+    (_Fixed(0, shape=(3, 2)), "must predict integer expert ids \\[tokens, MoE layers, count\\]"),
+])
+def test_a_users_prefetcher_is_checked_before_its_ids_reach_the_replay(prefetcher, message):
+    trace = decode_trace([[[0, 1], [2, 3]], [[1, 2], [3, 0]], [[0, 3], [1, 2]]], 4)
+    with pytest.raises(ExpertcacheError, match=message):
+        simulate(trace, "lru", budget_slots=2, prefetch=PrefetchConfig(prefetcher, count=2))
+    simulate(trace, "lru", budget_slots=2, prefetch=PrefetchConfig(_Fixed(3), count=2))  # in range: runs
+
+
+def test_a_stream_of_another_trace_is_refused(rng):
+    # its keys and tokens were read out of this trace's bounds: wrong counts, or a segfault with a prefetcher
+    small = decode_trace([[[0, 1], [2, 3]]] * 4, 4)
+    big = decode_trace(np.argsort(rng.random((5, 2, 64)), -1)[..., :8].tolist(), 64)
+    for trace, other in ((big, small), (small, big)):
+        with pytest.raises(ExpertcacheError, match="the stream was built from another trace"):
+            simulate(trace, "lru", budget_slots=4, stream=build_stream(other), prefetch="previous")
+    with pytest.raises(ExpertcacheError, match="stream must be build_stream"):
+        simulate(small, "lru", budget_slots=4, stream=5)
+    assert simulate(small, "lru", budget_slots=4, stream=build_stream(small)).lookups == 16

@@ -238,13 +238,27 @@ def plan_prefetch(trace, stream, config: PrefetchConfig) -> np.ndarray:
         raise ExpertcacheError(f"prefetch distance {config.distance} is more than the trace's {L} MoE layers: "
                                f"{config.prefetcher.name} would predict from the routing of tokens not computed yet "
                                f"when its loads are issued; use a distance of at most {L}")
-    pred = np.asarray(config.prefetcher.predict(trace, count, config.distance), np.int64)  # [N, L, F]
+    pred = _checked_predictions(config.prefetcher.predict(trace, count, config.distance), trace, config)  # [N, L, F]
     rows = pred[stream.batch_token, stream.batch_layer]  # [B, F]
     keys = np.where(rows >= 0, stream.key_offset[stream.batch_layer][:, None] + rows, -1)
     keys[stream.batch_phase != DECODE] = -1
     if not future:  # issued after batch b - distance: before the layer's previous batch, its routing is unknown
         keys[np.arange(len(keys)) - config.distance < _previous_at_layer(stream)] = -1
     return keys
+
+
+def _checked_predictions(pred, trace, config) -> np.ndarray:
+    """A prefetcher's [N, L, F] expert ids as int64, each -1 or an expert of its layer: an id
+    beyond the layer would name another layer's expert, or a key past the cache's arrays."""
+    pred = np.asarray(pred)
+    name = getattr(config.prefetcher, "name", type(config.prefetcher).__name__)
+    if pred.ndim != 3 or pred.shape[:2] != (trace.num_tokens, trace.num_moe_layers) or pred.dtype.kind not in "iu":
+        raise ExpertcacheError(f"prefetcher {name} must predict integer expert ids [tokens, MoE layers, count] = "
+                               f"[{trace.num_tokens}, {trace.num_moe_layers}, F], got {pred.dtype} {pred.shape}")
+    limits = np.asarray(trace.model.num_experts)[None, :, None]
+    if pred.size and ((pred < -1) | (pred >= limits)).any():
+        raise ExpertcacheError(f"prefetcher {name} predicted an expert id outside -1..E-1 of its MoE layer")
+    return pred.astype(np.int64, copy=False)
 
 
 def _previous_at_layer(stream) -> np.ndarray:

@@ -16,7 +16,7 @@ from .policies import Policy, resolve_policy
 from .prefetch import PrefetchConfig, PrefetchReport, plan_prefetch
 from .engine import EVERY_MISS, PF_BYTES
 from .replay import Replayed, replay
-from .stream import LookupStream, build_stream
+from .stream import LookupStream, stream_for
 
 __all__ = ["simulate", "SimulationResult", "HitCounts", "run_stream", "ACCOUNTINGS"]
 
@@ -170,7 +170,7 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
     if shares is not None and scope != "layer":
         raise ExpertcacheError(f"shares split a per-layer budget; {shares!r} applies only with scope layer, not {scope}")
     trace = open_trace(trace)
-    stream = build_stream(trace) if stream is None else stream
+    stream = stream_for(trace, stream)
     config = None if prefetch is None else PrefetchConfig.of(prefetch)
     budget = resolve_budget(trace.model, stream.key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,
                             budget_x=budget_x, shares=shares or "equal", reserve_slots=0 if config is None else config.reserve)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..errors import ExpertcacheError
 from .policies import Policy, resolve_policy
 from .simulate import check_accounting, simulate
-from .stream import LookupStream, build_stream
+from .stream import LookupStream, stream_for
 
 __all__ = ["Advice", "budget_ladder", "recommend_budget"]
 
@@ -59,7 +59,7 @@ def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.
     if not 0 < fraction <= 1:
         raise ExpertcacheError(f"fraction must be in (0, 1], got {fraction}")
     policy, scope = resolve_policy(policy, scope)
-    stream = build_stream(trace) if stream is None else stream
+    stream = stream_for(trace, stream)
     ladder = budget_ladder(trace)
     best = simulate(trace, policy, scope, budget_x=ladder[-1], stream=stream, accounting=accounting).hit_rate
     target = fraction * best

@@ -15,9 +15,10 @@ from functools import cached_property
 
 import numpy as np
 
+from ..errors import ExpertcacheError
 from ..trace.format import PREFILL
 
-__all__ = ["LookupStream", "build_stream"]
+__all__ = ["LookupStream", "build_stream", "stream_for"]
 
 NEVER = np.iinfo(np.int64).max // 4  # "next use" of a key never used again
 
@@ -69,6 +70,20 @@ class LookupStream:
     def key_counts(self) -> np.ndarray:
         """[K] requests per key over the stream (the frequency profile)."""
         return np.bincount(self.keys, minlength=self.num_keys)
+
+
+def stream_for(trace, stream: LookupStream | None) -> LookupStream:
+    """`stream` when it was built from a trace of this shape (else a one-line error: another
+    trace's keys or tokens would be read out of this one's bounds), or a new one."""
+    if stream is None:
+        return build_stream(trace)
+    if not isinstance(stream, LookupStream):
+        raise ExpertcacheError(f"stream must be build_stream(trace), got {type(stream).__name__}")
+    key_offset = np.concatenate([[0], np.cumsum(trace.model.num_experts)])
+    if stream.num_tokens != trace.num_tokens or not np.array_equal(stream.key_offset, key_offset):
+        raise ExpertcacheError("the stream was built from another trace (its tokens or experts differ); "
+                               "pass build_stream(trace) of this one")
+    return stream
 
 
 def build_stream(trace) -> LookupStream:
