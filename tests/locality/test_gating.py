@@ -53,3 +53,26 @@ def test_co_firing_is_the_same_counted_in_small_chunks(rng):
     whole, chunked = co_firing(trace, 0), co_firing(trace, 0, chunk=4)
     np.testing.assert_array_equal(whole[0], chunked[0])
     np.testing.assert_allclose(whole[1], chunked[1], equal_nan=True)
+
+
+def test_misuse_is_a_one_line_error_not_a_silent_answer():
+    from expertcache import ExpertcacheError, Trace
+    from expertcache.locality import co_firing, rarely_used, top_share, weight_by_rank
+
+    trace = Trace.from_arrays(np.array([[[[0, 1]], [[1, 2]]]]), 4, weights=np.full((1, 2, 1, 2), 0.5))
+    counts = np.array([[4, 0, 2, 2], [1, 1, 1, 1]])
+    bad = [
+        (lambda: co_firing(trace, 0, chunk=-1), "chunk must be"),  # all-zero counts
+        (lambda: weight_by_rank(trace, chunk=-3), "chunk must be"),  # None, read as "no weights recorded"
+        (lambda: co_firing(trace, 1), "layer must be an MoE layer index in 0..0"),  # IndexError
+        (lambda: rarely_used(counts, [4]), "num_experts must give each of the 2 layers"),  # broadcast to both
+        (lambda: rarely_used(counts, [8, 8]), "in 1..4"),  # an even share of 8 columns it has not
+        (lambda: rarely_used(counts, [3.5, 4]), "whole number of experts"),
+        (lambda: top_share(-counts, [4, 4]), "requests >= 0"),  # a share of -1.0
+        (lambda: top_share(counts, [4, 4], fraction=float("nan")), "fraction must be in \\(0, 1\\]"),
+        (lambda: top_share(counts[None], [4, 4]), "counts must be \\[MoE layers, experts\\]"),
+    ]
+    for call, message in bad:
+        with pytest.raises(ExpertcacheError, match=message):
+            call()
+    assert rarely_used(counts, [4, 3]).tolist() == [[False, True, False, False], [False, False, False, False]]
