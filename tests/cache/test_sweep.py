@@ -66,3 +66,8 @@ def test_an_interrupted_write_keeps_the_earlier_sweep_whole(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         write_sweep(rows[:1], tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_one_policy_name_is_a_policy_not_its_letters():
+    trace = Trace.load(TRACE)
+    assert sweep(trace, "lru", [2], unit="slots") == sweep(trace, ["lru"], [2], unit="slots")  # was "unknown policy 'l'"

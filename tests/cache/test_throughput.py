@@ -136,3 +136,16 @@ def test_bench_hw_measures_a_usable_profile(tmp_path):
     for dtype in ("int8", "nn", "nope"):  # an integer dtype, a torch attribute that is no dtype, no attribute
         with pytest.raises(ExpertcacheError, match="floating-point torch dtype"):
             expert_times(64, 32, dtype)
+
+
+@pytest.mark.parametrize("args, message", [
+    (([1e6, 2e6], [0.01], [0.001]), "same number"),  # fitted 221 MB/s to lengths that differ
+    (([], [], []), "same number \\(at least one\\)"),  # (0.0, True, inf) with warnings
+    (([1e6], [float("nan")], [0.001]), "finite values"),
+    (([-1e6], [0.01], [0.001]), "bytes and compute seconds >= 0"),
+    (([1e6], [0.0], [0.001]), "wall seconds > 0"),
+    (("a", "b", "c"), "fit_link takes numbers"),
+])
+def test_fit_link_refuses_steps_it_cannot_fit(args, message):
+    with pytest.raises(ExpertcacheError, match=message):
+        fit_link(*args)

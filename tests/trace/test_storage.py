@@ -407,3 +407,25 @@ def test_a_model_description_the_manifest_garbles_is_refused(saved, field, value
     (saved / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ExpertcacheError, match=message):
         Trace.load(saved)
+
+
+def test_a_sequence_index_counts_from_the_end_and_outside_is_an_error(rng, distinct_ids):
+    seqs, _, _, trace = ragged_trace(rng, distinct_ids)  # lengths 5, 1, 9
+    np.testing.assert_array_equal(trace.experts[trace.sequence(-1)], seqs[2])  # was an empty slice
+    for bad in (3, -4, "0", 1.0):
+        with pytest.raises(ExpertcacheError, match="no sequence .*: the trace has 3 \\(0..2\\)"):
+            trace.sequence(bad)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(experts=np.zeros((2, 3, 1)), num_experts=4), "experts must be \\[sequences, tokens, MoE layers, k\\]"),
+    (dict(num_experts=3.5), "num_experts must hold whole numbers, got 3.5"),  # was taken as 3
+    (dict(num_experts=float("nan")), "num_experts must hold whole numbers"),
+    (dict(num_experts=4, domains=5), "domains must be one label or a list of labels"),
+    (dict(num_experts=4, domains=[5]), "domains must be one label or a list of labels"),  # saved as 5
+    (dict(model="x"), "model must be a ModelInfo, got str"),
+])
+def test_from_arrays_refuses_what_it_would_misread(kwargs, message):
+    args = dict(experts=np.zeros((1, 3, 1, 1), int)) | kwargs
+    with pytest.raises(ExpertcacheError, match=message):
+        Trace.from_arrays(args.pop("experts"), **args)

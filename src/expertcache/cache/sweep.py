@@ -51,6 +51,7 @@ def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), pr
     is called as rows finish; rows are also appended to `into` as they come, so an interrupted
     sweep keeps them."""
     check_accounting(accounting)
+    policies, scopes = ([v] if isinstance(v, str) else v for v in (policies, scopes))  # one name, not its letters
     if unit not in BUDGET_UNITS:
         raise ExpertcacheError(f"budget unit must be one of {', '.join(BUDGET_UNITS)}")
     if not policies or not budgets or not scopes:

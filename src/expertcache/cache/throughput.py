@@ -148,7 +148,16 @@ def _experts_per_token(stream, decode_tokens: np.ndarray, prefill_tokens: int) -
 def fit_link(bytes_read, wall_s, compute_s) -> tuple[float, bool, float]:
     """Link bandwidth and overlap mode that best explain measured step times (median relative
     error, searched over a log grid): how to calibrate a profile on a real engine's log."""
-    wall = np.asarray(wall_s, np.float64)
+    try:
+        steps = [np.asarray(v, np.float64) for v in (bytes_read, wall_s, compute_s)]
+    except (TypeError, ValueError):
+        raise ExpertcacheError("fit_link takes numbers: bytes read, wall seconds and compute seconds per step") from None
+    if any(v.ndim != 1 for v in steps) or len({len(v) for v in steps}) != 1 or not len(steps[0]):
+        raise ExpertcacheError("fit_link needs the same number (at least one) of bytes, wall and compute times")
+    bytes_read, wall, compute_s = steps
+    if not (np.isfinite(np.concatenate(steps)).all() and (bytes_read >= 0).all() and (compute_s >= 0).all()
+            and (wall > 0).all()):
+        raise ExpertcacheError("fit_link needs finite values: bytes and compute seconds >= 0, wall seconds > 0")
     best = (0.0, True, np.inf)
     for overlap in (True, False):
         for bandwidth in np.logspace(6, 12, 1201):

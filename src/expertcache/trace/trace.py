@@ -82,18 +82,24 @@ class Trace:
         seqs = _as_sequences(experts, "experts")
         if not seqs:
             raise ExpertcacheError("no sequences given")
+        if any(s.ndim != 3 for s in seqs):
+            raise ExpertcacheError("experts must be [sequences, tokens, MoE layers, k] (or a list of [tokens, MoE layers, k])")
         L, K = seqs[0].shape[1:]
         if any(s.shape[1:] != (L, K) for s in seqs):
             raise ExpertcacheError("every sequence needs the same number of layers and k")
         if model is None:
             if num_experts is None:
                 raise ExpertcacheError("give num_experts (or a model description)")
-            model = ModelInfo.synthetic(L, int(num_experts), K)
+            model = ModelInfo.synthetic(L, num_experts, K)
+        elif not isinstance(model, ModelInfo):
+            raise ExpertcacheError(f"model must be a ModelInfo, got {type(model).__name__}")
         per_seq = {name: _as_sequences(v, name) if v is not None else None
                    for name, v in (("weights", weights), ("tokens", tokens), ("phase", phase),
                                    ("positions", positions))}
         if isinstance(domains, str) or domains is None:
             domains = [domains or "default"] * len(seqs)
+        if not isinstance(domains, (list, tuple)) or not all(isinstance(d, str) for d in domains):
+            raise ExpertcacheError("domains must be one label or a list of labels (strings), one per sequence")
         if len(domains) != len(seqs):
             raise ExpertcacheError(f"{len(domains)} domain labels for {len(seqs)} sequences")
         turns = [0] * len(seqs) if turns is None else list(turns)
@@ -223,7 +229,11 @@ class Trace:
         return np.concatenate([[0], np.cumsum(self.seq_lengths)]).astype(np.int64)
 
     def sequence(self, i: int) -> slice:
-        """Token slice of sequence i, for indexing any per-token array."""
+        """Token slice of sequence i (negative i counts from the end), for indexing any per-token array."""
+        S = self.num_sequences
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -S <= i < S:
+            raise ExpertcacheError(f"no sequence {i!r}: the trace has {S} (0..{S - 1})")
+        i = int(i) % S
         return slice(int(self.seq_offsets[i]), int(self.seq_offsets[i + 1]))
 
     # ----------------------------------------------------------------- arrays
