@@ -153,3 +153,20 @@ def test_local_balance_rejects_bad_segment_lengths(m):
     trace = random_trace(np.random.default_rng(1), sequences=(2, 2), tokens=(4, 6))
     with pytest.raises(ExpertcacheError, match="segment length"):
         local_balance(trace, m if m == () else (m,))
+
+
+def test_the_public_measures_open_what_simulate_opens_and_refuse_the_rest():
+    from expertcache.cache import budget_ladder, recommend_budget
+    from expertcache.locality import curves, srp
+    from expertcache.trace.examples import open_example
+
+    name = "example:olmoe-1b-7b"  # simulate took it; these raised AttributeError
+    trace = open_example("olmoe-1b-7b")
+    np.testing.assert_array_equal(curves(name, "lru").per_layer, curves(trace, "lru").per_layer)
+    assert srp(name, 4, resamples=0).results[4]["model"].srp == srp(trace, 4, resamples=0).results[4]["model"].srp
+    assert budget_ladder(name) == budget_ladder(trace)
+    for call, message in ((lambda: curves(None, "lru"), "a trace is a Trace, a trace folder"),
+                          (lambda: srp(trace, 4, resamples=2.5), "resamples must be in 0..100,000"),
+                          (lambda: recommend_budget(trace, "lru", "0.9"), "fraction must be a number")):
+        with pytest.raises(ExpertcacheError, match=message):
+            call()

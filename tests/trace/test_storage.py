@@ -399,6 +399,9 @@ def test_an_interrupted_save_keeps_the_earlier_trace_whole(rng, distinct_ids, tm
     ("num_shared_experts", -1, "num_shared_experts >= 0, got 3 and -1"),  # printed as "-1 shared"
     ("num_layers", -3, "num_layers must be >= 1"),  # was "outside 0..-4"
     ("dense_bytes", [1e300] * 3, "dense_bytes must hold whole numbers"),
+    ("name", 5, "name, architecture and dtype must be strings"),
+    ("stack", "weird", "stack decoder or encoder"),
+    ("extra", "x", "extra a dict"),
 ])
 def test_a_model_description_the_manifest_garbles_is_refused(saved, field, value, message):
     manifest = json.loads((saved / "manifest.json").read_text())

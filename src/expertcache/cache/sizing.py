@@ -3,9 +3,11 @@ budget.py, so every simulation can carry them)."""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from ..errors import ExpertcacheError
+from ..trace.opening import open_trace
 from .policies import Policy, resolve_policy
 from .simulate import check_accounting, simulate
 from .stream import LookupStream, stream_for
@@ -19,6 +21,7 @@ def budget_ladder(trace) -> list[float]:
     """Budgets (multiples of the active experts) from half a token cycle to every expert of
     every layer, none below one expert: the points `recommend_budget` tries before it bisects,
     and a report plots."""
+    trace = open_trace(trace)
     full_x = trace.num_experts / trace.top_k  # every expert of every layer fits
     one = one_expert_x(trace)
     return [x for x in LADDER if one <= x < full_x] + [full_x]
@@ -56,8 +59,9 @@ def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.
     of the best achievable hit rate of `policy`, every replay under `accounting` (see `simulate`).
     Pass `stream=build_stream(trace)` to reuse one."""
     check_accounting(accounting)
-    if not 0 < fraction <= 1:
-        raise ExpertcacheError(f"fraction must be in (0, 1], got {fraction}")
+    trace = open_trace(trace)
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise ExpertcacheError(f"fraction must be a number in (0, 1], got {fraction!r}")
     policy, scope = resolve_policy(policy, scope)
     stream = stream_for(trace, stream)
     ladder = budget_ladder(trace)

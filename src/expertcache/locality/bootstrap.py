@@ -23,7 +23,8 @@ MAX_RESAMPLES = 100_000
 
 def check_resamples(resamples: int) -> int:
     """0..MAX_RESAMPLES: beyond, the draws alone ([B, S] float64) outgrow a machine's memory."""
-    if not 0 <= resamples <= MAX_RESAMPLES:
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) \
+            or not 0 <= resamples <= MAX_RESAMPLES:
         raise ExpertcacheError(f"resamples must be in 0..{MAX_RESAMPLES:,}, got {resamples}")
     return int(resamples)
 

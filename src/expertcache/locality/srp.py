@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..checks import check_seed
 from ..errors import ExpertcacheError
-from ..trace import Trace
+from ..trace import Trace, open_trace
 from ._streams import blocks, layer_ids, parallel_map
 from ._windows import window_hists
-from ..checks import check_seed
 from .bootstrap import RESAMPLES, basic_interval, check_resamples, resample_counts, resampled_sums
 from .study_cache import segment_lengths
 
@@ -203,6 +203,7 @@ def srp(trace: Trace, m=DEFAULT_M, by=(), *, seed: int = 0, resamples: int = RES
     """SRP(m) for each segment length, "model" and "per_layer" always, plus `by` breakdowns
     ("expert", "domain", "position"). Intervals: basic bootstrap over sequences, `resamples`
     draws seeded by (seed, m) (0 resamples: no interval)."""
+    trace = open_trace(trace)
     m_values = segment_lengths(m)
     by = check_breakdowns(by)
     resamples = check_resamples(resamples)

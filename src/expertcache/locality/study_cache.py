@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from ..errors import ExpertcacheError
-from ..trace import Trace
+from ..trace import Trace, open_trace
 from . import _stack
 from ._streams import blocks, layer_offsets, layer_stream, model_stream, parallel_map, split
 
@@ -203,6 +203,7 @@ def curves(trace: Trace, policy: str, m: int | None = None, domain: str | None =
     model-level curve only up to max_multiple x the active experts (NaN above): exact there, at
     a cost per request that no longer grows with the model's number of experts.
     """
+    trace = open_trace(trace)
     m = check_request(trace, policy, m, domain)
     counts = hit_counts(trace, policy, m, model_level=model_level, max_multiple=max_multiple, progress=progress)
     return rates(trace, counts, policy, m, domain)

@@ -36,6 +36,9 @@ class ModelInfo:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not all(isinstance(getattr(self, name), str) for name in ("name", "architecture", "dtype")) \
+                or self.stack not in ("decoder", "encoder") or not isinstance(self.extra, dict):
+            raise ExpertcacheError("name, architecture and dtype must be strings, stack decoder or encoder, extra a dict")
         for name in ("num_layers", "top_k", "num_shared_experts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import ExpertcacheError
 from .bigmoe import import_bigmoe
 from .examples import EXAMPLE_PREFIX, open_example
 from .trace import Trace
@@ -17,6 +18,8 @@ def open_trace(path: str | os.PathLike | Trace) -> Trace:
     `*.csv` route trace (imported)."""
     if isinstance(path, Trace):
         return path
+    if not isinstance(path, (str, os.PathLike)):
+        raise ExpertcacheError(f"a trace is a Trace, a trace folder, a route CSV or example:NAME; got {type(path).__name__}")
     if str(path).startswith(EXAMPLE_PREFIX):
         return open_example(str(path).removeprefix(EXAMPLE_PREFIX))
     path = Path(path)
