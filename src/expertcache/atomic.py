@@ -75,8 +75,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     earlier folder, or none, never part of the new one."""
     path = Path(path)
     stage, old = _staging(path, "tmp"), _staging(path, "old")
-    _clear_leftovers(path)
     try:
+        _clear_leftovers(path)
         stage.mkdir(parents=True)
         yield stage
         if path.exists():
@@ -115,8 +115,8 @@ def staged_files(folder: str | os.PathLike, replaces: Iterable[str] = ()) -> Ite
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _staging(path: Path, kind: str, pid: int | None = None) -> Path:
-    return path.with_name(f".{path.name}.{kind}-{os.getpid() if pid is None else pid}")
+def _staging(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
 
 
 def _clear_leftovers(path: Path) -> None:

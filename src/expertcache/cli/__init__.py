@@ -53,6 +53,7 @@ def main() -> None:
     status 2. Ctrl-C ends with status 130, after commands have committed what they finished;
     SIGTERM (a scheduler's or `kill`'s stop) takes the same way out, with status 143.
     """
+    _stopped_by.clear()  # main may run more than once in a process (tests)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         _register_all()  # imports torch and compiles: seconds in which a Ctrl-C may come
