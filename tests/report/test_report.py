@@ -197,3 +197,13 @@ def test_a_layer_axis_is_ticked_at_whole_layers_even_for_one_layer():
     _layer_axis(ax)
     assert [t for t in ax.get_xticks() if -0.5 <= t <= 0.5] == [0]  # was -0.4, -0.2, 0.0, 0.2, 0.4
     plt.close(fig)
+
+
+def test_traces_of_one_model_are_told_apart_by_their_folders():
+    # two corpora of one model read "synthetic" and "synthetic (2)": which was which?
+    from expertcache.report.build import _labels
+
+    same_model = Trace.from_arrays(np.zeros((1, 3, 1, 1), int), 4)  # model "synthetic"
+    sources = ["runs/prose", "runs/code", "runs/prose", "example:olmoe-1b-7b", same_model]
+    assert _labels(sources, [same_model] * 5) == ["synthetic (prose) (1)", "synthetic (code)", "synthetic (prose) (2)",
+                                                  "olmoe-1b-7b", "synthetic"]

@@ -51,20 +51,27 @@ def progress_units(traces: int) -> int:
 
 def assess(sources, *, profile=None, budget_mib: float | None = None, progress=None) -> list[Finding]:
     """Gather the evidence and judge each trace (`sources`: Traces, paths or example:NAME), named
-    by the example's name or else the model's."""
+    by the example's name or else the model's (with its folder's where two traces share a model)."""
     step = progress or (lambda description: None)
     if budget_mib is not None:
         check_budget_value(budget_mib, "MiB")
-    findings, names = [], []
-    for source in sources:
-        trace = open_trace(source)
-        example = not isinstance(source, Trace) and str(source).startswith(EXAMPLE_PREFIX)
-        names.append(str(source).removeprefix(EXAMPLE_PREFIX) if example else trace.model.name)
-        label = names[-1] if names.count(names[-1]) == 1 else f"{names[-1]} ({names.count(names[-1])})"
+    traces = [open_trace(source) for source in sources]  # every source readable before any work
+    findings = []
+    for trace, label in zip(traces, _labels(sources, traces)):
         ev = gather(trace, label, profile=profile, budget_mib=budget_mib,
                     progress=lambda s, label=label: step(f"{label}: {s}"))
         findings.append(Finding(ev, judge(ev)))
     return findings
+
+
+def _labels(sources, traces) -> list[str]:
+    """Each trace's name in the report: the example's, or the model's; the folder is added where
+    two traces share a model, and a count where the same source comes twice."""
+    examples = [not isinstance(s, Trace) and str(s).startswith(EXAMPLE_PREFIX) for s in sources]
+    names = [str(s).removeprefix(EXAMPLE_PREFIX) if e else t.model.name for s, t, e in zip(sources, traces, examples)]
+    names = [f"{n} ({Path(s).name})" if names.count(n) > 1 and not e and not isinstance(s, Trace) else n
+             for s, n, e in zip(sources, names, examples)]
+    return [n if names.count(n) == 1 else f"{n} ({names[:i + 1].count(n)})" for i, n in enumerate(names)]
 
 
 def write_report(sources, out: str | os.PathLike, *, profile=None, budget_mib: float | None = None,
