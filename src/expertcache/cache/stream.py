@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ExpertcacheError
 from ..trace.format import PREFILL
 
-__all__ = ["LookupStream", "build_stream", "stream_for"]
+__all__ = ["LookupStream", "build_stream", "key_offsets", "stream_for"]
 
 NEVER = np.iinfo(np.int64).max // 4  # "next use" of a key never used again
 
@@ -72,6 +72,11 @@ class LookupStream:
         return np.bincount(self.keys, minlength=self.num_keys)
 
 
+def key_offsets(model) -> np.ndarray:
+    """[L + 1] int64 first key of each MoE layer (keys number (layer, expert) pairs densely)."""
+    return np.concatenate([[0], np.cumsum(model.num_experts)]).astype(np.int64)
+
+
 def stream_for(trace, stream: LookupStream | None) -> LookupStream:
     """`stream` when it was built from a trace of this shape (else a one-line error: another
     trace's keys or tokens would be read out of this one's bounds), or a new one."""
@@ -79,8 +84,7 @@ def stream_for(trace, stream: LookupStream | None) -> LookupStream:
         return build_stream(trace)
     if not isinstance(stream, LookupStream):
         raise ExpertcacheError(f"stream must be build_stream(trace), got {type(stream).__name__}")
-    key_offset = np.concatenate([[0], np.cumsum(trace.model.num_experts)])
-    if stream.num_tokens != trace.num_tokens or not np.array_equal(stream.key_offset, key_offset):
+    if stream.num_tokens != trace.num_tokens or not np.array_equal(stream.key_offset, key_offsets(trace.model)):
         raise ExpertcacheError("the stream was built from another trace (its tokens or experts differ); "
                                "pass build_stream(trace) of this one")
     return stream
@@ -90,8 +94,7 @@ def build_stream(trace) -> LookupStream:
     """The lookup stream of a whole trace (sequences back to back)."""
     experts = np.asarray(trace.experts)  # [N, L, K]
     phase = np.asarray(trace.phase)  # [N]
-    num_experts = np.asarray(trace.model.num_experts, np.int64)
-    key_offset = np.concatenate([[0], np.cumsum(num_experts)]).astype(np.int64)
+    key_offset = key_offsets(trace.model)
 
     if not (phase == PREFILL).any() and not (experts == trace.pad_id).any():
         return _decode_only(experts, phase, key_offset)

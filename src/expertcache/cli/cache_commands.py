@@ -12,11 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..atomic import output_folder
 from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
 from ..units import size_text
 from . import Interrupted
-from ..atomic import output_folder
 from .arguments import ScopeOption, TraceArg, lower, scope_of
 from .progress import transient_bar
 

@@ -19,12 +19,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..atomic import output_folder, staged_files, write_json_atomic
+from ..checks import check_seed
 from ..errors import ExpertcacheError
 from ..trace import Trace
 from .balance import global_balance, local_balance
-from ..checks import check_seed
 from .bootstrap import check_resamples
-from .chance import DEFAULT_PERMUTATIONS, MAX_PERMUTATIONS, chance_curves, chance_overlap, chance_srp
+from .chance import DEFAULT_PERMUTATIONS, chance_curves, chance_overlap, chance_srp, check_permutations
 from .overlap import consecutive_overlap
 from .specialization import NO_FREQUENT_TOKEN, domain_specialization, missing_specialization, vocabulary_specialization
 from .srp import DEFAULT_M, srp
@@ -55,8 +55,7 @@ def analyze(trace: Trace, out: str | os.PathLike, *, m=DEFAULT_M, permutations: 
     the tables and summary written there before.
     """
     m_values = segment_lengths(m)
-    if not 0 <= permutations <= MAX_PERMUTATIONS:
-        raise ExpertcacheError(f"permutations must be in 0..{MAX_PERMUTATIONS}, got {permutations}")
+    permutations = check_permutations(permutations, least=0)
     resamples = check_resamples(resamples)  # before the curves, not after them
     seed = check_seed(seed)
     out = output_folder(out)

@@ -19,18 +19,24 @@ from .overlap import consecutive_overlap
 from .srp import best_f1, window_stats
 from .study_cache import HitCurves, check_request, hit_counts, rates
 
-__all__ = ["DEFAULT_PERMUTATIONS", "MAX_PERMUTATIONS", "chance_curves", "chance_overlap", "chance_srp"]
+__all__ = ["DEFAULT_PERMUTATIONS", "MAX_PERMUTATIONS", "chance_curves", "chance_overlap", "chance_srp",
+           "check_permutations"]
 
 DEFAULT_PERMUTATIONS = 3
 MAX_PERMUTATIONS = 1000  # a chance level averaged over more shuffles changes in no printed digit
 
 
+def check_permutations(permutations: int, least: int = 1) -> int:
+    """The number of shuffles a chance level averages, least..MAX_PERMUTATIONS (`analyze` takes 0: none)."""
+    if not least <= permutations <= MAX_PERMUTATIONS:
+        raise ExpertcacheError(f"permutations must be in {least}..{MAX_PERMUTATIONS}, got {permutations}")
+    return int(permutations)
+
+
 def _check(permutations: int, seed: int) -> int:
     """Validate the shuffles' settings before any pass; returns the number of permutations."""
     check_seed(seed)
-    if not 1 <= permutations <= MAX_PERMUTATIONS:
-        raise ExpertcacheError(f"permutations must be in 1..{MAX_PERMUTATIONS}, got {permutations}")
-    return int(permutations)
+    return check_permutations(permutations)
 
 
 def chance_curves(trace: Trace, policy: str, m: int | None = None, domain: str | None = None, *,
