@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..checks import is_whole
 from ..errors import ExpertcacheError
 from ..trace.opening import open_trace
 from .budget import Budget, budget_warnings, layer_expert_bytes, resolve_budget
@@ -130,7 +131,7 @@ def run_stream(stream: LookupStream, policy: Policy, budget: Budget, pf_keys: np
 
 
 def _cpu_below(tokens) -> int:
-    if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 0:
+    if not is_whole(tokens) or tokens < 0:
         raise ExpertcacheError(f"misses_on_cpu_below must be a whole number of tokens >= 0, not {tokens!r}")
     return min(int(tokens), EVERY_MISS)
 

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from ..checks import is_whole
 from ..errors import ExpertcacheError
 
 __all__ = ["MAX_RESAMPLES", "RESAMPLES", "basic_interval", "check_resamples", "resample_counts"]
@@ -23,8 +24,7 @@ MAX_RESAMPLES = 100_000
 
 def check_resamples(resamples: int) -> int:
     """0..MAX_RESAMPLES: beyond, the draws alone ([B, S] float64) outgrow a machine's memory."""
-    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) \
-            or not 0 <= resamples <= MAX_RESAMPLES:
+    if not is_whole(resamples) or not 0 <= resamples <= MAX_RESAMPLES:
         raise ExpertcacheError(f"resamples must be in 0..{MAX_RESAMPLES:,}, got {resamples}")
     return int(resamples)
 

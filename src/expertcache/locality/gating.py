@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import is_whole
 from ..errors import ExpertcacheError
 from ..trace import Trace
 
@@ -68,7 +69,7 @@ def co_firing(trace: Trace, layer: int, chunk: int = CHUNK_TOKENS) -> tuple[np.n
     be, above 1 = together more often; NaN on the diagonal and for unused experts. Pairs are
     counted `chunk` tokens at a time (a token has k (k - 1) / 2 of them)."""
     _check_chunk(chunk)
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < trace.num_moe_layers:
+    if not is_whole(layer) or not 0 <= layer < trace.num_moe_layers:
         raise ExpertcacheError(f"layer must be an MoE layer index in 0..{trace.num_moe_layers - 1}, got {layer!r}")
     E = trace.model.num_experts[layer]
     layer_ids = trace.layer_experts(layer)  # [N, K]
@@ -93,7 +94,7 @@ def co_firing(trace: Trace, layer: int, chunk: int = CHUNK_TOKENS) -> tuple[np.n
 
 
 def _check_chunk(chunk) -> None:
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+    if not is_whole(chunk) or chunk < 1:
         raise ExpertcacheError(f"chunk must be a whole number of tokens >= 1, got {chunk!r}")
 
 

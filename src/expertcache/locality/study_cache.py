@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
+from ..checks import is_whole
 from ..errors import ExpertcacheError
 from ..trace import Trace, open_trace
 from . import _stack
@@ -82,7 +83,7 @@ def check_policy(policy: str, m: int | None) -> int | None:
 
 
 def check_m(m) -> int:
-    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+    if not is_whole(m) or m < 1:
         raise ExpertcacheError(f"segment length m must be an integer >= 1, got {m!r}")
     return int(m)
 

@@ -5,9 +5,9 @@ Shape key: L MoE layers (dense layers are not counted), E experts, K routed expe
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import asdict, dataclass, field
 
+from ..checks import is_whole
 from ..errors import ExpertcacheError
 
 __all__ = ["ModelInfo"]
@@ -41,11 +41,11 @@ class ModelInfo:
             raise ExpertcacheError("name, architecture and dtype must be strings, stack decoder or encoder, extra a dict")
         for name in ("num_layers", "top_k", "num_shared_experts"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if not is_whole(value):
                 raise ExpertcacheError(f"{name} must be a whole number, got {value!r}")
         for name in ("moe_layers", "num_experts", "expert_bytes", "dense_bytes"):
             values = tuple(getattr(self, name))
-            wrong = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)), None)
+            wrong = next((v for v in values if not is_whole(v)), None)
             if wrong is not None:  # 8.5 experts were read as 8, "8" as 8
                 raise ExpertcacheError(f"{name} must hold whole numbers, got {wrong!r}")
             object.__setattr__(self, name, tuple(int(v) for v in values))

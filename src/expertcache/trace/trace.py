@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_folder
+from ..checks import is_whole
 from ..errors import ExpertcacheError
 from .format import (
     DECODE,
@@ -231,7 +232,7 @@ class Trace:
     def sequence(self, i: int) -> slice:
         """Token slice of sequence i (negative i counts from the end), for indexing any per-token array."""
         S = self.num_sequences
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -S <= i < S:
+        if not is_whole(i) or not -S <= i < S:
             raise ExpertcacheError(f"no sequence {i!r}: the trace has {S} (0..{S - 1})")
         i = int(i) % S
         return slice(int(self.seq_offsets[i]), int(self.seq_offsets[i + 1]))
