@@ -478,3 +478,39 @@ def test_lookup_order_is_a_stable_descending_sort_of_the_weights():
     assert got_ids == np.take_along_axis(ids, order.numpy(), -1).tolist()
     assert np.array_equal(np.float32(got_weights), want_weights.numpy())
     assert got_ids[0] == ids[0].tolist()
+
+
+def _position_in_group_matters(monkeypatch):
+    """Matmuls whose rows depend on their place in the group, as a real CPU kernel's can (a
+    group's first rows in a vector block, the rest in a tail), and a sort that keeps ties in
+    reverse, as an unstable one may: then only the stock function's own order gives its bits."""
+    def mm(a, b, out=None):
+        r = a @ b + torch.arange(len(a), dtype=a.dtype)[:, None] / 8
+        return r if out is None else out.copy_(r)
+
+    def grouped_mm(x, w, offs):
+        bounds = [0] + offs.tolist()
+        return torch.cat([mm(x[s:e], w[i]) for i, (s, e) in enumerate(zip(bounds, bounds[1:]))])
+
+    def ties_reversed(x, *args, **kwargs):
+        order = torch.from_numpy(np.lexsort((-np.arange(len(x)), x.numpy())))
+        return torch.return_types.sort((x[order], order))
+
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", grouped_mm)
+    monkeypatch.setattr(torch, "sort", ties_reversed)
+
+
+@pytest.mark.parametrize("slots_per_layer", ["min", "all"])  # prefill in chunks, and whole
+def test_rows_are_grouped_in_the_stock_functions_order(slots_per_layer, checkpoints, monkeypatch):
+    path = checkpoints("olmoe")
+    _position_in_group_matters(monkeypatch)
+    stock = stock_model(path, "grouped_mm")
+    ids = prompt(24)
+    with torch.no_grad():
+        want = stock(ids).logits
+    k, E, L = stock.config.num_experts_per_tok, stock.config.num_experts, stock.config.num_hidden_layers
+    model = offload(path, budget_slots=(k if slots_per_layer == "min" else E) * L, scope="layer")
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, want)
+    close(model)

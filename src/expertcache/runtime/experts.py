@@ -58,40 +58,49 @@ class _ExpertRows:
         return self.pool[int(self.slot_of[int(expert)])]
 
 
+def stock_order(top_k_index: torch.Tensor) -> np.ndarray | None:
+    """[T * K] the (token, k) rows in the order the stock function computes them: its own
+    `torch.sort` of the routed expert ids. That sort is not stable (with AVX-512 torch sorts with
+    x86-simd-sort), and a row's bits can depend on its place in its group's matmul, so the order
+    inside a group is the sort's, not a stable one's. None where no expert repeats: every row is
+    then a group of its own, and order does not matter."""
+    flat = top_k_index.reshape(-1)
+    if len(set(flat.tolist())) == len(flat):
+        return None
+    return torch.sort(flat).indices.cpu().numpy()
+
+
 @torch.no_grad()  # slots are buffers, and `mm(out=)` refuses autograd
 def _grouped_forward(module, pools: dict[str, torch.Tensor], hidden: torch.Tensor, slot_ids: np.ndarray,
-                     top_k_weights: torch.Tensor) -> torch.Tensor:
+                     top_k_weights: torch.Tensor, order: np.ndarray | None) -> torch.Tensor:
     """The stock grouped_mm experts forward on CPU slot pools, bookkeeping in numpy.
 
-    The same steps and ops as transformers' function: rows grouped by slot (a stable sort),
-    inputs cast to the weights' dtype, one `mm` per group, the module's own gate (or
-    activation), bias, post norm, routing weights, rows in routing order summed over k. It skips
-    what only the stock kernel's calling convention needs: a histogram of every group, a grouped
-    matmul that visits every slot of the pool, and a tensor subclass to intercept it. Where no
-    slot repeats (one token's call in decode, or a chunk of it) nothing is sorted: each row is a
-    group of its own, and a row's bits do not depend on where it lies. slot_ids: [T, K].
+    The same steps and ops as transformers' function: rows grouped by expert in the stock order
+    (`order`, from `stock_order`; None: each row a group of its own), inputs cast to the
+    weights' dtype, one `mm` per group, the module's own gate (or activation), bias, post norm,
+    routing weights, rows in routing order summed over k. It skips what only the stock kernel's
+    calling convention needs: a histogram of every group, a grouped matmul that visits every
+    slot of the pool, and a tensor subclass to intercept it. slot_ids: [T, K], one slot per
+    expert of the call, so groups of slots are groups of experts.
     """
     T, K = slot_ids.shape
     x = hidden.to(_dtype(module, pools))
-    slots = slot_ids.reshape(-1).tolist()
-    if len(set(slots)) == len(slots):  # every row a group of its own (a decode call, or a chunk of one)
-        perm = None
+    if order is None:  # every row a group of its own (a decode call, or a chunk of one)
+        slots = slot_ids.reshape(-1).tolist()
         rows = x.split(1)
         inputs = [rows[i // K] for i in range(T * K)]
     else:
-        flat = slot_ids.reshape(-1)
-        perm = np.argsort(flat, kind="stable")
-        by_slot = flat[perm]
+        by_slot = slot_ids.reshape(-1)[order]
         starts = np.flatnonzero(np.concatenate(([True], by_slot[1:] != by_slot[:-1])))
         slots = by_slot[starts].tolist()
-        inputs = x[torch.from_numpy(perm // K)].split(np.diff(starts, append=len(by_slot)).tolist())
-    row_slots = torch.from_numpy(slot_ids.reshape(-1) if perm is None else by_slot) if module.has_bias else None
+        inputs = x[torch.from_numpy(order // K)].split(np.diff(starts, append=len(by_slot)).tolist())
+    row_slots = torch.from_numpy(slot_ids.reshape(-1) if order is None else by_slot) if module.has_bias else None
     proj = _expert_rows(module, pools, inputs, slots, row_slots)
-    if perm is None:
+    if order is None:
         return _weighted_sum(proj, top_k_weights.reshape(-1), T, hidden.dtype)
-    back = np.empty_like(perm)
-    back[perm] = np.arange(len(perm))
-    return _weighted_sum(proj, top_k_weights.reshape(-1)[torch.from_numpy(perm)], T, hidden.dtype,
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return _weighted_sum(proj, top_k_weights.reshape(-1)[torch.from_numpy(order)], T, hidden.dtype,
                          torch.from_numpy(back))
 
 
@@ -179,6 +188,11 @@ class Pools:
         return next(iter(self.tensors.values())).device
 
 
+def _in_place(slot_ids: np.ndarray) -> np.ndarray | None:
+    """The order of rows already in the stock order (k = 1): as they are, or None if no slot repeats."""
+    return None if len(np.unique(slot_ids)) == slot_ids.size else np.arange(slot_ids.size)
+
+
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x if x.device == device else x.to(device)
 
@@ -221,10 +235,11 @@ class GroupedCompute(SlotCompute):
         super().__init__(slots)
         self._views: dict[tuple[int, int], _View] = {}  # (id(module), id(pools)) -> view (pools never move)
 
-    def _forward(self, module, pools: Pools, hidden, slot_ids: np.ndarray, top_k_weights) -> torch.Tensor:
-        """The grouped_mm forward with expert ids renamed to rows of `pools` (slot_ids: [T, K])."""
+    def _forward(self, module, pools: Pools, hidden, slot_ids: np.ndarray, top_k_weights, order) -> torch.Tensor:
+        """The grouped_mm forward with expert ids renamed to rows of `pools` (slot_ids: [T, K]);
+        order: the rows' stock order on CPU (see `stock_order`)."""
         if pools.device.type == "cpu":
-            return _grouped_forward(module, pools.tensors, hidden, slot_ids, top_k_weights)
+            return _grouped_forward(module, pools.tensors, hidden, slot_ids, top_k_weights, order)
         from transformers.integrations.moe import grouped_mm_experts_forward
 
         view = self._views.get((id(module), id(pools)))
@@ -233,22 +248,25 @@ class GroupedCompute(SlotCompute):
         return grouped_mm_experts_forward(view, hidden, torch.from_numpy(slot_ids).to(pools.device), top_k_weights)
 
     def whole(self, module, layer_slots, hidden, top_k_index, top_k_weights):
-        return self._forward(module, self.slots, hidden, layer_slots[top_k_index.cpu().numpy()], top_k_weights)
+        return self._forward(module, self.slots, hidden, layer_slots[top_k_index.cpu().numpy()], top_k_weights,
+                             stock_order(top_k_index))
 
     def chunked(self, module, chunks, hidden, top_k_index, top_k_weights):
         T, K = top_k_index.shape
         if T == 1 and hidden.device.type == "cpu":  # every pool a chunk reads is then on the CPU too
             return _token_chunked(module, chunks, hidden, top_k_index, top_k_weights)
         expert_of_row = top_k_index.reshape(-1).cpu().numpy()  # [T * K]
+        order = stock_order(top_k_index)
+        order = np.arange(T * K) if order is None else order
         row_weights = top_k_weights.reshape(-1, 1)
         rows = torch.empty((T * K, hidden.shape[-1]), dtype=torch.float32, device=hidden.device)
         for experts, layer_rows, pools in chunks:
-            mine = np.flatnonzero(np.isin(expert_of_row, experts))
+            mine = order[np.isin(expert_of_row[order], experts)]  # the chunk's rows, in the stock order
             at = pools.device
             here = torch.from_numpy(mine).to(hidden.device)
-            rows[here] = _to(self._forward(module, pools, _to(hidden[here // K].float(), at),
-                                           layer_rows[expert_of_row[mine]].reshape(-1, 1), _to(row_weights[here], at)),
-                             rows.device)
+            slot_ids = layer_rows[expert_of_row[mine]].reshape(-1, 1)
+            rows[here] = _to(self._forward(module, pools, _to(hidden[here // K].float(), at), slot_ids,
+                                           _to(row_weights[here], at), _in_place(slot_ids)), rows.device)
         weighted = torch.promote_types(next(iter(self.slots.tensors.values())).dtype, top_k_weights.dtype)
         return rows.to(weighted).view(T, K, -1).sum(dim=1).to(hidden.dtype)
 
