@@ -37,7 +37,7 @@ def drive_engine_per_call(trace, policy, accounting="published", **budget_kw):
     K = stream.num_keys
     X = new_engine(K, len(budget.pool_budget))
     plan = new_plan(int(np.diff(stream.batch_start).max()), K)
-    hint, out, key_bytes = stream.next_use, np.zeros(4, np.int64), np.zeros(K, np.int64)
+    hint, key_bytes = stream.next_use, np.zeros(K, np.int64)
     result = []
     for b in range(stream.num_batches):
         s, e = stream.batch_start[b], stream.batch_start[b + 1]
@@ -47,9 +47,10 @@ def drive_engine_per_call(trace, policy, accounting="published", **budget_kw):
         assert np.array_equal(I, before[0]) and np.array_equal(F, before[1]), "victim() changed the policy state"
         assert v == victim(I, F, pool, X[PIN], b + 1, X[WORK])
         assert v < 0 or (X[RESIDENT, v] and budget.key_pool[v] == pool)
-        engine_batch(I, F, X, stream.keys[s:e], 0, e - s, s, b, hint[s:e] if policy.uses_future else hint[:0], budget.key_cost, key_bytes,
-                     budget.pool_budget, accounting == "strict", 0, plan.rows, plan.counts, out)
-        result.append((int(out[0]), int(out[1])))
+        hits, misses, _, _ = engine_batch(I, F, X, stream.keys[s:e], 0, e - s, s, b,
+                                          hint[s:e] if policy.uses_future else hint[:0], budget.key_cost, key_bytes,
+                                          budget.pool_budget, accounting == "strict", 0, plan.rows, plan.counts)
+        result.append((hits, misses))
         evicted = plan.rows[EVICTED, :plan.counts[N_EVICTED]]
         assert not X[RESIDENT, evicted].any()
     return result

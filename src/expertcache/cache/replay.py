@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from ..trace.format import DECODE
+from ..trace.format import DECODE, expert_dtype
 from .engine import COUNTERS, finish, new_engine, new_plan, engine_batch, prefetch_after
 
 __all__ = ["replay", "Replayed"]
@@ -19,20 +19,20 @@ __all__ = ["replay", "Replayed"]
 
 @numba.njit(cache=True, _nrt=False)  # the inlined engine step would refcount its array views per batch
 def _loop(I, F, X, keys, batch_start, batch_phase, hint, key_cost, key_bytes, budget, strict, cpu_below, pf_keys,
-          pf_distance, plan, counts, hits, misses, at_source, totals, out):
+          pf_distance, plan, counts, hits, misses, at_source, totals):
     B = len(batch_start) - 1
     prefetching = pf_keys.shape[1] > 0
     h = m = rb = at = dh = dm = 0  # totals, and the decode batches' hits and misses
     for b in range(B):
         s, e = batch_start[b], batch_start[b + 1]
-        engine_batch(I, F, X, keys, s, e, s, b, hint, key_cost, key_bytes, budget, strict, cpu_below, plan, counts,
-                     out)
-        hits[b], misses[b] = out[0], out[1]
-        if out[3]:  # mostly 0: pages never written stay unallocated
-            at_source[b] = out[3]
-        h, m, rb, at = h + out[0], m + out[1], rb + out[2], at + out[3]
+        bh, bm, brb, bat = engine_batch(I, F, X, keys, s, e, s, b, hint, key_cost, key_bytes, budget, strict,
+                                        cpu_below, plan, counts)
+        hits[b], misses[b] = bh, bm
+        if bat:  # mostly 0: pages never written stay unallocated
+            at_source[b] = bat
+        h, m, rb, at = h + bh, m + bm, rb + brb, at + bat
         if batch_phase[b] == DECODE:
-            dh, dm = dh + out[0], dm + out[1]
+            dh, dm = dh + bh, dm + bm
         if prefetching and b + pf_distance < B:
             prefetch_after(I, F, X, pf_keys[b + pf_distance], b, b + pf_distance, e - 1, key_cost, key_bytes,
                            budget, strict, plan, counts)
@@ -41,9 +41,9 @@ def _loop(I, F, X, keys, batch_start, batch_phase, hint, key_cost, key_bytes, bu
 
 
 class Replayed(NamedTuple):
-    hits: np.ndarray  # [B] int32
-    misses: np.ndarray  # [B] int32
-    at_source: np.ndarray  # [B] int32 misses computed at the source, not loaded
+    hits: np.ndarray  # [B] unsigned, the smallest type that holds a batch's distinct keys
+    misses: np.ndarray  # [B] same type
+    at_source: np.ndarray  # [B] same type: misses computed at the source, not loaded
     totals: np.ndarray  # [6] int64 hits, misses, bytes read by misses, at_source; decode batches' hits, misses
     prefetch: np.ndarray  # [5] prefetch counters (engine.PF_*)
 
@@ -61,10 +61,13 @@ def replay(state, stream, hint, key_cost, key_bytes, budget, pf_keys, pf_distanc
     K, B = len(key_cost), stream.num_batches
     X = new_engine(K, len(budget), pf_reserve)
     plan = new_plan(stream.max_batch + pf_keys.shape[1], K)
-    r = Replayed(np.zeros(B, np.int32), np.zeros(B, np.int32), np.zeros(B, np.int32), np.zeros(6, np.int64),
+    # small per-batch counts: a long k = 1 stream's int32 arrays (hundreds of MiB) made the
+    # kernel stall on fresh memory, nearly doubling a replay's time
+    per_batch = expert_dtype(min(stream.max_batch, int(np.diff(stream.key_offset).max(initial=0))))
+    r = Replayed(np.zeros(B, per_batch), np.zeros(B, per_batch), np.zeros(B, per_batch), np.zeros(6, np.int64),
                  np.zeros(5, np.int64))
     _loop(state.ints, state.floats, X, stream.keys, stream.batch_start, stream.batch_phase, hint, key_cost, key_bytes,
           budget, bool(strict), int(cpu_below), pf_keys, int(pf_distance), plan.rows, plan.counts, r.hits, r.misses,
-          r.at_source, r.totals, np.zeros(4, np.int64))
+          r.at_source, r.totals)
     r.prefetch[:] = X[COUNTERS, :5]
     return r

@@ -69,7 +69,6 @@ class ExpertCache:
         self.I, self.F = policy.new_state(budget, num_layers)
         self.X = new_engine(K, len(budget.pool_budget))
         self._plan = new_plan(1, K)
-        self._out = np.zeros(4, np.int64)
         self.misses_on_cpu_below = misses_on_cpu_below
         self._no_hint = self._none = np.empty(0, np.int64)
         self._after_compute = (self._none, self._none)  # (evicted, prefetched) keys waiting for a computation
@@ -100,12 +99,11 @@ class ExpertCache:
         if len(keys) + self.X.shape[1] + 1 > self._plan.rows.shape[1]:
             self._plan = new_plan(len(keys) * 2, len(self.key_bytes))
         rows, counts = self._plan
-        engine_batch(self.I, self.F, self.X, keys, 0, len(keys), self.position, self.batch, self._no_hint,
-                     self.budget.key_cost, self.key_bytes, self.budget.pool_budget, True, self.misses_on_cpu_below,
-                     rows, counts, self._out)
+        h, m, rb, at_source = engine_batch(self.I, self.F, self.X, keys, 0, len(keys), self.position, self.batch,
+                                           self._no_hint, self.budget.key_cost, self.key_bytes,
+                                           self.budget.pool_budget, True, self.misses_on_cpu_below, rows, counts)
         self.batch += 1
         self.position += len(keys)
-        h, m, rb, at_source = self._out.tolist()
         c = self.counters
         c.lookups += h + m
         c.hits += h
