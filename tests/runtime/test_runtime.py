@@ -514,3 +514,36 @@ def test_rows_are_grouped_in_the_stock_functions_order(slots_per_layer, checkpoi
     with torch.no_grad():
         assert torch.equal(model(ids).logits, want)
     close(model)
+
+
+def test_a_split_call_gates_every_row_where_the_stock_call_does(tmp_path, monkeypatch):
+    """GPT-OSS's gate (a sigmoid over strided halves) gives an element in a vectorized loop's tail
+    other last bits than in its body; with 48 intermediate features a row's tail depends on how
+    many rows the tensor holds, so a call split while its misses are read must still gate the
+    whole call's tensor (fp32, decode calls split by slowing the odd experts' reads)."""
+    import time
+
+    from expertcache.runtime.store import ExpertStore
+
+    config = transformers.GptOssConfig(vocab_size=256, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                                       num_experts_per_tok=2, sliding_window=8,
+                                       layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(1)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    pread = ExpertStore._fetch
+
+    def odd_ones_slow(self, layer, expert, dest):
+        time.sleep(0.03 if expert % 2 else 0)
+        pread(self, layer, expert, dest)
+
+    monkeypatch.setattr(ExpertStore, "_fetch", odd_ones_slow)
+    options = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, output_logits=True,
+                   return_dict_in_generate=True)
+    ids = prompt(24) % 256
+    with torch.no_grad():
+        want = stock_model(tmp_path, "grouped_mm").generate(ids, **options)
+        model = offload(tmp_path, budget_slots=2, prefetch="previous")
+        got = model.generate(ids, **options)
+    close(model)
+    assert all(torch.equal(g, w) for g, w in zip(got.logits, want.logits))

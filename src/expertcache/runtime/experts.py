@@ -5,15 +5,13 @@ computes with the implementation the plain model would use (transformers' defaul
 `grouped_mm`, or `eager`), on *views* that answer like the experts module except that expert
 parameters come from the cache's slot pools:
 
-- grouped_mm: the routed expert ids are renamed to their slot ids and the pools [S + 1, ...]
-  stand for the weights. Every (token, expert) row is computed from its group's rows alone and
-  rows are summed over k in routing order, so renaming the groups changes nothing. On CUDA the
-  stock function runs on a view whose parameters are the pools. On CPU torch's grouped matmul
-  visits every group, empty or not (about 1-3 us each), and a pool has many more slots than a
-  layer has experts; so `_grouped_forward` takes the stock function's steps itself, with one
-  `mm` per non-empty group (what torch's CPU kernel computes for each group: same bits, tested
-  against the plain model) and its bookkeeping in numpy, which makes a decode call cheaper
-  than the stock one.
+- grouped_mm: each expert's group of (token, k) rows is computed with its slot's weights. On
+  CUDA the stock function runs on a view whose parameters are the pools, slot ids standing
+  for expert ids. On CPU torch's grouped matmul visits every group, empty or not (about 1-3 us
+  each), and a pool has many more slots than a layer has experts; so `_grouped_on_cpu` takes
+  the stock function's steps itself, on tensors laid out as the stock's, with one `mm` per
+  non-empty group (what torch's CPU kernel computes for each group: same bits, tested against
+  the plain model), which makes a decode call cheaper than the stock one.
 - eager: the view's `param[e]` is expert e's slot, so the stock loop visits the same experts in
   the same (ascending id) order with the same weights.
 - dense (Llama4, outside the registry): see `DenseCompute`.
@@ -22,10 +20,11 @@ A call whose experts do not all fit (strict capacity) is computed chunk by chunk
 once its experts are resident, then combined in the stock order. Misses computed where the
 weights live (--misses-on-cpu) are one more chunk, read from the slow tier's host pools (on the
 CPU) instead of the cache's slots:
-- grouped_mm: each chunk computes its (token, expert) rows with k = 1 and a float32 input
-  (cast back to the weights' dtype inside the kernel, so the same bits); the rows are summed
-  over k at the end, exactly as the stock function does. A single token on CPU (a decode call
-  split while its misses are read) takes the shorter way of `_token_chunked`.
+- grouped_mm on CPU: each chunk computes its experts' groups into the call's whole [T * K, ...]
+  tensors, and the gate runs on the whole tensor, so every element lies where the stock's does;
+  the rows are summed over k once all chunks are in. On a GPU each chunk computes its rows as
+  k = 1 calls with a float32 input (cast back to the weights' dtype inside the kernel), summed
+  over k at the end.
 - eager: each expert's contribution is the stock forward over its tokens with every other
   expert mapped to the all-zero slot (adding exactly +0); contributions are summed at the end
   in ascending expert id. About k times the work of those tokens, but exact.
@@ -58,83 +57,58 @@ class _ExpertRows:
         return self.pool[int(self.slot_of[int(expert)])]
 
 
-def stock_order(top_k_index: torch.Tensor) -> np.ndarray | None:
-    """[T * K] the (token, k) rows in the order the stock function computes them: its own
-    `torch.sort` of the routed expert ids. That sort is not stable (with AVX-512 torch sorts with
-    x86-simd-sort), and a row's bits can depend on its place in its group's matmul, so the order
-    inside a group is the sort's, not a stable one's. None where no expert repeats: every row is
-    then a group of its own, and order does not matter."""
-    flat = top_k_index.reshape(-1)
-    if len(set(flat.tolist())) == len(flat):
-        return None
-    return torch.sort(flat).indices.cpu().numpy()
-
-
 @torch.no_grad()  # slots are buffers, and `mm(out=)` refuses autograd
-def _grouped_forward(module, pools: dict[str, torch.Tensor], hidden: torch.Tensor, slot_ids: np.ndarray,
-                     top_k_weights: torch.Tensor, order: np.ndarray | None) -> torch.Tensor:
-    """The stock grouped_mm experts forward on CPU slot pools, bookkeeping in numpy.
+def _grouped_on_cpu(module, chunks, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                    top_k_weights: torch.Tensor) -> torch.Tensor:
+    """The stock grouped_mm experts forward on CPU pools, chunk by chunk (a whole call is one chunk).
 
-    The same steps and ops as transformers' function: rows grouped by expert in the stock order
-    (`order`, from `stock_order`; None: each row a group of its own), inputs cast to the
-    weights' dtype, one `mm` per group, the module's own gate (or activation), bias, post norm,
-    routing weights, rows in routing order summed over k. It skips what only the stock kernel's
-    calling convention needs: a histogram of every group, a grouped matmul that visits every
-    slot of the pool, and a tensor subclass to intercept it. slot_ids: [T, K], one slot per
-    expert of the call, so groups of slots are groups of experts.
+    The stock function's steps on tensors laid out as its own, because a row's last bits can
+    depend on where it lies: the (token, k) rows in the order of the stock's `torch.sort` of the
+    expert ids (not stable with AVX-512, where torch sorts with x86-simd-sort, so not a stable
+    sort's order), one `mm` per expert group on the group's rows (what torch's CPU grouped matmul
+    computes for each group), bias, and the module's gate (or activation) over the whole
+    [T * K, ...] tensor after each chunk (a vectorized loop computes an element of its tail
+    otherwise than one of its body), then post norm, routing weights, and the sum over k in
+    routing order once every chunk is in. It skips what only the stock kernel's calling
+    convention needs: a histogram of every group, a grouped matmul that visits every slot of the
+    pool (1-3 us each), and a tensor subclass to intercept it.
     """
-    T, K = slot_ids.shape
-    x = hidden.to(_dtype(module, pools))
-    if order is None:  # every row a group of its own (a decode call, or a chunk of one)
-        slots = slot_ids.reshape(-1).tolist()
-        rows = x.split(1)
-        inputs = [rows[i // K] for i in range(T * K)]
-    else:
-        by_slot = slot_ids.reshape(-1)[order]
-        starts = np.flatnonzero(np.concatenate(([True], by_slot[1:] != by_slot[:-1])))
-        slots = by_slot[starts].tolist()
-        inputs = x[torch.from_numpy(order // K)].split(np.diff(starts, append=len(by_slot)).tolist())
-    row_slots = torch.from_numpy(slot_ids.reshape(-1) if order is None else by_slot) if module.has_bias else None
-    proj = _expert_rows(module, pools, inputs, slots, row_slots)
-    if order is None:
-        return _weighted_sum(proj, top_k_weights.reshape(-1), T, hidden.dtype)
-    back = np.empty_like(order)
-    back[order] = np.arange(len(order))
-    return _weighted_sum(proj, top_k_weights.reshape(-1)[torch.from_numpy(order)], T, hidden.dtype,
-                         torch.from_numpy(back))
-
-
-@torch.no_grad()
-def _token_chunked(module, chunks, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                   top_k_weights: torch.Tensor) -> torch.Tensor:
-    """One token's call on CPU pools, chunk by chunk: each chunk's experts through
-    `_expert_rows` (each row a group of its own, as in the whole call), then the routing weights
-    and the sum over k once, in routing order: the same ops as `_grouped_forward`."""
-    ids = top_k_index.reshape(-1).tolist()  # [K]
-    proj = None
-    x = None
-    for experts, layer_rows, pools in chunks:
+    T, K = top_k_index.shape
+    ids = top_k_index.reshape(-1)
+    order = torch.sort(ids).indices
+    by_expert = ids[order].numpy()
+    starts = np.flatnonzero(np.concatenate(([True], by_expert[1:] != by_expert[:-1])))
+    ends = np.append(starts[1:], len(by_expert))
+    group_expert = by_expert[starts]
+    x = up = down = None
+    for experts, rows_of, pools in chunks:
         if x is None:
-            x = hidden.to(_dtype(module, pools.tensors))
-        mine = set(experts)
-        cols = [j for j, e in enumerate(ids) if e in mine]
-        slots = [int(layer_rows[ids[j]]) for j in cols]
-        part = _expert_rows(module, pools.tensors, [x] * len(cols), slots,
-                            torch.tensor(slots) if module.has_bias else None)
-        if proj is None:
-            proj = part.new_empty((len(ids), part.shape[-1]))
-        proj[torch.tensor(cols)] = part
-    return _weighted_sum(proj, top_k_weights.reshape(-1), 1, hidden.dtype)
+            x = hidden[order // K].to(_dtype(module, pools.tensors))
+        mine = range(len(starts)) if experts is None else np.flatnonzero(np.isin(group_expert, experts))
+        groups = [(int(starts[g]), int(ends[g]), int(rows_of[group_expert[g]])) for g in mine]
+        up = _project(x, pools.tensors, _up(module), groups, module.is_transposed, up)
+        act = (module._apply_gate(up) if module.has_gate else module.act_fn(up)).to(x.dtype)
+        down = _project(act, pools.tensors, "down_proj", groups, module.is_transposed, down)
+    if module.has_post_expert_norm:
+        down = module.post_expert_norm(down)
+    weighted = down * top_k_weights.reshape(-1)[order].unsqueeze(-1)
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order))
+    return weighted[back].view(T, K, -1).sum(dim=1).to(hidden.dtype)
 
 
-def _weighted_sum(proj: torch.Tensor, weights: torch.Tensor, T: int, dtype: torch.dtype,
-                  back: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows times their routing weights, put back in routing order (`back`, when they were
-    sorted), summed over each token's k: the stock function's last steps."""
-    weighted = proj * weights.unsqueeze(-1)
-    if back is not None:
-        weighted = weighted[back]
-    return weighted.view(T, -1, weighted.shape[-1]).sum(dim=1).to(dtype)
+def _project(rows: torch.Tensor, pools: dict[str, torch.Tensor], name: str, groups, transposed: bool,
+             out: torch.Tensor | None) -> torch.Tensor:
+    """One projection of the (start, end, pool row) groups: `mm` of each group's rows with its
+    pool row's weights, then its bias, into `out` ([rows, out features]; new when None)."""
+    pool, bias = pools[name], pools.get(name + "_bias")
+    if out is None:
+        out = torch.zeros((len(rows), pool.shape[-1] if transposed else pool.shape[-2]), dtype=pool.dtype)
+    for start, end, row in groups:
+        torch.mm(rows[start:end], pool[row] if transposed else pool[row].T, out=out[start:end])
+        if bias is not None:
+            out[start:end].add_(bias[row])
+    return out
 
 
 def _up(module) -> str:
@@ -144,35 +118,6 @@ def _up(module) -> str:
 
 def _dtype(module, pools: dict[str, torch.Tensor]) -> torch.dtype:
     return pools[_up(module)].dtype
-
-
-def _expert_rows(module, pools: dict[str, torch.Tensor], inputs, slots: list[int],
-                 row_slots: torch.Tensor | None) -> torch.Tensor:
-    """Each group's rows (`inputs`, one tensor per group, sorted as `slots`) through its expert:
-    up (and gate) projection, the module's own gate or activation, down projection, post norm."""
-    proj = _grouped_linear(inputs, pools, _up(module), slots, module.is_transposed, row_slots)
-    proj = (module._apply_gate(proj) if module.has_gate else module.act_fn(proj)).to(_dtype(module, pools))
-    proj = _grouped_linear(proj.split([len(rows) for rows in inputs]), pools, "down_proj", slots,
-                           module.is_transposed, row_slots)
-    if module.has_post_expert_norm:
-        proj = module.post_expert_norm(proj)
-    return proj
-
-
-def _grouped_linear(inputs, pools: dict[str, torch.Tensor], name: str, slots: list[int], transposed: bool,
-                    row_slots: torch.Tensor | None) -> torch.Tensor:
-    """One projection, group by group: `mm` of each group's rows with its slot's weights (what
-    torch's CPU grouped matmul computes for each group, same bits), then each row's slot's bias."""
-    pool = pools[name]  # [S + 1, out, in], or [S + 1, in, out] when transposed
-    out = torch.empty((sum(len(rows) for rows in inputs), pool.shape[-1] if transposed else pool.shape[-2]),
-                      dtype=pool.dtype)
-    at = 0
-    for slot, rows in zip(slots, inputs):
-        torch.mm(rows, pool[slot] if transposed else pool[slot].T, out=out[at:at + len(rows)])
-        at += len(rows)
-    if row_slots is not None:
-        out.add_(pools[name + "_bias"][row_slots])
-    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,11 +131,6 @@ class Pools:
     @property
     def device(self) -> torch.device:
         return next(iter(self.tensors.values())).device
-
-
-def _in_place(slot_ids: np.ndarray) -> np.ndarray | None:
-    """The order of rows already in the stock order (k = 1): as they are, or None if no slot repeats."""
-    return None if len(np.unique(slot_ids)) == slot_ids.size else np.arange(slot_ids.size)
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -235,38 +175,42 @@ class GroupedCompute(SlotCompute):
         super().__init__(slots)
         self._views: dict[tuple[int, int], _View] = {}  # (id(module), id(pools)) -> view (pools never move)
 
-    def _forward(self, module, pools: Pools, hidden, slot_ids: np.ndarray, top_k_weights, order) -> torch.Tensor:
-        """The grouped_mm forward with expert ids renamed to rows of `pools` (slot_ids: [T, K]);
-        order: the rows' stock order on CPU (see `stock_order`)."""
-        if pools.device.type == "cpu":
-            return _grouped_forward(module, pools.tensors, hidden, slot_ids, top_k_weights, order)
+    def _on_device(self, module, pools: Pools, hidden, rows: torch.Tensor, top_k_weights) -> torch.Tensor:
+        """transformers' own function on a view whose parameters are the (GPU) pools: `rows`
+        ([T, K], pool rows) stand for the expert ids."""
         from transformers.integrations.moe import grouped_mm_experts_forward
 
         view = self._views.get((id(module), id(pools)))
         if view is None:
             view = self._views[(id(module), id(pools))] = _View(module, {**pools.tensors, "num_experts": pools.zero + 1})
-        return grouped_mm_experts_forward(view, hidden, torch.from_numpy(slot_ids).to(pools.device), top_k_weights)
+        return grouped_mm_experts_forward(view, hidden, rows, top_k_weights)
 
     def whole(self, module, layer_slots, hidden, top_k_index, top_k_weights):
-        return self._forward(module, self.slots, hidden, layer_slots[top_k_index.cpu().numpy()], top_k_weights,
-                             stock_order(top_k_index))
+        if hidden.device.type == "cpu":
+            return _grouped_on_cpu(module, [(None, layer_slots, self.slots)], hidden, top_k_index, top_k_weights)
+        rows = torch.from_numpy(layer_slots[top_k_index.cpu().numpy()]).to(hidden.device)
+        return self._on_device(module, self.slots, hidden, rows, top_k_weights)
 
     def chunked(self, module, chunks, hidden, top_k_index, top_k_weights):
+        if hidden.device.type == "cpu":
+            return _grouped_on_cpu(module, chunks, hidden, top_k_index, top_k_weights)
+        # on a GPU: each chunk's (token, expert) rows as k = 1 calls with a float32 input (cast
+        # back to the weights' dtype inside), summed over k at the end as the stock function does
         T, K = top_k_index.shape
-        if T == 1 and hidden.device.type == "cpu":  # every pool a chunk reads is then on the CPU too
-            return _token_chunked(module, chunks, hidden, top_k_index, top_k_weights)
         expert_of_row = top_k_index.reshape(-1).cpu().numpy()  # [T * K]
-        order = stock_order(top_k_index)
-        order = np.arange(T * K) if order is None else order
         row_weights = top_k_weights.reshape(-1, 1)
         rows = torch.empty((T * K, hidden.shape[-1]), dtype=torch.float32, device=hidden.device)
         for experts, layer_rows, pools in chunks:
-            mine = order[np.isin(expert_of_row[order], experts)]  # the chunk's rows, in the stock order
-            at = pools.device
+            mine = np.flatnonzero(np.isin(expert_of_row, experts))
             here = torch.from_numpy(mine).to(hidden.device)
-            slot_ids = layer_rows[expert_of_row[mine]].reshape(-1, 1)
-            rows[here] = _to(self._forward(module, pools, _to(hidden[here // K].float(), at), slot_ids,
-                                           _to(row_weights[here], at), _in_place(slot_ids)), rows.device)
+            at = pools.device
+            x, w = _to(hidden[here // K].float(), at), _to(row_weights[here], at)
+            if at.type == "cpu":  # misses computed where they live
+                part = _grouped_on_cpu(module, [(experts, layer_rows, pools)], x,
+                                       torch.from_numpy(expert_of_row[mine]).reshape(-1, 1), w)
+            else:
+                part = self._on_device(module, pools, x, torch.from_numpy(layer_rows[expert_of_row[mine]]).reshape(-1, 1).to(at), w)
+            rows[here] = _to(part, rows.device)
         weighted = torch.promote_types(next(iter(self.slots.tensors.values())).dtype, top_k_weights.dtype)
         return rows.to(weighted).view(T, K, -1).sum(dim=1).to(hidden.dtype)
 
