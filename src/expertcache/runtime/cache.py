@@ -27,6 +27,7 @@ from ..cache.engine import (AT_SOURCE, BUFFER_HIT, CHUNK, COUNTERS, EVICTED, EVI
                             PREFETCHED, engine_batch, finish, new_engine, new_plan, prefetch_after)
 from ..errors import ExpertcacheError
 from .experts import Pools
+from .loading import expert_zeros
 from .store import ExpertStore
 
 __all__ = ["ExpertCache", "BatchPlan", "Counters"]
@@ -74,8 +75,7 @@ class ExpertCache:
         self._after_compute = (self._none, self._none)  # (evicted, prefetched) keys waiting for a computation
         S = _slot_count(budget)
         self.num_slots = S
-        self.slots = {name: torch.zeros((S + 1, *shape), dtype=dtype, device=device)  # slot S: all zero
-                      for name, (shape, dtype) in params.items()}
+        self.slots = {name: expert_zeros(param, S + 1, device) for name, param in params.items()}  # slot S: all zero
         self.zero_slot = S
         self.pools = Pools(self.slots, S)
         self.slot_of = np.full(K, S, np.int64)  # [K] slot of a resident key (S = the zero slot)

@@ -17,6 +17,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,9 +28,20 @@ from ..trace.capture import describe
 from ..trace.checkpoint import safetensors_headers
 from ..trace.model_info import ModelInfo
 
-__all__ = ["ExpertPart", "LoadedCheckpoint", "load_checkpoint"]
+__all__ = ["ExpertParam", "ExpertPart", "LoadedCheckpoint", "load_checkpoint", "expert_zeros"]
 
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+_PAGE = 4096  # a memory map starts at a page boundary
+_LINE = 64  # experts: the alignment a row's products can depend on (one residue serves every expert of a pool)
+
+
+class ExpertParam(NamedTuple):
+    """One experts-module parameter: each expert's shape and dtype, and the address of the stock
+    model's experts modulo `_LINE` (see `expert_zeros`)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    residue: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ class LoadedCheckpoint:
     blocks: list[MoEBlock]  # MoE layers, in order
     info: ModelInfo
     parts: list[list[list[ExpertPart]]]  # [L][E] the byte ranges of each expert
-    params: dict[str, tuple[tuple[int, ...], torch.dtype]]  # experts-module parameter -> (per-expert shape, dtype)
+    params: dict[str, ExpertParam]  # experts-module parameter -> per-expert shape, dtype, placement
     non_expert_bytes: int
 
 
@@ -82,8 +94,9 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> LoadedChec
     expert_params = {f"{b.path}.experts.{n}": (i, n) for i, b in enumerate(blocks)
                      for n, _ in b.experts.named_parameters(recurse=False)}
     params = _param_shapes(blocks)
-    parts, sources = _index(model, headers, expert_params, blocks, params)
-    non_expert = _load_non_experts(model, folder, sources, expert_params, device)
+    parts, sources, fused = _index(model, headers, expert_params, blocks, params)
+    params = {name: p._replace(residue=_stock_residue(parts, name) if name in fused else 0) for name, p in params.items()}
+    non_expert = _load_non_experts(model, folder, headers, sources, expert_params, device)
     return LoadedCheckpoint(str(path), model, adapter, blocks, info, parts, params, non_expert)
 
 
@@ -137,7 +150,7 @@ def _param_shapes(blocks: list[MoEBlock]) -> dict:
     """Per-expert shape and dtype of each experts-module parameter; the same in every layer."""
     shapes = None
     for b in blocks:
-        mine = {n: (tuple(p.shape[1:]), p.dtype) for n, p in b.experts.named_parameters(recurse=False)}
+        mine = {n: ExpertParam(tuple(p.shape[1:]), p.dtype) for n, p in b.experts.named_parameters(recurse=False)}
         if any(p.shape[0] != b.num_experts for p in b.experts.parameters(recurse=False)):
             raise ExpertcacheError(f"{b.path}.experts does not stack its experts on the first dimension")
         if shapes is not None and mine != shapes:
@@ -148,7 +161,8 @@ def _param_shapes(blocks: list[MoEBlock]) -> dict:
 
 # ---------------------------------------------------------------------------- key conversion
 def _index(model, headers, expert_params, blocks, params):
-    """(parts [L][E], non-expert sources: model key -> (file, checkpoint key))."""
+    """(parts [L][E], non-expert sources: model key -> (file, checkpoint key), the parameters
+    stored fused ([E, ...] tensors, which the stock model keeps as views of the file))."""
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, rename_source_key
 
@@ -157,7 +171,7 @@ def _index(model, headers, expert_params, blocks, params):
     renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
     meta = model.state_dict()
     parts = [[[] for _ in range(b.num_experts)] for b in blocks]
-    sources = {}
+    sources, fused = {}, set()
     for file, (start, header) in headers.items():
         for key, entry in header.items():
             if key == "__metadata__":
@@ -168,9 +182,9 @@ def _index(model, headers, expert_params, blocks, params):
                 continue
             layer, param = expert_params[target]
             begin, end = entry["data_offsets"]
-            if _DTYPES.get(entry["dtype"]) != params[param][1]:
+            if _DTYPES.get(entry["dtype"]) != params[param].dtype:
                 raise ExpertcacheError(f"{key} is {entry['dtype']}, but other weights are "
-                                       f"{str(params[param][1]).removeprefix('torch.')}: the runtime reads checkpoints "
+                                       f"{str(params[param].dtype).removeprefix('torch.')}: the runtime reads checkpoints "
                                        "stored in one float type")
             E = blocks[layer].num_experts
             if pattern is None:  # fused on disk: [E, ...], expert e is the e-th equal slice
@@ -178,6 +192,7 @@ def _index(model, headers, expert_params, blocks, params):
                     raise ExpertcacheError(f"{key} holds {entry['shape'][0] if entry['shape'] else 0} experts, config.json "
                                            f"gives {blocks[layer].path} {E}: the config and the weights disagree")
                 step = (end - begin) // E
+                fused.add(param)
                 for e in range(E):
                     parts[layer][e].append(ExpertPart(param, file, start + begin + e * step, step, 0))
                 continue
@@ -190,7 +205,15 @@ def _index(model, headers, expert_params, blocks, params):
             position = converter.source_patterns.index(pattern)  # concatenated in this order
             parts[layer][e].append(ExpertPart(param, file, start + begin, end - begin, position * (end - begin)))
     _check_complete(parts, blocks, params)
-    return parts, sources
+    return parts, sources, fused
+
+
+def _stock_residue(parts, param: str) -> int:
+    """Where the stock model's view of a fused parameter puts its experts, modulo `_LINE`: their
+    offsets in the files (memory maps start at page boundaries); 0 (an allocation's) when they
+    do not all agree."""
+    residues = {p.offset % _LINE for layer in parts for expert in layer for p in expert if p.param == param}
+    return residues.pop() if len(residues) == 1 else 0
 
 
 def _check_operations(converter, key: str) -> None:
@@ -213,7 +236,7 @@ def _expert_number(pattern: str, key: str) -> int:
 def _check_complete(parts, blocks, params) -> None:
     for layer, block in enumerate(blocks):
         for e, mine in enumerate(parts[layer]):
-            for name, (shape, dtype) in params.items():
+            for name, (shape, dtype, _) in params.items():
                 need = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
                 got = sum(p.nbytes for p in mine if p.param == name)
                 if got != need:
@@ -223,7 +246,7 @@ def _check_complete(parts, blocks, params) -> None:
 
 
 # ---------------------------------------------------------------------------- non-expert weights
-def _load_non_experts(model, folder: Path, sources, expert_params, device) -> int:
+def _load_non_experts(model, folder: Path, headers, sources, expert_params, device) -> int:
     """Read every parameter and persistent buffer that is not a routed expert; returns their bytes."""
     from safetensors import safe_open
 
@@ -247,9 +270,11 @@ def _load_non_experts(model, folder: Path, sources, expert_params, device) -> in
                 raise ExpertcacheError(f"cannot read {key} from {folder / file}: {str(e).splitlines()[0]}") from None
             if tuple(value.shape) != tuple(tensor.shape):
                 raise ExpertcacheError(f"{key} has shape {tuple(value.shape)}, the model expects {tuple(tensor.shape)}")
-            # a copy in aligned, anonymous memory: not a view of the file's memory map, which would change
-            # the last bits of matmuls with its alignment and fault (SIGBUS) if the file shrank under it
-            value = value.to(device=device, dtype=tensor.dtype, copy=True)
+            if device.type == "cpu" and value.dtype == tensor.dtype:  # what the stock model keeps as a file view
+                start, header = headers[file]
+                value = _zeros_at(value.shape, value.dtype, start + header[key]["data_offsets"][0], _PAGE).copy_(value)
+            else:
+                value = value.to(device=device, dtype=tensor.dtype, copy=True)
             _assign(model, name, value, isinstance(tensor, nn.Parameter))
             total += value.numel() * value.element_size()
     except ExpertcacheError:
@@ -267,6 +292,27 @@ def _load_non_experts(model, folder: Path, sources, expert_params, device) -> in
             if buffer is not None and buffer.device != device and buffer.device.type != "meta":
                 module._buffers[name] = buffer.to(device)
     return total
+
+
+def _zeros_at(shape, dtype: torch.dtype, residue: int, modulus: int, pin: bool = False) -> torch.Tensor:
+    """Zeros in host memory at an address congruent to `residue` modulo `modulus`.
+
+    Where the stock model puts a weight: `from_pretrained` leaves tensors stored as the model
+    uses them as views of the file's memory map (at their file offsets modulo the page size), and
+    CPU matmuls give other last bits at other alignments (fp32 on AVX-512: a decode step's
+    logits, or a prefill's expert products). A view of the map itself would fault (SIGBUS) if
+    the file shrank under it, so the runtime copies into memory placed alike."""
+    nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    raw = torch.zeros(nbytes + modulus, dtype=torch.uint8, pin_memory=pin)
+    shift = (residue - raw.data_ptr()) % modulus
+    return raw[shift:shift + nbytes].view(dtype).view(shape)
+
+
+def expert_zeros(param: ExpertParam, rows: int, device: torch.device, pin: bool = False) -> torch.Tensor:
+    """[rows, *shape] zeros for experts: on the CPU placed as the stock model's experts are."""
+    if device.type != "cpu":
+        return torch.zeros((rows, *param.shape), dtype=param.dtype, device=device, pin_memory=pin)
+    return _zeros_at((rows, *param.shape), param.dtype, param.residue, _LINE, pin)
 
 
 def _assign(model, name: str, value: torch.Tensor, is_param: bool) -> None:

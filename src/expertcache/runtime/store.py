@@ -32,7 +32,7 @@ import torch
 
 from ..errors import ExpertcacheError
 from .experts import Pools
-from .loading import ExpertPart
+from .loading import ExpertParam, ExpertPart, expert_zeros
 
 __all__ = ["ExpertStore", "TIERS"]
 
@@ -44,7 +44,7 @@ class ExpertStore:
     """Fetches expert (layer, e) into a slot: `dest[param]` are that slot's per-expert tensors."""
 
     def __init__(self, folder: str | os.PathLike, parts: list[list[list[ExpertPart]]], tier: str,
-                 params: dict[str, tuple[tuple[int, ...], torch.dtype]], *, device: torch.device = torch.device("cpu"),
+                 params: dict[str, ExpertParam], *, device: torch.device = torch.device("cpu"),
                  workers: int = 4):
         if tier not in TIERS:
             raise ExpertcacheError(f"unknown slow tier {tier!r}; choose disk or ram")
@@ -80,7 +80,7 @@ class ExpertStore:
 
     def _read_layer(self, layer: list[list[ExpertPart]], params, pin: bool) -> Pools:
         E = len(layer)
-        tensors = {name: torch.zeros((E + 1, *shape), dtype=dtype, pin_memory=pin) for name, (shape, dtype) in params.items()}
+        tensors = {name: expert_zeros(param, E + 1, torch.device("cpu"), pin) for name, param in params.items()}
         for e, parts in enumerate(layer):
             for p in parts:
                 self._pread(p, _bytes(tensors[p.param][e], p))
