@@ -544,3 +544,25 @@ def test_a_split_call_gates_every_row_where_the_stock_call_does(tmp_path, monkey
         got = model.generate(ids, **options)
     close(model)
     assert all(torch.equal(g, w) for g, w in zip(got.logits, want.logits))
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "granitemoe"])  # experts stored per expert / fused
+def test_weights_lie_where_the_stock_models_lie(family, checkpoints):
+    """CPU matmuls can give other last bits at other alignments (fp32 on AVX-512), so every weight
+    sits at the stock model's address modulo the page (non-expert weights, views of the file's
+    memory map there) and the expert slots at its experts' modulo 64 bytes (stacked on load, or
+    views of a fused tensor, here at 8 bytes past a line)."""
+    path = checkpoints(family)
+    stock = dict(stock_model(path, "grouped_mm").named_parameters())
+    model = offload(path, budget_slots=64)
+    try:
+        for name, p in model.named_parameters():
+            if p.device.type != "meta":
+                assert p.data_ptr() % 4096 == stock[name].data_ptr() % 4096, name
+        pools = model._expertcache_runtime.cache.slots
+        experts = {n.rsplit(".", 1)[1]: p for n, p in stock.items() if ".experts." in n}
+        for name, pool in pools.items():
+            assert pool.data_ptr() % 64 == experts[name].data_ptr() % 64, name
+            assert pool[1].data_ptr() % 64 == experts[name][1].data_ptr() % 64, name
+    finally:
+        close(model)
