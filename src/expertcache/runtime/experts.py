@@ -60,7 +60,8 @@ class _ExpertRows:
 @torch.no_grad()  # slots are buffers, and `mm(out=)` refuses autograd
 def _grouped_on_cpu(module, chunks, hidden: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor) -> torch.Tensor:
-    """The stock grouped_mm experts forward on CPU pools, chunk by chunk (a whole call is one chunk).
+    """The stock grouped_mm experts forward on CPU pools, chunk by chunk. A chunk is (experts,
+    expert -> pool row, pools); experts None (a whole call in one chunk) is every expert of the call.
 
     The stock function's steps on tensors laid out as its own, because a row's last bits can
     depend on where it lies: the (token, k) rows in the order of the stock's `torch.sort` of the
