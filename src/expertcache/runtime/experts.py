@@ -77,39 +77,46 @@ def _grouped_on_cpu(module, chunks, hidden: torch.Tensor, top_k_index: torch.Ten
     T, K = top_k_index.shape
     ids = top_k_index.reshape(-1)
     order = torch.sort(ids).indices
-    by_expert = ids[order].numpy()
+    o = order.numpy()  # bookkeeping in numpy: a decode call's few rows cost less there than as tensors
+    by_expert = ids.numpy()[o]
     starts = np.flatnonzero(np.concatenate(([True], by_expert[1:] != by_expert[:-1])))
     ends = np.append(starts[1:], len(by_expert))
     group_expert = by_expert[starts]
+    sizes = (ends - starts).tolist()
     x = up = down = None
     for experts, rows_of, pools in chunks:
         if x is None:
             x = hidden[order // K].to(_dtype(module, pools.tensors))
-        mine = range(len(starts)) if experts is None else np.flatnonzero(np.isin(group_expert, experts))
-        groups = [(int(starts[g]), int(ends[g]), int(rows_of[group_expert[g]])) for g in mine]
-        up = _project(x, pools.tensors, _up(module), groups, module.is_transposed, up)
+            up = _rows_for(pools.tensors, _up(module), module.is_transposed, len(o))
+            down = _rows_for(pools.tensors, "down_proj", module.is_transposed, len(o))
+            x_parts, up_parts, down_parts = x.split(sizes), up.split(sizes), down.split(sizes)
+        mine = range(len(starts)) if experts is None else np.flatnonzero(np.isin(group_expert, experts)).tolist()
+        groups = [(g, int(rows_of[group_expert[g]])) for g in mine]
+        _project(x_parts, pools.tensors, _up(module), groups, module.is_transposed, up_parts)
         act = (module._apply_gate(up) if module.has_gate else module.act_fn(up)).to(x.dtype)
-        down = _project(act, pools.tensors, "down_proj", groups, module.is_transposed, down)
+        _project(act.split(sizes), pools.tensors, "down_proj", groups, module.is_transposed, down_parts)
     if module.has_post_expert_norm:
         down = module.post_expert_norm(down)
     weighted = down * top_k_weights.reshape(-1)[order].unsqueeze(-1)
-    back = torch.empty_like(order)
-    back[order] = torch.arange(len(order))
-    return weighted[back].view(T, K, -1).sum(dim=1).to(hidden.dtype)
+    back = np.empty_like(o)
+    back[o] = np.arange(len(o))
+    return weighted[torch.from_numpy(back)].view(T, K, -1).sum(dim=1).to(hidden.dtype)
 
 
-def _project(rows: torch.Tensor, pools: dict[str, torch.Tensor], name: str, groups, transposed: bool,
-             out: torch.Tensor | None) -> torch.Tensor:
-    """One projection of the (start, end, pool row) groups: `mm` of each group's rows with its
-    pool row's weights, then its bias, into `out` ([rows, out features]; new when None)."""
+def _rows_for(pools: dict[str, torch.Tensor], name: str, transposed: bool, rows: int) -> torch.Tensor:
+    """[rows, out features] zeros for one projection's output."""
+    pool = pools[name]
+    return torch.zeros((rows, pool.shape[-1] if transposed else pool.shape[-2]), dtype=pool.dtype)
+
+
+def _project(inputs, pools: dict[str, torch.Tensor], name: str, groups, transposed: bool, outputs) -> None:
+    """One projection of the (group, pool row) groups: `mm` of each group's rows (`inputs[group]`)
+    with its pool row's weights into `outputs[group]`, then its bias."""
     pool, bias = pools[name], pools.get(name + "_bias")
-    if out is None:
-        out = torch.zeros((len(rows), pool.shape[-1] if transposed else pool.shape[-2]), dtype=pool.dtype)
-    for start, end, row in groups:
-        torch.mm(rows[start:end], pool[row] if transposed else pool[row].T, out=out[start:end])
+    for g, row in groups:
+        torch.mm(inputs[g], pool[row] if transposed else pool[row].T, out=outputs[g])
         if bias is not None:
-            out[start:end].add_(bias[row])
-    return out
+            outputs[g].add_(bias[row])
 
 
 def _up(module) -> str:
