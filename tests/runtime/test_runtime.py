@@ -566,3 +566,11 @@ def test_weights_lie_where_the_stock_models_lie(family, checkpoints):
             assert pool[1].data_ptr() % 64 == experts[name][1].data_ptr() % 64, name
     finally:
         close(model)
+
+
+def test_placed_memory_lies_at_the_residue_a_tensor_of_its_dtype_can_take():
+    from expertcache.runtime.loading import _zeros_at
+
+    for residue, want in [(8, 8), (200, 200), (4092, 4092), (6, 0), (4094, 0)]:  # fp32 cannot start at 6
+        t = _zeros_at((3, 5), torch.float32, residue, 4096)
+        assert t.data_ptr() % 4096 == want and t.shape == (3, 5) and not t.any()

@@ -302,7 +302,10 @@ def _zeros_at(shape, dtype: torch.dtype, residue: int, modulus: int, pin: bool =
     CPU matmuls give other last bits at other alignments (fp32 on AVX-512: a decode step's
     logits, or a prefill's expert products). A view of the map itself would fault (SIGBUS) if
     the file shrank under it, so the runtime copies into memory placed alike."""
-    nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    nbytes = torch.Size(shape).numel() * itemsize
+    if residue % itemsize:  # no tensor of this dtype starts there: aligned, as a copy would be
+        residue = 0
     raw = torch.zeros(nbytes + modulus, dtype=torch.uint8, pin_memory=pin)
     shift = (residue - raw.data_ptr()) % modulus
     return raw[shift:shift + nbytes].view(dtype).view(shape)
