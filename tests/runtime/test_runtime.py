@@ -574,3 +574,13 @@ def test_placed_memory_lies_at_the_residue_a_tensor_of_its_dtype_can_take():
     for residue, want in [(8, 8), (200, 200), (4092, 4092), (6, 0), (4094, 0)]:  # fp32 cannot start at 6
         t = _zeros_at((3, 5), torch.float32, residue, 4096)
         assert t.data_ptr() % 4096 == want and t.shape == (3, 5) and not t.any()
+
+
+@pytest.mark.parametrize("offsets,residue", [([72, 8, 136], 8), ([8, 24], 8), ([8, 16], 0), ([48, 112], 48)])
+def test_slots_take_the_stock_experts_common_offset(offsets, residue):
+    """Modulo 64 where every expert agrees, else modulo 16 (fused parameters split over shards
+    with other data starts), else an aligned pool."""
+    from expertcache.runtime.loading import ExpertPart, _stock_residue
+
+    parts = [[[ExpertPart("down_proj", "a.safetensors", offset, 64, 0)] for offset in offsets]]
+    assert _stock_residue(parts, "down_proj") == residue

@@ -67,6 +67,8 @@ class SimulationResult(HitCounts):
     bytes_read: int | None  # misses plus prefetches; None when the trace has no expert sizes
     misses_on_cpu: int  # misses computed where the weights live, never loaded (misses_on_cpu_below)
     prefetch: PrefetchReport | None
+    # per batch, unsigned, the smallest type that holds a batch's distinct keys (a long k = 1
+    # replay is faster with them small): cast before arithmetic that can go below zero
     batch_hits: np.ndarray = field(repr=False)  # [B]
     batch_misses: np.ndarray = field(repr=False)  # [B]
     batch_at_source: np.ndarray = field(repr=False)  # [B] misses computed where the weights live

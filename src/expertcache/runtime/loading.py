@@ -210,10 +210,15 @@ def _index(model, headers, expert_params, blocks, params):
 
 def _stock_residue(parts, param: str) -> int:
     """Where the stock model's view of a fused parameter puts its experts, modulo `_LINE`: their
-    offsets in the files (memory maps start at page boundaries); 0 (an allocation's) when they
-    do not all agree."""
-    residues = {p.offset % _LINE for layer in parts for expert in layer for p in expert if p.param == param}
-    return residues.pop() if len(residues) == 1 else 0
+    offsets in the files (memory maps start at page boundaries). Where they disagree (shards
+    with other data starts), their common offset modulo 16, which one-row fp32 matmuls were
+    seen to depend on; else 0, an allocation's."""
+    offsets = [p.offset for layer in parts for expert in layer for p in expert if p.param == param]
+    for modulus in (_LINE, 16):
+        residues = {offset % modulus for offset in offsets}
+        if len(residues) == 1:
+            return residues.pop()
+    return 0
 
 
 def _check_operations(converter, key: str) -> None:
