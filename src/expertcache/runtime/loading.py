@@ -242,7 +242,7 @@ def _check_complete(parts, blocks, params) -> None:
     for layer, block in enumerate(blocks):
         for e, mine in enumerate(parts[layer]):
             for name, (shape, dtype, _) in params.items():
-                need = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+                need = _nbytes(shape, dtype)
                 got = sum(p.nbytes for p in mine if p.param == name)
                 if got != need:
                     raise ExpertcacheError(f"the checkpoint holds {got} of the {need} bytes of {block.path}.experts."
@@ -299,6 +299,10 @@ def _load_non_experts(model, folder: Path, headers, sources, expert_params, devi
     return total
 
 
+def _nbytes(shape, dtype: torch.dtype) -> int:
+    return torch.Size(shape).numel() * dtype.itemsize
+
+
 def _zeros_at(shape, dtype: torch.dtype, residue: int, modulus: int, pin: bool = False) -> torch.Tensor:
     """Zeros in host memory at an address congruent to `residue` modulo `modulus`.
 
@@ -307,9 +311,8 @@ def _zeros_at(shape, dtype: torch.dtype, residue: int, modulus: int, pin: bool =
     CPU matmuls give other last bits at other alignments (fp32 on AVX-512: a decode step's
     logits, or a prefill's expert products). A view of the map itself would fault (SIGBUS) if
     the file shrank under it, so the runtime copies into memory placed alike."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    nbytes = torch.Size(shape).numel() * itemsize
-    if residue % itemsize:  # no tensor of this dtype starts there: aligned, as a copy would be
+    nbytes = _nbytes(shape, dtype)
+    if residue % dtype.itemsize:  # no tensor of this dtype starts there: aligned, as a copy would be
         residue = 0
     raw = torch.zeros(nbytes + modulus, dtype=torch.uint8, pin_memory=pin)
     shift = (residue - raw.data_ptr()) % modulus
