@@ -81,6 +81,9 @@ def test_per_layer_equal_shares_floor_budget_over_layers():
     assert layer["hits"].tolist() == [0, 4]
     assert simulate(trace, "lru", scope="global", budget_slots=5).hits == 4 + 3
     assert simulate(trace, "layer-lru", budget_slots=5).per_layer()["hits"].tolist() == [0, 4]
+    assert simulate(trace, "layer-lru", scope="layer", budget_slots=5).hits == 4
+    with pytest.raises(ExpertcacheError, match="layer-lru is per-layer; drop the global scope"):
+        simulate(trace, "layer-lru", scope="global", budget_slots=5)  # ran per layer, silently
 
 
 def test_per_layer_byte_shares():

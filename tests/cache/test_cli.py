@@ -56,7 +56,7 @@ def test_simulate_a_bundled_example_by_name():
     (["--budget-slots", 4, "--profile", "/nonexistent.json"], "no such hardware profile"),
     (["--budget-slots", 4, "--prefetch-count", 2], "apply only with --prefetch"),  # was ignored
     (["--budget-slots", 4, "--shares", "bytes"], "applies only with scope layer, not global"),  # was ignored
-    (["--budget-slots", 4, "--policy", "layer-lru", "--scope", "global"], "is per-layer; drop --scope global"),  # was layer
+    (["--budget-slots", 4, "--policy", "layer-lru", "--scope", "global"], "is per-layer; drop the global scope"),  # was layer
 ])
 def test_user_mistakes_exit_2_with_one_line(args, message):
     p = cli("simulate", TRACE, *args)

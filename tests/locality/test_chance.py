@@ -54,8 +54,9 @@ def test_seeded_and_invalid():
     trace = random_trace(np.random.default_rng(2), sequences=(3, 3), tokens=(8, 12))
     a = chance_curves(trace, "lfu", permutations=2, seed=5).per_layer
     np.testing.assert_array_equal(a, chance_curves(trace, "lfu", permutations=2, seed=5).per_layer)
-    with pytest.raises(ExpertcacheError, match="permutations must be in 1..1000"):
-        chance_curves(trace, "lru", permutations=0)
+    for permutations in (0, 2.5, True):  # a fraction or a bool is not a number of shuffles
+        with pytest.raises(ExpertcacheError, match="permutations must be an integer in 1..1000"):
+            chance_curves(trace, "lru", permutations=permutations)
     for chance in (lambda: chance_curves(trace, "lru", seed=-1), lambda: chance_srp(trace, (2,), seed=-1),
                    lambda: chance_overlap(trace, seed=-1)):
         with pytest.raises(ExpertcacheError, match="seed must be an integer in 0.."):

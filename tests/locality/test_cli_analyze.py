@@ -61,7 +61,7 @@ def test_curves_and_srp_json(saved):
     (("analyze", "t", "--out", "o", "--m", "-1"), "error: segment length m must be an integer >= 1"),
     (("srp", "t", "--resamples", "99999999999999999999"), "error: resamples must be in 0..100,000"),  # a traceback
     (("analyze", "t", "--out", "o", "--permutations", "99999999999999999999"),  # ran on for ever
-     "error: permutations must be in 0..1000"),
+     "error: permutations must be an integer in 0..1000"),
     (("srp", "t", "--seed", "99999999999999999999"), "error: seed must be an integer in 0.."),
     (("curves", "missing", "--policy", "lru"), "error: missing: no such trace"),
     (("analyze", "missing", "--out", "o"), "error: missing: no such trace"),

@@ -56,11 +56,19 @@ def get_policy(policy: "str | Policy") -> "Policy":
     return POLICIES[name]()
 
 
-def resolve_policy(policy: "str | Policy", scope: str) -> tuple["Policy", str]:
-    """(policy object, scope), reading a "layer-" name prefix as the per-layer scope."""
-    if isinstance(policy, str) and policy.strip().lower().startswith("layer-"):
+def per_layer_name(policy: "str | Policy") -> bool:
+    """A policy name with the "layer-" prefix, which selects the per-layer scope."""
+    return isinstance(policy, str) and policy.strip().lower().startswith("layer-")
+
+
+def resolve_policy(policy: "str | Policy", scope: str | None = None) -> tuple["Policy", str]:
+    """(policy object, scope). Scope None is global unless a "layer-" name prefix selects the
+    per-layer scope, which an explicit global scope contradicts."""
+    if per_layer_name(policy):
+        if scope == "global":
+            raise ExpertcacheError(f"policy {policy} is per-layer; drop the global scope or the layer- prefix")
         policy, scope = policy.strip()[len("layer-"):], "layer"
-    return get_policy(policy), scope
+    return get_policy(policy), scope or "global"
 
 
 @dataclass(frozen=True)

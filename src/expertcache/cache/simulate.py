@@ -152,7 +152,7 @@ def check_accounting(accounting: str) -> None:
         raise ExpertcacheError(f"unknown accounting {accounting!r}; choose {' or '.join(ACCOUNTINGS)}")
 
 
-def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: float | None = None,
+def simulate(trace, policy: "str | Policy", scope: str | None = None, budget_mib: float | None = None,
              budget_slots: int | None = None, budget_x: float | None = None, prefetch=None, *,
              shares: str | None = None, stream: LookupStream | None = None, accounting: str = "published",
              misses_on_cpu_below: int = 0) -> SimulationResult:
@@ -160,7 +160,7 @@ def simulate(trace, policy: "str | Policy", scope: str = "global", budget_mib: f
 
     `trace` is a Trace or a path (trace directory or *.route.csv). `policy` is a registered name
     ("lru", "lfu", "belady", ...; a "layer-" prefix selects the per-layer scope) or a policy
-    object. `prefetch` is a prefetcher name or object, or a PrefetchConfig (count, distance,
+    object; `scope` is "global" (one pool, the default) or "layer". `prefetch` is a prefetcher name or object, or a PrefetchConfig (count, distance,
     reserved slots). `shares` splits a per-layer budget: "equal" (the default) or "bytes".
     Pass `stream=build_stream(trace)` to reuse the lookup stream across many calls.
     `accounting` is "published" (a batch that does not fit sits over budget until a

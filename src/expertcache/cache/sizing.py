@@ -53,7 +53,7 @@ class Advice:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.9, scope: str = "global", *,
+def recommend_budget(trace, policy: "str | Policy" = "lru", fraction: float = 0.9, scope: str | None = None, *,
                      stream: LookupStream | None = None, accounting: str = "published") -> Advice:
     """Smallest budget (multiple of the active experts, to 1 % of a cycle) reaching `fraction`
     of the best achievable hit rate of `policy`, every replay under `accounting` (see `simulate`).

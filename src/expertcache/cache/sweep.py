@@ -13,7 +13,7 @@ from pathlib import Path
 from ..atomic import staged_files
 from ..errors import ExpertcacheError
 from .budget import MIB
-from .policies import resolve_policy
+from .policies import per_layer_name, resolve_policy
 from .simulate import check_accounting, simulate
 from .stream import build_stream
 from .throughput import HardwareProfile, predict_throughput
@@ -60,7 +60,7 @@ def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), pr
         raise ExpertcacheError(f"workers must be a whole number of processes, at least 1; got {workers!r}")
     # slots stay as given: a fractional slot count is refused by resolve_budget, never truncated.
     # One row per distinct configuration: a repeated item, or a layer- policy under several scopes.
-    tasks = list(dict.fromkeys((*resolve_policy(p, s), _whole(b) if unit == "slots" else b, unit)
+    tasks = list(dict.fromkeys((*resolve_policy(p, None if per_layer_name(p) else s), _whole(b) if unit == "slots" else b, unit)
                                for p in policies for s in scopes for b in budgets))
     _WORKER.update(trace=trace, stream=build_stream(trace), profile=profile, accounting=accounting)
     rows = [] if into is None else into

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import ExpertcacheError
 
 TraceArg = Annotated[Path, typer.Argument(
     metavar="TRACE", help="Trace directory, route_trace v1 CSV, or example:NAME (a bundled real trace: expertcache examples).")]
@@ -22,13 +21,4 @@ ScopeOption = Annotated[Optional[str], typer.Option(
     help="Scope: global (one pool, the default) or layer (one pool per MoE layer); a layer- policy name implies layer.",
     callback=lower)]
 
-
-def scope_of(policy: str, scope: str | None) -> str:
-    """The scope asked for: global unless given or implied by a "layer-" policy name, which an
-    explicit --scope global contradicts."""
-    if scope is None:
-        return "global"
-    if scope == "global" and policy.strip().lower().startswith("layer-"):
-        raise ExpertcacheError(f"policy {policy} is per-layer; drop --scope global or the layer- prefix")
-    return scope
 

@@ -17,7 +17,7 @@ from ..trace.opening import open_trace
 from ..errors import ExpertcacheError
 from ..units import size_text
 from . import Interrupted
-from .arguments import ScopeOption, TraceArg, lower, scope_of
+from .arguments import ScopeOption, TraceArg, lower
 from .progress import transient_bar
 
 _err = Console(stderr=True)
@@ -88,7 +88,7 @@ def simulate_command(
     hw = _profile(profile)
     if breakdown is not None:
         output_folder(breakdown, "--breakdown")
-    result = simulate(_open(trace, as_decode), policy, scope_of(policy, scope), budget_mib, budget_slots, budget_x, config, shares=shares,
+    result = simulate(_open(trace, as_decode), policy, scope, budget_mib, budget_slots, budget_x, config, shares=shares,
                       accounting=accounting, misses_on_cpu_below=misses_on_cpu_below)
     for w in result.warnings:
         _err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
@@ -236,7 +236,7 @@ def advise_command(
     from ..cache import cycle_size, recommend_budget
 
     t = _open(trace, as_decode)
-    advice = recommend_budget(t, policy, fraction, scope_of(policy, scope), accounting=accounting)
+    advice = recommend_budget(t, policy, fraction, scope, accounting=accounting)
     if as_json:
         print(json.dumps(advice.to_json()))
         return

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..errors import ExpertcacheError
 from . import Interrupted
 from ..runtime.placement import ALWAYS
-from .arguments import ScopeOption, scope_of
+from .arguments import ScopeOption
 from ..units import size_text
 from .cache_commands import _percent
 
@@ -55,7 +55,7 @@ def run_command(
     quiet_transformers()
     result = run(model, prompt, generate, sample=sample, temperature=temperature, seed=seed, chat=not raw,
                  ignore_eos=ignore_eos,
-                 budget_mib=budget_mib, budget_slots=budget_slots, budget_x=budget_x, policy=policy, scope=scope_of(policy, scope),
+                 budget_mib=budget_mib, budget_slots=budget_slots, budget_x=budget_x, policy=policy, scope=scope,
                  prefetch=prefetch, device=device, slow_tier=slow_tier, trace=trace,
                  experts_implementation=experts_implementation, misses_on_cpu=misses_on_cpu)
     if as_json:

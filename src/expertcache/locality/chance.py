@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ExpertcacheError
 from ..trace import Trace
-from ..checks import check_seed
+from ..checks import check_seed, is_whole
 from .overlap import consecutive_overlap
 from .srp import best_f1, window_stats
 from .study_cache import HitCurves, check_request, hit_counts, rates
@@ -28,8 +28,8 @@ MAX_PERMUTATIONS = 1000  # a chance level averaged over more shuffles changes in
 
 def check_permutations(permutations: int, least: int = 1) -> int:
     """The number of shuffles a chance level averages, least..MAX_PERMUTATIONS (`analyze` takes 0: none)."""
-    if not least <= permutations <= MAX_PERMUTATIONS:
-        raise ExpertcacheError(f"permutations must be in {least}..{MAX_PERMUTATIONS}, got {permutations}")
+    if not is_whole(permutations) or not least <= permutations <= MAX_PERMUTATIONS:
+        raise ExpertcacheError(f"permutations must be an integer in {least}..{MAX_PERMUTATIONS}, got {permutations!r}")
     return int(permutations)
 
 

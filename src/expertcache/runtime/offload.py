@@ -326,7 +326,7 @@ def _peak_rss() -> int:
 
 # ---------------------------------------------------------------------------- public API
 def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget_slots: int | None = None,
-            budget_x: float | None = None, policy="lru", scope: str = "global", prefetch: str | None = None,
+            budget_x: float | None = None, policy="lru", scope: str | None = None, prefetch: str | None = None,
             device: str = "cpu", slow_tier: str | None = None, trace: str | os.PathLike | None = None,
             experts_implementation: str | None = None, misses_on_cpu: str | int = "never"):
     """Load MODEL (hub id or local folder) with its routed experts in a bounded cache.
@@ -371,7 +371,7 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     return ckpt.model
 
 
-def online_policy(policy, scope: str):
+def online_policy(policy, scope: str | None):
     """(policy object, scope) for a live model, checked before loading: no policy that reads the
     future of a trace, and `static` only as an object holding its frequency profile."""
     online = sorted(n for n, cls in POLICIES.items() if not cls.uses_future and n != "static")
