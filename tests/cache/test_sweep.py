@@ -68,6 +68,34 @@ def test_an_interrupted_write_keeps_the_earlier_sweep_whole(tmp_path, monkeypatc
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_sweep_stopped_by_ctrl_c_writes_beside_a_complete_one(tmp_path, monkeypatch):
+    # The finished rows of an interrupted sweep used to replace a complete sweep in the same folder.
+    import sys
+
+    from expertcache.cli import Interrupted
+    from expertcache.cli.cache_commands import sweep_command
+
+    options = dict(out=tmp_path, policies="lru,lfu", budgets="2,4", unit="slots", workers=1)
+    sweeps = sys.modules["expertcache.cache.sweep"]  # the package's `sweep` is the function
+    sweep_command(TRACE, **options)
+    complete = (tmp_path / "sweep.csv").read_text()
+    assert complete.count("\n") == 5  # header and 4 configurations
+    grid = sweeps.sweep
+
+    def stopped(*args, into, **kwargs):
+        into.append(grid(*args, **kwargs)[0])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweeps, "sweep", stopped)
+    with pytest.raises(Interrupted, match="1 finished configurations written to .*sweep.partial.csv"):
+        sweep_command(TRACE, **options)
+    assert (tmp_path / "sweep.csv").read_text() == complete
+    assert (tmp_path / "sweep.partial.csv").read_text().count("\n") == 2
+    monkeypatch.setattr(sweeps, "sweep", grid)
+    sweep_command(TRACE, **options)  # a complete sweep replaces both
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.parquet", "sweep.png"]
+
+
 def test_one_policy_name_is_a_policy_not_its_letters():
     trace = Trace.load(TRACE)
     assert sweep(trace, "lru", [2], unit="slots") == sweep(trace, ["lru"], [2], unit="slots")  # was "unknown policy 'l'"

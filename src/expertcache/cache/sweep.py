@@ -85,29 +85,33 @@ def sweep(trace, policies, budgets, *, unit: str = "mib", scopes=("global",), pr
     return rows
 
 
-def write_sweep(rows: list[dict], out: str | os.PathLike, title: str = "") -> dict[str, Path]:
-    """Write sweep.csv, sweep.parquet and sweep.png into `out`; returns their paths."""
+def write_sweep(rows: list[dict], out: str | os.PathLike, title: str = "", partial: bool = False) -> dict[str, Path]:
+    """Write sweep.csv, sweep.parquet and sweep.png into `out`; returns their paths. The rows of
+    an interrupted sweep (`partial`) go to sweep.partial.*, beside an earlier complete sweep,
+    which a complete one replaces (and the partial files with it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     out = Path(out)
-    paths = {"csv": out / "sweep.csv", "parquet": out / "sweep.parquet", "plot": out / "sweep.png"}
-    with staged_files(out) as stage:  # the three are renamed in together, after all are written
-        _write_files(rows, stage, title)
-    return paths
+    stem = "sweep.partial" if partial else "sweep"
+    names = {"csv": f"{stem}.csv", "parquet": f"{stem}.parquet", "plot": f"{stem}.png"}
+    earlier = () if partial else [f"sweep.partial.{ext}" for ext in ("csv", "parquet", "png")]
+    with staged_files(out, replaces=earlier) as stage:  # renamed in together, after all are written
+        _write_files(rows, stage, title, names)
+    return {kind: out / name for kind, name in names.items()}
 
 
-def _write_files(rows: list[dict], out: Path, title: str) -> None:
+def _write_files(rows: list[dict], out: Path, title: str, names: dict[str, str]) -> None:
     import matplotlib.pyplot as plt
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "sweep.csv", "w", newline="") as f:
+    with open(out / names["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
-    pq.write_table(pa.Table.from_pylist(rows), out / "sweep.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), out / names["parquet"])
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (policy, scope) in dict.fromkeys((r["policy"], r["scope"]) for r in rows):
@@ -120,5 +124,5 @@ def _write_files(rows: list[dict], out: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=120)
+    fig.savefig(out / names["plot"], dpi=120)
     plt.close(fig)

@@ -165,9 +165,9 @@ def sweep_command(
                   progress=lambda done, total: bar.update(task, completed=done, total=total), into=rows,
                   accounting=accounting)
     except KeyboardInterrupt:
-        if rows:  # keep what finished
-            write_sweep(rows, out, title=t.model.name)
-            raise Interrupted(f"{len(rows)} finished configurations written to {out}") from None
+        if rows:  # keep what finished, beside (not over) an earlier complete sweep
+            paths = write_sweep(rows, out, title=t.model.name, partial=True)
+            raise Interrupted(f"{len(rows)} finished configurations written to {paths['csv']}") from None
         raise Interrupted("no configuration had finished; nothing was written") from None
     paths = write_sweep(rows, out, title=t.model.name)
     Console(highlight=False).print(_sweep_table(rows))
