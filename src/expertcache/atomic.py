@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .errors import ExpertcacheError
 
-__all__ = ["atomic_folder", "atomic_path", "holds_working_directory", "output_folder", "staged_files",
-           "write_json_atomic"]
+__all__ = ["atomic_folder", "atomic_path", "holds_working_directory", "output_folder", "recover_folder",
+           "staged_files", "write_json_atomic"]
 
 
 @contextmanager
@@ -36,11 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, path)
     except OSError as e:
         raise ExpertcacheError(f"cannot write {path}: {e.strerror or e}") from None
@@ -69,19 +65,25 @@ def output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
 
 
 @contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield an empty folder beside `path` to fill; when the block ends without an error it takes
     `path`'s place (a folder there before is removed after the swap). An interruption leaves the
-    earlier folder, or none, never part of the new one."""
+    earlier folder, or none, never part of the new one. `durable`: the new folder's files are on
+    disk before the swap, and the swap before the return (a power loss keeps one whole folder)."""
     path = Path(path)
     stage, old = _staging(path, "tmp"), _staging(path, "old")
     try:
-        _clear_leftovers(path)
+        recover_folder(path)
         stage.mkdir(parents=True)
         yield stage
+        if durable:
+            for file in [*stage.rglob("*"), stage]:
+                _fsync(file)
         if path.exists():
             path.rename(old)
         stage.rename(path)
+        if durable:
+            _fsync(path.parent)
     except OSError as e:
         raise ExpertcacheError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
@@ -119,8 +121,9 @@ def _staging(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
 
 
-def _clear_leftovers(path: Path) -> None:
-    """Remove what killed writers of `path` left; put back a folder a kill caught mid-swap."""
+def recover_folder(path: str | os.PathLike) -> None:
+    """Remove what killed writers of folder `path` left; put back a folder a kill caught mid-swap."""
+    path = Path(path)
     for kind in ("old", "tmp"):
         for leftover in path.parent.glob(f".{path.name}.{kind}-*"):
             if _alive(leftover.name.rpartition("-")[2]):
@@ -129,6 +132,15 @@ def _clear_leftovers(path: Path) -> None:
                 leftover.rename(path)
             else:
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with suppress(OSError):  # some filesystems refuse fsync on a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _alive(pid: str) -> bool:

@@ -1,26 +1,24 @@
 """Resumable training state, committed atomically: DIR/checkpoint/ appears whole or not at all.
 
 A checkpoint is a folder: the model (`save_pretrained`: it loads with `from_pretrained` as it
-is) and state.pt (optimizer state, RNG states, step, tokens and seconds trained). It is written
-as DIR/.checkpoint.tmp-PID, every file fsynced, then swapped in with renames: the old one moves
-to DIR/.checkpoint.old-PID, the new one takes its name, the old one is deleted. A kill between
-the two renames leaves only the old one, which `latest` then finds. The data position is the
+is) and state.pt (optimizer state, RNG states, step, tokens and seconds trained), written as a
+durable `atomic_folder`: every file on disk before the swap, and a kill during the swap undone
+when `latest` looks for it. The data position is the
 step (toy.data draws batch i from (seed, i)), so model + optimizer + RNG + step resume exactly.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["TrainState", "clean", "commit", "latest", "restore_rng"]
+from ..atomic import atomic_folder, recover_folder
+
+__all__ = ["TrainState", "commit", "latest", "restore_rng"]
 
 NAME = "checkpoint"
 
@@ -48,38 +46,19 @@ class TrainState:
 
 def commit(out: Path, model, optimizer, state: TrainState) -> Path:
     """Write the checkpoint of `state` under `out` atomically; returns its folder."""
-    tmp = out / f".{NAME}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_states(), **state.to_dict()}, tmp / "state.pt")
-    for file in tmp.iterdir():
-        _fsync(file)
-    _fsync(tmp)
-    final, old = out / NAME, out / f".{NAME}.old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    with atomic_folder(out / NAME, durable=True) as stage:
+        model.save_pretrained(stage)
+        torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_states(), **state.to_dict()}, stage / "state.pt")
+    return out / NAME
 
 
 def latest(out: Path) -> tuple[Path, dict] | None:
-    """The committed checkpoint folder and its state.pt contents, or None before the first commit."""
-    candidates = [out / NAME] + sorted(out.glob(f".{NAME}.old-*"))
-    for folder in candidates:
-        if (folder / "state.pt").is_file():
-            return folder, torch.load(folder / "state.pt", weights_only=False)
-    return None
-
-
-def clean(out: Path) -> None:
-    """Remove what a killed commit left behind (after `latest` picked its checkpoint)."""
-    leftovers = list(out.glob(f".{NAME}.tmp-*"))
+    """The committed checkpoint folder and its state.pt contents, or None before the first commit
+    (what a killed commit left is cleared first, and a checkpoint it had moved aside put back)."""
+    recover_folder(out / NAME)
     if (out / NAME / "state.pt").is_file():
-        leftovers += out.glob(f".{NAME}.old-*")
-    for leftover in leftovers:
-        shutil.rmtree(leftover, ignore_errors=True)
+        return out / NAME, torch.load(out / NAME / "state.pt", weights_only=False)
+    return None
 
 
 def _rng_states() -> dict:
@@ -96,11 +75,3 @@ def restore_rng(states: dict) -> None:
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
-
-def _fsync(path: Path) -> None:
-    with suppress(OSError):  # some filesystems refuse fsync on a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -31,7 +31,7 @@ from ..atomic import atomic_path
 from ..checks import check_seed
 from ..devices import torch_device
 from ..errors import ExpertcacheError
-from .checkpoint import TrainState, clean, commit, latest, restore_rng
+from .checkpoint import TrainState, commit, latest, restore_rng
 from .config import ToyConfig, hf_config
 from .data import load_corpus
 from .outdir import claim
@@ -80,7 +80,6 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
     tokenizer = demo_tokenizer()
     corpus = load_corpus(tokenizer, config.corpus_chars, config.heldout_fraction, config.seq_len, out / "heldout")
     found = latest(out)
-    clean(out)
     if found is None:
         torch.manual_seed(seed)
         with warnings.catch_warnings():  # DeepSeek-V3 without shared experts initialises an empty shared MLP
