@@ -550,8 +550,8 @@ def test_a_split_call_gates_every_row_where_the_stock_call_does(tmp_path, monkey
 def test_weights_lie_where_the_stock_models_lie(family, checkpoints):
     """CPU matmuls can give other last bits at other alignments (fp32 on AVX-512), so every weight
     sits at the stock model's address modulo the page (non-expert weights, views of the file's
-    memory map there) and the expert slots at its experts' modulo 64 bytes (stacked on load, or
-    views of a fused tensor, here at 8 bytes past a line)."""
+    memory map there), and each cached expert at its stock tensor's modulo 64 bytes (stacked on
+    load, or a view of a fused tensor: here its layers' experts lie at other offsets)."""
     path = checkpoints(family)
     stock = dict(stock_model(path, "grouped_mm").named_parameters())
     model = offload(path, budget_slots=64)
@@ -559,11 +559,18 @@ def test_weights_lie_where_the_stock_models_lie(family, checkpoints):
         for name, p in model.named_parameters():
             if p.device.type != "meta":
                 assert p.data_ptr() % 4096 == stock[name].data_ptr() % 4096, name
-        pools = model._expertcache_runtime.cache.slots
-        experts = {n.rsplit(".", 1)[1]: p for n, p in stock.items() if ".experts." in n}
-        for name, pool in pools.items():
-            assert pool.data_ptr() % 64 == experts[name].data_ptr() % 64, name
-            assert pool[1].data_ptr() % 64 == experts[name][1].data_ptr() % 64, name
+        with torch.no_grad():
+            model.generate(prompt(), max_new_tokens=3, do_sample=False)
+        runtime = model._expertcache_runtime
+        cache, checked = runtime.cache, 0
+        for key in np.flatnonzero(cache.slot_of < cache.zero_slot):
+            layer, expert = cache._layer_expert[key]
+            for name, pool in cache.slots.items():
+                want = stock[f"{runtime.ckpt.blocks[layer].path}.experts.{name}"][expert]
+                got = pool[int(cache.slot_of[key])]
+                assert got.data_ptr() % 64 == want.data_ptr() % 64 and torch.equal(got, want), (key, name)
+                checked += 1
+        assert checked >= 2 * len(cache.slots)
     finally:
         close(model)
 
@@ -576,11 +583,31 @@ def test_placed_memory_lies_at_the_residue_a_tensor_of_its_dtype_can_take():
         assert t.data_ptr() % 4096 == want and t.shape == (3, 5) and not t.any()
 
 
-@pytest.mark.parametrize("offsets,residue", [([72, 8, 136], 8), ([8, 24], 8), ([8, 16], 0), ([48, 112], 48)])
-def test_slots_take_the_stock_experts_common_offset(offsets, residue):
-    """Modulo 64 where every expert agrees, else modulo 16 (fused parameters split over shards
-    with other data starts), else an aligned pool."""
-    from expertcache.runtime.loading import ExpertPart, _stock_residue
+def test_a_slot_moves_to_the_place_of_the_expert_it_holds():
+    from expertcache.runtime.loading import ExpertParam, SlotPool
 
-    parts = [[[ExpertPart("down_proj", "a.safetensors", offset, 64, 0)] for offset in offsets]]
-    assert _stock_residue(parts, "down_proj") == residue
+    pool = SlotPool(ExpertParam((3, 5), torch.float32), 4)
+    assert pool.shape == (4, 3, 5) and pool[0].shape == (3, 5) and pool[2:3].shape == (1, 3, 5)
+    for residue, want in [(40, 40), (8, 8), (6, 0), (60, 60)]:  # fp32 cannot start at 6
+        pool.place(1, residue)
+        assert pool[1].data_ptr() % 64 == want and pool[1].is_contiguous()
+        pool[1].fill_(residue)
+        assert not pool[0].any() and not pool[2].any()  # neighbours untouched (60 bytes of data, 64 of room)
+
+
+@pytest.mark.parametrize("tier,rule", [("disk", "never"), ("ram", "always")])
+def test_fused_experts_sharded_at_other_offsets_per_layer_stay_exact(tier, rule, tmp_path):
+    """fp32 GraniteMoE saved in four shards: layer 0's fused experts lie at 40 and 56 bytes past a
+    line, layer 1's at 0 and 40, so one placement per pool fit neither; each slot now moves to its
+    expert's (and a layer's host copy lies as its fused tensor)."""
+    build_tiny_model("granitemoe", tmp_path / "one", seed=1)
+    transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "one").save_pretrained(tmp_path / "many",
+                                                                                        max_shard_size="120KB")
+    assert len(list((tmp_path / "many").glob("*.safetensors"))) == 4
+    options = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        want = stock_model(tmp_path / "many", "grouped_mm").generate(prompt(), **options)
+        model = offload(tmp_path / "many", budget_x=1.0, slow_tier=tier, misses_on_cpu=rule)
+        got = model.generate(prompt(), **options)
+    close(model)
+    assert all(torch.equal(g, w) for g, w in zip(got.logits, want.logits))

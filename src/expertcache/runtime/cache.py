@@ -27,7 +27,7 @@ from ..cache.engine import (AT_SOURCE, BUFFER_HIT, CHUNK, COUNTERS, EVICTED, EVI
                             PREFETCHED, engine_batch, finish, new_engine, new_plan, prefetch_after)
 from ..errors import ExpertcacheError
 from .experts import Pools
-from .loading import expert_zeros
+from .loading import SlotPool, expert_zeros
 from .store import ExpertStore
 
 __all__ = ["ExpertCache", "BatchPlan", "Counters"]
@@ -60,7 +60,8 @@ class Counters:
 
 class ExpertCache:
     def __init__(self, policy, budget: Budget, num_layers: int, key_offset: np.ndarray, key_bytes: np.ndarray,
-                 params: dict, store: ExpertStore, device: torch.device, misses_on_cpu_below: int = 0):
+                 params: dict, residues: dict[str, np.ndarray], store: ExpertStore, device: torch.device,
+                 misses_on_cpu_below: int = 0):
         self.budget, self.store, self.device = budget, store, device
         self.key_offset = key_offset  # [L + 1]
         K = int(key_offset[-1])
@@ -75,7 +76,10 @@ class ExpertCache:
         self._after_compute = (self._none, self._none)  # (evicted, prefetched) keys waiting for a computation
         S = _slot_count(budget)
         self.num_slots = S
-        self.slots = {name: expert_zeros(param, S + 1, device) for name, param in params.items()}  # slot S: all zero
+        # slot S: all zero. On the CPU a slot moves to where the stock keeps the expert it is filled with
+        self.slots = {name: SlotPool(param, S + 1) if device.type == "cpu" else expert_zeros(param, S + 1, device)
+                      for name, param in params.items()}
+        self._residues = [(self.slots[name], residues[name].tolist()) for name in params] if device.type == "cpu" else []
         self.zero_slot = S
         self.pools = Pools(self.slots, S)
         self.slot_of = np.full(K, S, np.int64)  # [K] slot of a resident key (S = the zero slot)
@@ -207,6 +211,8 @@ class ExpertCache:
         slot = self._free.pop()
         self.slot_of[key] = slot
         layer, expert = self._layer_expert[key]
+        for pool, residue in self._residues:
+            pool.place(slot, residue[key])
         dest = {name: pool[slot] for name, pool in self.slots.items()}
         self._pending[slot] = self.store.fetch(layer, expert, dest, self._reusable_after.pop(slot, None))
 
@@ -238,7 +244,7 @@ class ExpertCache:
 
     @property
     def resident_bytes(self) -> int:
-        return sum(t[:self.num_slots].numel() * t.element_size() for t in self.slots.values())
+        return sum(self.num_slots * pool[0].numel() * pool[0].element_size() for pool in self.slots.values())
 
 
 def _slot_count(budget: Budget) -> int:

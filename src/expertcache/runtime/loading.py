@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,20 +29,22 @@ from ..trace.capture import describe
 from ..trace.checkpoint import safetensors_headers
 from ..trace.model_info import ModelInfo
 
-__all__ = ["ExpertParam", "ExpertPart", "LoadedCheckpoint", "load_checkpoint", "expert_zeros"]
+__all__ = ["ExpertParam", "ExpertPart", "LoadedCheckpoint", "SlotPool", "load_checkpoint", "expert_zeros"]
 
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 _PAGE = 4096  # a memory map starts at a page boundary
-_LINE = 64  # experts: the alignment a row's products can depend on (one residue serves every expert of a pool)
+LINE = 64  # experts: the alignment a row's products can depend on (see `_zeros_at`)
 
 
 class ExpertParam(NamedTuple):
-    """One experts-module parameter: each expert's shape and dtype, and the address of the stock
-    model's experts modulo `_LINE` (see `expert_zeros`)."""
+    """One experts-module parameter: each expert's shape and dtype."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
-    residue: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.shape, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,18 @@ class LoadedCheckpoint:
     blocks: list[MoEBlock]  # MoE layers, in order
     info: ModelInfo
     parts: list[list[list[ExpertPart]]]  # [L][E] the byte ranges of each expert
-    params: dict[str, ExpertParam]  # experts-module parameter -> per-expert shape, dtype, placement
+    params: dict[str, ExpertParam]  # experts-module parameter -> per-expert shape and dtype
+    layer_residues: dict[str, list[int]]  # parameter -> [L] address of the stock's expert 0 modulo LINE
     non_expert_bytes: int
+
+    def residues(self, key_offset: np.ndarray) -> dict[str, np.ndarray]:
+        """parameter -> [K] where the stock model keeps each expert's tensor, modulo LINE: expert e
+        of layer l follows expert 0 at e x its bytes (a fused tensor on disk, or per-expert ones
+        stacked on load)."""
+        layer_of = np.repeat(np.arange(len(key_offset) - 1), np.diff(key_offset))
+        expert = np.arange(int(key_offset[-1])) - key_offset[layer_of]
+        return {name: (np.asarray(self.layer_residues[name])[layer_of] + expert * param.nbytes) % LINE
+                for name, param in self.params.items()}
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device) -> LoadedCheckpoint:
@@ -95,9 +108,9 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> LoadedChec
                      for n, _ in b.experts.named_parameters(recurse=False)}
     params = _param_shapes(blocks)
     parts, sources, fused = _index(model, headers, expert_params, blocks, params)
-    params = {name: p._replace(residue=_stock_residue(parts, name) if name in fused else 0) for name, p in params.items()}
+    residues = {name: [_stock_residue(layer, name) if name in fused else 0 for layer in parts] for name in params}
     non_expert = _load_non_experts(model, folder, headers, sources, expert_params, device)
-    return LoadedCheckpoint(str(path), model, adapter, blocks, info, parts, params, non_expert)
+    return LoadedCheckpoint(str(path), model, adapter, blocks, info, parts, params, residues, non_expert)
 
 
 def read_config(folder: Path):
@@ -208,17 +221,10 @@ def _index(model, headers, expert_params, blocks, params):
     return parts, sources, fused
 
 
-def _stock_residue(parts, param: str) -> int:
-    """Where the stock model's view of a fused parameter puts its experts, modulo `_LINE`: their
-    offsets in the files (memory maps start at page boundaries). Where they disagree (shards
-    with other data starts), their common offset modulo 16, which one-row fp32 matmuls were
-    seen to depend on; else 0, an allocation's."""
-    offsets = [p.offset for layer in parts for expert in layer for p in expert if p.param == param]
-    for modulus in (_LINE, 16):
-        residues = {offset % modulus for offset in offsets}
-        if len(residues) == 1:
-            return residues.pop()
-    return 0
+def _stock_residue(layer: list[list[ExpertPart]], param: str) -> int:
+    """Where the stock model's view of a layer's fused parameter puts its expert 0, modulo LINE:
+    at its offset in the file (memory maps start at page boundaries)."""
+    return next(p.offset for p in layer[0] if p.param == param) % LINE
 
 
 def _check_operations(converter, key: str) -> None:
@@ -241,8 +247,8 @@ def _expert_number(pattern: str, key: str) -> int:
 def _check_complete(parts, blocks, params) -> None:
     for layer, block in enumerate(blocks):
         for e, mine in enumerate(parts[layer]):
-            for name, (shape, dtype, _) in params.items():
-                need = _nbytes(shape, dtype)
+            for name, param in params.items():
+                need = param.nbytes
                 got = sum(p.nbytes for p in mine if p.param == name)
                 if got != need:
                     raise ExpertcacheError(f"the checkpoint holds {got} of the {need} bytes of {block.path}.experts."
@@ -319,11 +325,46 @@ def _zeros_at(shape, dtype: torch.dtype, residue: int, modulus: int, pin: bool =
     return raw[shift:shift + nbytes].view(dtype).view(shape)
 
 
-def expert_zeros(param: ExpertParam, rows: int, device: torch.device, pin: bool = False) -> torch.Tensor:
-    """[rows, *shape] zeros for experts: on the CPU placed as the stock model's experts are."""
+def expert_zeros(param: ExpertParam, rows: int, device: torch.device, pin: bool = False, residue: int = 0) -> torch.Tensor:
+    """[rows, *shape] zeros for experts; on the CPU row 0 at `residue` modulo LINE (where the
+    stock model keeps a layer's expert 0; the rows follow as the stock's experts do)."""
     if device.type != "cpu":
         return torch.zeros((rows, *param.shape), dtype=param.dtype, device=device, pin_memory=pin)
-    return _zeros_at((rows, *param.shape), param.dtype, param.residue, _LINE, pin)
+    return _zeros_at((rows, *param.shape), param.dtype, residue, LINE, pin)
+
+
+class SlotPool:
+    """[rows, *shape] expert weights on the CPU whose rows are placed one by one: `place(row,
+    residue)` moves a row to `residue` modulo LINE within its own stretch of memory, where the
+    stock model keeps the expert the row is about to hold. One pool serves every layer, whose
+    experts lie at different offsets (shards, tensors not a multiple of LINE bytes); indexing
+    answers as a tensor's first dimension does."""
+
+    def __init__(self, param: ExpertParam, rows: int):
+        self.shape, self.dtype, self.device = (rows, *param.shape), param.dtype, torch.device("cpu")
+        self._row_bytes = param.nbytes
+        self._stride = -(-self._row_bytes // LINE) * LINE + LINE  # room to move a row within
+        self._raw = _zeros_at((rows * self._stride,), torch.uint8, 0, LINE)
+        self._rows = [self._view(row, 0) for row in range(rows)]
+
+    def _view(self, row: int, residue: int) -> torch.Tensor:
+        at = row * self._stride + residue
+        return self._raw[at:at + self._row_bytes].view(self.dtype).view(self.shape[1:])
+
+    def place(self, row: int, residue: int) -> None:
+        """Before a row is filled: put it at `residue` modulo LINE (its old bytes do not move)."""
+        if residue % self.dtype.itemsize:  # no tensor of this dtype starts there: aligned, as a copy would be
+            residue = 0
+        if self._rows[row].data_ptr() % LINE != residue:
+            self._rows[row] = self._view(row, residue)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice):  # [row:row + 1], one row as [1, *shape]
+            return self._rows[index.start].unsqueeze(0)
+        return self._rows[index]
+
+    def dim(self) -> int:
+        return len(self.shape)
 
 
 def _assign(model, name: str, value: torch.Tensor, is_param: bool) -> None:

@@ -357,12 +357,13 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     budget = resolve_budget(info, key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,
                             budget_x=budget_x)
     _check_minimum(budget, info)
-    store = ExpertStore(folder, ckpt.parts, tier, ckpt.params, device=fast)
+    store = ExpertStore(folder, ckpt.parts, tier, ckpt.params, ckpt.layer_residues, device=fast)
     try:
         below = misses_on_cpu_below(misses_on_cpu, fast, store.host_pools and store.host_pools[0],
                                     int(max(info.expert_bytes)))
         cache = ExpertCache(policy_obj, budget, info.num_moe_layers, key_offset,
-                            np.asarray(info.expert_bytes, np.int64)[key_layer], ckpt.params, store, fast, below)
+                            np.asarray(info.expert_bytes, np.int64)[key_layer], ckpt.params, ckpt.residues(key_offset),
+                            store, fast, below)
         runtime = Runtime(ckpt, cache, store, policy_obj.name, scope, prefetch, trace, tier, implementation)
     except BaseException:
         store.close()

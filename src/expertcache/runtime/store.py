@@ -44,8 +44,8 @@ class ExpertStore:
     """Fetches expert (layer, e) into a slot: `dest[param]` are that slot's per-expert tensors."""
 
     def __init__(self, folder: str | os.PathLike, parts: list[list[list[ExpertPart]]], tier: str,
-                 params: dict[str, ExpertParam], *, device: torch.device = torch.device("cpu"),
-                 workers: int = 4):
+                 params: dict[str, ExpertParam], layer_residues: dict[str, list[int]], *,
+                 device: torch.device = torch.device("cpu"), workers: int = 4):
         if tier not in TIERS:
             raise ExpertcacheError(f"unknown slow tier {tier!r}; choose disk or ram")
         self.tier = tier
@@ -71,16 +71,19 @@ class ExpertStore:
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.host_pools: list[Pools] | None = None  # [L] the "ram" tier's master copy
         if tier == "ram":
-            self.host_pools = [self._read_layer(layer, params, pin=device.type == "cuda") for layer in parts]
+            self.host_pools = [self._read_layer(layer, params, {name: r[i] for name, r in layer_residues.items()},
+                                                pin=device.type == "cuda") for i, layer in enumerate(parts)]
 
     def _open(self, path: Path, flags: int) -> int:
         fd = os.open(path, flags)
         self._opened.append(fd)
         return fd
 
-    def _read_layer(self, layer: list[list[ExpertPart]], params, pin: bool) -> Pools:
+    def _read_layer(self, layer: list[list[ExpertPart]], params, residues: dict[str, int], pin: bool) -> Pools:
+        """A layer's experts in host memory, laid out as the stock model keeps them."""
         E = len(layer)
-        tensors = {name: expert_zeros(param, E + 1, torch.device("cpu"), pin) for name, param in params.items()}
+        tensors = {name: expert_zeros(param, E + 1, torch.device("cpu"), pin, residues[name])
+                   for name, param in params.items()}
         for e, parts in enumerate(layer):
             for p in parts:
                 self._pread(p, _bytes(tensors[p.param][e], p))
