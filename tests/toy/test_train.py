@@ -26,6 +26,9 @@ def test_smoke_trains_and_every_command_loads_it(tmp_path):  # from_pretrained, 
     assert (result.steps, result.resumed_from) == (preset("smoke").steps, 0)
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert model.config.model_type == "qwen3_moe"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # safetensors writes 0600
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0, 10, 20, 30]
     assert all(r["overlap_excess"] == r["overlap"] - r["overlap_chance"] for r in log)

@@ -36,6 +36,7 @@ from .config import ToyConfig, hf_config
 from .data import load_corpus
 from .outdir import claim
 from .probe import Probe
+from .zoo import save_model
 from .routing import balance_loss, router_logits, z_loss
 
 __all__ = ["TrainResult", "train"]
@@ -102,7 +103,7 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
     loop = _Loop(config, model, optimizer, corpus, seed, device, probe, out)
     start = state.step
     last = loop.run(state, steps, None if minutes is None else minutes * 60, checkpoint_every, progress)
-    model.save_pretrained(out)
+    save_model(model, out)
     tokenizer.save_pretrained(out)
     return TrainResult(out, state.step, state.tokens, state.seconds, start, last)
 

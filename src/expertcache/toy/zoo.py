@@ -15,7 +15,7 @@ from typing import Callable
 
 from ..errors import ExpertcacheError
 
-__all__ = ["DEMO_CONTEXT", "TINY_FAMILIES", "build_demo_model", "build_tiny_model", "tiny_config"]
+__all__ = ["DEMO_CONTEXT", "TINY_FAMILIES", "build_demo_model", "build_tiny_model", "save_model", "tiny_config"]
 
 _ATTN = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
 
@@ -181,7 +181,17 @@ def _build(factory: Callable, path, *, vocab_size: int, seed: int, tokenizer) ->
             if name.endswith("e_score_correction_bias"):
                 buffer.copy_(torch.randn(buffer.shape, generator=biases) * 0.2)
     path = Path(path)
-    model.save_pretrained(path)
+    save_model(model, path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path
+
+
+def save_model(model, folder: Path) -> None:
+    """`save_pretrained`, with the weights readable as the user's other files are: safetensors
+    writes them owner-only (0600), whatever the umask."""
+    model.save_pretrained(folder)
+    mask = os.umask(0)
+    os.umask(mask)
+    for weights in Path(folder).glob("*.safetensors"):
+        weights.chmod(0o666 & ~mask)
