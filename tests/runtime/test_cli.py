@@ -97,6 +97,15 @@ def test_a_folder_without_tokenizer_files_is_a_one_line_error(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_a_one_line_error(tmp_path):
+    """A tokenizer of 4 096 tokens beside a model of 512 embeddings: the embedding raised an
+    IndexError (a traceback)."""
+    path = build_tiny_model("qwen3_moe", tmp_path / "model", seed=1, tokenizer=demo_tokenizer())
+    p = cli("run", path, "--prompt", "def f(x): return x", "--generate", 2, "--budget-slots", 8)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "has 512 embeddings: its tokenizer and its model disagree" in p.stderr
+
+
 @pytest.mark.parametrize("stop, status, said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
 def test_ctrl_c_stops_after_the_current_token_with_counters_and_trace_consistent(model, tmp_path, stop, status, said):
     # SIGTERM (a scheduler's stop) used to kill the process: the routing recorded so far was lost.

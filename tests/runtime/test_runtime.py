@@ -611,3 +611,20 @@ def test_fused_experts_sharded_at_other_offsets_per_layer_stay_exact(tier, rule,
         got = model.generate(prompt(), **options)
     close(model)
     assert all(torch.equal(g, w) for g, w in zip(got.logits, want.logits))
+
+
+def test_a_runs_trace_holds_the_sequence_in_progress(checkpoints, tmp_path, monkeypatch):
+    """What a kill -9 leaves: the routing of every token so far (saved here after each forward),
+    and at the end the whole sequence, once."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["expertcache.runtime.offload"], "PROGRESS_SECONDS", 0.0)
+    model = offload(checkpoints("olmoe"), budget_x=1.0, trace=tmp_path / "tr")
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(ec.Trace.load(tmp_path / "tr").seq_lengths.tolist()))
+    with torch.no_grad():
+        model.generate(prompt(), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    close(model)
+    assert seen == [[14], [15], [16], [17]]  # the prompt, then one decode step per forward
+    final = ec.Trace.load(tmp_path / "tr")
+    assert final.seq_lengths.tolist() == [17] and len(list((tmp_path / "tr" / "shards").iterdir())) == 1

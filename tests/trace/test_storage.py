@@ -296,7 +296,7 @@ def test_seq2seq_capture_folder_points_to_its_stacks(tmp_path):
         Trace.load(tmp_path)
 
 
-@pytest.mark.parametrize("where", ["np.save", "os.rename"])
+@pytest.mark.parametrize("where", ["np.save", "Path.rename"])
 def test_a_commit_interrupted_anywhere_commits_once_when_retried(rng, tmp_path, monkeypatch, where):
     """Ctrl-C inside a shard write (before its rename, or just after it), then close(): one shard."""
     from expertcache.trace import writer as writer_module
@@ -318,6 +318,38 @@ def test_a_commit_interrupted_anywhere_commits_once_when_retried(rng, tmp_path, 
     writer.close()
     assert sorted(p.name for p in (tmp_path / "t" / "shards").iterdir()) == ["00000"]
     assert writer.done_keys == {"s0"} and Trace.load(tmp_path / "t").seq_lengths.tolist() == [3]
+
+
+def test_saved_progress_is_a_trace_until_the_next_commit_replaces_it(rng, tmp_path):
+    """A generation's sequence in progress, committed with what is buffered: a kill keeps it; the
+    sequence added whole later takes its place (not beside it)."""
+    model = ModelInfo.synthetic(2, 4, 1)
+    path = tmp_path / "t"
+    writer = TraceWriter(path, model, shard_tokens=100)
+    first, second = rng.integers(0, 4, (3, 2, 1)), rng.integers(0, 4, (9, 2, 1))
+    writer.add_sequence(first, key="a")
+    writer.save_progress(second[:4], phase=DECODE)
+    saved = Trace.load(path)  # what a kill -9 now leaves
+    assert saved.seq_lengths.tolist() == [3, 4]
+    np.testing.assert_array_equal(saved.experts, np.concatenate([first, second[:4]]))
+    writer.save_progress(second[:7], phase=DECODE)
+    assert Trace.load(path).seq_lengths.tolist() == [3, 7]
+    writer.add_sequence(second, key="b")
+    writer.close()
+    assert sorted(p.name for p in (path / "shards").iterdir()) == ["00000"]
+    np.testing.assert_array_equal(Trace.load(path).experts, np.concatenate([first, second]))
+
+
+def test_a_shard_replacement_killed_mid_swap_is_put_back_on_resume(rng, tmp_path):
+    model = ModelInfo.synthetic(2, 4, 1)
+    path = tmp_path / "t"
+    with TraceWriter(path, model, shard_tokens=1) as writer:
+        writer.add_sequence(rng.integers(0, 4, (3, 2, 1)), key="s0")
+    shards = path / "shards"
+    (shards / "00000").rename(shards / f".00000.old-{2**22 + 12345}")  # moved aside, the new one not yet in
+    writer = TraceWriter(path, model, shard_tokens=1)
+    assert writer.done_keys == {"s0"} and sorted(p.name for p in shards.iterdir()) == ["00000"]
+    writer.close()
 
 
 def test_commit_every_seconds_bounds_what_a_kill_loses(rng, tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ from .prefetchers import PredictionTally, online_prefetcher
 from .store import TIERS, ExpertStore
 
 RUN_SOURCE = "expertcache run"  # a run's trace says so in its manifest: a later run may replace it
+PROGRESS_SECONDS = 5.0  # a run's trace holds the sequence in progress up to this long ago (what a kill -9 loses)
 
 __all__ = ["offload", "stats", "OffloadStats", "REGISTRY_NAME", "close"]
 
@@ -122,6 +123,7 @@ class Runtime:
         self._forward: dict | None = None
         self.timings = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
         self._forward_start = 0.0
+        self._progress_saved = time.monotonic()
 
     # ------------------------------------------------------------------ model hooks
     def before_forward(self, module, args, kwargs) -> None:
@@ -163,6 +165,9 @@ class Runtime:
             for t in range(f["T"]):
                 self.prefetcher.end_token(f["experts"][t])
         self._forward = None
+        if self.writer is not None and time.monotonic() - self._progress_saved >= PROGRESS_SECONDS:
+            self.writer.save_progress(**self._sequence_so_far())
+            self._progress_saved = time.monotonic()
 
     # ------------------------------------------------------------------ one MoE layer call
     def read_router(self, router, args, output) -> None:
@@ -265,13 +270,17 @@ class Runtime:
 
     # ------------------------------------------------------------------ trace
     def _end_sequence(self) -> None:
-        seq, self._seq = self._seq, {}
-        if self.writer is None or not seq.get("experts"):
-            return
-        self.writer.add_sequence(
-            np.concatenate(seq["experts"]), np.concatenate(seq["weights"]), tokens=np.concatenate(seq["tokens"]),
-            phase=np.concatenate(seq["phase"]),
-            stale_gate=np.concatenate(seq["stale"]) if self.want_stale else None)
+        arrays = self._sequence_so_far() if self.writer is not None and self._seq.get("experts") else None
+        self._seq = {}
+        if arrays is not None:
+            self.writer.add_sequence(**arrays)
+
+    def _sequence_so_far(self) -> dict:
+        """The current sequence's routing, as the trace writer takes it (its parts joined, once)."""
+        joined = {name: np.concatenate(parts) for name, parts in self._seq.items() if name != "stale" or self.want_stale}
+        self._seq.update({name: [array] for name, array in joined.items()})
+        return dict(experts=joined["experts"], weights=joined["weights"], tokens=joined["tokens"],
+                    phase=joined["phase"], stale_gate=joined.get("stale"))
 
     def close(self) -> None:
         """Finish the trace (the partial sequence too) and release files and threads."""

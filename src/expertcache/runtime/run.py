@@ -62,7 +62,12 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
         hint = f" (the tokenizer of {model} knows {len(tokenizer)} tokens: are its tokenizer files missing?)" \
             if len(tokenizer) < 256 else ""
         raise ExpertcacheError("the prompt is empty after tokenization" + hint)
-    context = context_length(read_config(folder))
+    config = read_config(folder)
+    vocab = getattr(config.get_text_config(), "vocab_size", None)
+    if vocab and int(ids.max()) >= vocab:  # the embedding would index past its rows
+        raise ExpertcacheError(f"the prompt holds token {int(ids.max())}, but {model} has {vocab} embeddings: "
+                               "its tokenizer and its model disagree")
+    context = context_length(config)
     if context and ids.shape[1] + generate > context:
         raise ExpertcacheError(f"the prompt ({ids.shape[1]} tokens) and --generate {generate} exceed the model's "
                                f"context of {context} tokens")

@@ -3,7 +3,9 @@
 Sequences are buffered and committed as shards: each shard is written into a temporary
 directory and renamed into place, so a kill at any moment leaves only whole shards. Re-opening
 the same trace with the same settings resumes: `done_keys` tells the caller which sequences
-are already stored.
+are already stored. A writer whose sequences are long (a generation) can also commit its
+progress (`save_progress`): the buffered sequences and the one in progress, as the next shard,
+which the next commit replaces.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import holds_working_directory, write_json_atomic
+from ..atomic import atomic_folder, holds_working_directory, recover_folder, write_json_atomic
 from ..errors import ExpertcacheError
 from .format import (
     DECODE,
@@ -87,6 +89,7 @@ class TraceWriter:
         }
         self.done_keys: set[str] = set()
         self._next_shard = 0
+        self._provisional = False  # the next shard holds saved progress, to be replaced
         self._open(manifest, overwrite)
 
     def _open(self, manifest: dict, overwrite: bool) -> None:
@@ -111,6 +114,9 @@ class TraceWriter:
         shards = self.path / SHARDS
         shards.mkdir(exist_ok=True)
         for entry in sorted(shards.iterdir()):
+            if entry.name.startswith(".") and ".old-" in entry.name:  # a replacement a kill caught mid-swap
+                recover_folder(shards / entry.name[1:].partition(".")[0])
+        for entry in sorted(shards.iterdir()):
             if not entry.name.isdigit():  # an interrupted shard write
                 shutil.rmtree(entry, ignore_errors=True)
                 continue
@@ -133,6 +139,28 @@ class TraceWriter:
         stale_gate: np.ndarray | None = None,
     ) -> None:
         """Buffer one sequence: experts [T, L, K] (pad id where a layer did not route)."""
+        self._buffer.append(self._prepared(experts, weights, tokens, positions, phase, domain, turn, key, logits,
+                                           stale_gate))
+        self._buffered_tokens += len(self._buffer[-1]["arrays"]["phase"])
+        self._sequences += 1
+        overdue = self.commit_seconds is not None and time.monotonic() - self._last_commit >= self.commit_seconds
+        if self._buffered_tokens >= self.shard_tokens or overdue:
+            self.flush()
+
+    def save_progress(self, experts: np.ndarray, weights: np.ndarray | None = None, **arrays) -> None:
+        """Commit the buffered sequences and one still in progress (`add_sequence`'s arguments, its
+        tokens so far) as the next shard, so that a kill keeps them; the next commit replaces
+        that shard. The sequence is not added: add it whole once it ends."""
+        self._buffer.append(self._prepared(experts, weights, **arrays))
+        try:
+            self._write_shard(self.path / SHARDS / f"{self._next_shard:05d}")
+        finally:
+            self._buffer.pop()
+        self._provisional = True
+
+    def _prepared(self, experts, weights=None, tokens=None, positions=None, phase=DECODE, domain="default", turn=0,
+                  key=None, logits=None, stale_gate=None) -> dict:
+        """One sequence checked and laid out as a shard stores it."""
         experts = np.asarray(experts)
         if experts.ndim != 3:
             raise ExpertcacheError(f"experts of one sequence must be [tokens, layers, k], got shape {experts.shape}")
@@ -159,12 +187,7 @@ class TraceWriter:
                 if extras[name] is None:
                     raise ExpertcacheError(f"this trace stores {name}; the sequence has none")
                 seq[name] = _shaped(extras[name], (T, L, m.max_experts), name, np.float16)
-        self._buffer.append({"arrays": seq, "domain": domain, "turn": turn, "key": key, "routed": routed})
-        self._buffered_tokens += T
-        self._sequences += 1
-        overdue = self.commit_seconds is not None and time.monotonic() - self._last_commit >= self.commit_seconds
-        if self._buffered_tokens >= self.shard_tokens or overdue:
-            self.flush()
+        return {"arrays": seq, "domain": domain, "turn": turn, "key": key, "routed": routed}
 
     def _pack(self) -> tuple[dict[str, np.ndarray], list[str]]:
         """The buffered sequences as one shard's arrays, and the domain names seq_domain indexes."""
@@ -184,13 +207,15 @@ class TraceWriter:
         """Commit the buffered sequences as one shard (atomic rename).
 
         Safe to call again after an interruption (Ctrl-C) anywhere inside: a half-written
-        shard is removed, and a shard already renamed into place is not written twice.
+        shard is removed, and a shard already renamed into place is not written twice (saved
+        progress there is replaced).
         """
         if not self._buffer:
             return
         final = self.path / SHARDS / f"{self._next_shard:05d}"
-        if not final.exists():  # else a commit was interrupted after its rename: only the bookkeeping is left
+        if self._provisional or not final.exists():  # else a commit was interrupted after its rename
             self._write_shard(final)
+        self._provisional = False
         self.done_keys.update(s["key"] for s in self._buffer if s["key"] is not None)
         self._next_shard += 1
         self._buffer.clear()
@@ -198,10 +223,9 @@ class TraceWriter:
         self._last_commit = time.monotonic()
 
     def _write_shard(self, final: Path) -> None:
+        """The buffered sequences as shard `final`, swapped in whole (over saved progress there)."""
         arrays, domains = self._pack()
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_folder(final) as tmp:
             files = {}
             for array_name, array in arrays.items():
                 file = tmp / f"{array_name}.npy"
@@ -219,10 +243,6 @@ class TraceWriter:
                 "arrays": files,
             }
             write_json_atomic(tmp / SHARD_META, meta)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def close(self) -> None:
         self.flush()
