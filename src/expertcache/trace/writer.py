@@ -152,11 +152,11 @@ class TraceWriter:
         tokens so far) as the next shard, so that a kill keeps them; the next commit replaces
         that shard. The sequence is not added: add it whole once it ends."""
         self._buffer.append(self._prepared(experts, weights, **arrays))
+        self._provisional = True  # before the swap: an interruption after it must not keep the shard
         try:
             self._write_shard(self.path / SHARDS / f"{self._next_shard:05d}")
         finally:
             self._buffer.pop()
-        self._provisional = True
 
     def _prepared(self, experts, weights=None, tokens=None, positions=None, phase=DECODE, domain="default", turn=0,
                   key=None, logits=None, stale_gate=None) -> dict:
