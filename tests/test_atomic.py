@@ -63,6 +63,27 @@ def test_what_a_killed_writer_left_is_cleared_and_a_half_swap_undone(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "a").read_text() == "old"
 
 
+def test_an_interruption_between_the_renames_puts_the_earlier_folder_back(tmp_path, monkeypatch):
+    # Both folders used to be removed: a Ctrl-C there lost every toy checkpoint.
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    with atomic_folder(out) as stage:
+        (stage / "a").write_text("old")
+    rename = Path.rename
+
+    def interrupted(self, target):
+        if ".tmp-" in self.name:  # the new folder's rename, after the old one moved aside
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_folder(out) as stage:
+        (stage / "b").write_text("new")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "a").read_text() == "old"
+
+
 def test_staged_files_arrive_together_and_replace_the_named_ones(tmp_path):
     (tmp_path / "summary.json").write_text("old")
     (tmp_path / "table.csv").write_text("old")

@@ -72,6 +72,7 @@ def atomic_folder(path: str | os.PathLike, durable: bool = False) -> Iterator[Pa
     disk before the swap, and the swap before the return (a power loss keeps one whole folder)."""
     path = Path(path)
     stage, old = _staging(path, "tmp"), _staging(path, "old")
+    swapped = False
     try:
         recover_folder(path)
         stage.mkdir(parents=True)
@@ -82,13 +83,18 @@ def atomic_folder(path: str | os.PathLike, durable: bool = False) -> Iterator[Pa
         if path.exists():
             path.rename(old)
         stage.rename(path)
+        swapped = True
         if durable:
             _fsync(path.parent)
     except OSError as e:
         raise ExpertcacheError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
+        if not swapped and old.exists() and not path.exists():  # interrupted between the renames
+            with suppress(OSError):  # else the next writer puts it back
+                old.rename(path)
         shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        if swapped:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

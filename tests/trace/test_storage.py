@@ -328,12 +328,16 @@ def test_saved_progress_is_a_trace_until_the_next_commit_replaces_it(rng, tmp_pa
     writer = TraceWriter(path, model, shard_tokens=100)
     first, second = rng.integers(0, 4, (3, 2, 1)), rng.integers(0, 4, (9, 2, 1))
     writer.add_sequence(first, key="a")
-    writer.save_progress(second[:4], phase=DECODE)
+    writer.save_progress(second[:4], phase=DECODE, key="b")
     saved = Trace.load(path)  # what a kill -9 now leaves
     assert saved.seq_lengths.tolist() == [3, 4]
     np.testing.assert_array_equal(saved.experts, np.concatenate([first, second[:4]]))
+    assert TraceWriter(path, model).done_keys == {"a"}  # a resumed writer: "b" is not done
+    opened = Trace.load(path)
     writer.save_progress(second[:7], phase=DECODE)
     assert Trace.load(path).seq_lengths.tolist() == [3, 7]
+    with pytest.raises(ExpertcacheError, match="replaced since the trace was opened"):  # was "damaged"
+        np.asarray(opened.experts)
     writer.add_sequence(second, key="b")
     writer.close()
     assert sorted(p.name for p in (path / "shards").iterdir()) == ["00000"]

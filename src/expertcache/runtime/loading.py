@@ -318,11 +318,14 @@ def _zeros_at(shape, dtype: torch.dtype, residue: int, modulus: int, pin: bool =
     logits, or a prefill's expert products). A view of the map itself would fault (SIGBUS) if
     the file shrank under it, so the runtime copies into memory placed alike."""
     nbytes = _nbytes(shape, dtype)
-    if residue % dtype.itemsize:  # no tensor of this dtype starts there: aligned, as a copy would be
-        residue = 0
     raw = torch.zeros(nbytes + modulus, dtype=torch.uint8, pin_memory=pin)
-    shift = (residue - raw.data_ptr()) % modulus
+    shift = (_placeable(residue, dtype) - raw.data_ptr()) % modulus
     return raw[shift:shift + nbytes].view(dtype).view(shape)
+
+
+def _placeable(residue: int, dtype: torch.dtype) -> int:
+    """`residue`, or 0 where no tensor of `dtype` can start (aligned, as a copy would be)."""
+    return 0 if residue % dtype.itemsize else residue
 
 
 def expert_zeros(param: ExpertParam, rows: int, device: torch.device, pin: bool = False, residue: int = 0) -> torch.Tensor:
@@ -353,8 +356,7 @@ class SlotPool:
 
     def place(self, row: int, residue: int) -> None:
         """Before a row is filled: put it at `residue` modulo LINE (its old bytes do not move)."""
-        if residue % self.dtype.itemsize:  # no tensor of this dtype starts there: aligned, as a copy would be
-            residue = 0
+        residue = _placeable(residue, self.dtype)
         if self._rows[row].data_ptr() % LINE != residue:
             self._rows[row] = self._view(row, residue)
 

@@ -44,6 +44,7 @@ from .store import TIERS, ExpertStore
 
 RUN_SOURCE = "expertcache run"  # a run's trace says so in its manifest: a later run may replace it
 PROGRESS_SECONDS = 5.0  # a run's trace holds the sequence in progress up to this long ago (what a kill -9 loses)
+PROGRESS_SHARE = 0.05  # and saving it takes at most this share of the run (a long sequence rewrites more)
 
 __all__ = ["offload", "stats", "OffloadStats", "REGISTRY_NAME", "close"]
 
@@ -123,7 +124,7 @@ class Runtime:
         self._forward: dict | None = None
         self.timings = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
         self._forward_start = 0.0
-        self._progress_saved = time.monotonic()
+        self._next_progress = time.monotonic() + PROGRESS_SECONDS
 
     # ------------------------------------------------------------------ model hooks
     def before_forward(self, module, args, kwargs) -> None:
@@ -165,9 +166,11 @@ class Runtime:
             for t in range(f["T"]):
                 self.prefetcher.end_token(f["experts"][t])
         self._forward = None
-        if self.writer is not None and time.monotonic() - self._progress_saved >= PROGRESS_SECONDS:
+        if self.writer is not None and time.monotonic() >= self._next_progress:
+            start = time.monotonic()
             self.writer.save_progress(**self._sequence_so_far())
-            self._progress_saved = time.monotonic()
+            took = time.monotonic() - start
+            self._next_progress = start + took + max(PROGRESS_SECONDS, took / PROGRESS_SHARE)
 
     # ------------------------------------------------------------------ one MoE layer call
     def read_router(self, router, args, output) -> None:

@@ -154,6 +154,6 @@ def verify(model: str | os.PathLike, prompt_ids: list[int], generate: int, trace
     finally:
         close(offloaded)
     budget = {k: offload_options[k] for k in ("budget_mib", "budget_slots", "budget_x") if offload_options.get(k) is not None}
-    replay = simulate(trace, offload_options.get("policy", "lru"), offload_options.get("scope", "global"),
+    replay = simulate(trace, offload_options.get("policy", "lru"), offload_options.get("scope"),
                       prefetch=offload_options.get("prefetch"), accounting="strict", **budget)
     return Verification(generate, got.tolist() == want.tolist(), s.hit_rate, replay.hit_rate, s)

@@ -9,6 +9,7 @@ finds damage that keeps the file's size; traces written before checksums load wi
 
 from __future__ import annotations
 
+import json
 import mmap
 import zlib
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExpertcacheError
-from .format import DECODE, PREFILL
+from .format import DECODE, PREFILL, SHARD_META
 
 __all__ = ["Deferred", "check_expert_ids", "check_phase", "file_crc32", "shard_array_check"]
 
@@ -71,12 +72,27 @@ def shard_array_check(file: Path, name: str, crc32: int | None, *, num_experts: 
     }.get(name)
 
     def check(array: np.ndarray) -> None:
-        if crc32 is not None and (actual := file_crc32(file)) != crc32:
+        try:
+            actual = None if crc32 is None else file_crc32(file)
+        except FileNotFoundError:
+            actual = -1
+        if actual != crc32:
+            if actual == -1 or _recorded_crc32(file, name) == actual:  # a run's saved progress, since replaced
+                raise ExpertcacheError(f"{file}: replaced since the trace was opened (a trace still being "
+                                       "written changes); open it again")
             raise ExpertcacheError(f"{file}: damaged (crc32 {actual:08x}, shard.json records {crc32:08x})")
         if content is not None:
             content(array)
 
     return check
+
+
+def _recorded_crc32(file: Path, name: str) -> int | None:
+    """The checksum the shard's description records for array `name` now (None if unreadable)."""
+    try:
+        return json.loads((file.parent / SHARD_META).read_text())["arrays"][name]["crc32"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_nonnegative(values, what, where):

@@ -150,8 +150,9 @@ class TraceWriter:
     def save_progress(self, experts: np.ndarray, weights: np.ndarray | None = None, **arrays) -> None:
         """Commit the buffered sequences and one still in progress (`add_sequence`'s arguments, its
         tokens so far) as the next shard, so that a kill keeps them; the next commit replaces
-        that shard. The sequence is not added: add it whole once it ends."""
-        self._buffer.append(self._prepared(experts, weights, **arrays))
+        that shard. The sequence is not added: add it whole once it ends. Its key is not
+        recorded (a resumed writer must not take it as done)."""
+        self._buffer.append(self._prepared(experts, weights, **{**arrays, "key": None}))
         self._provisional = True  # before the swap: an interruption after it must not keep the shard
         try:
             self._write_shard(self.path / SHARDS / f"{self._next_shard:05d}")
