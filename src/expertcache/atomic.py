@@ -141,12 +141,15 @@ def recover_folder(path: str | os.PathLike) -> None:
 
 
 def _fsync(path: Path) -> None:
-    with suppress(OSError):  # some filesystems refuse fsync on a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Flush a file to disk (an error raises), or a folder where the file system allows it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():  # some file systems refuse fsync on a directory
+            raise
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: str) -> bool:

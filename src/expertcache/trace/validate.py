@@ -72,15 +72,17 @@ def shard_array_check(file: Path, name: str, crc32: int | None, *, num_experts: 
     }.get(name)
 
     def check(array: np.ndarray) -> None:
-        try:
-            actual = None if crc32 is None else file_crc32(file)
-        except FileNotFoundError:
-            actual = -1
-        if actual != crc32:
-            if actual == -1 or _recorded_crc32(file, name) == actual:  # a run's saved progress, since replaced
-                raise ExpertcacheError(f"{file}: replaced since the trace was opened (a trace still being "
-                                       "written changes); open it again")
-            raise ExpertcacheError(f"{file}: damaged (crc32 {actual:08x}, shard.json records {crc32:08x})")
+        if crc32 is not None:
+            replaced = ExpertcacheError(f"{file}: replaced since the trace was opened (a trace still being written "
+                                        "changes); open it again")  # a run's saved progress
+            try:
+                actual = file_crc32(file)
+            except FileNotFoundError:
+                raise replaced from None
+            if actual != crc32 and _recorded_crc32(file, name) == actual:
+                raise replaced
+            if actual != crc32:
+                raise ExpertcacheError(f"{file}: damaged (crc32 {actual:08x}, shard.json records {crc32:08x})")
         if content is not None:
             content(array)
 
