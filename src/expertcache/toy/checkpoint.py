@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_folder, recover_folder
+from ..errors import ExpertcacheError
 
 __all__ = ["TrainState", "commit", "latest", "restore_rng"]
 
@@ -56,9 +57,17 @@ def latest(out: Path) -> tuple[Path, dict] | None:
     """The committed checkpoint folder and its state.pt contents, or None before the first commit
     (what a killed commit left is cleared first, and a checkpoint it had moved aside put back)."""
     recover_folder(out / NAME)
-    if (out / NAME / "state.pt").is_file():
-        return out / NAME, torch.load(out / NAME / "state.pt", weights_only=False)
-    return None
+    state = out / NAME / "state.pt"
+    if not state.is_file():
+        return None
+    try:
+        saved = torch.load(state, weights_only=False)
+    except Exception as e:  # a damaged file raises whatever its bytes lead the unpickler to
+        raise ExpertcacheError(f"{state} is damaged ({type(e).__name__}); remove {out / NAME} to train from "
+                               "the start") from None
+    if not isinstance(saved, dict) or "step" not in saved:
+        raise ExpertcacheError(f"{state} holds no training step; remove {out / NAME} to train from the start")
+    return out / NAME, saved
 
 
 def _rng_states() -> dict:

@@ -21,6 +21,8 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,15 +90,16 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
             model = transformers.AutoModelForCausalLM.from_config(hf_config(config, len(tokenizer), tokenizer.eos_token_id))
         state = TrainState()
     else:
-        with warnings.catch_warnings():
+        with _resuming(found[0]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             model = transformers.AutoModelForCausalLM.from_pretrained(found[0], dtype=torch.float32)
-        state = TrainState.from_dict(found[1])
+            state = TrainState.from_dict(found[1])
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     if found is not None:
-        optimizer.load_state_dict(found[1]["optimizer"])
-        restore_rng(found[1]["rng"])
+        with _resuming(found[0]):
+            optimizer.load_state_dict(found[1]["optimizer"])
+            restore_rng(found[1]["rng"])
     _truncate_log(out / "log.jsonl", state.step)
     rows, names = corpus.probe_batch(PROBE_WINDOWS, config.seq_len)
     probe = Probe(torch.from_numpy(rows).to(device), names, config.experts, config.top_k)
@@ -106,6 +109,17 @@ def train(config: ToyConfig, out: str | os.PathLike, *, steps: int | None = None
     save_model(model, out)
     tokenizer.save_pretrained(out)
     return TrainResult(out, state.step, state.tokens, state.seconds, start, last)
+
+
+@contextmanager
+def _resuming(checkpoint: Path) -> Iterator[None]:
+    """A damaged or incomplete checkpoint, whatever it trips on, as a one-line error."""
+    try:
+        yield
+    except Exception as e:
+        detail = f": {str(e).splitlines()[0]}" if str(e).strip() else ""
+        raise ExpertcacheError(f"{checkpoint} cannot be resumed ({type(e).__name__}{detail}); remove it to train "
+                               "from the start") from None
 
 
 def _truncate_log(log: Path, step: int) -> None:
