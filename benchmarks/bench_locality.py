@@ -240,7 +240,7 @@ def model_level_costs(samples: int, shapes=((16, 64), (32, 128), (58, 256))) -> 
     for L, E in shapes:
         data = synthetic(samples, 512, L, E, 8, seed=2)
         offsets = np.arange(L + 1, dtype=np.int64) * E
-        streams = [model_stream(seq, 255, offsets) for seq in data]
+        streams = [model_stream(seq, -1, offsets) for seq in data]
         n = sum(len(ids) for ids, _ in streams)
         for label, multiple in (("all", None), ("<= 16x", 16), ("<= 2x", 2)):
             cap = L * E if multiple is None else min(L * E, multiple * L * 8)

@@ -129,22 +129,29 @@ def test_layers_with_different_expert_counts():
     assert fast.per_layer.shape == (2, 6) and fast.model_level.shape == (9,)
 
 
-def test_lru_fenwick_count_and_scan_agree():
-    # LRU counts up to LRU_COUNT_MAX_IDS ids and uses a Fenwick tree beyond (model level).
+def test_lru_fenwick_count_front_and_scan_agree():
+    # LRU counts up to LRU_COUNT_MAX_IDS ids; beyond (model level), it moves each token's ids to
+    # the front, or uses a Fenwick tree where ids per request are many. All against the reference.
     from expertcache.locality import _stack
 
     rng = np.random.default_rng(13)
-    for n_ids, T, K in ((5, 30, 2), (400, 120, 30)):
+    for n_ids, T, K in ((5, 30, 2), (400, 120, 30), (300, 60, 1)):
         ids = np.concatenate([rng.choice(n_ids, K, replace=False) for _ in range(T)]).astype(np.int32)
-        ids[5] = ids[4]  # a repeat inside one token
+        ids[5], ids[10 * K + 3] = ids[4], ids[10 * K + 2]  # repeats inside a token (at K = 1, of the one before)
         tok = np.arange(0, T * K + 1, K, dtype=np.int64)
-        scan, counted = np.zeros(n_ids + 2, np.int64), np.zeros(n_ids + 2, np.int64)
+        expected = reference.hit_counts_one_pass([ids[t * K:(t + 1) * K].tolist() for t in range(T)], n_ids, "lru")[0]
+        scan, chosen = np.zeros(n_ids + 2, np.int64), np.zeros(n_ids + 2, np.int64)
         _stack.priority_hist(ids, tok, n_ids, _stack.LRU, 1, scan, n_ids)
-        _stack.lru_hist(ids, tok, n_ids, counted)  # 5 ids: counted; 400: Fenwick tree
-        np.testing.assert_array_equal(scan, counted)
-    tokens = [ids[t * K:(t + 1) * K].tolist() for t in range(T)]
-    expected = reference.hit_counts_one_pass(tokens, n_ids, "lru")[0]
-    np.testing.assert_array_equal(np.cumsum(counted[1:n_ids + 1]), expected)
+        _stack.sequence_hist(ids, tok, n_ids, _stack.LRU, 1, chosen, n_ids)
+        np.testing.assert_array_equal(np.cumsum(scan[1:n_ids + 1]), expected)
+        np.testing.assert_array_equal(chosen, scan)
+        for count in (True, False):
+            hist = np.zeros(n_ids + 2, np.int64)
+            _stack.lru_hist(ids, tok, n_ids, hist, count)
+            np.testing.assert_array_equal(hist, scan)
+        front = np.zeros(n_ids + 2, np.int64)
+        _stack.lru_front_hist(ids, tok, n_ids, front)
+        np.testing.assert_array_equal(front, scan)
 
 
 @pytest.mark.parametrize("policy,m", [("lru", None), ("lfu", None), ("belady", None), ("fsf", 1), ("fsf", 3)])
@@ -183,10 +190,11 @@ def test_invalid_max_multiple():
     assert curves(one_layer([[[0, 1]]], 2), "lru", max_multiple=0.5).model_level.shape == (2,)
 
 
-@pytest.mark.parametrize("code", ["lfu", "belady"])
+@pytest.mark.parametrize("code", ["lfu", "belady", "fsf"])
 def test_segment_kernel_equals_the_scan_on_random_streams(code):
-    # Every size, caps, repeats inside a token, both ways of finding depths; the scan is itself
-    # checked against the brute-force reference above.
+    # Every size, caps, repeats inside a token, both ways of finding depths, the scan with and
+    # without the record branch (FSF has no segment kernel); the scan is itself checked against
+    # the brute-force reference above.
     from expertcache.locality import _stack
 
     policy = _stack.POLICY_CODES[code]
@@ -201,12 +209,16 @@ def test_segment_kernel_equals_the_scan_on_random_streams(code):
             ids[1] = ids[0]  # a repeat inside one token
         tok = np.arange(0, T * K + 1, K, dtype=np.int64)
         cap = n_ids if trial % 2 else int(rng.integers(1, n_ids + 1))
+        m = int(rng.integers(1, 8))
         scan = np.zeros(n_ids + 2, np.int64)
-        _stack.priority_hist(ids, tok, n_ids, policy, 1, scan, cap)
-        for exact_where in (True, False):
+        _stack.priority_hist(ids, tok, n_ids, policy, m, scan, cap)
+        selected = np.zeros(n_ids + 2, np.int64)
+        _stack.priority_hist(ids, tok, n_ids, policy, m, selected, cap, True)
+        np.testing.assert_array_equal(selected, scan)
+        for exact_where in (True, False) if code != "fsf" else ():
             runs = np.zeros(n_ids + 2, np.int64)
             _stack.segment_hist(ids, tok, n_ids, policy, runs, cap, exact_where)
-            np.testing.assert_array_equal(runs, scan, err_msg=f"{ids.tolist()} k={K} cap={cap} {exact_where}")
+            np.testing.assert_array_equal(runs, scan, err_msg=f"{ids.tolist()} k={K} cap={cap} m={m} {exact_where}")
 
 
 @pytest.mark.parametrize("layers, top_k, max_multiple", [(9, 4, None), (17, 2, None), (9, 4, 20)])

@@ -8,11 +8,16 @@ requested before it), then applied one by one.
 - LRU: the stack is the recency order, so a depth is the number of experts used since the
   expert's last use. Up to LRU_COUNT_MAX_IDS ids (a layer) it is counted over all ids' last
   use times, one compare each, a loop the compiler vectorises (O(I/16) instructions, no
-  stack to move); beyond, a Fenwick tree over use times answers it in O(log R).
+  stack to move). Beyond (model level) the recency stack is updated once per token: the
+  token's ids move to the front in one pass over the entries above its deepest request, about
+  E / k entries per request whatever L (lru_front_hist); where ids per request exceed
+  LRU_FRONT_MAX_IDS_PER_REQUEST, a Fenwick tree over use times answers in O(log R).
 - LFU, Belady, FSF: Mattson's update. Admitting x into every cache smaller than its depth p
   evicts, size by size, the running minimum of priority over the stack's top; those minima
   ("records") move down one step and nothing else moves. One scan of the p entries above x,
-  O(p) per request, p being the request's reuse depth (grows with I). A min-tree
+  O(p) per request, p being the request's reuse depth (grows with I). Where records are
+  dense and unpredictable (FSF per layer, Belady at E <= 64) the scan runs without the
+  record branch (max / min and selects), which costs less than the mispredictions. A min-tree
   that jumps from record to record was measured slower at every size up to I = 14 848
   (records are 10-35 % of the depth for LFU and FSF), see docs/metrics.md. With a size cap
   the stack holds only its top `cap` entries (the caches of sizes 1..cap): a deeper or new
@@ -41,6 +46,10 @@ POLICY_CODES = {"lru": LRU, "lfu": LFU, "belady": BELADY, "fsf": FSF}
 
 _SHIFT = np.int64(1) << np.int64(32)
 LRU_COUNT_MAX_IDS = 256  # up to this, counting beats the Fenwick tree (benchmarks/bench_locality.py)
+# Above it, moving each token's ids to the front beats the tree while ids per request (E / k at
+# model level) stay below this: 1 024 to 14 848 keys with E / k = 8 to 32, 9-30 ns against 36-40;
+# random routing with E / k = 64, 56 ns against 35 (measured crossing near 40).
+LRU_FRONT_MAX_IDS_PER_REQUEST = 40
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
@@ -87,13 +96,12 @@ def _judge_token(ids, a, b, t, depth, seen, stamp, hist, n_ids):
 
 
 @numba.njit(cache=True)
-def lru_hist(ids, tok, n_ids, hist):
+def lru_hist(ids, tok, n_ids, hist, count):
     """Accumulate the LRU hit histogram of one sequence's stream into hist [n_ids + 2].
 
-    depth = how many ids were used after the expert's last use: counted over all ids up to
-    LRU_COUNT_MAX_IDS (int32 times: 16 compares per vector instruction), else a Fenwick tree.
+    depth = how many ids were used after the expert's last use: with `count`, counted over all
+    ids (int32 times: 16 compares per vector instruction), else by a Fenwick tree over use times.
     """
-    count = n_ids <= LRU_COUNT_MAX_IDS
     tree = np.zeros(1 if count else ids.shape[0] + 1, np.int32)
     last = np.full(n_ids, -1, np.int32)
     stamp = np.full(n_ids, -1, np.int64)
@@ -121,6 +129,48 @@ def lru_hist(ids, tok, n_ids, hist):
             if not count:
                 _fenwick_add(tree, q, 1)
             last[x] = q
+
+
+@numba.njit(cache=True)
+def lru_front_hist(ids, tok, n_ids, hist):
+    """lru_hist with the recency stack kept in an array, updated once per token: the token's
+    ids move to the front and the entries they passed close up in one backward pass, branch-free.
+    O(deepest request of the token) per token: about E / k per request at model level whatever L,
+    where the tree costs O(log R)."""
+    stack = np.empty(n_ids, np.int32)  # ids, most recent first
+    where = np.full(n_ids, -1, np.int64)  # depth of each id, -1 never used
+    mark = np.full(n_ids, -1, np.int64)  # t: requested by token t, not yet moved; -2 - t: moved
+    stamp = np.full(n_ids, -1, np.int64)
+    depth = np.empty(_widest_token(tok), np.int64)
+    size = 0
+    for t in range(tok.shape[0] - 1):
+        a, b = tok[t], tok[t + 1]
+        passed = new = 0  # entries above the deepest request; first uses
+        for q in range(a, b):
+            x = ids[q]
+            d = where[x]
+            depth[q - a] = d
+            passed = max(passed, d + 1)
+            new += d < 0 and mark[x] != t
+            mark[x] = t
+        _judge_token(ids, a, b, t, depth, size, stamp, hist, n_ids)
+        if new:
+            passed = size  # every entry moves down
+        w = passed + new - 1
+        for j in range(passed - 1, -1, -1):  # w >= j: nothing is overwritten before it is read
+            y = stack[j]
+            stack[w] = y
+            where[y] = w
+            w -= mark[y] != t
+        size += new
+        i = 0
+        for q in range(b - 1, a - 1, -1):  # the last request of an id decides its place
+            x = ids[q]
+            if mark[x] == t:
+                mark[x] = -2 - t
+                stack[i] = x
+                where[x] = i
+                i += 1
 
 
 @numba.njit(cache=True)
@@ -152,12 +202,15 @@ def _new_key(policy, x, q, count, future, nxt):
 
 
 @numba.njit(cache=True)
-def priority_hist(ids, tok, n_ids, policy, m, hist, cap):
+def priority_hist(ids, tok, n_ids, policy, m, hist, cap, select=False):
     """Accumulate the LFU / Belady / FSF(m) (or LRU) hit histogram of one sequence's stream,
     exact for cache sizes 1..cap (cap = n_ids: every size).
 
     Priorities are int64 keys (_new_key). key[i] is the key of the entry at depth i, so the
-    scan reads one contiguous array. Depth `cap` is a sink: the ids below the cap.
+    scan reads one contiguous array. Depth `cap` is a sink: the ids below the cap. `select`:
+    scan without the record branch (each entry keeps the larger key, the carry the smaller),
+    then store the depths of the entries passed; faster where records are dense and
+    unpredictable (short per-layer stacks, see FSF_SELECT_MAX_IDS).
     """
     T = tok.shape[0] - 1
     stack = np.empty(cap + 1, np.int32)  # stack[i] = id at depth i
@@ -195,15 +248,27 @@ def priority_hist(ids, tok, n_ids, policy, m, hist, cap):
                 # which moves down to the next record's depth; the last one lands at depth p.
                 carry = stack[0]
                 carry_key = key[0]
-                for j in range(1, p):
-                    y_key = key[j]
-                    if y_key < carry_key:
+                if select:
+                    for j in range(1, p):
+                        y_key = key[j]
                         y = stack[j]
-                        stack[j] = carry
-                        key[j] = carry_key
-                        where[carry] = j
-                        carry = y
-                        carry_key = y_key
+                        record = y_key < carry_key
+                        stack[j] = carry if record else y
+                        carry = y if record else carry
+                        key[j] = max(y_key, carry_key)
+                        carry_key = min(y_key, carry_key)
+                    for j in range(1, p):
+                        where[stack[j]] = j
+                else:
+                    for j in range(1, p):
+                        y_key = key[j]
+                        if y_key < carry_key:
+                            y = stack[j]
+                            stack[j] = carry
+                            key[j] = carry_key
+                            where[carry] = j
+                            carry = y
+                            carry_key = y_key
                 stack[p] = carry
                 key[p] = carry_key
                 where[carry] = p
@@ -349,19 +414,28 @@ LFU_SEGMENTS_MIN_IDS = 256
 BELADY_SEGMENTS_MIN_IDS = 2048
 BELADY_SEGMENTS_MIN_CAP = 512
 EXACT_WHERE_MAX_CAP = 4096
+# Per layer the scan without the record branch wins for FSF (1.3-1.5x at E = 64 to 256) and for
+# Belady at E = 64 (1.1-1.2x; slower from E = 128), and loses for LFU, whose records are fewer
+# and deeper, and at model level (benchmarks/bench_locality.py, section 2).
+FSF_SELECT_MAX_IDS = 256
+BELADY_SELECT_MAX_IDS = 64
 
 
 @numba.njit(cache=True, nogil=True)
 def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
     """Accumulate one sequence's hit histogram (exact up to size cap) with the faster method."""
     if policy == LRU:
-        lru_hist(ids, tok, n_ids, hist)
+        if n_ids > LRU_COUNT_MAX_IDS and n_ids * (tok.shape[0] - 1) <= LRU_FRONT_MAX_IDS_PER_REQUEST * (tok[-1] - tok[0]):
+            lru_front_hist(ids, tok, n_ids, hist)
+        else:
+            lru_hist(ids, tok, n_ids, hist, n_ids <= LRU_COUNT_MAX_IDS)
     elif policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS:
         segment_hist(ids, tok, n_ids, policy, hist, cap, cap <= EXACT_WHERE_MAX_CAP)
     elif policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP:
         segment_hist(ids, tok, n_ids, policy, hist, cap, True)
     else:
-        priority_hist(ids, tok, n_ids, policy, m, hist, cap)
+        select = n_ids <= (FSF_SELECT_MAX_IDS if policy == FSF else BELADY_SELECT_MAX_IDS if policy == BELADY else 0)
+        priority_hist(ids, tok, n_ids, policy, m, hist, cap, select)
 
 
 @numba.njit(cache=True, nogil=True)
