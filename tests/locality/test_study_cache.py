@@ -221,10 +221,11 @@ def test_segment_kernel_equals_the_scan_on_random_streams(code):
             np.testing.assert_array_equal(runs, scan, err_msg=f"{ids.tolist()} k={K} cap={cap} m={m} {exact_where}")
 
 
-@pytest.mark.parametrize("layers, top_k, max_multiple", [(9, 4, None), (17, 2, None), (9, 4, 20)])
+@pytest.mark.parametrize("layers, top_k, max_multiple", [(9, 4, None), (17, 2, None), (9, 4, 20), (9, 8, None)])
 def test_model_level_curves_where_segments_serve_them_match_single_size_simulations(layers, top_k, max_multiple):
     # 9 x 256 = 2 304 keys: LFU and Belady take segment_hist with exact depths; 17 x 256 = 4 352
-    # keys, every size: LFU searches keys; a cap of 20 x 36 = 720 keeps Belady on segments.
+    # keys, every size: LFU searches keys; a cap of 20 x 36 = 720 keeps Belady on segments. LRU
+    # moves each token's ids to the front at k = 8 (E / k = 32; at 64 and 128, the Fenwick tree).
     from expertcache.locality import _stack
 
     rng = np.random.default_rng(layers)
@@ -236,8 +237,8 @@ def test_model_level_curves_where_segments_serve_them_match_single_size_simulati
     assert keys > _stack.LFU_SEGMENTS_MIN_IDS and keys > _stack.BELADY_SEGMENTS_MIN_IDS
     streams = [reference.model_tokens(s, trace.model.num_experts) for s in reference.sequences(trace)]
     cap = keys if max_multiple is None else max_multiple * layers * top_k
-    for policy in ("lfu", "belady"):
-        fast = curves(trace, policy, max_multiple=max_multiple).model_level
+    for policy, m in (("lfu", None), ("belady", None), ("lru", None), ("fsf", 3)):
+        fast = curves(trace, policy, m, max_multiple=max_multiple).model_level
         for size in (1, 3, layers * top_k, 200, cap):
-            hits, requests = np.sum([reference.simulate(tokens, size, policy) for tokens in streams], axis=0)
+            hits, requests = np.sum([reference.simulate(tokens, size, policy, m) for tokens in streams], axis=0)
             assert fast[size - 1] == pytest.approx(hits / requests, abs=1e-12), (policy, size)
