@@ -12,9 +12,13 @@ absolute rates vary between runs, ratios within one run much less). One thread u
    request by request, a torch tensor per sequence read token by token, stack ranks recomputed
    once per token) against ours; results checked equal.
 2. Ours per layer for E in {64, 128, 256}, both traces: requests/s.
+2b. Per layer, the kernels `sequence_hist` chooses between: FSF's scan with and without the
+   record branch and its skip to idle entries, Belady's scan with and without the branch.
 3. Model level (one cache over all L x E keys): ns per request vs L x E, every size and with
-   the size capped at 16x and 2x the active experts (`max_multiple`); LFU and Belady also with
-   the entry-by-entry scan that the descending runs replace there (same results).
+   the size capped at 16x and 2x the active experts (`max_multiple`); then the kernels not
+   chosen there: LRU's Fenwick tree and move to the front, the entry-by-entry scans that descending runs or the skip
+   to idle entries replace, and FSF's skip where the scan stays (same results). The last shape
+   (k = 4, E / k = 64) is where LRU keeps the tree.
 4. Study scale, in a child process with every core: all four curves (per layer and model
    level, every size) and SRP for four segment lengths with 1000-resample intervals.
 """
@@ -225,34 +229,63 @@ def per_layer_rates(samples: int) -> None:
             print(f"{E:>4} {trace_name:<11}" + "".join(f"{c:>10.1f}" for c in cells))
 
 
-def _scan(ids, tok, n_ids, code, cap):
-    """The entry-by-entry scan alone (priority_hist), for LFU and Belady where runs replace it."""
-    hist = np.zeros(n_ids + 2, np.int64)
-    _stack.priority_hist(ids, tok, n_ids, code, 1, hist, cap)
-    return hist
+def _kernel(name: str):
+    """One of the kernels sequence_hist chooses between, by name: (ids, tok, n_ids, m, cap) -> hist."""
+    def run(ids, tok, n_ids, m, cap):
+        hist = np.zeros(n_ids + 2, np.int64)
+        if name == "lru tree":
+            _stack.lru_hist(ids, tok, n_ids, hist, False)
+        elif name == "lru front":
+            _stack.lru_front_hist(ids, tok, n_ids, hist)
+        elif name == "fsf idle":
+            _stack.fsf_hist(ids, tok, n_ids, m, hist, cap)
+        else:  # "<policy> branch" / "<policy> select": the scan with or without the record branch
+            policy, how = name.split()
+            _stack.priority_hist(ids, tok, n_ids, _stack.POLICY_CODES[policy], m, hist, cap, how == "select")
+        return hist
+    return run
 
 
-def model_level_costs(samples: int, shapes=((16, 64), (32, 128), (58, 256))) -> None:
-    print(f"\n== 3. model level (one cache over L x E keys, k = 8, {samples} sequences of 512 tokens,"
-          f" synthetic routing with locality): ns per request; the scan alone for comparison")
-    print(f"{'L x E':>9}{'keys':>7}  {'sizes':<12}" + "".join(f"{_name(p, m):>10}" for p, m in POLICIES)
-          + f"{'lfu scan':>10}{'bel. scan':>10}")
-    for L, E in shapes:
-        data = synthetic(samples, 512, L, E, 8, seed=2)
+def kernel_alternatives(samples: int) -> None:
+    names = ("fsf branch", "fsf select", "fsf idle", "belady branch", "belady select")
+    print("\n== 2b. per layer, the kernels the choice is between (k = 8, FSF m = 16): M requests/s")
+    print(f"{'E':>4} {'trace':<11}" + "".join(f"{n:>15}" for n in names))
+    for E in (64, 128, 256):
+        for trace_name, make in TRACES:
+            streams = [layer_stream(seq, -1) for seq in make(samples, 512, E, 8, seed=1)]
+            cells = []
+            for name in names:
+                fn = _kernel(name)
+                assert np.array_equal(fn(*streams[0], E, 16, E), _hist(*streams[0], E, _stack.POLICY_CODES[name.split()[0]], 16))
+                cells.append(_rate(lambda s: fn(*s, E, 16, E), streams, samples * 4096) / 1e6)
+            print(f"{E:>4} {trace_name:<11}" + "".join(f"{c:>15.1f}" for c in cells))
+
+
+def model_level_costs(samples: int, shapes=((16, 64, 8), (32, 128, 8), (58, 256, 8), (16, 256, 4))) -> None:
+    """Section 3; besides each policy as sequence_hist runs it, the kernels it did not choose."""
+    others = (("lru tree", None), ("lru front", None), ("lfu branch", None), ("belady branch", None), ("fsf branch", 16), ("fsf idle", 16))
+    print(f"\n== 3. model level (one cache over L x E keys, {samples} sequences of 512 tokens, synthetic routing"
+          f" with locality): ns per request; then the alternative kernels")
+    print(f"{'L x E, k':>12}{'keys':>7}  {'sizes':<12}" + "".join(f"{_name(p, m):>10}" for p, m in POLICIES)
+          + "".join(f"{n:>14}" for n, _ in others))
+    for L, E, K in shapes:
+        data = synthetic(samples, 512, L, E, K, seed=2)
         offsets = np.arange(L + 1, dtype=np.int64) * E
         streams = [model_stream(seq, -1, offsets) for seq in data]
         n = sum(len(ids) for ids, _ in streams)
         for label, multiple in (("all", None), ("<= 16x", 16), ("<= 2x", 2)):
-            cap = L * E if multiple is None else min(L * E, multiple * L * 8)
+            cap = L * E if multiple is None else min(L * E, multiple * L * K)
             cells = []
             for policy, m in POLICIES:
                 code = _stack.POLICY_CODES[policy]
                 _hist(streams[0][0][:64], np.array([0, 64]), L * E, code, m, cap)
                 cells.append(1e9 / _rate(lambda s: _hist(*s, L * E, code, m, cap), streams, n, 3))
-            for code in (_stack.LFU, _stack.BELADY):
-                _scan(streams[0][0][:64], np.array([0, 64]), L * E, code, cap)
-                cells.append(1e9 / _rate(lambda s: _scan(*s, L * E, code, cap), streams, n, 3))
-            print(f"{f'{L}x{E}':>9}{L * E:>7}  {label + f' ({cap})':<12}" + "".join(f"{c:>10.0f}" for c in cells))
+            for name, m in others:
+                fn = _kernel(name)
+                fn(streams[0][0][:64], np.array([0, 64]), L * E, m or 1, cap)
+                cells.append(1e9 / _rate(lambda s: fn(*s, L * E, m or 1, cap), streams, n, 3))
+            print(f"{f'{L}x{E}, {K}':>12}{L * E:>7}  {label + f' ({cap})':<12}" + "".join(f"{c:>10.0f}" for c in cells[:4])
+                  + "".join(f"{c:>14.0f}" for c in cells[4:]))
 
 
 def write_study_trace(path: Path, S: int = 2048, T: int = 512, L: int = 16, E: int = 64, K: int = 8) -> None:
@@ -342,6 +375,7 @@ def main() -> None:
     numba.set_num_threads(1)
     versus_study_style(args.python_samples, args.fast_samples)
     per_layer_rates(args.fast_samples)
+    kernel_alternatives(args.fast_samples)
     model_level_costs(args.model_samples)
     if args.study:
         path = Path(args.trace or tempfile.mkdtemp(prefix="study-trace-")) / "trace"

@@ -193,8 +193,8 @@ def test_invalid_max_multiple():
 @pytest.mark.parametrize("code", ["lfu", "belady", "fsf"])
 def test_segment_kernel_equals_the_scan_on_random_streams(code):
     # Every size, caps, repeats inside a token, both ways of finding depths, the scan with and
-    # without the record branch (FSF has no segment kernel); the scan is itself checked against
-    # the brute-force reference above.
+    # without the record branch, FSF's skip to idle entries (FSF has no segment kernel); the scan
+    # is itself checked against the brute-force reference above.
     from expertcache.locality import _stack
 
     policy = _stack.POLICY_CODES[code]
@@ -215,17 +215,48 @@ def test_segment_kernel_equals_the_scan_on_random_streams(code):
         selected = np.zeros(n_ids + 2, np.int64)
         _stack.priority_hist(ids, tok, n_ids, policy, m, selected, cap, True)
         np.testing.assert_array_equal(selected, scan)
+        if code == "fsf":  # the kernel that skips to the idle entries
+            idle = np.zeros(n_ids + 2, np.int64)
+            _stack.fsf_hist(ids, tok, n_ids, m, idle, cap)
+            np.testing.assert_array_equal(idle, scan, err_msg=f"{ids.tolist()} k={K} cap={cap} m={m}")
         for exact_where in (True, False) if code != "fsf" else ():
             runs = np.zeros(n_ids + 2, np.int64)
             _stack.segment_hist(ids, tok, n_ids, policy, runs, cap, exact_where)
             np.testing.assert_array_equal(runs, scan, err_msg=f"{ids.tolist()} k={K} cap={cap} m={m} {exact_where}")
 
 
-@pytest.mark.parametrize("layers, top_k, max_multiple", [(9, 4, None), (17, 2, None), (9, 4, 20), (9, 8, None)])
+def test_fsf_skipping_to_idle_entries_equals_the_scan_across_bitset_words():
+    # fsf_hist keeps idle depths in 64-bit words: stacks of 60-200 ids span several, with caps,
+    # repeats inside a token, tokens without requests, windows from 1 to 19 tokens.
+    from expertcache.locality import _stack
+
+    rng = np.random.default_rng(77)
+    for trial in range(300):
+        n_ids = int(rng.integers(60, 200))
+        K, T = int(rng.integers(1, 7)), int(rng.integers(1, 80))
+        popularity = rng.dirichlet(np.full(n_ids, 0.3 if trial % 2 else 3.0))
+        ids = np.concatenate([rng.choice(n_ids, K, replace=False, p=0.9 * popularity + 0.1 / n_ids)
+                              for _ in range(T)]).astype(np.int32)
+        if len(ids) > 8:
+            ids[1], ids[7] = ids[0], ids[5]
+        tok = np.arange(0, T * K + 1, K, dtype=np.int64)
+        if trial % 4 == 0 and T > 3:
+            tok = np.sort(np.concatenate([tok, tok[2:3]]))  # an empty token
+        cap = n_ids if trial % 2 else int(rng.integers(1, n_ids + 1))
+        m = int(rng.integers(1, 20))
+        scan, idle = np.zeros(n_ids + 2, np.int64), np.zeros(n_ids + 2, np.int64)
+        _stack.priority_hist(ids, tok, n_ids, _stack.FSF, m, scan, cap)
+        _stack.fsf_hist(ids, tok, n_ids, m, idle, cap)
+        np.testing.assert_array_equal(idle, scan, err_msg=f"trial {trial}: n={n_ids} k={K} cap={cap} m={m}")
+
+
+@pytest.mark.parametrize("layers, top_k, max_multiple", [(9, 4, None), (17, 2, None), (9, 4, 20), (9, 8, None),
+                                                         (4, 8, None)])
 def test_model_level_curves_where_segments_serve_them_match_single_size_simulations(layers, top_k, max_multiple):
     # 9 x 256 = 2 304 keys: LFU and Belady take segment_hist with exact depths; 17 x 256 = 4 352
     # keys, every size: LFU searches keys; a cap of 20 x 36 = 720 keeps Belady on segments. LRU
     # moves each token's ids to the front at k = 8 (E / k = 32; at 64 and 128, the Fenwick tree).
+    # 4 x 256 = 1 024 keys: FSF skips to its idle entries (fsf_hist), Belady scans.
     from expertcache.locality import _stack
 
     rng = np.random.default_rng(layers)
@@ -234,7 +265,7 @@ def test_model_level_curves_where_segments_serve_them_match_single_size_simulati
             for T in (45, 30)]
     trace = Trace.from_arrays(seqs, 256)
     keys = layers * 256
-    assert keys > _stack.LFU_SEGMENTS_MIN_IDS and keys > _stack.BELADY_SEGMENTS_MIN_IDS
+    assert keys > _stack.LFU_SEGMENTS_MIN_IDS and (keys > _stack.BELADY_SEGMENTS_MIN_IDS or layers == 4)
     streams = [reference.model_tokens(s, trace.model.num_experts) for s in reference.sequences(trace)]
     cap = keys if max_multiple is None else max_multiple * layers * top_k
     for policy, m in (("lfu", None), ("belady", None), ("lru", None), ("fsf", 3)):

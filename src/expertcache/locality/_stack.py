@@ -16,7 +16,7 @@ requested before it), then applied one by one.
   evicts, size by size, the running minimum of priority over the stack's top; those minima
   ("records") move down one step and nothing else moves. One scan of the p entries above x,
   O(p) per request, p being the request's reuse depth (grows with I). Where records are
-  dense and unpredictable (FSF per layer, Belady at E <= 64) the scan runs without the
+  dense and unpredictable (FSF up to 128 ids, Belady up to 64) the scan runs without the
   record branch (max / min and selects), which costs less than the mispredictions. A min-tree
   that jumps from record to record was measured slower at every size up to I = 14 848
   (records are 10-35 % of the depth for LFU and FSF), see docs/metrics.md. With a size cap
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 LRU, LFU, BELADY, FSF = 0, 1, 2, 3
 POLICY_CODES = {"lru": LRU, "lfu": LFU, "belady": BELADY, "fsf": FSF}
@@ -47,8 +48,9 @@ POLICY_CODES = {"lru": LRU, "lfu": LFU, "belady": BELADY, "fsf": FSF}
 _SHIFT = np.int64(1) << np.int64(32)
 LRU_COUNT_MAX_IDS = 256  # up to this, counting beats the Fenwick tree (benchmarks/bench_locality.py)
 # Above it, moving each token's ids to the front beats the tree while ids per request (E / k at
-# model level) stay below this: 1 024 to 14 848 keys with E / k = 8 to 32, 9-30 ns against 36-40;
-# random routing with E / k = 64, 56 ns against 35 (measured crossing near 40).
+# model level) stay below this (benchmarks/bench_locality.py, section 3): 1 024 to 14 848 keys
+# with E / k = 8 to 32, 8-30 ns against 38-42; E / k = 64 loses to the tree (random routing:
+# 56 ns against 35; 32 there, 31 against 37).
 LRU_FRONT_MAX_IDS_PER_REQUEST = 40
 
 
@@ -278,6 +280,127 @@ def priority_hist(ids, tok, n_ids, policy, m, hist, cap, select=False):
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _next_set(bits, start, stop):
+    """First set bit of `bits` (uint64 words) in [start, stop), or stop."""
+    w = start >> 6
+    word = bits[w] & (~np.uint64(0) << np.uint64(start & 63))
+    while word == 0:
+        w += 1
+        if w << 6 >= stop:
+            return stop
+        word = bits[w]
+    return min((w << 6) + np.int64(trailing_zeros(word)), stop)
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _put_bit(bits, i, on):
+    mask = np.uint64(1) << np.uint64(i & 63)
+    bits[i >> 6] = bits[i >> 6] | mask if on else bits[i >> 6] & ~mask
+
+
+@numba.njit(cache=True)
+def fsf_hist(ids, tok, n_ids, m, hist, cap):
+    """priority_hist for FSF(m), skipping the entries that cannot be records.
+
+    An expert with no pending request in the window ("idle": key < 2^32) becomes idle only
+    when requested, at the top with the latest use, and Mattson's update keeps the order of
+    the idle entries it moves; so idle entries lie in descending order of last use. Once the
+    running minimum is idle, every idle entry above x is a record and no other entry is: the
+    scan jumps from one to the next through a bitset of idle depths. Above the first idle entry
+    it scans as priority_hist does. Cost O(depth of the first idle entry + idle entries above x)
+    instead of O(depth).
+    """
+    T = tok.shape[0] - 1
+    stack = np.empty(cap + 1, np.int32)
+    key = np.empty(cap + 1, np.int64)
+    idle = np.zeros((cap >> 6) + 1, np.uint64)  # bit j: the key at depth j is idle
+    where = np.full(n_ids, -1, np.int64)
+    future = np.zeros(n_ids, np.int64)
+    stamp = np.full(n_ids, -1, np.int64)
+    depth = np.empty(_widest_token(tok), np.int64)
+    size = 0
+    for q in range(tok[0], tok[min(m - 1, T)]):
+        future[ids[q]] += 1
+    for t in range(T):
+        a, b = tok[t], tok[t + 1]
+        if t + m - 1 < T:  # token t + m - 1 enters the window t .. t + m - 1
+            for q in range(tok[t + m - 1], tok[t + m]):
+                y = ids[q]
+                future[y] += 1
+                d = where[y]
+                if d >= 0 and d < cap:
+                    if key[d] < _SHIFT:
+                        _put_bit(idle, d, False)
+                    key[d] += _SHIFT
+        for q in range(a, b):
+            depth[q - a] = where[ids[q]]
+        _judge_token(ids, a, b, t, depth, size, stamp, hist, n_ids)
+        for q in range(a, b):
+            x = ids[q]
+            future[x] -= 1
+            kx = future[x] * _SHIFT + q
+            p = where[x]
+            if p < 0:
+                p = size
+                size = min(size + 1, cap)
+            if p > 0:
+                carry = stack[0]
+                carry_key = key[0]
+                j = 1
+                if carry_key >= _SHIFT:  # above the first idle entry: the scan
+                    f = _next_set(idle, 1, p)
+                    for j in range(1, f):
+                        y_key = key[j]
+                        if y_key < carry_key:
+                            y = stack[j]
+                            stack[j] = carry
+                            key[j] = carry_key
+                            where[carry] = j
+                            carry = y
+                            carry_key = y_key
+                    j = f
+                    if f < p:  # the first idle entry is a record; the pending key it takes is not idle
+                        y = stack[f]
+                        y_key = key[f]
+                        stack[f] = carry
+                        key[f] = carry_key
+                        where[carry] = f
+                        _put_bit(idle, f, False)
+                        carry = y
+                        carry_key = y_key
+                        j = f + 1
+                # The carry is idle: exactly the idle entries are records. One word of the bitset
+                # at a time, each set bit in turn (a call per bit mispredicted its exits 10x more).
+                w = j >> 6
+                word = idle[w] & (~np.uint64(0) << np.uint64(j & 63))
+                while True:
+                    while word == 0 and (w + 1) << 6 < p:
+                        w += 1
+                        word = idle[w]
+                    if word == 0:
+                        break
+                    g = (w << 6) + np.int64(trailing_zeros(word))
+                    if g >= p:
+                        break
+                    y = stack[g]
+                    y_key = key[g]
+                    stack[g] = carry
+                    key[g] = carry_key
+                    where[carry] = g
+                    carry = y
+                    carry_key = y_key
+                    word &= word - np.uint64(1)
+                stack[p] = carry
+                key[p] = carry_key
+                where[carry] = p
+                _put_bit(idle, p, carry_key < _SHIFT)
+            stack[0] = x
+            key[0] = kx
+            where[x] = 0
+            _put_bit(idle, 0, kx < _SHIFT)
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
 def _first_below(key, base, n, v):
     """First j in [base, base + n) with key[j] < v, keys strictly descending (base + n if none).
     Branch-free: the loop runs log2(n) times whatever the keys."""
@@ -414,11 +537,17 @@ LFU_SEGMENTS_MIN_IDS = 256
 BELADY_SEGMENTS_MIN_IDS = 2048
 BELADY_SEGMENTS_MIN_CAP = 512
 EXACT_WHERE_MAX_CAP = 4096
-# Per layer the scan without the record branch wins for FSF (1.3-1.5x at E = 64 to 256) and for
-# Belady at E = 64 (1.1-1.2x; slower from E = 128), and loses for LFU, whose records are fewer
-# and deeper, and at model level (benchmarks/bench_locality.py, section 2).
-FSF_SELECT_MAX_IDS = 256
+# Chosen by the number of ids, per layer or model level alike (benchmarks/bench_locality.py,
+# sections 2b and 3). Up to these, the scan without the record branch: FSF 1.3-1.5x faster at
+# 64 and 128 ids, Belady 1.05-1.2x at 64 (slower from 128); LFU, whose records are fewer and
+# deeper, and longer stacks keep the branch.
+FSF_SELECT_MAX_IDS = 128
 BELADY_SELECT_MAX_IDS = 64
+# Between these, FSF skips to the idle entries (fsf_hist): 1.1-1.2x faster at 256 and 1 024
+# ids; no faster at 4 096, and slower at 14 848, where idle entries are most of the depth and
+# a bitset step costs more than a scan step.
+FSF_IDLE_MIN_IDS = 128
+FSF_IDLE_MAX_IDS = 2048
 
 
 @numba.njit(cache=True, nogil=True)
@@ -433,6 +562,8 @@ def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
         segment_hist(ids, tok, n_ids, policy, hist, cap, cap <= EXACT_WHERE_MAX_CAP)
     elif policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP:
         segment_hist(ids, tok, n_ids, policy, hist, cap, True)
+    elif policy == FSF and FSF_IDLE_MIN_IDS < n_ids <= FSF_IDLE_MAX_IDS:
+        fsf_hist(ids, tok, n_ids, m, hist, cap)
     else:
         select = n_ids <= (FSF_SELECT_MAX_IDS if policy == FSF else BELADY_SELECT_MAX_IDS if policy == BELADY else 0)
         priority_hist(ids, tok, n_ids, policy, m, hist, cap, select)
