@@ -203,6 +203,27 @@ def _new_key(policy, x, q, count, future, nxt):
     return q
 
 
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _swap(stack, key, where, j, carry, carry_key):
+    """A record at depth j: the carry takes its place and its entry becomes the carry."""
+    y = stack[j]
+    y_key = key[j]
+    stack[j] = carry
+    key[j] = carry_key
+    where[carry] = j
+    return y, y_key
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _scan(stack, key, where, a, b, carry, carry_key):
+    """Mattson's scan of depths [a, b): each entry below the running minimum (the carry) is a
+    record and swaps with it. Returns the carry at depth b."""
+    for j in range(a, b):
+        if key[j] < carry_key:
+            carry, carry_key = _swap(stack, key, where, j, carry, carry_key)
+    return carry, carry_key
+
+
 @numba.njit(cache=True)
 def priority_hist(ids, tok, n_ids, policy, m, hist, cap, select=False):
     """Accumulate the LFU / Belady / FSF(m) (or LRU) hit histogram of one sequence's stream,
@@ -262,15 +283,7 @@ def priority_hist(ids, tok, n_ids, policy, m, hist, cap, select=False):
                     for j in range(1, p):
                         where[stack[j]] = j
                 else:
-                    for j in range(1, p):
-                        y_key = key[j]
-                        if y_key < carry_key:
-                            y = stack[j]
-                            stack[j] = carry
-                            key[j] = carry_key
-                            where[carry] = j
-                            carry = y
-                            carry_key = y_key
+                    carry, carry_key = _scan(stack, key, where, 1, p, carry, carry_key)
                 stack[p] = carry
                 key[p] = carry_key
                 where[carry] = p
@@ -349,25 +362,11 @@ def fsf_hist(ids, tok, n_ids, m, hist, cap):
                 j = 1
                 if carry_key >= _SHIFT:  # above the first idle entry: the scan
                     f = _next_set(idle, 1, p)
-                    for j in range(1, f):
-                        y_key = key[j]
-                        if y_key < carry_key:
-                            y = stack[j]
-                            stack[j] = carry
-                            key[j] = carry_key
-                            where[carry] = j
-                            carry = y
-                            carry_key = y_key
+                    carry, carry_key = _scan(stack, key, where, 1, f, carry, carry_key)
                     j = f
                     if f < p:  # the first idle entry is a record; the pending key it takes is not idle
-                        y = stack[f]
-                        y_key = key[f]
-                        stack[f] = carry
-                        key[f] = carry_key
-                        where[carry] = f
+                        carry, carry_key = _swap(stack, key, where, f, carry, carry_key)
                         _put_bit(idle, f, False)
-                        carry = y
-                        carry_key = y_key
                         j = f + 1
                 # The carry is idle: exactly the idle entries are records. One word of the bitset
                 # at a time, each set bit in turn (a call per bit mispredicted its exits 10x more).
@@ -382,13 +381,7 @@ def fsf_hist(ids, tok, n_ids, m, hist, cap):
                     g = (w << 6) + np.int64(trailing_zeros(word))
                     if g >= p:
                         break
-                    y = stack[g]
-                    y_key = key[g]
-                    stack[g] = carry
-                    key[g] = carry_key
-                    where[carry] = g
-                    carry = y
-                    carry_key = y_key
+                    carry, carry_key = _swap(stack, key, where, g, carry, carry_key)
                     word &= word - np.uint64(1)
                 stack[p] = carry
                 key[p] = carry_key
