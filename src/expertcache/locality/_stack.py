@@ -204,6 +204,16 @@ def _new_key(policy, x, q, count, future, nxt):
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _depth_to_update(where, x, size, cap):
+    """(depth whose entry x replaces, new stack size): a first use takes the bottom, and the
+    stack grows up to the cap."""
+    p = where[x]
+    if p < 0:
+        return size, min(size + 1, cap)
+    return p, size
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
 def _swap(stack, key, where, j, carry, carry_key):
     """A record at depth j: the carry takes its place and its entry becomes the carry."""
     y = stack[j]
@@ -262,10 +272,7 @@ def priority_hist(ids, tok, n_ids, policy, m, hist, cap, select=False):
         for q in range(a, b):
             x = ids[q]
             kx = _new_key(policy, x, q, count, future, nxt)
-            p = where[x]
-            if p < 0:
-                p = size
-                size = min(size + 1, cap)
+            p, size = _depth_to_update(where, x, size, cap)
             if p > 0:
                 # Cache size i < p evicts the lowest key of depths 0..i-1: the running minimum,
                 # which moves down to the next record's depth; the last one lands at depth p.
@@ -352,10 +359,7 @@ def fsf_hist(ids, tok, n_ids, m, hist, cap):
             x = ids[q]
             future[x] -= 1
             kx = future[x] * _SHIFT + q
-            p = where[x]
-            if p < 0:
-                p = size
-                size = min(size + 1, cap)
+            p, size = _depth_to_update(where, x, size, cap)
             if p > 0:
                 carry = stack[0]
                 carry_key = key[0]
