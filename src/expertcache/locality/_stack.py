@@ -318,23 +318,63 @@ def _put_bit(bits, i, on):
     bits[i >> 6] = bits[i >> 6] | mask if on else bits[i >> 6] & ~mask
 
 
+@numba.njit(cache=True, inline="always")
+def _nth_bit(word, n):
+    """Position of the n-th (from 0) set bit of a uint64 word."""
+    for _ in range(n):
+        word &= word - np.uint64(1)
+    return np.int64(trailing_zeros(word))
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _fenwick_find(tree, r):
+    """(smallest i with prefix(i + 1) > r, r - prefix(i)): where the r-th (from 0) unit lies."""
+    i = 0
+    step = 1
+    while step * 2 < tree.shape[0]:
+        step *= 2
+    while step:
+        if i + step < tree.shape[0] and tree[i + step] <= r:
+            i += step
+            r -= tree[i]
+        step >>= 1
+    return i, r
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _flip(bits, counts, d, on):
+    """Set or clear bit d, keeping the Fenwick tree of set bits per 64-bit word."""
+    _put_bit(bits, d, on)
+    _fenwick_add(counts, d >> 6, 1 if on else -1)
+
+
+IDLE = -2  # where[] of an idle expert: its depth is not kept (see fsf_hist)
+
+
 @numba.njit(cache=True)
 def fsf_hist(ids, tok, n_ids, m, hist, cap):
-    """priority_hist for FSF(m), skipping the entries that cannot be records.
+    """priority_hist for FSF(m) with the idle entries never moved.
 
     An expert with no pending request in the window ("idle": key < 2^32) becomes idle only
     when requested, at the top with the latest use, and Mattson's update keeps the order of
     the idle entries it moves; so idle entries lie in descending order of last use. Once the
-    running minimum is idle, every idle entry above x is a record and no other entry is: the
-    scan jumps from one to the next through a bitset of idle depths. Above the first idle entry
-    it scans as priority_hist does. Cost O(depth of the first idle entry + idle entries above x)
-    instead of O(depth).
+    running minimum is idle, exactly the idle entries above x are records, and moving each to
+    the next one's depth leaves the sequence of idle experts as it was: only the set of idle
+    depths changes (the first loses its bit, x's old depth gains one). So idle experts are
+    kept as a set ordered by last use (a Fenwick tree over use times) and their depths as a
+    bitset; the depth of one is needed only when the window makes it pending again (rank by
+    last use, then that rank's set bit). Requested experts are always pending, so their depths
+    are exact. Cost O(depth of the first idle entry + log R) per request, instead of O(depth).
     """
     T = tok.shape[0] - 1
     stack = np.empty(cap + 1, np.int32)
     key = np.empty(cap + 1, np.int64)
-    idle = np.zeros((cap >> 6) + 1, np.uint64)  # bit j: the key at depth j is idle
-    where = np.full(n_ids, -1, np.int64)
+    idle = np.zeros((cap >> 6) + 1, np.uint64)  # bit j: depth j holds an idle expert
+    per_word = np.zeros(idle.shape[0] + 1, np.int32)  # Fenwick tree: idle bits per word
+    by_use = np.zeros(ids.shape[0] + 1, np.int32)  # Fenwick tree: idle experts by last use
+    n_idle = 0
+    last = np.zeros(n_ids, np.int64)  # last use of an idle expert
+    where = np.full(n_ids, -1, np.int64)  # depth; IDLE; cap below the cap; -1 never used
     future = np.zeros(n_ids, np.int64)
     stamp = np.full(n_ids, -1, np.int64)
     depth = np.empty(_widest_token(tok), np.int64)
@@ -348,9 +388,17 @@ def fsf_hist(ids, tok, n_ids, m, hist, cap):
                 y = ids[q]
                 future[y] += 1
                 d = where[y]
-                if d >= 0 and d < cap:
-                    if key[d] < _SHIFT:
-                        _put_bit(idle, d, False)
+                if d == IDLE:  # pending again: kept explicitly where it lies
+                    later = n_idle - _fenwick_prefix(by_use, last[y] + 1)  # idle experts used after y
+                    w, r = _fenwick_find(per_word, later)
+                    d = (w << 6) + _nth_bit(idle[w], r)
+                    _flip(idle, per_word, d, False)
+                    _fenwick_add(by_use, last[y], -1)
+                    n_idle -= 1
+                    stack[d] = y
+                    key[d] = _SHIFT + last[y]
+                    where[y] = d
+                elif d >= 0 and d < cap:
                     key[d] += _SHIFT
         for q in range(a, b):
             depth[q - a] = where[ids[q]]
@@ -361,40 +409,37 @@ def fsf_hist(ids, tok, n_ids, m, hist, cap):
             kx = future[x] * _SHIFT + q
             p, size = _depth_to_update(where, x, size, cap)
             if p > 0:
-                carry = stack[0]
-                carry_key = key[0]
-                j = 1
-                if carry_key >= _SHIFT:  # above the first idle entry: the scan
+                shift = idle[0] & np.uint64(1)  # an idle top: the idle entries above p move down
+                if shift:
+                    _flip(idle, per_word, 0, False)
+                else:  # the scan, down to the first idle entry (a record: it takes the carry)
                     f = _next_set(idle, 1, p)
-                    carry, carry_key = _scan(stack, key, where, 1, f, carry, carry_key)
-                    j = f
-                    if f < p:  # the first idle entry is a record; the pending key it takes is not idle
-                        carry, carry_key = _swap(stack, key, where, f, carry, carry_key)
-                        _put_bit(idle, f, False)
-                        j = f + 1
-                # The carry is idle: exactly the idle entries are records. One word of the bitset
-                # at a time, each set bit in turn (a call per bit mispredicted its exits 10x more).
-                w = j >> 6
-                word = idle[w] & (~np.uint64(0) << np.uint64(j & 63))
-                while True:
-                    while word == 0 and (w + 1) << 6 < p:
-                        w += 1
-                        word = idle[w]
-                    if word == 0:
-                        break
-                    g = (w << 6) + np.int64(trailing_zeros(word))
-                    if g >= p:
-                        break
-                    carry, carry_key = _swap(stack, key, where, g, carry, carry_key)
-                    word &= word - np.uint64(1)
-                stack[p] = carry
-                key[p] = carry_key
-                where[carry] = p
-                _put_bit(idle, p, carry_key < _SHIFT)
-            stack[0] = x
-            key[0] = kx
-            where[x] = 0
-            _put_bit(idle, 0, kx < _SHIFT)
+                    carry, carry_key = _scan(stack, key, where, 1, f, stack[0], key[0])
+                    d = min(f, p)
+                    stack[d] = carry
+                    key[d] = carry_key
+                    where[carry] = d
+                    if f < p:
+                        _flip(idle, per_word, f, False)
+                        shift = 1
+                if shift:  # the last idle entry above p lands at p
+                    if p < cap:
+                        _flip(idle, per_word, p, True)
+                    else:  # ... below the cap: the least recently used idle expert leaves
+                        oldest, _ = _fenwick_find(by_use, 0)
+                        _fenwick_add(by_use, oldest, -1)
+                        n_idle -= 1
+                        where[ids[oldest]] = cap
+            if kx < _SHIFT:  # x is idle from now: at the top, the latest use
+                _flip(idle, per_word, 0, True)
+                _fenwick_add(by_use, q, 1)
+                n_idle += 1
+                last[x] = q
+                where[x] = IDLE
+            else:
+                stack[0] = x
+                key[0] = kx
+                where[x] = 0
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
@@ -540,11 +585,10 @@ EXACT_WHERE_MAX_CAP = 4096
 # deeper, and longer stacks keep the branch.
 FSF_SELECT_MAX_IDS = 128
 BELADY_SELECT_MAX_IDS = 64
-# Between these, FSF skips to the idle entries (fsf_hist): 1.1-1.2x faster at 256 and 1 024
-# ids; no faster at 4 096, and slower at 14 848, where idle entries are most of the depth and
-# a bitset step costs more than a scan step.
-FSF_IDLE_MIN_IDS = 128
-FSF_IDLE_MAX_IDS = 2048
+# Above FSF_SELECT_MAX_IDS, FSF leaves its idle entries in place (fsf_hist): 1.2x faster at
+# 1 024 ids, 2x at 256 per layer and at 4 096, 5x at 14 848; with every size or with a cap
+# above this (a short capped stack scans faster: 256 of 1 024 ids, 98 ns against 115).
+FSF_IDLE_MIN_CAP = 512
 
 
 @numba.njit(cache=True, nogil=True)
@@ -559,7 +603,7 @@ def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
         segment_hist(ids, tok, n_ids, policy, hist, cap, cap <= EXACT_WHERE_MAX_CAP)
     elif policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP:
         segment_hist(ids, tok, n_ids, policy, hist, cap, True)
-    elif policy == FSF and FSF_IDLE_MIN_IDS < n_ids <= FSF_IDLE_MAX_IDS:
+    elif policy == FSF and n_ids > FSF_SELECT_MAX_IDS and (cap == n_ids or cap > FSF_IDLE_MIN_CAP):
         fsf_hist(ids, tok, n_ids, m, hist, cap)
     else:
         select = n_ids <= (FSF_SELECT_MAX_IDS if policy == FSF else BELADY_SELECT_MAX_IDS if policy == BELADY else 0)
