@@ -28,7 +28,11 @@ requested before it), then applied one by one.
   changes. Records are then the tail of each run below the running minimum: a run is
   skipped with one compare, its first record found by binary search, its records moved by
   one copy. Cost O(runs above x + log I + records moved), not O(depth). FSF's keys rise
-  while entries wait, which breaks runs: it keeps the scan.
+  while entries wait, which breaks runs.
+- FSF above 128 ids (fsf_hist): experts with no pending request in the window lie in order of
+  last use and, once the running minimum is one of them, are exactly the records; they are
+  left in place (a bitset of their depths changes by two bits), so the scan stops at the
+  first of them. Cost O(depth of the first idle entry + log R).
 
 Shape key: R requests of one stream, T tokens, I ids (E per layer, sum of E at model level).
 hist[d] counts requests whose smallest hitting cache size is d (d = 1..I); hist[I + 1]
@@ -243,7 +247,7 @@ def priority_hist(ids, tok, n_ids, policy, m, hist, cap, select=False):
     scan reads one contiguous array. Depth `cap` is a sink: the ids below the cap. `select`:
     scan without the record branch (each entry keeps the larger key, the carry the smaller),
     then store the depths of the entries passed; faster where records are dense and
-    unpredictable (short per-layer stacks, see FSF_SELECT_MAX_IDS).
+    unpredictable (stacks of up to FSF_SELECT_MAX_IDS or BELADY_SELECT_MAX_IDS ids).
     """
     T = tok.shape[0] - 1
     stack = np.empty(cap + 1, np.int32)  # stack[i] = id at depth i
