@@ -85,8 +85,9 @@ def model_stream(experts: np.ndarray, pad: int, offsets: np.ndarray) -> tuple[np
 
 @numba.njit(cache=True, nogil=True)
 def _flatten(experts, pad, offsets):
-    """One pass, no temporaries (numpy's masks and boolean indexing cost 3x and hold the GIL):
-    every slot is written, and the write position advances only past routed ones."""
+    """One pass, no temporaries (numpy's masks and boolean indexing took 1.4x as long for a model
+    stream, 3.8x for a layer's): every slot is written, and the write position advances only
+    past routed ones."""
     n, L, K = experts.shape
     ids = np.empty(n * L * K, np.int32)
     tok = np.empty(n + 1, np.int64)
