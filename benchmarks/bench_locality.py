@@ -16,9 +16,9 @@ absolute rates vary between runs, ratios within one run much less). One thread u
    record branch and its skip to idle entries, Belady's scan with and without the branch.
 3. Model level (one cache over all L x E keys): ns per request vs L x E, every size and with
    the size capped at 16x and 2x the active experts (`max_multiple`); then the kernels not
-   chosen there: LRU's Fenwick tree and move to the front, the entry-by-entry scans that descending runs or the skip
-   to idle entries replace, and FSF's skip where the scan stays (same results). The last shape
-   (k = 4, E / k = 64) is where LRU keeps the tree.
+   chosen there: LRU's Fenwick tree and move to the front, the entry-by-entry scans that descending
+   runs or the skip to idle entries replace, LFU's runs and use-count classes, and FSF's skip where
+   the scan stays (same results). The last shape (k = 4, E / k = 64) is where LRU keeps the tree.
 4. Study scale, in a child process with every core: all four curves (per layer and model
    level, every size) and SRP for four segment lengths with 1000-resample intervals.
 """
@@ -239,6 +239,10 @@ def _kernel(name: str):
             _stack.lru_front_hist(ids, tok, n_ids, hist)
         elif name == "fsf idle":
             _stack.fsf_hist(ids, tok, n_ids, m, hist, cap)
+        elif name == "lfu runs":
+            _stack.segment_hist(ids, tok, n_ids, _stack.LFU, hist, cap)
+        elif name == "lfu classes":
+            _stack.lfu_class_hist(ids, tok, n_ids, hist, cap)
         else:  # "<policy> branch" / "<policy> select": the scan with or without the record branch
             policy, how = name.split()
             _stack.priority_hist(ids, tok, n_ids, _stack.POLICY_CODES[policy], m, hist, cap, how == "select")
@@ -261,9 +265,11 @@ def kernel_alternatives(samples: int) -> None:
             print(f"{E:>4} {trace_name:<11}" + "".join(f"{c:>15.1f}" for c in cells))
 
 
-def model_level_costs(samples: int, shapes=((16, 64, 8), (32, 128, 8), (58, 256, 8), (16, 256, 4))) -> None:
+def model_level_costs(samples: int,
+                      shapes=((16, 64, 8), (32, 128, 8), (32, 256, 8), (58, 256, 8), (16, 256, 4))) -> None:
     """Section 3; besides each policy as sequence_hist runs it, the kernels it did not choose."""
-    others = (("lru tree", None), ("lru front", None), ("lfu branch", None), ("belady branch", None), ("fsf branch", 16), ("fsf idle", 16))
+    others = (("lru tree", None), ("lru front", None), ("lfu branch", None), ("lfu runs", None), ("lfu classes", None),
+              ("belady branch", None), ("fsf branch", 16), ("fsf idle", 16))
     print(f"\n== 3. model level (one cache over L x E keys, {samples} sequences of 512 tokens, synthetic routing"
           f" with locality): ns per request; then the alternative kernels")
     print(f"{'L x E, k':>12}{'keys':>7}  {'sizes':<12}" + "".join(f"{_name(p, m):>10}" for p, m in POLICIES)

@@ -192,8 +192,8 @@ def test_invalid_max_multiple():
 
 @pytest.mark.parametrize("code", ["lfu", "belady", "fsf"])
 def test_segment_kernel_equals_the_scan_on_random_streams(code):
-    # Every size, caps, repeats inside a token, both ways of finding depths, the scan with and
-    # without the record branch, FSF's skip to idle entries (FSF has no segment kernel); the scan
+    # Every size, caps, repeats inside a token, the scan with and without the record branch,
+    # FSF's skip to idle entries (FSF has no segment kernel), LFU's use-count classes; the scan
     # is itself checked against the brute-force reference above.
     from expertcache.locality import _stack
 
@@ -219,10 +219,39 @@ def test_segment_kernel_equals_the_scan_on_random_streams(code):
             idle = np.zeros(n_ids + 2, np.int64)
             _stack.fsf_hist(ids, tok, n_ids, m, idle, cap)
             np.testing.assert_array_equal(idle, scan, err_msg=f"{ids.tolist()} k={K} cap={cap} m={m}")
-        for exact_where in (True, False) if code != "fsf" else ():
+        if code != "fsf":
             runs = np.zeros(n_ids + 2, np.int64)
-            _stack.segment_hist(ids, tok, n_ids, policy, runs, cap, exact_where)
-            np.testing.assert_array_equal(runs, scan, err_msg=f"{ids.tolist()} k={K} cap={cap} m={m} {exact_where}")
+            _stack.segment_hist(ids, tok, n_ids, policy, runs, cap)
+            np.testing.assert_array_equal(runs, scan, err_msg=f"{ids.tolist()} k={K} cap={cap} m={m}")
+        if code == "lfu":
+            classes = np.zeros(n_ids + 2, np.int64)
+            _stack.lfu_class_hist(ids, tok, n_ids, classes, cap)
+            np.testing.assert_array_equal(classes, scan, err_msg=f"{ids.tolist()} k={K} cap={cap}")
+
+
+def test_lfu_classes_equal_the_scan_across_bitset_blocks():
+    # lfu_class_hist counts set bits per 512: stacks of up to 1 500 ids and classes that up to
+    # 1 500 experts join span several blocks; caps, from 1 to every size, make the oldest member
+    # of a class fall below the cap; repeats inside a token; tokens without requests.
+    from expertcache.locality import _stack
+
+    rng = np.random.default_rng(12)
+    for trial in range(300):
+        n_ids = int(rng.integers(2, 1500)) if trial % 3 else int(rng.integers(2, 80))
+        K, T = int(rng.integers(1, min(n_ids, 9) + 1)), int(rng.integers(1, 400))
+        popularity = rng.dirichlet(np.full(n_ids, 0.1 if trial % 2 else 2.0))
+        ids = np.concatenate([rng.choice(n_ids, K, replace=False, p=0.9 * popularity + 0.1 / n_ids)
+                              for _ in range(T)]).astype(np.int32)
+        if len(ids) > 8:
+            ids[1], ids[7] = ids[0], ids[5]
+        tok = np.arange(0, T * K + 1, K, dtype=np.int64)
+        if trial % 4 == 0 and T > 3:
+            tok = np.sort(np.concatenate([tok, tok[2:3]]))
+        cap = n_ids if trial % 2 else int(rng.integers(1, n_ids + 1))
+        scan, classes = np.zeros(n_ids + 2, np.int64), np.zeros(n_ids + 2, np.int64)
+        _stack.priority_hist(ids, tok, n_ids, _stack.LFU, 1, scan, cap)
+        _stack.lfu_class_hist(ids, tok, n_ids, classes, cap)
+        np.testing.assert_array_equal(classes, scan, err_msg=f"trial {trial}: n={n_ids} k={K} T={T} cap={cap}")
 
 
 def test_fsf_skipping_to_idle_entries_equals_the_scan_across_bitset_words():
@@ -250,13 +279,15 @@ def test_fsf_skipping_to_idle_entries_equals_the_scan_across_bitset_words():
         np.testing.assert_array_equal(idle, scan, err_msg=f"trial {trial}: n={n_ids} k={K} cap={cap} m={m}")
 
 
-@pytest.mark.parametrize("layers, top_k, max_multiple", [(9, 4, None), (17, 2, None), (9, 4, 20), (9, 8, None),
-                                                         (4, 8, None)])
+@pytest.mark.parametrize("layers, top_k, max_multiple", [(9, 4, None), (17, 2, None), (17, 2, 125), (9, 4, 20),
+                                                         (9, 8, None), (4, 8, None)])
 def test_model_level_curves_where_segments_serve_them_match_single_size_simulations(layers, top_k, max_multiple):
-    # 9 x 256 = 2 304 keys: LFU and Belady take segment_hist with exact depths; 17 x 256 = 4 352
-    # keys, every size: LFU searches keys; a cap of 20 x 36 = 720 keeps Belady on segments. LRU
-    # moves each token's ids to the front at k = 8 (E / k = 32; at 64 and 128, the Fenwick tree).
-    # 4 x 256 = 1 024 keys: FSF skips to its idle entries (fsf_hist), Belady scans.
+    # 9 x 256 = 2 304 keys: Belady takes segment_hist, and LFU too at k = 8 and with a cap of
+    # 20 x 36 = 720 (sizes x ids per request below 2^17); LFU keeps use-count classes
+    # (lfu_class_hist) at k = 4 and k = 2, every size or a cap of 125 x 34 = 4 250 of 4 352 keys
+    # (the oldest of a class falls below it). LRU moves each token's ids to the front at k = 8
+    # (E / k = 32; at 64 and 128, the Fenwick tree). 4 x 256 = 1 024 keys: FSF skips to its idle
+    # entries (fsf_hist), Belady scans.
     from expertcache.locality import _stack
 
     rng = np.random.default_rng(layers)

@@ -29,6 +29,9 @@ requested before it), then applied one by one.
   skipped with one compare, its first record found by binary search, its records moved by
   one copy. Cost O(runs above x + log I + records moved), not O(depth). FSF's keys rise
   while entries wait, which breaks runs.
+- LFU with thousands of sizes (_lfu_classes.lfu_class_hist): within a use count the experts
+  lie in order of last use, and the records of one update are a chain of 2-3 use counts, so
+  each count's depths change by two bits and nothing moves. Cost O(log I) per request.
 - FSF above 128 ids (fsf_hist): experts with no pending request in the window lie in order of
   last use and, once the running minimum is one of them, are exactly the records; they are
   left in place (a bitset of their depths changes by two bits), so the scan stops at the
@@ -45,6 +48,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
+
+from ._judge import _judge_token, _widest_token
+from ._lfu_classes import lfu_class_hist
 
 LRU, LFU, BELADY, FSF = 0, 1, 2, 3
 POLICY_CODES = {"lru": LRU, "lfu": LFU, "belady": BELADY, "fsf": FSF}
@@ -74,31 +80,6 @@ def _fenwick_prefix(tree, i):
         total += tree[i]
         i -= i & (-i)
     return total
-
-
-@numba.njit(cache=True)
-def _widest_token(tok):
-    width = 1
-    for t in range(tok.shape[0] - 1):
-        width = max(width, tok[t + 1] - tok[t])
-    return width
-
-
-@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
-def _judge_token(ids, a, b, t, depth, seen, stamp, hist, n_ids):
-    """Record the hit sizes of token t's requests ids[a:b]; depth[x] < 0 means never used."""
-    new = 0
-    for q in range(a, b):
-        x = ids[q]
-        d = depth[q - a]
-        if d >= 0:
-            hist[d + 1] += 1
-        elif stamp[x] == t:  # second request of a first use in one token: not cached before it
-            hist[n_ids + 1] += 1
-        else:
-            stamp[x] = t
-            hist[seen + new + 1] += 1
-            new += 1
 
 
 @numba.njit(cache=True)
@@ -458,20 +439,7 @@ def _first_below(key, base, n, v):
 
 
 @numba.njit(cache=True)
-def _key_depth(v, key, head, nseg):
-    """Depth of the (unique) key v: found in the segment whose key range holds it."""
-    for s in range(nseg):
-        a = head[s]
-        b = head[s + 1] - 1
-        if key[a] >= v and v >= key[b]:
-            j = _first_below(key, a, b - a + 1, v + 1)  # the first key <= v: v itself if it lies here
-            if key[j] == v:
-                return j
-    return -1  # not reached: v is in the stack
-
-
-@numba.njit(cache=True)
-def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
+def segment_hist(ids, tok, n_ids, policy, hist, cap):
     """priority_hist for LFU and Belady with the stack below its top kept as strictly descending
     segments of keys: an update skips a segment with one compare, finds where its records begin
     by binary search and moves them down one step (no entry-by-entry scan).
@@ -480,9 +448,7 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
     and its records are the suffix of its keys below the running minimum; a new segment begins
     only where the last record lands above a larger key (x's old depth, or the bottom), and
     neighbours merge when their boundary stops rising. Keys are unique (see _next_uses for
-    Belady's). exact_where: keep every id's depth in where[] (one store per record moved);
-    otherwise where[] is a hint, checked, and a stale one is replaced by a search of the
-    segments' key ranges, cheaper once records are many (thousands of keys).
+    Belady's).
     """
     T = tok.shape[0] - 1
     stack = np.empty(cap + 1, np.int32)
@@ -490,7 +456,6 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
     head = np.empty(cap + 2, np.int64)  # segment starts (depths >= 1); head[nseg] = size
     nseg = 0
     where = np.full(n_ids, -1, np.int64)
-    keyof = np.zeros(n_ids, np.int64)  # each id's key in the stack
     count = np.zeros(n_ids, np.int64)
     future = np.empty(0, np.int64)  # FSF only, which keeps the scan
     stamp = np.full(n_ids, -1, np.int64)
@@ -501,17 +466,12 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
         a, b = tok[t], tok[t + 1]
         for q in range(a, b):
             x = ids[q]
-            d = where[x]
-            if d >= 0 and d < cap and stack[d] != x:  # a stale hint (not exact_where): search, and refresh it
-                d = where[x] = _key_depth(keyof[x], key, head, nseg)
-            depth[q - a] = d
+            depth[q - a] = where[x]
         _judge_token(ids, a, b, t, depth, size, stamp, hist, n_ids)
         for q in range(a, b):
             x = ids[q]
             kx = _new_key(policy, x, q, count, future, nxt)
             p = where[x]
-            if p >= 0 and p < cap and stack[p] != x:
-                p = _key_depth(keyof[x], key, head, nseg)
             grow = p < 0
             if grow:
                 p = size
@@ -532,8 +492,7 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
                         z = stack[j - 1]
                         stack[j] = z
                         key[j] = key[j - 1]
-                        if exact_where:
-                            where[z] = j
+                        where[z] = j
                     stack[r] = carry
                     key[r] = carry_key
                     where[carry] = r
@@ -573,16 +532,20 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap, exact_where):
                 size = 1
             stack[0] = x
             key[0] = kx
-            keyof[x] = kx
             where[x] = 0
 
 
-# Where segment_hist beats priority_hist's scan, and where searching keys beats storing every moved
-# record's depth (LFU, deep caps only), measured by benchmarks/bench_locality.py (section 3).
+# Where segment_hist beats priority_hist's scan, and where LFU's use-count classes beat moving
+# the records: the records grow with the sizes computed times the ids per request (E / k at
+# model level), the classes' cost barely. From 2^17 on the classes were faster in every shape
+# measured, at 2^16 even or slower (ns per request, runs / classes: 14 848 keys, every size,
+# 675 / 228; 4 096 of 8 192 keys at E / k = 32, 309 / 191; 8 192 keys at E / k = 16, 275 / 222;
+# at 2^16, 4 096 keys at E / k = 16, 169 / 200, and 2 048 of 14 848 at E / k = 32, 126 / 121),
+# benchmarks/bench_locality.py, section 3.
 LFU_SEGMENTS_MIN_IDS = 256
+LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST = 1 << 17
 BELADY_SEGMENTS_MIN_IDS = 2048
 BELADY_SEGMENTS_MIN_CAP = 512
-EXACT_WHERE_MAX_CAP = 4096
 # Chosen by the number of ids, per layer or model level alike (benchmarks/bench_locality.py,
 # sections 2b and 3). Up to these, the scan without the record branch: FSF 1.3-1.5x faster at
 # 64 and 128 ids, Belady 1.05-1.2x at 64 (slower from 128); LFU, whose records are fewer and
@@ -603,10 +566,12 @@ def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
             lru_front_hist(ids, tok, n_ids, hist)
         else:
             lru_hist(ids, tok, n_ids, hist, n_ids <= LRU_COUNT_MAX_IDS)
-    elif policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS:
-        segment_hist(ids, tok, n_ids, policy, hist, cap, cap <= EXACT_WHERE_MAX_CAP)
-    elif policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP:
-        segment_hist(ids, tok, n_ids, policy, hist, cap, True)
+    elif policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS and \
+            cap * n_ids * (tok.shape[0] - 1) >= LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST * (tok[-1] - tok[0]):
+        lfu_class_hist(ids, tok, n_ids, hist, cap)
+    elif (policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS) or \
+            (policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP):
+        segment_hist(ids, tok, n_ids, policy, hist, cap)
     elif policy == FSF and n_ids > FSF_SELECT_MAX_IDS and (cap == n_ids or cap > FSF_IDLE_MIN_CAP):
         fsf_hist(ids, tok, n_ids, m, hist, cap)
     else:

@@ -1,0 +1,294 @@
+"""LFU's Mattson stack kept as use-count classes: cost per request O(log I), not O(records).
+
+LFU's key is (uses, last use). Call an expert's use count its class. Mattson's update keeps
+every pair with the larger key above in order (a record only ever moves down to the next
+record's depth, above any smaller key), and only the requested expert's key changes, putting it
+at the top with the newest use. So within a class the experts lie in order of last use, newest
+highest. With the running minimum in class c, the records are exactly the class-c entries
+passed, until the first entry of a lower class: that one becomes the running minimum. Each
+class-c entry moves to the next class-c depth, so the sequence of class-c experts is unchanged
+and only the class's set of depths changes: it loses the depth where the chain entered the class
+and gains the one where it left it. An update is therefore a short chain (2.6 classes per request
+at 1 024 and 14 848 keys on the benchmark's routing, where 20 and 650 records moved):
+
+    c = class at depth 0, d = 0
+    repeat: z = first depth in (d, p) of a class below c (p: the requested expert's depth)
+            class c's depths lose d and gain z; the class at z becomes c
+            continue from z with the class that was there, or stop at p
+
+Kept per sequence: the class at each depth in a min-tree (the chain's query), each class's depths
+as a bitset with counts per 512 bits (select the r-th depth), each class's experts as a bitset
+over the order in which they joined the class (rank by last use; an expert joins a class once).
+An expert's depth is the r-th depth of its class, r its rank there. With a cap, the oldest
+expert of the last class in the chain falls below it.
+
+Used for LFU where the sizes computed times the ids per request reach 2^17
+(_stack.LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST: model level of large models, 228 ns per
+request at 14 848 keys where moving the records took 675); below, moving the records costs less
+than these structures (_stack.segment_hist).
+
+Shape key: R requests of one sequence, I ids, cap sizes tracked; the min-tree has N >= cap + 1
+leaves.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
+from numba.extending import intrinsic
+
+from ._judge import _judge_token, _widest_token
+
+__all__ = ["lfu_class_hist"]
+
+_ONE = np.uint64(1)
+_BLOCK_WORDS = 8  # 64-bit words per counted block of a bitset (512 bits)
+_EMPTY = np.int32(2**31 - 1)  # the class of a depth below the stack: never a running minimum
+
+
+@intrinsic
+def _popcount(typingctx, word):
+    """One hardware population count (numba has no popcount of its own)."""
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+    return word(word), codegen
+
+
+def _byte_select_table() -> np.ndarray:
+    """[256 * 8] position of the n-th set bit of each byte value."""
+    table = np.zeros(256 * 8, np.uint8)
+    for value in range(256):
+        n = 0
+        for bit in range(8):
+            if value >> bit & 1:
+                table[value * 8 + n] = bit
+                n += 1
+    return table
+
+
+_BYTE_SELECT = _byte_select_table()
+
+
+@numba.njit(cache=True, inline="always")
+def _select_in_word(word, n):
+    """Position of the n-th (from 0) set bit of a word that has more than n."""
+    b = 0
+    while True:
+        c = np.int64(_popcount(word & np.uint64(0xFF)))
+        if c > n:
+            return b + np.int64(_BYTE_SELECT[np.int64(word & np.uint64(0xFF)) * 8 + n])
+        n -= c
+        word >>= np.uint64(8)
+        b += 8
+
+
+# A counted bitset: bits[w0 + i // 64] holds bit i, block[b0 + i // 512] counts the set bits of
+# its 512; the array arguments are flat, shared by every class (w0, b0: the class's offsets).
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _flip_bit(bits, block, w0, b0, i, on):
+    mask = _ONE << np.uint64(i & 63)
+    w = w0 + (i >> 6)
+    if on:
+        bits[w] |= mask
+        block[b0 + (i >> 9)] += 1
+    else:
+        bits[w] &= ~mask
+        block[b0 + (i >> 9)] -= 1
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _select_bit(bits, block, w0, b0, r):
+    """Position of the r-th (from 0) set bit."""
+    j = 0
+    while block[b0 + j] <= r:
+        r -= block[b0 + j]
+        j += 1
+    w = j * _BLOCK_WORDS
+    while True:
+        c = np.int64(_popcount(bits[w0 + w]))
+        if c > r:
+            return (w << 6) + _select_in_word(bits[w0 + w], r)
+        r -= c
+        w += 1
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _count_above(bits, block, w0, b0, n_blocks, i):
+    """Set bits at positions above i."""
+    j = i >> 9
+    total = 0
+    for u in range(j + 1, n_blocks):
+        total += block[b0 + u]
+    for w in range((i >> 6) + 1, (j + 1) * _BLOCK_WORDS):
+        total += np.int64(_popcount(bits[w0 + w]))
+    shift = np.uint64((i & 63) + 1)
+    if shift < 64:
+        total += np.int64(_popcount(bits[w0 + (i >> 6)] >> shift))
+    return total
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _first_lower_class(tree, N, lo, c, hi):
+    """First leaf j in [lo, hi) of the min-tree (leaf j at N + j) with a value below c, else hi.
+    The right siblings along lo's path that start before hi are tested together (independent
+    loads), then one branch-free descent."""
+    if lo >= hi:
+        return hi
+    u = lo + N
+    if tree[u] < c:
+        return lo
+    found = np.uint64(0)
+    for h in range(64 - np.int64(leading_zeros(np.uint64(lo ^ (hi - 1))))):  # siblings starting before hi
+        v = u >> h
+        found |= np.uint64(((v & 1) == 0) & (tree[v + 1] < c)) << np.uint64(h)
+    if found == 0:
+        return hi
+    h = np.int64(trailing_zeros(found))
+    i = (u >> h) + 1
+    for _ in range(h):
+        i = 2 * i + np.int64(tree[2 * i] >= c)
+    return min(i - N, hi)
+
+
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _set_class(tree, N, j, value):
+    """Set leaf j and every minimum above it, all the way up: no data-dependent exit."""
+    i = N + j
+    tree[i] = value
+    while i > 1:
+        value = min(value, tree[i ^ 1])
+        i >>= 1
+        tree[i] = value
+
+
+@numba.njit(cache=True, nogil=True)
+def lfu_class_hist(ids, tok, n_ids, hist, cap):
+    """Accumulate one sequence's LFU hit histogram (as _stack.priority_hist, exact for sizes
+    1..cap) with the stack kept as use-count classes (module docstring)."""
+    T = tok.shape[0] - 1
+    R = ids.shape[0]
+    # Offline: the class each request moves its expert into, and its place in that class's order.
+    uses = np.zeros(n_ids, np.int64)
+    top = 0
+    for q in range(R):
+        uses[ids[q]] += 1
+        top = max(top, uses[ids[q]])
+    joined = np.zeros(top + 2, np.int64)  # experts that join each class
+    place = np.empty(R, np.int32)  # request q's expert is the place[q]-th to join its class
+    uses[:] = 0
+    for q in range(R):
+        c = uses[ids[q]] + 1
+        uses[ids[q]] = c
+        place[q] = joined[c]
+        joined[c] += 1
+    # Class c's members: bits from word m_word[c], blocks from m_block[c]; expert of each place.
+    m_word = np.zeros(top + 2, np.int64)
+    m_block = np.zeros(top + 2, np.int64)
+    m_first = np.zeros(top + 2, np.int64)
+    for c in range(1, top + 1):
+        blocks = (joined[c] + 511) >> 9
+        m_word[c + 1] = m_word[c] + blocks * _BLOCK_WORDS
+        m_block[c + 1] = m_block[c] + blocks
+        m_first[c + 1] = m_first[c] + joined[c]
+    m_bits = np.zeros(m_word[top + 1] + 1, np.uint64)
+    m_count = np.zeros(m_block[top + 1] + 1, np.int32)
+    member = np.empty(m_first[top + 1] + 1, np.int32)
+    uses[:] = 0
+    for q in range(R):
+        uses[ids[q]] += 1
+        member[m_first[uses[ids[q]]] + place[q]] = ids[q]
+    oldest = np.zeros(top + 2, np.int64)  # no member of the class joined before this place
+    live = np.zeros(top + 2, np.int64)
+    # Depths of each class with members in the stack, in slots: distinct counts d of tracked
+    # experts have d (d + 1) / 2 <= R, and at most cap of them.
+    slots = min(top, cap + 1, int(np.sqrt(2.0 * R)) + 2)
+    d_blocks = (cap + 512) >> 9
+    d_words = d_blocks * _BLOCK_WORDS
+    d_bits = np.zeros(slots * d_words, np.uint64)
+    d_count = np.zeros(slots * d_blocks + 1, np.int32)
+    slot_of = np.full(top + 2, -1, np.int64)
+    free = np.arange(slots - 1, -1, -1)
+    n_free = slots
+    N = 1
+    while N < cap + 1:
+        N *= 2
+    tree = np.full(2 * N + 1, _EMPTY, np.int32)  # leaf N + j: the class at depth j
+    state = np.zeros(n_ids, np.int8)  # 0 never used, 1 in the stack, 2 below the cap
+    place_of = np.zeros(n_ids, np.int64)  # an expert's place in its class's order
+    uses[:] = 0
+    stamp = np.full(n_ids, -1, np.int64)
+    depth = np.empty(_widest_token(tok), np.int64)
+    size = 0
+    for t in range(T):
+        a, b = tok[t], tok[t + 1]
+        for q in range(a, b):
+            x = ids[q]
+            d = -1 if state[x] == 0 else cap
+            if state[x] == 1:
+                c = uses[x]
+                s = slot_of[c]
+                r = _count_above(m_bits, m_count, m_word[c], m_block[c], m_block[c + 1] - m_block[c], place_of[x])
+                d = _select_bit(d_bits, d_count, s * d_words, s * d_blocks, r)
+            depth[q - a] = d
+        _judge_token(ids, a, b, t, depth, size, stamp, hist, n_ids)
+        for q in range(a, b):
+            x = ids[q]
+            if state[x] == 1:  # leaves its class
+                c = uses[x]
+                s = slot_of[c]
+                r = _count_above(m_bits, m_count, m_word[c], m_block[c], m_block[c + 1] - m_block[c], place_of[x])
+                p = _select_bit(d_bits, d_count, s * d_words, s * d_blocks, r)
+                _flip_bit(m_bits, m_count, m_word[c], m_block[c], place_of[x], False)
+                _flip_bit(d_bits, d_count, s * d_words, s * d_blocks, p, False)
+                live[c] -= 1
+                if live[c] == 0:
+                    slot_of[c] = -1
+                    free[n_free] = s
+                    n_free += 1
+            elif size < cap:
+                p = size
+                size += 1
+            else:
+                p = cap
+            if p > 0:  # the chain of classes from depth 0 down to p
+                d = 0
+                c = tree[N]
+                while True:
+                    z = _first_lower_class(tree, N, d + 1, c, p)
+                    s = slot_of[c]
+                    _flip_bit(d_bits, d_count, s * d_words, s * d_blocks, d, False)
+                    if z < p:
+                        _flip_bit(d_bits, d_count, s * d_words, s * d_blocks, z, True)
+                        below = tree[N + z]
+                        _set_class(tree, N, z, c)
+                        c, d = below, z
+                    elif p < cap:
+                        _flip_bit(d_bits, d_count, s * d_words, s * d_blocks, p, True)
+                        _set_class(tree, N, p, c)
+                        break
+                    else:  # the class's oldest member falls below the cap
+                        i = oldest[c]
+                        while not (m_bits[m_word[c] + (i >> 6)] >> np.uint64(i & 63)) & _ONE:
+                            i += 1
+                        oldest[c] = i
+                        _flip_bit(m_bits, m_count, m_word[c], m_block[c], i, False)
+                        state[member[m_first[c] + i]] = 2
+                        live[c] -= 1
+                        if live[c] == 0:
+                            slot_of[c] = -1
+                            free[n_free] = s
+                            n_free += 1
+                        break
+            uses[x] += 1  # joins class uses[x] at depth 0
+            c = uses[x]
+            if live[c] == 0:
+                n_free -= 1
+                slot_of[c] = free[n_free]
+            s = slot_of[c]
+            live[c] += 1
+            place_of[x] = place[q]
+            _flip_bit(m_bits, m_count, m_word[c], m_block[c], place[q], True)
+            _flip_bit(d_bits, d_count, s * d_words, s * d_blocks, 0, True)
+            _set_class(tree, N, 0, c)
+            state[x] = 1
