@@ -15,6 +15,21 @@ def one_layer(tokens, num_experts, domains=None):
     return Trace.from_arrays([np.array(seq)[:, None, :] for seq in tokens], num_experts, domains=domains)
 
 
+def random_stream(rng, n_ids, K, T, concentration, empty_token=False):
+    """One sequence's request stream: T tokens of K distinct ids drawn with Dirichlet popularity
+    (small concentration: skewed), two repeats inside tokens, optionally a token without
+    requests. Returns (ids int32, token offsets int64)."""
+    popularity = rng.dirichlet(np.full(n_ids, concentration))
+    ids = np.concatenate([rng.choice(n_ids, K, replace=False, p=0.9 * popularity + 0.1 / n_ids)
+                          for _ in range(T)]).astype(np.int32)
+    if len(ids) > 8:
+        ids[1], ids[7] = ids[0], ids[5]
+    tok = np.arange(0, T * K + 1, K, dtype=np.int64)
+    if empty_token and T > 3:
+        tok = np.sort(np.concatenate([tok, tok[2:3]]))
+    return ids, tok
+
+
 @pytest.mark.parametrize("policy,m,sequence,num_experts,expected", [
     # First uses hit while empty slots remain: C=1 keeps only expert 0's first use.
     ("lru", None, [[0, 1], [2, 0]], 4, [1 / 4, 3 / 4, 1, 1]),
@@ -239,14 +254,7 @@ def test_lfu_classes_equal_the_scan_across_bitset_blocks():
     for trial in range(300):
         n_ids = int(rng.integers(2, 1500)) if trial % 3 else int(rng.integers(2, 80))
         K, T = int(rng.integers(1, min(n_ids, 9) + 1)), int(rng.integers(1, 400))
-        popularity = rng.dirichlet(np.full(n_ids, 0.1 if trial % 2 else 2.0))
-        ids = np.concatenate([rng.choice(n_ids, K, replace=False, p=0.9 * popularity + 0.1 / n_ids)
-                              for _ in range(T)]).astype(np.int32)
-        if len(ids) > 8:
-            ids[1], ids[7] = ids[0], ids[5]
-        tok = np.arange(0, T * K + 1, K, dtype=np.int64)
-        if trial % 4 == 0 and T > 3:
-            tok = np.sort(np.concatenate([tok, tok[2:3]]))
+        ids, tok = random_stream(rng, n_ids, K, T, 0.1 if trial % 2 else 2.0, empty_token=trial % 4 == 0)
         cap = n_ids if trial % 2 else int(rng.integers(1, n_ids + 1))
         scan, classes = np.zeros(n_ids + 2, np.int64), np.zeros(n_ids + 2, np.int64)
         _stack.priority_hist(ids, tok, n_ids, _stack.LFU, 1, scan, cap)
@@ -263,14 +271,7 @@ def test_fsf_skipping_to_idle_entries_equals_the_scan_across_bitset_words():
     for trial in range(300):
         n_ids = int(rng.integers(60, 200))
         K, T = int(rng.integers(1, 7)), int(rng.integers(1, 80))
-        popularity = rng.dirichlet(np.full(n_ids, 0.3 if trial % 2 else 3.0))
-        ids = np.concatenate([rng.choice(n_ids, K, replace=False, p=0.9 * popularity + 0.1 / n_ids)
-                              for _ in range(T)]).astype(np.int32)
-        if len(ids) > 8:
-            ids[1], ids[7] = ids[0], ids[5]
-        tok = np.arange(0, T * K + 1, K, dtype=np.int64)
-        if trial % 4 == 0 and T > 3:
-            tok = np.sort(np.concatenate([tok, tok[2:3]]))  # an empty token
+        ids, tok = random_stream(rng, n_ids, K, T, 0.3 if trial % 2 else 3.0, empty_token=trial % 4 == 0)
         cap = n_ids if trial % 2 else int(rng.integers(1, n_ids + 1))
         m = int(rng.integers(1, 20))
         scan, idle = np.zeros(n_ids + 2, np.int64), np.zeros(n_ids + 2, np.int64)
