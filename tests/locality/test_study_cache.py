@@ -262,6 +262,20 @@ def test_lfu_classes_equal_the_scan_across_bitset_blocks():
         np.testing.assert_array_equal(classes, scan, err_msg=f"trial {trial}: n={n_ids} k={K} T={T} cap={cap}")
 
 
+@pytest.mark.parametrize("n_ids, cap, tokens, requests, expected", [
+    (58 * 256, 58 * 256, 512, 512 * 58 * 8, True),  # model level of a 58 x 256, k = 8 model: 14 848 x 32
+    (16 * 64, 16 * 64, 512, 512 * 16 * 8, False),  # 16 x 64, k = 8: 1 024 x 8 = 2^13
+    (4096, 4096, 10, 10 * 128, True),  # 4 096 x 32 = 2^17 exactly
+    (4096, 4095, 10, 10 * 128, False),  # one size fewer
+    (512, 512, 100, 100, True),  # one layer of 512 experts, k = 1: 512 x 512
+    (256, 256, 100, 100, False),  # 256 ids: the scan, whatever the product
+])
+def test_lfu_takes_classes_where_sizes_times_ids_per_request_reach_2_17(n_ids, cap, tokens, requests, expected):
+    from expertcache.locality import _stack
+
+    assert _stack.lfu_takes_classes(n_ids, cap, tokens, requests) is expected
+
+
 def test_fsf_skipping_to_idle_entries_equals_the_scan_across_bitset_words():
     # fsf_hist keeps idle depths in 64-bit words: stacks of 60-200 ids span several, with caps,
     # repeats inside a token, tokens without requests, windows from 1 to 19 tokens.
@@ -286,9 +300,9 @@ def test_model_level_curves_where_segments_serve_them_match_single_size_simulati
     # 9 x 256 = 2 304 keys: Belady takes segment_hist, and LFU too at k = 8 and with a cap of
     # 20 x 36 = 720 (sizes x ids per request below 2^17); LFU keeps use-count classes
     # (lfu_class_hist) at k = 4 and k = 2, every size or a cap of 125 x 34 = 4 250 of 4 352 keys
-    # (the oldest of a class falls below it). LRU moves each token's ids to the front at k = 8
-    # (E / k = 32; at 64 and 128, the Fenwick tree). 4 x 256 = 1 024 keys: FSF skips to its idle
-    # entries (fsf_hist), Belady scans.
+    # (the random-stream tests cover experts falling below a cap). LRU moves each token's ids to
+    # the front at k = 8 (E / k = 32; at 64 and 128, the Fenwick tree). 4 x 256 = 1 024 keys: FSF
+    # skips to its idle entries (fsf_hist), Belady scans.
     from expertcache.locality import _stack
 
     rng = np.random.default_rng(layers)

@@ -1,33 +1,45 @@
-"""LFU's Mattson stack kept as use-count classes: cost per request O(log I), not O(records).
+"""LFU's Mattson stack kept as use-count classes: no record is moved.
 
-LFU's key is (uses, last use). Call an expert's use count its class. Mattson's update keeps
-every pair with the larger key above in order (a record only ever moves down to the next
-record's depth, above any smaller key), and only the requested expert's key changes, putting it
-at the top with the newest use. So within a class the experts lie in order of last use, newest
-highest. With the running minimum in class c, the records are exactly the class-c entries
-passed, until the first entry of a lower class: that one becomes the running minimum. Each
-class-c entry moves to the next class-c depth, so the sequence of class-c experts is unchanged
-and only the class's set of depths changes: it loses the depth where the chain entered the class
-and gains the one where it left it. An update is therefore a short chain (2.6 classes per request
-at 1 024 and 14 848 keys on the benchmark's routing, where 20 and 650 records moved):
+LFU's key is (uses, last use); call an expert's use count its class. Three facts:
+1. In Mattson's update an entry never moves below one with a smaller key: a record moves only
+   to the next record's depth, and every entry it passes has a larger key. Only the requested
+   expert's key changes, and it goes to the top with the newest use. So within a class the
+   experts lie in order of last use, newest highest.
+2. Along an update's scan the running minimum only falls. While it is in class c, every depth
+   passed holds a class >= c (else the minimum would have left c), so the first entry of a
+   lower class c' < c is the newest of c' (nothing of c' lies above it) and becomes the
+   minimum; the class-c entries passed before it are exactly the records, each older than
+   the one above.
+3. Each class-c record moves to the next class-c depth and the last one to the first lower
+   class's depth: the sequence of class-c experts is unchanged, and only the class's set of
+   depths changes, by two bits (it loses the depth where the chain entered c, gains the one
+   where it left).
+So an update for expert x (class cx, at depth p; p = the bottom if new, the cap if below it):
 
+    x leaves class cx (its depth p and its place)
     c = class at depth 0, d = 0
-    repeat: z = first depth in (d, p) of a class below c (p: the requested expert's depth)
-            class c's depths lose d and gain z; the class at z becomes c
-            continue from z with the class that was there, or stop at p
+    repeat: z = first depth in (d, p) of a class below c, or p if none
+            class c's depths lose d and gain z (at the cap: c's oldest expert falls below it)
+            if z = p: stop; else the class at z becomes c, and continue from z with its old class
+    x joins class cx + 1 at depth 0
+
+The chain has 2.6 classes per request on average on the benchmark's routing at 1 024 and at
+14 848 keys (where the runs of _stack.segment_hist moved 20 and 650 records), at most the number
+of distinct use counts (<= sqrt(2R)).
 
 Kept per sequence: the class at each depth in a min-tree (the chain's query), each class's depths
 as a bitset with counts per 512 bits (select the r-th depth), each class's experts as a bitset
-over the order in which they joined the class (rank by last use; an expert joins a class once).
-An expert's depth is the r-th depth of its class, r its rank there. With a cap, the oldest
-expert of the last class in the chain falls below it.
+over the order in which they joined the class. A member's last use is the request that made it
+join, so its rank there is its rank by last use; and an expert joins a class once, so the order
+is known before the pass. An expert's depth is the r-th depth of its class, r its rank there.
+Cost per request O(chain x log I + I / 512) (the counts per 512 bits are summed one by one).
 
 Used for LFU where the sizes computed times the ids per request reach 2^17
-(_stack.LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST: model level of large models, 228 ns per
-request at 14 848 keys where moving the records took 675); below, moving the records costs less
-than these structures (_stack.segment_hist).
+(_stack.lfu_takes_classes: model level of large models, 231-238 ns per request at 14 848 keys
+where moving the records took 681-716); below, moving the records costs less than these
+structures.
 
-Shape key: R requests of one sequence, I ids, cap sizes tracked; the min-tree has N >= cap + 1
+Shape key: R requests of one sequence, I ids, cap sizes tracked; the min-tree has N >= cap
 leaves.
 """
 
@@ -203,7 +215,7 @@ def lfu_class_hist(ids, tok, n_ids, hist, cap):
     # Depths of each class with members in the stack, in slots: distinct counts d of tracked
     # experts have d (d + 1) / 2 <= R, and at most cap of them.
     slots = min(top, cap + 1, int(np.sqrt(2.0 * R)) + 2)
-    d_blocks = (cap + 512) >> 9
+    d_blocks = (cap + 511) >> 9  # depths 0..cap - 1
     d_words = d_blocks * _BLOCK_WORDS
     d_bits = np.zeros(slots * d_words, np.uint64)
     d_count = np.zeros(slots * d_blocks + 1, np.int32)
@@ -211,9 +223,10 @@ def lfu_class_hist(ids, tok, n_ids, hist, cap):
     free = np.arange(slots - 1, -1, -1)
     n_free = slots
     N = 1
-    while N < cap + 1:
+    while N < cap:
         N *= 2
-    tree = np.full(2 * N + 1, _EMPTY, np.int32)  # leaf N + j: the class at depth j
+    # leaf N + j: the class at depth j; one more entry, read (and ignored) next to the last leaf
+    tree = np.full(2 * N + 1, _EMPTY, np.int32)
     state = np.zeros(n_ids, np.int8)  # 0 never used, 1 in the stack, 2 below the cap
     place_of = np.zeros(n_ids, np.int64)  # an expert's place in its class's order
     uses[:] = 0

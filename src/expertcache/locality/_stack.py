@@ -30,8 +30,9 @@ requested before it), then applied one by one.
   one copy. Cost O(runs above x + log I + records moved), not O(depth). FSF's keys rise
   while entries wait, which breaks runs.
 - LFU with thousands of sizes (_lfu_classes.lfu_class_hist): within a use count the experts
-  lie in order of last use, and the records of one update are a chain of 2-3 use counts, so
-  each count's depths change by two bits and nothing moves. Cost O(log I) per request.
+  lie in order of last use, and the records of one update form a chain of use counts (2.6 on
+  average on synthetic routing, at most the distinct counts), so each count's set of depths
+  changes by two bits and nothing moves. Cost O(chain x log I + I / 512) per request.
 - FSF above 128 ids (fsf_hist): experts with no pending request in the window lie in order of
   last use and, once the running minimum is one of them, are exactly the records; they are
   left in place (a bitset of their depths changes by two bits), so the scan stops at the
@@ -535,14 +536,15 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap):
             where[x] = 0
 
 
-# Where segment_hist beats priority_hist's scan, and where LFU's use-count classes beat moving
-# the records: the records grow with the sizes computed times the ids per request (E / k at
-# model level), the classes' cost barely. From 2^17 on the classes were faster in every shape
-# measured, at 2^16 even or slower (ns per request, runs / classes: 14 848 keys, every size,
-# 675 / 228; 4 096 of 8 192 keys at E / k = 32, 309 / 191; 8 192 keys at E / k = 16, 275 / 222;
-# at 2^16, 4 096 keys at E / k = 16, 169 / 200, and 2 048 of 14 848 at E / k = 32, 126 / 121),
-# benchmarks/bench_locality.py, section 3.
+# Where segment_hist beats priority_hist's scan (benchmarks/bench_locality.py, section 3).
 LFU_SEGMENTS_MIN_IDS = 256
+# Where LFU's use-count classes beat moving the records: the records moved grow with the sizes
+# computed times the ids per request (ids over a token's requests: E / k at model level), the
+# classes' cost barely. From 2^17 on the classes were faster in every shape of section 3, at
+# 2^16 one or the other (ns per request, runs / classes: 14 848 keys, every size, 681-716 /
+# 231-238; 4 096 of 8 192 keys at E / k = 32, 308-324 / 194-203; 4 096 keys at E / k = 64,
+# 340-346 / 194-197; at 2^16, 4 096 keys at E / k = 16, 167-173 / 202-208, and 1 024 of
+# 4 096 keys at E / k = 64, 151-152 / 138).
 LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST = 1 << 17
 BELADY_SEGMENTS_MIN_IDS = 2048
 BELADY_SEGMENTS_MIN_CAP = 512
@@ -558,6 +560,13 @@ BELADY_SELECT_MAX_IDS = 64
 FSF_IDLE_MIN_CAP = 512
 
 
+@numba.njit(cache=True)
+def lfu_takes_classes(n_ids, cap, tokens, requests):
+    """Whether LFU keeps use-count classes (lfu_class_hist) rather than runs or the scan: sizes
+    computed x ids per request (n_ids x tokens / requests) reach 2^17."""
+    return n_ids > LFU_SEGMENTS_MIN_IDS and cap * n_ids * tokens >= LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST * requests
+
+
 @numba.njit(cache=True, nogil=True)
 def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
     """Accumulate one sequence's hit histogram (exact up to size cap) with the faster method."""
@@ -566,8 +575,7 @@ def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
             lru_front_hist(ids, tok, n_ids, hist)
         else:
             lru_hist(ids, tok, n_ids, hist, n_ids <= LRU_COUNT_MAX_IDS)
-    elif policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS and \
-            cap * n_ids * (tok.shape[0] - 1) >= LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST * (tok[-1] - tok[0]):
+    elif policy == LFU and lfu_takes_classes(n_ids, cap, tok.shape[0] - 1, tok[-1] - tok[0]):
         lfu_class_hist(ids, tok, n_ids, hist, cap)
     elif (policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS) or \
             (policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP):
