@@ -266,7 +266,7 @@ def kernel_alternatives(samples: int) -> None:
 
 
 def model_level_costs(samples: int,
-                      shapes=((16, 64, 8), (32, 128, 8), (32, 256, 8), (58, 256, 8), (16, 256, 4))) -> None:
+                      shapes=((16, 64, 8), (32, 128, 8), (48, 128, 8), (32, 256, 8), (58, 256, 8), (16, 256, 4))) -> None:
     """Section 3; besides each policy as sequence_hist runs it, the kernels it did not choose."""
     others = (("lru tree", None), ("lru front", None), ("lfu branch", None), ("lfu runs", None), ("lfu classes", None),
               ("belady branch", None), ("fsf branch", 16), ("fsf idle", 16))

@@ -265,8 +265,9 @@ def test_lfu_classes_equal_the_scan_across_bitset_blocks():
 @pytest.mark.parametrize("n_ids, cap, tokens, requests, expected", [
     (58 * 256, 58 * 256, 512, 512 * 58 * 8, True),  # model level of a 58 x 256, k = 8 model: 14 848 x 32
     (16 * 64, 16 * 64, 512, 512 * 16 * 8, False),  # 16 x 64, k = 8: 1 024 x 8 = 2^13
-    (4096, 4096, 10, 10 * 128, True),  # 4 096 x 32 = 2^17 exactly
-    (4096, 4095, 10, 10 * 128, False),  # one size fewer
+    (7000, 1000, 10, 1000, True),  # 1 000 sizes x 70 ids per request = 70 000 exactly
+    (7000, 999, 10, 1000, False),  # one size fewer
+    (4096, 4096, 512, 512 * 256, False),  # 4 096 keys at E / k = 16: 65 536
     (512, 512, 100, 100, True),  # one layer of 512 experts, k = 1: 512 x 512
     (256, 256, 100, 100, False),  # 256 ids: the scan, whatever the product
 ])
@@ -297,9 +298,9 @@ def test_fsf_skipping_to_idle_entries_equals_the_scan_across_bitset_words():
 @pytest.mark.parametrize("layers, top_k, max_multiple", [(9, 4, None), (17, 2, None), (17, 2, 125), (9, 4, 20),
                                                          (9, 8, None), (4, 8, None)])
 def test_model_level_curves_where_segments_serve_them_match_single_size_simulations(layers, top_k, max_multiple):
-    # 9 x 256 = 2 304 keys: Belady takes segment_hist, and LFU too at k = 8 and with a cap of
-    # 20 x 36 = 720 (sizes x ids per request below 2^17); LFU keeps use-count classes
-    # (lfu_class_hist) at k = 4 and k = 2, every size or a cap of 125 x 34 = 4 250 of 4 352 keys
+    # 9 x 256 = 2 304 keys: Belady takes segment_hist, and LFU too with a cap of 20 x 36 = 720
+    # (sizes x ids per request below 70 000); LFU keeps use-count classes (lfu_class_hist) at
+    # k = 8, 4 and 2, every size or a cap of 125 x 34 = 4 250 of 4 352 keys
     # (the random-stream tests cover experts falling below a cap). LRU moves each token's ids to
     # the front at k = 8 (E / k = 32; at 64 and 128, the Fenwick tree). 4 x 256 = 1 024 keys: FSF
     # skips to its idle entries (fsf_hist), Belady scans.

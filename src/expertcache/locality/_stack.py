@@ -540,12 +540,12 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap):
 LFU_SEGMENTS_MIN_IDS = 256
 # Where LFU's use-count classes beat moving the records: the records moved grow with the sizes
 # computed times the ids per request (ids over a token's requests: E / k at model level), the
-# classes' cost barely. From 2^17 on the classes were faster in every shape of section 3, at
-# 2^16 one or the other (ns per request, runs / classes: 14 848 keys, every size, 681-716 /
-# 231-238; 4 096 of 8 192 keys at E / k = 32, 308-324 / 194-203; 4 096 keys at E / k = 64,
-# 340-346 / 194-197; at 2^16, 4 096 keys at E / k = 16, 167-173 / 202-208, and 1 024 of
-# 4 096 keys at E / k = 64, 151-152 / 138).
-LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST = 1 << 17
+# classes' cost barely. From about 73 000 on the classes were faster in every shape measured,
+# at 65 536 one or the other, below it the runs (ns per request, runs / classes: 14 848 keys,
+# every size, 681-716 / 231-238; 6 144 keys at E / k = 16 (98 304), 228 / 213; 2 304 of 4 608
+# at E / k = 32 (73 728), 206 / 181; at 65 536, 4 096 keys at E / k = 16, 167-173 / 202-208,
+# and 1 024 of 4 096 at E / k = 64, 151-152 / 138; 8 192 keys at E / k = 8, 212 / 226).
+LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST = 70_000
 BELADY_SEGMENTS_MIN_IDS = 2048
 BELADY_SEGMENTS_MIN_CAP = 512
 # Chosen by the number of ids, per layer or model level alike (benchmarks/bench_locality.py,
@@ -563,7 +563,7 @@ FSF_IDLE_MIN_CAP = 512
 @numba.njit(cache=True)
 def lfu_takes_classes(n_ids, cap, tokens, requests):
     """Whether LFU keeps use-count classes (lfu_class_hist) rather than runs or the scan: sizes
-    computed x ids per request (n_ids x tokens / requests) reach 2^17."""
+    computed x ids per request (n_ids x tokens / requests) reach 70 000."""
     return n_ids > LFU_SEGMENTS_MIN_IDS and cap * n_ids * tokens >= LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST * requests
 
 
