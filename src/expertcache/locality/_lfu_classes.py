@@ -212,9 +212,10 @@ def lfu_class_hist(ids, tok, n_ids, hist, cap):
         member[m_first[uses[ids[q]]] + place[q]] = ids[q]
     oldest = np.zeros(top + 2, np.int64)  # no member of the class joined before this place
     live = np.zeros(top + 2, np.int64)
-    # Depths of each class with members in the stack, in slots: distinct counts d of tracked
-    # experts have d (d + 1) / 2 <= R, and at most cap of them.
-    slots = min(top, cap + 1, int(np.sqrt(2.0 * R)) + 2)
+    # Depths of each class with members in the stack, in slots: the distinct counts d of tracked
+    # experts have d (d + 1) / 2 <= R, and there are at most cap of them (x leaves its class
+    # before it joins the next).
+    slots = min(top, cap, int(np.sqrt(2.0 * R)) + 1)
     d_blocks = (cap + 511) >> 9  # depths 0..cap - 1
     d_words = d_blocks * _BLOCK_WORDS
     d_bits = np.zeros(slots * d_words, np.uint64)
