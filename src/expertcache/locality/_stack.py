@@ -50,6 +50,7 @@ import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
+from ._bits import _put_bit, _select_in_word
 from ._judge import _judge_token, _widest_token
 from ._lfu_classes import lfu_class_hist
 
@@ -299,20 +300,6 @@ def _next_set(bits, start, stop):
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
-def _put_bit(bits, i, on):
-    mask = np.uint64(1) << np.uint64(i & 63)
-    bits[i >> 6] = bits[i >> 6] | mask if on else bits[i >> 6] & ~mask
-
-
-@numba.njit(cache=True, inline="always")
-def _nth_bit(word, n):
-    """Position of the n-th (from 0) set bit of a uint64 word."""
-    for _ in range(n):
-        word &= word - np.uint64(1)
-    return np.int64(trailing_zeros(word))
-
-
-@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
 def _fenwick_find(tree, r):
     """(smallest i with prefix(i + 1) > r, r - prefix(i)): where the r-th (from 0) unit lies."""
     i = 0
@@ -377,7 +364,7 @@ def fsf_hist(ids, tok, n_ids, m, hist, cap):
                 if d == IDLE:  # pending again: kept explicitly where it lies
                     later = n_idle - _fenwick_prefix(by_use, last[y] + 1)  # idle experts used after y
                     w, r = _fenwick_find(per_word, later)
-                    d = (w << 6) + _nth_bit(idle[w], r)
+                    d = (w << 6) + _select_in_word(idle[w], r)
                     _flip(idle, per_word, d, False)
                     _fenwick_add(by_use, last[y], -1)
                     n_idle -= 1
@@ -570,12 +557,13 @@ def lfu_takes_classes(n_ids, cap, tokens, requests):
 @numba.njit(cache=True, nogil=True)
 def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
     """Accumulate one sequence's hit histogram (exact up to size cap) with the faster method."""
+    tokens, requests = tok.shape[0] - 1, tok[-1] - tok[0]  # ids per request: n_ids * tokens / requests
     if policy == LRU:
-        if n_ids > LRU_COUNT_MAX_IDS and n_ids * (tok.shape[0] - 1) <= LRU_FRONT_MAX_IDS_PER_REQUEST * (tok[-1] - tok[0]):
+        if n_ids > LRU_COUNT_MAX_IDS and n_ids * tokens <= LRU_FRONT_MAX_IDS_PER_REQUEST * requests:
             lru_front_hist(ids, tok, n_ids, hist)
         else:
             lru_hist(ids, tok, n_ids, hist, n_ids <= LRU_COUNT_MAX_IDS)
-    elif policy == LFU and lfu_takes_classes(n_ids, cap, tok.shape[0] - 1, tok[-1] - tok[0]):
+    elif policy == LFU and lfu_takes_classes(n_ids, cap, tokens, requests):
         lfu_class_hist(ids, tok, n_ids, hist, cap)
     elif (policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS) or \
             (policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP):
