@@ -286,9 +286,10 @@ def model_level_costs(samples: int,
                 code = _stack.POLICY_CODES[policy]
                 _hist(streams[0][0][:64], np.array([0, 64]), L * E, code, m, cap)
                 cells.append(1e9 / _rate(lambda s: _hist(*s, L * E, code, m, cap), streams, n, 3))
-            for name, m in others:
+            for name, m in others:  # the first sequence's check also loads the compiled kernel
                 fn = _kernel(name)
-                fn(streams[0][0][:64], np.array([0, 64]), L * E, m or 1, cap)
+                assert np.array_equal(fn(*streams[0], L * E, m or 1, cap),
+                                      _hist(*streams[0], L * E, _stack.POLICY_CODES[name.split()[0]], m, cap)), name
                 cells.append(1e9 / _rate(lambda s: fn(*s, L * E, m or 1, cap), streams, n, 3))
             print(f"{f'{L}x{E}, {K}':>12}{L * E:>7}  {label + f' ({cap})':<12}" + "".join(f"{c:>10.0f}" for c in cells[:4])
                   + "".join(f"{c:>14.0f}" for c in cells[4:]))
