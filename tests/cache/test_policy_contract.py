@@ -7,7 +7,7 @@ import pytest
 from expertcache.cache import POLICIES, build_stream, simulate
 from expertcache.cache.budget import resolve_budget
 from expertcache.cache.engine import EVICTED, N_EVICTED, PIN, RESIDENT, WORK, engine_batch, new_engine, new_plan
-from expertcache.cache.kernels import victim
+from expertcache.cache.kernels import ANY, victim
 from expertcache.cache.policies import LFUDecay, get_policy
 
 from .helpers import make_trace
@@ -43,11 +43,11 @@ def drive_engine_per_call(trace, policy, accounting="published", **budget_kw):
         s, e = stream.batch_start[b], stream.batch_start[b + 1]
         pool = int(budget.key_pool[stream.keys[s]])
         before = (I.copy(), F.copy())
-        v = victim(I, F, pool, X[PIN], b + 1, X[WORK])
+        v = victim(ANY, I, F, pool, X[PIN], b + 1, X[WORK])
         assert np.array_equal(I, before[0]) and np.array_equal(F, before[1]), "victim() changed the policy state"
-        assert v == victim(I, F, pool, X[PIN], b + 1, X[WORK])
+        assert v == victim(ANY, I, F, pool, X[PIN], b + 1, X[WORK])
         assert v < 0 or (X[RESIDENT, v] and budget.key_pool[v] == pool)
-        hits, misses, _, _ = engine_batch(I, F, X, stream.keys[s:e], 0, e - s, s, b,
+        hits, misses, _, _ = engine_batch(ANY, I, F, X, stream.keys[s:e], 0, e - s, s, b,
                                           hint[s:e] if policy.uses_future else hint[:0], budget.key_cost, key_bytes,
                                           budget.pool_budget, accounting == "strict", 0, plan.rows, plan.counts)
         result.append((hits, misses))
@@ -60,7 +60,8 @@ def drive_engine_per_call(trace, policy, accounting="published", **budget_kw):
 @pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("accounting", ["published", "strict"])
 def test_compiled_loop_equals_per_call_engine(name, scope, accounting):
-    """The simulator's one compiled loop and a runtime-style per-call driver agree exactly;
+    """The simulator's compiled loop (LRU's compiled with its kind as a constant, the others'
+    reading it from the state) and a runtime-style per-call driver agree exactly;
     victim() is side-effect free, deterministic, and only offers evictable keys."""
     trace = random_trace(3)
     policy = get_policy(name)

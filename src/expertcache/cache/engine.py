@@ -98,14 +98,14 @@ _jit = numba.njit(cache=True, _nrt=False)
 
 
 @inline
-def _evict(I, F, X, v, key_cost, key_bytes, plan, counts, chunk):
+def _evict(policy, I, F, X, v, key_cost, key_bytes, plan, counts, chunk):
     X[RESIDENT, v] = 0
     X[USED, I[KEY_POOL, v]] -= key_cost[v]
     if X[PENDING, v]:
         X[PENDING, v] = 0
         X[COUNTERS, PF_WASTED] += 1
         X[COUNTERS, PF_WASTED_BYTES] += key_bytes[v]
-    on_evict(I, F, v)
+    on_evict(policy, I, F, v)
     m = counts[N_EVICTED]
     plan[EVICTED, m] = v
     plan[EVICTED_BEFORE, m] = chunk
@@ -113,14 +113,14 @@ def _evict(I, F, X, v, key_cost, key_bytes, plan, counts, chunk):
 
 
 @inline
-def make_room(I, F, X, pool, need, epoch, key_cost, key_bytes, budget, plan, counts, chunk):
+def make_room(policy, I, F, X, pool, need, epoch, key_cost, key_bytes, budget, plan, counts, chunk):
     """Evict unpinned keys (PIN < epoch) of `pool`, lowest priority first, until `need` more
     units fit. Returns False when nothing is left to evict (the pool stays as it is)."""
     while X[USED, pool] + need > budget[pool]:
-        v = victim(I, F, pool, X[PIN], epoch, X[WORK])
+        v = victim(policy, I, F, pool, X[PIN], epoch, X[WORK])
         if v < 0:
             return False
-        _evict(I, F, X, v, key_cost, key_bytes, plan, counts, chunk)
+        _evict(policy, I, F, X, v, key_cost, key_bytes, plan, counts, chunk)
     return True
 
 
@@ -136,7 +136,7 @@ def _drop_unused_prefetches(X, I, pool, b, num_keys):
 
 
 @_jit
-def _strict_chunks(I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts):
+def _strict_chunks(policy, I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts):
     """Strict capacity for a batch that does not fit: place its loads in lookup order. Before each load,
     evict unpinned entries while there is no room; when none is left, compute everything
     resolved so far (every hit, the loads so far), unpin it, and go on in a new chunk."""
@@ -153,10 +153,10 @@ def _strict_chunks(I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts):
         k = plan[ORDER, i]
         c = key_cost[k]
         while resident + c > budget[pool]:
-            v = victim(I, F, pool, X[PIN], b, X[WORK])
+            v = victim(policy, I, F, pool, X[PIN], b, X[WORK])
             if v >= 0:
                 resident -= key_cost[v]
-                _evict(I, F, X, v, key_cost, key_bytes, plan, counts, chunk)
+                _evict(policy, I, F, X, v, key_cost, key_bytes, plan, counts, chunk)
             elif unresolved:
                 chunk += 1
                 for j in range(n):
@@ -178,7 +178,7 @@ def _admitted(kind):
 
 
 @inline
-def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, strict, cpu_below, plan, counts):
+def engine_batch(policy, I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, strict, cpu_below, plan, counts):
     """Apply batch b (requests keys[s:e], one pool, the first at stream position t0) and write
     its plan. hint: [R] future annotation (Belady) or empty; cpu_below: misses used by fewer
     requests are computed at the source (0: none). Returns hits, misses, bytes read, misses
@@ -192,8 +192,7 @@ def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, 
         repeat = X[MARK, k] == b
         if not repeat:
             X[MARK, k] = b
-            if X[PIN, k] < b:
-                X[PIN, k] = b
+            X[PIN, k] = max(X[PIN, k], b)
             kind = 0
             if X[RESIDENT, k]:
                 h += 1
@@ -213,7 +212,7 @@ def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, 
             plan[KIND, n] = kind
             plan[CHUNK, n] = 0
             n += 1
-        on_access(I, F, k, t0 + r - s, b, hint[r] if has_hint else 0, repeat)
+        on_access(policy, I, F, k, t0 + r - s, b, hint[r] if has_hint else 0, repeat)
         if cpu_below > 0:
             X[TALLY, k] += 1
     at_source = 0
@@ -234,15 +233,15 @@ def engine_batch(I, F, X, keys, s, e, t0, b, hint, key_cost, key_bytes, budget, 
             k = plan[ORDER, i]
             X[RESIDENT, k] = 1
             X[USED, pool] += key_cost[k]
-            on_insert(I, F, k, t0 + e - 1 - s, False)
+            on_insert(policy, I, F, k, t0 + e - 1 - s, False)
     # also when an earlier batch left the pool over budget (published accounting)
-    if not make_room(I, F, X, pool, 0, b, key_cost, key_bytes, budget, plan, counts, 0) and strict:
-        _strict_chunks(I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts)
+    if not make_room(policy, I, F, X, pool, 0, b, key_cost, key_bytes, budget, plan, counts, 0) and strict:
+        _strict_chunks(policy, I, F, X, pool, b, key_cost, key_bytes, budget, plan, counts)
     return h, m, rb, at_source
 
 
 @_jit
-def prefetch_after(I, F, X, predicted, b, target, t, key_cost, key_bytes, budget, strict, plan, counts):
+def prefetch_after(policy, I, F, X, predicted, b, target, t, key_cost, key_bytes, budget, strict, plan, counts):
     """After batch b, start loading the keys `predicted` for batch `target`: into the reserved
     FIFO buffer when there is one, else into the main pool, pinned until `target`. Under strict
     capacity a prefetch with no room is not issued. Appends to the plan's PREFETCHED/EVICTED."""
@@ -269,14 +268,14 @@ def prefetch_after(I, F, X, predicted, b, target, t, key_cost, key_bytes, budget
             previous_pin = X[PIN, k]
             X[PIN, k] = max(X[PIN, k], target)
             X[USED, pool] += key_cost[k]
-            on_insert(I, F, k, t, True)
-            if not make_room(I, F, X, pool, 0, b + 1, key_cost, key_bytes, budget, plan, counts, counts[N_CHUNKS]) \
+            on_insert(policy, I, F, k, t, True)
+            if not make_room(policy, I, F, X, pool, 0, b + 1, key_cost, key_bytes, budget, plan, counts, counts[N_CHUNKS]) \
                     and strict:  # no room: take it back, it was never issued
                 X[PENDING, k] = 0
                 X[PIN, k] = previous_pin
                 X[RESIDENT, k] = 0
                 X[USED, pool] -= key_cost[k]
-                on_evict(I, F, k)
+                on_evict(policy, I, F, k)
                 continue
         X[COUNTERS, PF_ISSUED] += 1
         X[COUNTERS, PF_BYTES] += key_bytes[k]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..cache.budget import Budget
+from ..cache.kernels import ANY
 from ..cache.engine import (AT_SOURCE, BUFFER_HIT, CHUNK, COUNTERS, EVICTED, EVICTED_BEFORE, KIND, LOAD, N_CHUNKS, N_EVICTED,
                             N_KEYS, N_PREFETCHED, ORDER, PF_BYTES, PF_ISSUED, PF_USED, PF_WASTED, PF_WASTED_BYTES,
                             PREFETCHED, engine_batch, finish, new_engine, new_plan, prefetch_after)
@@ -103,7 +104,7 @@ class ExpertCache:
         if len(keys) + self.X.shape[1] + 1 > self._plan.rows.shape[1]:
             self._plan = new_plan(len(keys) * 2, len(self.key_bytes))
         rows, counts = self._plan
-        h, m, rb, at_source = engine_batch(self.I, self.F, self.X, keys, 0, len(keys), self.position, self.batch,
+        h, m, rb, at_source = engine_batch(ANY, self.I, self.F, self.X, keys, 0, len(keys), self.position, self.batch,
                                            self._no_hint, self.budget.key_cost, self.key_bytes,
                                            self.budget.pool_budget, True, self.misses_on_cpu_below, rows, counts)
         self.batch += 1
@@ -167,7 +168,7 @@ class ExpertCache:
         rows, counts = self._plan
         counts[:] = 0
         before = self.X[COUNTERS, PF_BYTES]
-        prefetch_after(self.I, self.F, self.X, predicted_keys.astype(np.int64, copy=False), self.batch - 1, self.batch,
+        prefetch_after(ANY, self.I, self.F, self.X, predicted_keys.astype(np.int64, copy=False), self.batch - 1, self.batch,
                        self.position - 1, self.budget.key_cost, self.key_bytes, self.budget.pool_budget, True, rows,
                        counts)
         self.counters.bytes_read += int(self.X[COUNTERS, PF_BYTES] - before)
