@@ -11,7 +11,8 @@ requested before it), then applied one by one.
   stack to move). Beyond (model level) the recency stack is updated once per token: the
   token's ids move to the front in one pass over the entries above its deepest request, about
   E / k entries per request whatever L (lru_front_hist); where ids per request exceed
-  LRU_FRONT_MAX_IDS_PER_REQUEST, a Fenwick tree over use times answers in O(log R).
+  LRU_FRONT_MAX_IDS_PER_REQUEST, the set of last uses answers in O(log R) (a bitset over use
+  times, counted per word by a Fenwick tree).
 - LFU, Belady, FSF: Mattson's update. Admitting x into every cache smaller than its depth p
   evicts, size by size, the running minimum of priority over the stack's top; those minima
   ("records") move down one step and nothing else moves. One scan of the p entries above x,
@@ -50,7 +51,7 @@ import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from ._bits import _put_bit, _select_in_word
+from ._bits import _popcount, _put_bit, _select_in_word
 from ._judge import _judge_token, _widest_token
 from ._lfu_classes import lfu_class_hist
 
@@ -60,9 +61,9 @@ POLICY_CODES = {"lru": LRU, "lfu": LFU, "belady": BELADY, "fsf": FSF}
 _SHIFT = np.int64(1) << np.int64(32)
 LRU_COUNT_MAX_IDS = 256  # up to this, counting beats the Fenwick tree (benchmarks/bench_locality.py)
 # Above it, moving each token's ids to the front beats the tree while ids per request (E / k at
-# model level) stay below this (benchmarks/bench_locality.py, section 3): 1 024 to 14 848 keys
-# with E / k = 8 to 32, 8-30 ns against 38-42; E / k = 64 loses to the tree (random routing:
-# 56 ns against 35; 32 there, 31 against 37).
+# model level) stay below this (benchmarks/bench_locality.py, section 3, 2026-12-01): 1 024 to
+# 6 144 keys with E / k = 8 or 16, 8-16 ns against 21-24; E / k = 32 is even (8 192 and 14 848
+# keys, 27-28 against 26-28); E / k = 64 loses to the tree (43-44 ns against 24-25).
 LRU_FRONT_MAX_IDS_PER_REQUEST = 40
 
 
@@ -89,9 +90,11 @@ def lru_hist(ids, tok, n_ids, hist, count):
     """Accumulate the LRU hit histogram of one sequence's stream into hist [n_ids + 2].
 
     depth = how many ids were used after the expert's last use: with `count`, counted over all
-    ids (int32 times: 16 compares per vector instruction), else by a Fenwick tree over use times.
+    ids (int32 times: 16 compares per vector instruction), else from the set of last uses (a
+    bitset over use times with a Fenwick tree of its counts per word: _bits_below).
     """
-    tree = np.zeros(1 if count else ids.shape[0] + 1, np.int32)
+    used = np.zeros(1 if count else (ids.shape[0] >> 6) + 1, np.uint64)  # bit q: request q is a last use
+    tree = np.zeros(used.shape[0] + 1, np.int32)
     last = np.full(n_ids, -1, np.int32)
     stamp = np.full(n_ids, -1, np.int64)
     depth = np.empty(_widest_token(tok), np.int64)
@@ -106,7 +109,7 @@ def lru_hist(ids, tok, n_ids, hist, count):
                 for y in range(n_ids):
                     d += last[y] > lx
             elif lx >= 0:
-                d = seen - _fenwick_prefix(tree, lx + 1)
+                d = seen - _bits_below(used, tree, lx + 1)
             depth[q - a] = d
         _judge_token(ids, a, b, t, depth, seen, stamp, hist, n_ids)
         for q in range(a, b):
@@ -114,9 +117,9 @@ def lru_hist(ids, tok, n_ids, hist, count):
             if last[x] < 0:
                 seen += 1
             elif not count:
-                _fenwick_add(tree, last[x], -1)
+                _flip(used, tree, last[x], False)
             if not count:
-                _fenwick_add(tree, q, 1)
+                _flip(used, tree, q, True)
             last[x] = q
 
 
@@ -321,6 +324,14 @@ def _flip(bits, counts, d, on):
     _fenwick_add(counts, d >> 6, 1 if on else -1)
 
 
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _bits_below(bits, counts, i):
+    """Set bits at positions below i (counts: _flip's Fenwick tree of set bits per word)."""
+    below = np.uint64(i & 63)
+    mask = (np.uint64(1) << below) - np.uint64(1)
+    return _fenwick_prefix(counts, i >> 6) + np.int64(_popcount(bits[i >> 6] & mask))
+
+
 IDLE = -2  # where[] of an idle expert: its depth is not kept (see fsf_hist)
 
 
@@ -334,17 +345,20 @@ def fsf_hist(ids, tok, n_ids, m, hist, cap):
     running minimum is idle, exactly the idle entries above x are records, and moving each to
     the next one's depth leaves the sequence of idle experts as it was: only the set of idle
     depths changes (the first loses its bit, x's old depth gains one). So idle experts are
-    kept as a set ordered by last use (a Fenwick tree over use times) and their depths as a
+    kept as a set ordered by last use (a bitset over use times) and their depths as a
     bitset; the depth of one is needed only when the window makes it pending again (rank by
     last use, then that rank's set bit). Requested experts are always pending, so their depths
     are exact. Cost O(depth of the first idle entry + log R) per request, instead of O(depth).
+    The use times are a bitset with a Fenwick tree of counts per word: 1/32 the memory of a tree
+    over every request, and faster (per layer at E = 256, +12 %).
     """
     T = tok.shape[0] - 1
     stack = np.empty(cap + 1, np.int32)
     key = np.empty(cap + 1, np.int64)
     idle = np.zeros((cap >> 6) + 1, np.uint64)  # bit j: depth j holds an idle expert
     per_word = np.zeros(idle.shape[0] + 1, np.int32)  # Fenwick tree: idle bits per word
-    by_use = np.zeros(ids.shape[0] + 1, np.int32)  # Fenwick tree: idle experts by last use
+    by_use = np.zeros((ids.shape[0] >> 6) + 1, np.uint64)  # bit q: an idle expert was last used by request q
+    use_words = np.zeros(by_use.shape[0] + 1, np.int32)  # Fenwick tree: bits of by_use per word
     n_idle = 0
     last = np.zeros(n_ids, np.int64)  # last use of an idle expert
     where = np.full(n_ids, -1, np.int64)  # depth; IDLE; cap below the cap; -1 never used
@@ -362,11 +376,11 @@ def fsf_hist(ids, tok, n_ids, m, hist, cap):
                 future[y] += 1
                 d = where[y]
                 if d == IDLE:  # pending again: kept explicitly where it lies
-                    later = n_idle - _fenwick_prefix(by_use, last[y] + 1)  # idle experts used after y
+                    later = n_idle - _bits_below(by_use, use_words, last[y] + 1)  # idle experts used after y
                     w, r = _fenwick_find(per_word, later)
                     d = (w << 6) + _select_in_word(idle[w], r)
                     _flip(idle, per_word, d, False)
-                    _fenwick_add(by_use, last[y], -1)
+                    _flip(by_use, use_words, last[y], False)
                     n_idle -= 1
                     stack[d] = y
                     key[d] = _SHIFT + last[y]
@@ -399,13 +413,14 @@ def fsf_hist(ids, tok, n_ids, m, hist, cap):
                     if p < cap:
                         _flip(idle, per_word, p, True)
                     else:  # ... below the cap: the least recently used idle expert leaves
-                        oldest, _ = _fenwick_find(by_use, 0)
-                        _fenwick_add(by_use, oldest, -1)
+                        w, _ = _fenwick_find(use_words, 0)
+                        oldest = (w << 6) + np.int64(trailing_zeros(by_use[w]))
+                        _flip(by_use, use_words, oldest, False)
                         n_idle -= 1
                         where[ids[oldest]] = cap
             if kx < _SHIFT:  # x is idle from now: at the top, the latest use
                 _flip(idle, per_word, 0, True)
-                _fenwick_add(by_use, q, 1)
+                _flip(by_use, use_words, q, True)
                 n_idle += 1
                 last[x] = q
                 where[x] = IDLE
