@@ -66,7 +66,9 @@ def test_run_prints_text_and_summary(model, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--prompt", "x", "--generate", 4, "--budget-slots", 2], "one layer call needs"),
+    (["--prompt", "x", "--generate", 4, "--budget-slots", 2], "gives a pool 2 expert slots; one layer call needs 4 "
+                                                               "experts: raise the budget"),
+    (["--prompt", "x", "--generate", 4, "--budget-slots", 1], "gives a pool 1 expert slot;"),
     (["--generate", 4, "--budget-slots", 8], "exactly one of --prompt"),
     (["--prompt", "x", "--generate", 0, "--budget-slots", 8], "--generate must be"),
     (["--prompt", "x", "--generate", 10**9, "--budget-slots", 8], "exceed the model's context of"),  # ran for hours
@@ -80,6 +82,23 @@ def test_run_errors_are_one_line(model, args, message):
     p = cli("run", model, *args)
     assert p.returncode == 2
     assert p.stderr.startswith("error:") and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_or_a_broken_config_given_as_the_model_is_named_as_such(model, tmp_path):
+    """A file as MODEL was a traceback in `trace`; a config.json that is not JSON was blamed on the tokenizer."""
+    for command, extra in (("run", ["--budget-slots", 8]), ("trace", ["--out", tmp_path / "t"])):
+        p = cli(command, model / "config.json", "--prompt", "x", "--generate", 2, *extra)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert p.stderr.startswith("error:") and "config.json is a file; give the model's folder" in p.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model.iterdir():
+        (broken / f.name).symlink_to(f)
+    (broken / "config.json").unlink()
+    (broken / "config.json").write_text('{"model_type": ')
+    p = cli("run", broken, "--prompt", "x", "--generate", 2, "--budget-slots", 8)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert p.stderr.startswith(f"error: {broken / 'config.json'}:") and "tokenizer" not in p.stderr
 
 
 def test_a_prompt_beyond_the_context_is_refused_before_the_model_loads(model, tmp_path):

@@ -35,6 +35,7 @@ from ..devices import torch_device
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
 from ..trace.hub import not_cached, offline_reason
+from ..units import size_text
 from .cache import ExpertCache
 from .experts import DENSE, IMPLEMENTATIONS, slot_compute
 from .loading import LoadedCheckpoint, load_checkpoint
@@ -456,6 +457,8 @@ def _check_trace_output(path: Path) -> None:
 def local_folder(model: str | os.PathLike) -> Path:
     """A local checkpoint folder: MODEL itself, or its hub snapshot (weights, config, tokenizer)."""
     path = Path(model).expanduser()
+    if path.is_file():
+        raise ExpertcacheError(f"{model} is a file; give the model's folder")
     if path.exists():
         if not (path / "config.json").is_file():
             raise ExpertcacheError(f"{model} has no config.json; not a transformers model folder")
@@ -491,7 +494,9 @@ def _implementation(ckpt: LoadedCheckpoint, requested: str | None) -> str:
 def _check_minimum(budget, info) -> None:
     """Every pool must hold one layer call's k experts of its largest layer."""
     for _, limit, cost in budget.pools():
-        if limit < info.top_k * cost.max():
-            unit = "experts" if budget.unit == "slots" else "bytes"
-            raise ExpertcacheError(f"the budget gives a pool {limit} {unit}; one layer call needs "
-                                   f"{info.top_k} experts ({int(info.top_k * cost.max())} {unit}): raise the budget")
+        need = int(info.top_k * cost.max())
+        if limit < need:
+            room, needed = (f"{limit} expert slot{'s' if limit != 1 else ''}", "") if budget.unit == "slots" else \
+                (size_text(limit), f" ({size_text(need)})")
+            raise ExpertcacheError(f"the budget gives a pool {room}; one layer call needs {info.top_k} experts{needed}: "
+                                   "raise the budget")

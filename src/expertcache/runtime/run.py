@@ -49,6 +49,7 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
     check_sampling(sample, temperature, seed)
     # the prompt is checked before the model loads (and before a --trace folder is made)
     folder = local_folder(model)
+    config = read_config(folder)  # a broken config.json is named as such, not as a tokenizer problem
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -62,7 +63,6 @@ def run(model: str | os.PathLike, prompt: str, generate: int, *, sample: bool = 
         hint = f" (the tokenizer of {model} knows {len(tokenizer)} tokens: are its tokenizer files missing?)" \
             if len(tokenizer) < 256 else ""
         raise ExpertcacheError("the prompt is empty after tokenization" + hint)
-    config = read_config(folder)
     vocab = getattr(config.get_text_config(), "vocab_size", None)
     if vocab and int(ids.max()) >= vocab:  # the embedding would index past its rows
         raise ExpertcacheError(f"the prompt holds token {int(ids.max())}, but {model} has {vocab} embeddings: "

@@ -98,6 +98,8 @@ def load_model(model_id: str | os.PathLike, *, device_map: str | None = None, dt
     if dtype not in DTYPES:
         raise ExpertcacheError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     local = Path(name).expanduser()
+    if local.is_file():
+        raise ExpertcacheError(f"{name} is a file; give the model's folder")
     if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name):
         raise ExpertcacheError(f"model folder {name} does not exist")
     if local.is_dir() and not (local / "config.json").is_file():
