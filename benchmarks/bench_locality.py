@@ -19,6 +19,8 @@ absolute rates vary between runs, ratios within one run much less). One thread u
    chosen there: LRU's Fenwick tree and move to the front, the entry-by-entry scans that descending
    runs or the skip to idle entries replace, LFU's runs and use-count classes, and FSF's skip where
    the scan stays (same results). The last shape (k = 4, E / k = 64) is where LRU keeps the tree.
+   Under each shape's every-size row: the same routing one layer at a time (ns per request), and
+   the model-level cost as a multiple of it.
 4. Study scale, in a child process with every core: all four curves (per layer and model
    level, every size) and SRP for four segment lengths with 1000-resample intervals.
 """
@@ -293,6 +295,15 @@ def model_level_costs(samples: int,
                 cells.append(1e9 / _rate(lambda s: fn(*s, L * E, m or 1, cap), streams, n, 3))
             print(f"{f'{L}x{E}, {K}':>12}{L * E:>7}  {label + f' ({cap})':<12}" + "".join(f"{c:>10.0f}" for c in cells[:4])
                   + "".join(f"{c:>14.0f}" for c in cells[4:]))
+            if multiple is None:  # the same routing one layer at a time: what "x the per-layer cost" compares with
+                layers = [layer_stream(seq[:, l], -1) for seq in data for l in range(L)]
+                per_layer = []
+                for policy, m in POLICIES:
+                    code = _stack.POLICY_CODES[policy]
+                    _hist(*layers[0], E, code, m)
+                    per_layer.append(1e9 / _rate(lambda s: _hist(*s, E, code, m), layers, n, 3))
+                print(f"{'':>12}{'':>7}  {'per layer':<12}" + "".join(f"{c:>10.0f}" for c in per_layer))
+                print(f"{'':>12}{'':>7}  {'ratio':<12}" + "".join(f"{a / b:>9.1f}x" for a, b in zip(cells, per_layer)))
 
 
 def write_study_trace(path: Path, S: int = 2048, T: int = 512, L: int = 16, E: int = 64, K: int = 8) -> None:
