@@ -186,6 +186,21 @@ def test_experts_never_materialized_and_cache_bounded(checkpoints):
     close(model)
 
 
+@pytest.mark.parametrize("limit,room,needed", [
+    (24 * 2**20 - 4096, "25,161,728 bytes", "25,165,824 bytes"),  # both round to 24.0 MiB
+    (20 * 2**20, "20.0 MiB", "24.0 MiB"),
+])
+def test_the_minimum_budget_error_tells_the_two_sizes_apart(limit, room, needed):
+    from types import SimpleNamespace
+
+    from expertcache.runtime.offload import _check_minimum
+
+    budget = SimpleNamespace(unit="bytes", pools=lambda: [(0, limit, np.array([6 * 2**20]))])
+    with pytest.raises(ExpertcacheError, match=rf"^the budget gives a pool {room}; one layer call needs 4 experts "
+                                               rf"\({needed}\): raise the budget$"):
+        _check_minimum(budget, SimpleNamespace(top_k=4))
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"budget_slots": 3}, "one layer call needs 4 experts"),
     ({"budget_slots": 8, "policy": "belady"}, r"'belady' \(it reads the future of a trace: an offline bound\); choose "

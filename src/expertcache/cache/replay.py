@@ -1,5 +1,6 @@
-"""The simulator's loop, compiled once: every batch of a stream through the
-engine step the runtime also calls (engine.py), then the prefetch for the batch `distance` ahead.
+"""The simulator's loop: every batch of a stream through the engine step the runtime also
+calls (engine.py), then the prefetch for the batch `distance` ahead. One compiled loop serves
+every policy (the kind read from the state); LRU's is compiled on its own as well (`_loop_lru`).
 
 Shape key: R requests, B batches, K keys, P pools, F predictions per batch.
 """

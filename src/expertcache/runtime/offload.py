@@ -496,7 +496,11 @@ def _check_minimum(budget, info) -> None:
     for _, limit, cost in budget.pools():
         need = int(info.top_k * cost.max())
         if limit < need:
-            room, needed = (f"{limit} expert slot{'s' if limit != 1 else ''}", "") if budget.unit == "slots" else \
-                (size_text(limit), f" ({size_text(need)})")
+            if budget.unit == "slots":
+                room, needed = f"{limit} expert slot{'s' if limit != 1 else ''}", ""
+            else:  # exact bytes where the rounded sizes would read the same
+                room, needed = (size_text(limit), size_text(need)) if size_text(limit) != size_text(need) else \
+                    (f"{limit:,} bytes", f"{need:,} bytes")
+                needed = f" ({needed})"
             raise ExpertcacheError(f"the budget gives a pool {room}; one layer call needs {info.top_k} experts{needed}: "
                                    "raise the budget")
