@@ -6,7 +6,7 @@
    (`process_trace` over an oracleGeneral binary trace), miss counts required to be identical;
    goal >= 1.5x on every run. Each side's first call is an untimed warm-up (ours: compiled code
    loaded, the stream's largest batch cached); rounds alternate the two so load hits both alike.
-   Measured 1.79x-1.81x on 2026-12-01 (docs/simulator.md). libCacheSim is GPL: imported
+   Measured 1.58x-1.81x in seven runs on 2026-12-01 (docs/simulator.md). libCacheSim is GPL: imported
    here only, never by the package.
 
 Run: python benchmarks/bench_simulate.py [--requests 20000000] [--repeats 3]
