@@ -65,6 +65,21 @@ def test_run_prints_text_and_summary(model, tmp_path):
     assert "GiB = 32 slots, one per expert on cpu" in p.stderr  # capped, and says so
 
 
+def test_the_summary_says_when_most_prefetches_go_unused(model):
+    """At 1x the previous-token prefetcher mostly fetches experts that leave before use (9 of 56 used
+    here): the summary says so, in numbers and in words."""
+    p = cli("run", model, "--prompt", "def main():\n    return", "--generate", 8, "--ignore-eos", "--budget-x", 1,
+            "--prefetch", "previous", "--json")
+    pf = json.loads(p.stdout)["prefetch"]
+    assert pf["issued"] > 2 * pf["used"] > 0  # the case this test is about
+    p = cli("run", model, "--prompt", "def main():\n    return", "--generate", 8, "--ignore-eos", "--budget-x", 1,
+            "--prefetch", "previous")
+    assert f"issued {pf['issued']}, used {pf['used']} ({pf['used'] / pf['issued']:.0%} used)" in p.stderr
+    assert "most prefetched experts went unused" in p.stderr
+    p = cli("run", model, "--prompt", "def main():\n    return", "--generate", 8, "--budget-slots", 8)
+    assert p.returncode == 0 and "prefetch" not in p.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--prompt", "x", "--generate", 4, "--budget-slots", 2], "gives a pool 2 expert slots; one layer call needs 4 "
                                                                "experts: raise the budget"),

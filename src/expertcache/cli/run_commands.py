@@ -85,7 +85,11 @@ def print_run_summary(s, trace: Optional[Path] = None) -> None:
         table.add_row("computed on the CPU", f"{s.misses_on_cpu} misses ({rule}), not moved")
     if s.prefetch is not None:
         p = s.prefetch
-        table.add_row("prefetch", f"{p.name}: issued {p.issued}, used {p.used}, wasted {p.wasted}")
+        used = f" ({p.used / p.issued:.0%} used)" if p.issued else ""
+        table.add_row("prefetch", f"{p.name}: issued {p.issued}, used {p.used}{used}, wasted {p.wasted}")
+        if p.used * 2 < p.issued:  # it read more experts for nothing than for use
+            table.add_row("", "most prefetched experts went unused: each was read for nothing and displaced a "
+                              "cached one; compare with --prefetch none")
     table.add_row("fast tier", f"{size_text(m['non_expert_bytes'])} non-expert weights + {size_text(m['cache_bytes'])} expert cache")
     table.add_row("slow tier", f"{size_text(m['slow_tier_bytes'])} of experts ({m['slow_tier']})")
     table.add_row("peak RSS", size_text(m["peak_rss_bytes"]))
