@@ -11,6 +11,7 @@ two ordinary traces, with OUT/stacks.json naming them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -147,10 +148,8 @@ def _placement(device_map: str | None) -> tuple[str | None, str | None]:
         return None, None
     if device_map.split(":")[0] in ("cuda", "mps", "xpu", "npu"):
         return None, device_map
-    try:
-        import accelerate  # noqa: F401
-    except ImportError:
-        raise ExpertcacheError(f"device_map {device_map!r} needs accelerate: pip install 'expertcache[multi-gpu]'") from None
+    if importlib.util.find_spec("accelerate") is None:
+        raise ExpertcacheError(f"device_map {device_map!r} needs accelerate: pip install 'expertcache[multi-gpu]'")
     return device_map, None
 
 
