@@ -34,7 +34,7 @@ from ..cache.stream import key_offsets
 from ..devices import torch_device
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
-from ..trace.hub import not_cached, offline_reason
+from ..trace.hub import local_model_folder, not_cached, offline_reason
 from ..units import size_text
 from .cache import ExpertCache
 from .experts import DENSE, IMPLEMENTATIONS, slot_compute
@@ -456,15 +456,9 @@ def _check_trace_output(path: Path) -> None:
 
 def local_folder(model: str | os.PathLike) -> Path:
     """A local checkpoint folder: MODEL itself, or its hub snapshot (weights, config, tokenizer)."""
-    path = Path(model).expanduser()
-    if path.is_file():
-        raise ExpertcacheError(f"{model} is a file; give the model's folder")
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ExpertcacheError(f"{model} has no config.json; not a transformers model folder")
+    path = local_model_folder(model)
+    if path is not None:
         return path
-    if str(model).startswith((".", "/", "~")) or str(model).count("/") > 1:
-        raise ExpertcacheError(f"model folder {model} does not exist")
     offline = offline_reason()
     try:
         from huggingface_hub import snapshot_download

@@ -29,7 +29,7 @@ from ..errors import CaptureInterrupted, ExpertcacheError
 from .adapters import Adapter, MoEBlock, adapter_for, find_blocks
 from .checkpoint import safetensors_headers
 from .format import PREFILL, STACKS
-from .hub import not_cached, offline_reason
+from .hub import local_model_folder, not_cached, offline_reason
 from .model_info import ModelInfo
 from .recorder import RoutingRecorder
 from .trace import Trace
@@ -98,14 +98,8 @@ def load_model(model_id: str | os.PathLike, *, device_map: str | None = None, dt
     name = str(model_id)
     if dtype not in DTYPES:
         raise ExpertcacheError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    local = Path(name).expanduser()
-    if local.is_file():
-        raise ExpertcacheError(f"{name} is a file; give the model's folder")
-    if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name):
-        raise ExpertcacheError(f"model folder {name} does not exist")
-    if local.is_dir() and not (local / "config.json").is_file():
-        raise ExpertcacheError(f"{name} has no config.json; not a transformers model folder")
-    if local.is_dir():
+    local = local_model_folder(name)
+    if local is not None:
         safetensors_headers(local)  # a truncated file or a missing shard: one line now, not a traceback later
     offline = _offline(name)
     hub = dict(trust_remote_code=trust_remote_code, local_files_only=offline is not None)

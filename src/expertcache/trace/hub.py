@@ -8,15 +8,35 @@ so a model that is cached still loads and one that is not fails at once with a c
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import urllib.request
 from functools import cache
+from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["not_cached", "offline_reason"]
+from ..errors import ExpertcacheError
+
+__all__ = ["local_model_folder", "not_cached", "offline_reason"]
 
 PROBE_SECONDS = 3.0
+
+
+def local_model_folder(name: str | os.PathLike) -> Path | None:
+    """The local model folder MODEL names, or None for a hub id. A file, a folder without
+    config.json, and a missing path that no hub id could be are one-line errors."""
+    name = str(name)
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise ExpertcacheError(f"{name} is a file; give the model's folder")
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ExpertcacheError(f"{name} has no config.json; not a transformers model folder")
+        return path
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name:
+        raise ExpertcacheError(f"model folder {name} does not exist")
+    return None
 
 
 @cache
