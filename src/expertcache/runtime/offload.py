@@ -492,9 +492,10 @@ def _check_minimum(budget, info) -> None:
         if limit < need:
             if budget.unit == "slots":
                 room, needed = f"{limit} expert slot{'s' if limit != 1 else ''}", ""
-            else:  # exact bytes where the rounded sizes would read the same
-                room, needed = (size_text(limit), size_text(need)) if size_text(limit) != size_text(need) else \
-                    (f"{limit:,} bytes", f"{need:,} bytes")
+            else:
+                room, needed = size_text(limit), size_text(need)
+                if room == needed:  # exact bytes where the rounded sizes read the same
+                    room, needed = f"{limit:,} bytes", f"{need:,} bytes"
                 needed = f" ({needed})"
             raise ExpertcacheError(f"the budget gives a pool {room}; one layer call needs {info.top_k} experts{needed}: "
                                    "raise the budget")
