@@ -137,7 +137,7 @@ class ExpertCache:
         if len(plan.evicted):
             self._release(plan.evicted[plan.evicted_before == chunk])
         for k in plan.keys[(plan.chunk == chunk) & plan.loads]:
-            self._start_fetch(int(k))
+            self._start_fetch(int(k), urgent=True)
 
     def in_flight(self, plan: BatchPlan, chunk: int) -> np.ndarray:
         """[n] bool: the keys of `chunk` whose fetch (a load or a prefetch) is still running; fetches
@@ -185,7 +185,7 @@ class ExpertCache:
             fetches, fetches_later = fetches[:len(self._free)], fetches[len(self._free):]
         self._after_compute = (evicted_later, fetches_later)
         for k in fetches:
-            self._start_fetch(int(k))
+            self._start_fetch(int(k), urgent=False)
 
     def settle(self) -> None:
         """After the batch computed: free the slots a prefetch evicted from it, start the fetches left."""
@@ -193,7 +193,7 @@ class ExpertCache:
         self._after_compute = (self._none, self._none)
         self._release(evicted)
         for k in fetches:
-            self._start_fetch(int(k))
+            self._start_fetch(int(k), urgent=False)
 
     # ------------------------------------------------------------------ slots
     def _release(self, keys: np.ndarray) -> None:
@@ -206,7 +206,7 @@ class ExpertCache:
                 self._free.append(slot)
                 self.slot_of[k] = self.zero_slot
 
-    def _start_fetch(self, key: int) -> None:
+    def _start_fetch(self, key: int, urgent: bool) -> None:
         if not self._free:
             raise RuntimeError("expertcache: no free slot although the engine made room (a bug)")
         slot = self._free.pop()
@@ -215,11 +215,13 @@ class ExpertCache:
         for pool, residue in self._residues:
             pool.place(slot, residue[key])
         dest = {name: pool[slot] for name, pool in self.slots.items()}
-        self._pending[slot] = self.store.fetch(layer, expert, dest, self._reusable_after.pop(slot, None))
+        self._pending[slot] = self.store.fetch(layer, expert, dest, urgent, self._reusable_after.pop(slot, None))
 
     def _wait(self, slot: int) -> None:
         future = self._pending.pop(slot, None)
         if future is not None:
+            if not future.done():
+                self.store.hurry(future)
             try:
                 copied = future.result()
             except BaseException:

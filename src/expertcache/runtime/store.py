@@ -11,8 +11,8 @@
   [E + 1, ...] with an all-zero last row); a fetch copies an expert into its slot, and a miss
   computed where the weights live (--misses-on-cpu) reads these pools directly.
 
-Reads run on a small thread pool so that prefetches overlap compute; counters never depend on
-their timing. With the cache on a GPU, copies into slots go on a side stream: a copy first waits
+Reads run on a few worker threads so that prefetches overlap compute, a layer call's misses
+before queued prefetches (reads.py); counters never depend on their timing. With the cache on a GPU, copies into slots go on a side stream: a copy first waits
 for the event saying the slot's previous reader has finished (`ready`), and its future returns
 the event that says the copy is done, which the compute stream waits for (GPU-side, no host
 synchronization).
@@ -24,7 +24,7 @@ import errno
 import mmap
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ import torch
 from ..errors import ExpertcacheError
 from .experts import Pools
 from .loading import ExpertParam, ExpertPart, expert_zeros
+from .reads import UrgentFirst
 
 __all__ = ["ExpertStore", "TIERS"]
 
@@ -67,7 +68,7 @@ class ExpertStore:
         largest = max((p.nbytes for layer in parts for expert in layer for p in expert), default=0)
         self.bounce_bytes = largest + 2 * ALIGN  # per read thread, while O_DIRECT is in use
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expertcache-read")
+        self._reads = UrgentFirst(workers, "expertcache-read")
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.host_pools: list[Pools] | None = None  # [L] the "ram" tier's master copy
         if tier == "ram":
@@ -127,15 +128,20 @@ class ExpertStore:
             buf = self._local.buffer = np.frombuffer(mmap.mmap(-1, self.bounce_bytes), np.uint8)
         return buf
 
-    def fetch(self, layer: int, expert: int, dest: dict[str, torch.Tensor], ready=None) -> Future:
+    def fetch(self, layer: int, expert: int, dest: dict[str, torch.Tensor], urgent: bool, ready=None) -> Future:
         """Start fetching an expert into `dest` (param -> that slot's tensor); returns its future.
+        `urgent`: a layer call needs it now (a miss), read before the prefetches queued.
 
         On a GPU, `ready` is the event after which the slot may be overwritten, and the future's
         result is the event that marks the copy done.
         """
         if self._stream is None:
-            return self._pool.submit(self._fetch, layer, expert, dest)
-        return self._pool.submit(self._fetch_on_stream, layer, expert, dest, ready)
+            return self._reads.submit(urgent, self._fetch, layer, expert, dest)
+        return self._reads.submit(urgent, self._fetch_on_stream, layer, expert, dest, ready)
+
+    def hurry(self, fetch: Future) -> None:
+        """A call is about to wait for `fetch`: read it next if it has not started."""
+        self._reads.hurry(fetch)
 
     def _fetch_on_stream(self, layer: int, expert: int, dest: dict[str, torch.Tensor], ready):
         with torch.cuda.stream(self._stream):
@@ -159,7 +165,7 @@ class ExpertStore:
                 self._stream.synchronize()  # the host buffer is reused or freed on return: the copy must have read it
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._reads.shutdown()
         for fd in self._opened:
             os.close(fd)
         self._opened.clear()
