@@ -149,3 +149,46 @@ def test_bench_hw_measures_a_usable_profile(tmp_path):
 def test_fit_link_refuses_steps_it_cannot_fit(args, message):
     with pytest.raises(ExpertcacheError, match=message):
         fit_link(*args)
+
+
+def test_disk_read_bandwidth_reads_past_the_page_cache(tmp_path, monkeypatch):
+    """With O_DIRECT, as the runtime reads; where the file system refuses it, buffered with the
+    page cache dropped first; both read the whole file, with several reads in flight."""
+    import errno
+    import os
+
+    from expertcache.cache import hwbench
+
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_RDONLY | os.O_DIRECT))
+    except (OSError, AttributeError):
+        pytest.skip("no O_DIRECT here (the OS, or a tmpfs)")
+    probe.unlink()
+    opened, read = [], []
+    real_open, real_preadv = os.open, os.preadv
+
+    def recording_preadv(fd, buffers, offset):
+        n = real_preadv(fd, buffers, offset)
+        read.append(n)
+        return n
+
+    monkeypatch.setattr(os, "preadv", recording_preadv)
+    monkeypatch.setattr(os, "open", lambda path, flags, *a: opened.append(flags) or real_open(path, flags, *a))
+    rate, cold = hwbench.disk_read_bandwidth(mib=24, directory=str(tmp_path), readers=2)
+    assert cold and rate > 0 and opened[-1] & os.O_DIRECT and sorted(read) == [8 << 20] * 3
+
+    def refusing_open(path, flags, *a):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        opened.append(flags)
+        return real_open(path, flags, *a)
+
+    dropped = []
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, start, length, advice: dropped.append(advice))
+    read.clear()
+    rate, cold = hwbench.disk_read_bandwidth(mib=20, directory=str(tmp_path))
+    assert cold and rate > 0 and not opened[-1] & os.O_DIRECT and sorted(read) == [4 << 20, 8 << 20, 8 << 20]
+    assert dropped == [os.POSIX_FADV_DONTNEED]
