@@ -24,8 +24,9 @@ Figures:
   sequences (this VM's speed drifts by 20-40 % within a minute, and between processes); each
   round's runtime rate is set against the plain rate of the same round, and the table gives
   medians and the range over rounds. The runtime's reads still in flight at the end of its
-  token are waited for inside its time. Disk bandwidth is
-  `bench_hw`'s cold read test (O_DIRECT, 4 reads in flight, as the runtime reads); bytes per token are those of the measured rounds only;
+  token are waited for inside its time. Disk bandwidth is `bench_hw`'s cold read test
+  (O_DIRECT, 4 reads in flight, like the runtime's reads); bytes per token are those of the
+  measured rounds only;
 - accelerate disk offload (device_map, offload folder) with the resident memory of the 1x run:
   tokens/s, and the runtime's speed-up over it (target >= 10x);
 - peak RSS of each budget, from a run of the runtime alone in its own process, against
@@ -231,7 +232,8 @@ def main() -> None:
         print(f"checkpoint {size / 2**30:.2f} GiB bf16 ({args.layers} layers x {args.experts} experts, k={args.k}); "
               f"{'host->device' if gpu else 'disk (cold)'} {link / 2**30:.2f} GiB/s")
         print(f"{'budget':>14} {'prefetch':>10} {'tok/s':>7} {'plain':>6} {'vs plain':>9} {'hit rate':>9} "
-              f"{'MiB/token':>10} {'bound':>7} {'vs bound':>9} {'range':>10} {'misses overlapped':>18} {'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
+              f"{'MiB/token':>10} {'bound':>7} {'vs bound':>9} {'range':>10} {'misses overlapped':>18} "
+              f"{'peak RSS':>9} {'non-expert+budget':>18} {'same tokens':>12}")
         plain = run_in_process("plain", str(folder), None, args.tokens, None, None, args.tokens + 1, args.device)
         plain_tokens = plain["tokens"]
         resident_1x = None

@@ -192,3 +192,41 @@ def test_disk_read_bandwidth_reads_past_the_page_cache(tmp_path, monkeypatch):
     rate, cold = hwbench.disk_read_bandwidth(mib=20, directory=str(tmp_path))
     assert cold and rate > 0 and not opened[-1] & os.O_DIRECT and sorted(read) == [4 << 20, 8 << 20, 8 << 20]
     assert dropped == [os.POSIX_FADV_DONTNEED]
+
+
+def test_disk_read_bandwidth_errors_are_not_taken_for_a_refusal(tmp_path, monkeypatch):
+    """O_DIRECT refused at the first read (EINVAL) falls back to buffered; any other error is
+    raised, not measured."""
+    import errno
+    import os
+
+    from expertcache.cache import hwbench
+
+    real_preadv, direct_fds = os.preadv, set()
+    real_open = os.open
+
+    def open_noting_direct(path, flags, *a):
+        fd = real_open(path, flags, *a)
+        (direct_fds.add if flags & getattr(os, "O_DIRECT", 0) else direct_fds.discard)(fd)  # numbers are reused
+        return fd
+
+    def refusing_direct_reads(fd, buffers, offset):
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "open", open_noting_direct)
+    monkeypatch.setattr(os, "preadv", refusing_direct_reads)
+    rate, cold = hwbench.disk_read_bandwidth(mib=8, directory=str(tmp_path), readers=2)
+    assert rate > 0 and cold == hasattr(os, "posix_fadvise")
+
+    def failing_reads(fd, buffers, offset):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", failing_reads)
+    with pytest.raises(OSError, match="Input/output"):
+        hwbench.disk_read_bandwidth(mib=8, directory=str(tmp_path))
+    monkeypatch.setattr(os, "open", lambda *a: (_ for _ in ()).throw(OSError(errno.EMFILE, "Too many open files")))
+    with pytest.raises(OSError, match="Too many open files"):
+        hwbench.disk_read_bandwidth(mib=8, directory=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone either way

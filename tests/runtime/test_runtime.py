@@ -334,7 +334,7 @@ def test_a_read_that_fails_mid_run_is_a_one_line_error(checkpoints, tmp_path):
     os.truncate(weights, weights.stat().st_size // 2)  # the store's open file now ends early
     with pytest.raises(ExpertcacheError, match="ended .* bytes early"):
         model.generate(prompt(), max_new_tokens=4, do_sample=False)
-    with pytest.raises(ExpertcacheError, match="an earlier expert read failed"):  # never a token from stale slots
+    with pytest.raises(ExpertcacheError, match="an earlier layer call did not finish"):  # never a token from stale slots
         model.generate(prompt(), max_new_tokens=4, do_sample=False)
     close(model)
 
@@ -645,3 +645,55 @@ def test_a_runs_trace_holds_the_sequence_in_progress(checkpoints, tmp_path, monk
     assert seen == [[14], [15], [16], [17]]  # the prompt, then one decode step per forward
     final = ec.Trace.load(tmp_path / "tr")
     assert final.seq_lengths.tolist() == [17] and len(list((tmp_path / "tr" / "shards").iterdir())) == 1
+
+
+def test_misses_are_read_urgently_and_prefetches_not(checkpoints, monkeypatch):
+    """Every fetch the engine's misses start is urgent, every prefetch is not: counted against the
+    run's own counters."""
+    from expertcache.runtime.store import ExpertStore
+
+    urgent = []
+    fetch = ExpertStore.fetch
+
+    def recording_fetch(self, layer, expert, dest, is_urgent, ready=None):
+        urgent.append(is_urgent)
+        return fetch(self, layer, expert, dest, is_urgent, ready)
+
+    monkeypatch.setattr(ExpertStore, "fetch", recording_fetch)
+    model = offload(checkpoints("qwen3_moe"), budget_x=1.0, prefetch="previous")
+    with torch.no_grad():
+        model.generate(prompt(), max_new_tokens=8, do_sample=False)
+    s = stats(model)
+    close(model)
+    assert s.prefetch.issued > 0
+    assert urgent.count(False) == s.prefetch.issued
+    assert urgent.count(True) == s.lookups - s.hits - s.misses_on_cpu
+
+
+@pytest.mark.parametrize("where", ["waiting for a read", "computing"])
+def test_a_layer_call_interrupted_midway_stops_later_calls(where, checkpoints, monkeypatch):
+    """Ctrl-C caught in Python inside a layer call: the engine has counted the call, but its
+    slots may not hold what it planned (a read unfinished, chunks unread), so later calls are a
+    one-line error rather than tokens computed from unknown slots."""
+    import time
+
+    from expertcache.runtime.experts import GroupedCompute
+    from expertcache.runtime.store import ExpertStore
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "waiting for a read":
+        fetch = ExpertStore._fetch
+        monkeypatch.setattr(ExpertStore, "_fetch", lambda self, *a: (time.sleep(0.05), fetch(self, *a))[1])
+        monkeypatch.setattr(ExpertStore, "hurry", interrupt)
+    else:
+        monkeypatch.setattr(GroupedCompute, "whole", interrupt)
+        monkeypatch.setattr(GroupedCompute, "chunked", interrupt)
+    model = offload(checkpoints("qwen3_moe"), budget_x=1.0)
+    with torch.no_grad(), pytest.raises(KeyboardInterrupt):
+        model.generate(prompt(), max_new_tokens=4, do_sample=False)
+    monkeypatch.undo()
+    with torch.no_grad(), pytest.raises(ExpertcacheError, match="an earlier layer call did not finish"):
+        model.generate(prompt(), max_new_tokens=4, do_sample=False)
+    close(model)

@@ -1,10 +1,10 @@
 """`bench-hw`: measure this machine's profile for the throughput model.
 
 Memory copy bandwidth (numpy), disk read bandwidth of a temporary file (O_DIRECT with 4 reads
-in flight, as the runtime reads; else with the page cache dropped where the OS allows, else
-reported as cached), host-to-device bandwidth from
-pinned memory when a CUDA device is used, and the time of one SwiGLU expert and of a dense block
-(attention projections) for one token at given dimensions (torch, on the chosen device).
+in flight, like the runtime's disk tier; else with the page cache dropped where the OS allows,
+else reported as cached), host-to-device bandwidth from pinned memory when a CUDA device is
+used, and the time of one SwiGLU expert and of a dense block (attention projections) for one
+token at given dimensions (torch, on the chosen device).
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ def memcpy_bandwidth(mib: int = 256, repeats: int = 5) -> float:
 def disk_read_bandwidth(mib: int = 256, directory: str | None = None, readers: int = 4) -> tuple[float, bool]:
     """(bytes/s, cold): cold is False when the page cache could not be bypassed or dropped.
 
-    Read as the runtime's disk tier reads experts: O_DIRECT, `readers` reads in flight (its read
-    threads). On a VM a buffered read of a file just written can come from the host's cache
-    (0.95 and 2.56 GiB/s in two reads of one file, where O_DIRECT read 1.51 and 1.54), a speed
-    no reader of experts sees. Buffered, with the page cache dropped, where the file system
-    refuses O_DIRECT (tmpfs)."""
+    Read with O_DIRECT and `readers` reads in flight, like the runtime's disk tier (its read
+    threads; it reads one expert at a time, at scattered offsets, where this test reads 8 MiB
+    blocks in order). On a VM a buffered read of a file just written can come from the host's
+    cache (0.95 and 2.56 GiB/s in two reads of one file, where O_DIRECT read 1.51 and 1.54), a
+    speed no reader of experts sees. Buffered, with the page cache dropped, where the file
+    system refuses O_DIRECT (tmpfs)."""
     block = np.random.default_rng(0).integers(0, 255, 1 << 20, dtype=np.uint8).tobytes()
     with tempfile.NamedTemporaryFile(dir=directory, delete=False) as f:
         path = f.name
@@ -61,38 +62,42 @@ def disk_read_bandwidth(mib: int = 256, directory: str | None = None, readers: i
         f.flush()
         os.fsync(f.fileno())
     try:
-        elapsed = _read_through(path, readers, direct=True)
-        cold = elapsed is not None
-        if elapsed is None:
+        measured = _read_through(path, readers, direct=True)
+        cold = measured is not None
+        if measured is None:
             cold = hasattr(os, "posix_fadvise")
-            elapsed = _read_through(path, readers, direct=False, drop=cold)
+            measured = _read_through(path, readers, direct=False, drop=cold)
     finally:
         os.unlink(path)
-    return (mib << 20) / elapsed, cold
+    nbytes, seconds = measured
+    return nbytes / seconds, cold
 
 
-def _read_through(path: str, readers: int, direct: bool, drop: bool = False) -> float | None:
-    """Seconds to read the file in 8 MiB blocks, `readers` at a time, each into its own
-    page-aligned buffer (as O_DIRECT needs); None where O_DIRECT is refused."""
+def _read_through(path: str, readers: int, direct: bool, drop: bool = False) -> tuple[int, float] | None:
+    """(bytes, seconds) reading the file in 8 MiB blocks, `readers` at a time, each into its own
+    page-aligned buffer (as O_DIRECT needs); None where O_DIRECT is refused (EINVAL) or missing."""
+    if direct and not hasattr(os, "O_DIRECT"):
+        return None
     try:
         fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
-    except (OSError, AttributeError):  # AttributeError: no O_DIRECT on this OS
-        return None
+    except OSError as e:
+        if direct and e.errno == errno.EINVAL:
+            return None
+        raise
     block = 8 << 20
-    offsets = range(0, os.fstat(fd).st_size, block)
 
-    def read(reader: int) -> None:
+    def read(offsets) -> int:
         buffer = np.frombuffer(mmap.mmap(-1, block), np.uint8)
-        for offset in offsets[reader::readers]:
-            os.preadv(fd, [buffer], offset)
+        return sum(os.preadv(fd, [buffer], offset) for offset in offsets)
 
     try:
+        offsets = range(0, os.fstat(fd).st_size, block)
         if drop:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         with ThreadPoolExecutor(readers) as pool:
             t = time.perf_counter()
-            list(pool.map(read, range(readers)))
-            return time.perf_counter() - t
+            nbytes = sum(pool.map(read, [offsets[r::readers] for r in range(readers)]))
+            return nbytes, time.perf_counter() - t
     except OSError as e:
         if direct and e.errno == errno.EINVAL:
             return None

@@ -99,8 +99,8 @@ class ExpertCache:
         None when there is nothing to do: every key resident, no fetch in flight.
         """
         if self.failed:
-            raise ExpertcacheError("an earlier expert read failed, so the cache no longer holds known weights; "
-                                   "load the model again")
+            raise ExpertcacheError("an earlier layer call did not finish (an expert read failed, or it was "
+                                   "interrupted), so the cache no longer holds known weights; load the model again")
         if len(keys) + self.X.shape[1] + 1 > self._plan.rows.shape[1]:
             self._plan = new_plan(len(keys) * 2, len(self.key_bytes))
         rows, counts = self._plan
@@ -220,9 +220,9 @@ class ExpertCache:
     def _wait(self, slot: int) -> None:
         future = self._pending.pop(slot, None)
         if future is not None:
-            if not future.done():
-                self.store.hurry(future)
             try:
+                if not future.done():
+                    self.store.hurry(future)
                 copied = future.result()
             except BaseException:
                 self.failed = True  # the slot's contents are unknown: no later call may compute with them

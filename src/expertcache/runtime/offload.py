@@ -198,8 +198,18 @@ class Runtime:
         decode = f is not None and f["phase"] == DECODE
         if decode and self.prefetcher is not None:
             self.tally.called(layer, keys.tolist())
+        plan = self.cache.lookup(keys, decode)
+        try:
+            return self._compute(layer, module, hidden, top_k_index, top_k_weights, layer_input, keys, plan)
+        except BaseException:
+            # the engine counted the call, but its slots may not hold what the engine says (a read
+            # failed, or an interrupt left chunks unread): no later call may compute with them
+            self.cache.failed = True
+            raise
+
+    def _compute(self, layer, module, hidden, top_k_index, top_k_weights, layer_input, keys, plan):
+        """One layer call's fetches, computation and next prefetch, as the engine planned them."""
         cache = self.cache
-        plan = cache.lookup(keys, decode)
         layer_slots = cache.slot_of[self.offset[layer]:self.offset[layer + 1]]  # [E] view, updated by fetches
         prefetch = layer + 1 < self.L and self.prefetcher is not None
         if plan is None or (plan.chunks == 1 and not plan.at_source.any()):

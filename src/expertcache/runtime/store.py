@@ -12,10 +12,10 @@
   computed where the weights live (--misses-on-cpu) reads these pools directly.
 
 Reads run on a few worker threads so that prefetches overlap compute, a layer call's misses
-before queued prefetches (reads.py); counters never depend on their timing. With the cache on a GPU, copies into slots go on a side stream: a copy first waits
-for the event saying the slot's previous reader has finished (`ready`), and its future returns
-the event that says the copy is done, which the compute stream waits for (GPU-side, no host
-synchronization).
+before queued prefetches (reads.py); counters never depend on their timing. With the cache on a
+GPU, copies into slots go on a side stream: a copy first waits for the event saying the slot's
+previous reader has finished (`ready`), and its future returns the event that says the copy is
+done, which the compute stream waits for (GPU-side, no host synchronization).
 """
 
 from __future__ import annotations
