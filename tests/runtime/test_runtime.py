@@ -670,14 +670,15 @@ def test_misses_are_read_urgently_and_prefetches_not(checkpoints, monkeypatch):
     assert urgent.count(True) == s.lookups - s.hits - s.misses_on_cpu
 
 
-@pytest.mark.parametrize("where", ["waiting for a read", "computing"])
+@pytest.mark.parametrize("where", ["waiting for a read", "computing", "prefetching for a decode step's first layer"])
 def test_a_layer_call_interrupted_midway_stops_later_calls(where, checkpoints, monkeypatch):
-    """Ctrl-C caught in Python inside a layer call: the engine has counted the call, but its
-    slots may not hold what it planned (a read unfinished, chunks unread), so later calls are a
-    one-line error rather than tokens computed from unknown slots."""
+    """Ctrl-C caught in Python after an engine step: the engine has counted it, but the slots may
+    not hold what it planned (a read unfinished, chunks or prefetches not started), so later
+    calls are a one-line error rather than tokens computed from unknown slots."""
     import time
 
     from expertcache.runtime.experts import GroupedCompute
+    from expertcache.runtime.offload import Runtime
     from expertcache.runtime.store import ExpertStore
 
     def interrupt(*args, **kwargs):
@@ -687,10 +688,14 @@ def test_a_layer_call_interrupted_midway_stops_later_calls(where, checkpoints, m
         fetch = ExpertStore._fetch
         monkeypatch.setattr(ExpertStore, "_fetch", lambda self, *a: (time.sleep(0.05), fetch(self, *a))[1])
         monkeypatch.setattr(ExpertStore, "hurry", interrupt)
-    else:
+    elif where == "computing":
         monkeypatch.setattr(GroupedCompute, "whole", interrupt)
         monkeypatch.setattr(GroupedCompute, "chunked", interrupt)
-    model = offload(checkpoints("qwen3_moe"), budget_x=1.0)
+    else:
+        prefetch = Runtime._prefetch
+        monkeypatch.setattr(Runtime, "_prefetch", lambda self, layer, *a, **k:
+                            interrupt() if layer == 0 else prefetch(self, layer, *a, **k))
+    model = offload(checkpoints("qwen3_moe"), budget_x=1.0, prefetch="previous")
     with torch.no_grad(), pytest.raises(KeyboardInterrupt):
         model.generate(prompt(), max_new_tokens=4, do_sample=False)
     monkeypatch.undo()

@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,7 +150,8 @@ class Runtime:
             "stale": np.full((T, self.L, self.E), np.nan, np.float32) if self.want_stale and self.writer is not None else None,
         }
         if not new and self.prefetcher is not None:  # the prefetch after the previous token's last layer
-            self._prefetch(0, None)
+            with self._engine_ahead():
+                self._prefetch(0, None)
         self._forward_start = time.perf_counter()
 
     def after_forward(self, module, args, kwargs, output) -> None:
@@ -199,11 +201,17 @@ class Runtime:
         if decode and self.prefetcher is not None:
             self.tally.called(layer, keys.tolist())
         plan = self.cache.lookup(keys, decode)
-        try:
+        with self._engine_ahead():
             return self._compute(layer, module, hidden, top_k_index, top_k_weights, layer_input, keys, plan)
+
+    @contextmanager
+    def _engine_ahead(self):
+        """Around what follows an engine step: if it stops midway (a read failed, an interrupt),
+        the engine has moved on but the slots may not hold what it says (reads unfinished,
+        chunks or prefetches not started), so no later call may compute with them."""
+        try:
+            yield
         except BaseException:
-            # the engine counted the call, but its slots may not hold what the engine says (a read
-            # failed, or an interrupt left chunks unread): no later call may compute with them
             self.cache.failed = True
             raise
 
