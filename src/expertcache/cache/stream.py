@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ExpertcacheError
 from ..trace.format import PREFILL
 
-__all__ = ["LookupStream", "build_stream", "key_offsets", "stream_for"]
+__all__ = ["LookupStream", "build_stream", "key_layers", "key_offsets", "stream_for"]
 
 NEVER = np.iinfo(np.int64).max // 4  # "next use" of a key never used again
 
@@ -44,7 +44,7 @@ class LookupStream:
     @cached_property
     def key_layer(self) -> np.ndarray:
         """[K] MoE layer of each key."""
-        return np.repeat(np.arange(len(self.key_offset) - 1), np.diff(self.key_offset))
+        return key_layers(self.key_offset)
 
     @cached_property
     def request_batch(self) -> np.ndarray:
@@ -75,6 +75,11 @@ class LookupStream:
 def key_offsets(model) -> np.ndarray:
     """[L + 1] int64 first key of each MoE layer (keys number (layer, expert) pairs densely)."""
     return np.concatenate([[0], np.cumsum(model.num_experts)]).astype(np.int64)
+
+
+def key_layers(key_offset: np.ndarray) -> np.ndarray:
+    """[K] the layer of each key, from key_offsets' [L + 1] (its expert: key - key_offset[layer])."""
+    return np.repeat(np.arange(len(key_offset) - 1), np.diff(key_offset))
 
 
 def stream_for(trace, stream: LookupStream | None) -> LookupStream:

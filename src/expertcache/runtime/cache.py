@@ -26,6 +26,7 @@ from ..cache.kernels import ANY
 from ..cache.engine import (AT_SOURCE, BUFFER_HIT, CHUNK, COUNTERS, EVICTED, EVICTED_BEFORE, KIND, LOAD, N_CHUNKS, N_EVICTED,
                             N_KEYS, N_PREFETCHED, ORDER, PF_BYTES, PF_ISSUED, PF_USED, PF_WASTED, PF_WASTED_BYTES,
                             PREFETCHED, engine_batch, finish, new_engine, new_plan, prefetch_after)
+from ..cache.stream import key_layers
 from ..errors import ExpertcacheError
 from .experts import Pools
 from .loading import SlotPool, expert_zeros
@@ -66,7 +67,7 @@ class ExpertCache:
         self.budget, self.store, self.device = budget, store, device
         self.key_offset = key_offset  # [L + 1]
         K = int(key_offset[-1])
-        layer_of = np.repeat(np.arange(num_layers), np.diff(key_offset))
+        layer_of = key_layers(key_offset)
         self._layer_expert = list(zip(layer_of.tolist(), (np.arange(K) - key_offset[layer_of]).tolist()))  # [K]
         self.key_bytes = key_bytes.astype(np.int64)  # [K]
         self.I, self.F = policy.new_state(budget, num_layers)

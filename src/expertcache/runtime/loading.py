@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cache.stream import key_layers
 from ..errors import ExpertcacheError
 from ..trace.adapters import MoEBlock, adapter_for, find_blocks
 from ..trace.capture import describe
@@ -75,7 +76,7 @@ class LoadedCheckpoint:
         """parameter -> [K] where the stock model keeps each expert's tensor, modulo LINE: expert e
         of layer l follows expert 0 at e x its bytes (a fused tensor on disk, or per-expert ones
         stacked on load)."""
-        layer_of = np.repeat(np.arange(len(key_offset) - 1), np.diff(key_offset))
+        layer_of = key_layers(key_offset)
         expert = np.arange(int(key_offset[-1])) - key_offset[layer_of]
         return {name: (np.asarray(self.layer_residues[name])[layer_of] + expert * param.nbytes) % LINE
                 for name, param in self.params.items()}

@@ -31,7 +31,7 @@ from ..cache.budget import resolve_budget
 from ..cache.policies import POLICIES, resolve_policy
 from ..cache.prefetch import PrefetchReport
 from ..cache.simulate import HitCounts
-from ..cache.stream import key_offsets
+from ..cache.stream import key_layers, key_offsets
 from ..devices import torch_device
 from ..errors import ExpertcacheError
 from ..trace.format import DECODE, PREFILL
@@ -384,7 +384,7 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
     implementation = _implementation(ckpt, experts_implementation)
     info = ckpt.info
     key_offset = key_offsets(info)
-    key_layer = np.repeat(np.arange(info.num_moe_layers), info.num_experts)
+    key_layer = key_layers(key_offset)
     budget = resolve_budget(info, key_layer, scope, budget_mib=budget_mib, budget_slots=budget_slots,
                             budget_x=budget_x)
     _check_minimum(budget, info)
