@@ -702,3 +702,21 @@ def test_a_layer_call_interrupted_midway_stops_later_calls(where, checkpoints, m
     with torch.no_grad(), pytest.raises(ExpertcacheError, match="an earlier layer call did not finish"):
         model.generate(prompt(), max_new_tokens=4, do_sample=False)
     close(model)
+
+
+def test_a_model_dropped_without_close_frees_its_memory_and_threads(checkpoints):
+    """As a transformers model: `del model` frees it (slots, weights), and its read threads end."""
+    import gc
+    import weakref
+
+    model = offload(checkpoints("qwen3_moe"), budget_x=1.0, prefetch="previous")
+    with torch.no_grad():
+        model.generate(prompt(), max_new_tokens=3, do_sample=False)
+    threads = model._expertcache_runtime.store._reads._threads
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+    for thread in threads:
+        thread.join(5)
+    assert not any(thread.is_alive() for thread in threads)

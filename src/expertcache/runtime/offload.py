@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,12 +52,12 @@ PROGRESS_SHARE = 0.05  # and saving it takes at most this share of the run (a lo
 __all__ = ["offload", "stats", "OffloadStats", "REGISTRY_NAME", "close"]
 
 REGISTRY_NAME = "expertcache_offload"
-_RUNTIMES: dict[int, tuple["Runtime", int]] = {}  # id(experts module) -> (runtime, MoE layer)
+_ENTRY = "_expertcache_layer"  # on each offloaded experts module: (runtime, MoE layer) until closed
 
 
 def _offloaded_experts(module, hidden_states, top_k_index=None, top_k_weights=None, *args, **kwargs):
     """The registry's experts function (or, for families outside it, the experts module's forward)."""
-    entry = _RUNTIMES.get(id(module))
+    entry = getattr(module, _ENTRY, None)
     if entry is None:
         raise ExpertcacheError("this model's experts were offloaded by a runtime that is closed")
     runtime, layer = entry
@@ -400,6 +401,9 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
         store.close()
         raise
     _install(runtime)
+    # a model dropped without close(): its read threads and files go with it (the store holds no
+    # reference back to the model, which would keep it alive); its trace is not finished
+    weakref.finalize(ckpt.model, store.close)
     return ckpt.model
 
 
@@ -427,7 +431,7 @@ def _install(runtime: Runtime) -> None:
 
     model = runtime.ckpt.model
     for layer, block in enumerate(runtime.ckpt.blocks):
-        _RUNTIMES[id(block.experts)] = (runtime, layer)
+        setattr(block.experts, _ENTRY, (runtime, layer))  # on the module: freed with the model, no registry
     if runtime.implementation == DENSE:  # the router's choice is read from its output, then the experts call
         for block in runtime.ckpt.blocks:
             block.router.register_forward_hook(runtime.read_router)
@@ -458,7 +462,7 @@ def close(model) -> None:
     runtime = _runtime(model)
     runtime.close()
     for block in runtime.ckpt.blocks:
-        _RUNTIMES.pop(id(block.experts), None)
+        block.experts.__dict__.pop(_ENTRY, None)
 
 
 def _check_trace_output(path: Path) -> None:
