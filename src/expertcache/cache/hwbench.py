@@ -78,19 +78,14 @@ def _read_through(path: str, readers: int, direct: bool, drop: bool = False) -> 
     page-aligned buffer (as O_DIRECT needs); None where O_DIRECT is refused (EINVAL) or missing."""
     if direct and not hasattr(os, "O_DIRECT"):
         return None
-    try:
-        fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
-    except OSError as e:
-        if direct and e.errno == errno.EINVAL:
-            return None
-        raise
-    block = 8 << 20
+    block, fd = 8 << 20, None
 
     def read(offsets) -> int:
         buffer = np.frombuffer(mmap.mmap(-1, block), np.uint8)
         return sum(os.preadv(fd, [buffer], offset) for offset in offsets)
 
     try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
         offsets = range(0, os.fstat(fd).st_size, block)
         if drop:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -103,7 +98,8 @@ def _read_through(path: str, readers: int, direct: bool, drop: bool = False) -> 
             return None
         raise
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _torch_device(device: str):

@@ -222,8 +222,7 @@ class ExpertCache:
         future = self._pending.pop(slot, None)
         if future is not None:
             try:
-                if not future.done():
-                    self.store.hurry(future)
+                self.store.hurry(future)  # a no-op once a worker has taken it
                 copied = future.result()
             except BaseException:
                 self.failed = True  # the slot's contents are unknown: no later call may compute with them
