@@ -245,15 +245,16 @@ def _kernel(name: str):
             _stack.segment_hist(ids, tok, n_ids, _stack.LFU, hist, cap)
         elif name == "lfu classes":
             _stack.lfu_class_hist(ids, tok, n_ids, hist, cap)
-        else:  # "<policy> branch" / "<policy> select": the scan with or without the record branch
+        else:  # "<policy> branch" / "select" / "lanes": the scan with or without the record branch
             policy, how = name.split()
-            _stack.priority_hist(ids, tok, n_ids, _stack.POLICY_CODES[policy], m, hist, cap, how == "select")
+            scan = {"branch": _stack.BRANCH, "select": _stack.SELECT, "lanes": _stack.LANES}[how]
+            _stack.priority_hist(ids, tok, n_ids, _stack.POLICY_CODES[policy], m, hist, cap, scan)
         return hist
     return run
 
 
 def kernel_alternatives(samples: int) -> None:
-    names = ("fsf branch", "fsf select", "fsf idle", "belady branch", "belady select")
+    names = ("fsf branch", "fsf select", "fsf lanes", "fsf idle", "belady branch", "belady select", "belady lanes")
     print("\n== 2b. per layer, the kernels the choice is between (k = 8, FSF m = 16): M requests/s")
     print(f"{'E':>4} {'trace':<11}" + "".join(f"{n:>15}" for n in names))
     for E in (64, 128, 256):

@@ -207,7 +207,8 @@ def test_invalid_max_multiple():
 
 @pytest.mark.parametrize("code", ["lfu", "belady", "fsf"])
 def test_segment_kernel_equals_the_scan_on_random_streams(code):
-    # Every size, caps, repeats inside a token, the scan with and without the record branch,
+    # Every size, caps, repeats inside a token, the scan with and without the record branch
+    # (one entry or 8 keys at a time),
     # FSF's skip to idle entries (FSF has no segment kernel), LFU's use-count classes; the scan
     # is itself checked against the brute-force reference above.
     from expertcache.locality import _stack
@@ -227,9 +228,10 @@ def test_segment_kernel_equals_the_scan_on_random_streams(code):
         m = int(rng.integers(1, 8))
         scan = np.zeros(n_ids + 2, np.int64)
         _stack.priority_hist(ids, tok, n_ids, policy, m, scan, cap)
-        selected = np.zeros(n_ids + 2, np.int64)
-        _stack.priority_hist(ids, tok, n_ids, policy, m, selected, cap, True)
-        np.testing.assert_array_equal(selected, scan)
+        for how in (_stack.SELECT, _stack.LANES):
+            other = np.zeros(n_ids + 2, np.int64)
+            _stack.priority_hist(ids, tok, n_ids, policy, m, other, cap, how)
+            np.testing.assert_array_equal(other, scan, err_msg=f"scan {how}: {ids.tolist()} k={K} cap={cap} m={m}")
         if code == "fsf":  # the kernel that skips to the idle entries
             idle = np.zeros(n_ids + 2, np.int64)
             _stack.fsf_hist(ids, tok, n_ids, m, idle, cap)

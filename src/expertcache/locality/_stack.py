@@ -18,7 +18,8 @@ requested before it), then applied one by one.
   ("records") move down one step and nothing else moves. One scan of the p entries above x,
   O(p) per request, p being the request's reuse depth (grows with I). Where records are
   dense and unpredictable (FSF up to 128 ids, Belady up to 64) the scan runs without the
-  record branch (max / min and selects), which costs less than the mispredictions. A min-tree
+  record branch (max / min and selects), which costs less than the mispredictions; FSF's
+  8 keys at a time (_lanes). A min-tree
   that jumps from record to record was measured slower at every size up to I = 14 848
   (records are 10-35 % of the depth for LFU and FSF), see docs/metrics.md. With a size cap
   the stack holds only its top `cap` entries (the caches of sizes 1..cap): a deeper or new
@@ -53,6 +54,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ._bits import _popcount, _put_bit, _select_in_word
 from ._judge import _judge_token, _widest_token
+from ._lanes import _LANES, _LARGEST, mattson_block
 from ._lfu_classes import lfu_class_hist
 
 LRU, LFU, BELADY, FSF = 0, 1, 2, 3
@@ -224,20 +226,47 @@ def _scan(stack, key, where, a, b, carry, carry_key):
     return carry, carry_key
 
 
+@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
+def _key_id(policy, k, ids):
+    """The expert whose key is k: keys carry the request that set them (_new_key)."""
+    if policy == BELADY:  # k = -(next use), or -(R + last use) when never used again
+        q = -k
+        return ids[q - ids.shape[0] * (q >= ids.shape[0])]
+    return ids[k & np.int64(0xFFFFFFFF)]
+
+
+BRANCH, SELECT, LANES = 0, 1, 2  # priority_hist's ways to scan
+
+
 @numba.njit(cache=True)
-def priority_hist(ids, tok, n_ids, policy, m, hist, cap, select=False):
+def priority_hist(ids, tok, n_ids, policy, m, hist, cap, scan=BRANCH):
+    """_priority_hist with `scan` a constant in each inlined copy, so that each copy compiles
+    without the other ways' branches (the lanes' loop ran 1.2x slower beside them)."""
+    if scan == LANES:
+        _priority_hist(ids, tok, n_ids, policy, m, hist, cap, LANES)
+    elif scan == SELECT:
+        _priority_hist(ids, tok, n_ids, policy, m, hist, cap, SELECT)
+    else:
+        _priority_hist(ids, tok, n_ids, policy, m, hist, cap, BRANCH)
+
+
+@numba.njit(cache=True, inline="always")  # see priority_hist
+def _priority_hist(ids, tok, n_ids, policy, m, hist, cap, scan):
     """Accumulate the LFU / Belady / FSF(m) (or LRU) hit histogram of one sequence's stream,
     exact for cache sizes 1..cap (cap = n_ids: every size).
 
     Priorities are int64 keys (_new_key). key[i] is the key of the entry at depth i, so the
-    scan reads one contiguous array. Depth `cap` is a sink: the ids below the cap. `select`:
-    scan without the record branch (each entry keeps the larger key, the carry the smaller),
-    then store the depths of the entries passed; faster where records are dense and
-    unpredictable (stacks of up to FSF_SELECT_MAX_IDS or BELADY_SELECT_MAX_IDS ids).
+    scan reads one contiguous array. Depth `cap` is a sink: the ids below the cap. `scan`:
+    BRANCH tests each entry for a record; SELECT scans without the record branch (each entry
+    keeps the larger key, the carry the smaller), then stores the depths of the entries
+    passed; LANES does SELECT's key update 8 keys at a time (_lanes.mattson_block) and reads
+    each passed entry's expert from its key. Without the branch is faster where records are
+    dense and unpredictable (Belady on up to BELADY_SELECT_MAX_IDS ids; FSF on up to
+    FSF_LANES_MAX_IDS, in lanes).
     """
     T = tok.shape[0] - 1
-    stack = np.empty(cap + 1, np.int32)  # stack[i] = id at depth i
-    key = np.empty(cap + 1, np.int64)  # key[i] = priority of stack[i]
+    stack = np.empty(cap + 1, np.int32)  # stack[i] = id at depth i (not kept by LANES)
+    key = np.zeros(cap + _LANES, np.int64)  # key[i] = priority of stack[i]; room for a last block of 8
     where = np.full(n_ids, -1, np.int64)  # depth of each id (cap: below the cap), -1 if never used
     count = np.zeros(n_ids, np.int64)
     future = np.zeros(n_ids, np.int64)
@@ -268,7 +297,14 @@ def priority_hist(ids, tok, n_ids, policy, m, hist, cap, select=False):
                 # which moves down to the next record's depth; the last one lands at depth p.
                 carry = stack[0]
                 carry_key = key[0]
-                if select:
+                if scan == LANES:
+                    carry_key = _LARGEST  # depth 0 joins the minimum; its key is replaced below
+                    for j0 in range(0, p, _LANES):
+                        carry_key = mattson_block(key, j0, carry_key, min(_LANES, p - j0))
+                    for j in range(1, p):
+                        where[_key_id(policy, key[j], ids)] = j
+                    carry = _key_id(policy, carry_key, ids)
+                elif scan == SELECT:
                     for j in range(1, p):
                         y_key = key[j]
                         y = stack[j]
@@ -551,12 +587,13 @@ LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST = 70_000
 BELADY_SEGMENTS_MIN_IDS = 2048
 BELADY_SEGMENTS_MIN_CAP = 512
 # Chosen by the number of ids, per layer or model level alike (benchmarks/bench_locality.py,
-# sections 2b and 3). Up to these, the scan without the record branch: FSF 1.3-1.5x faster at
-# 64 and 128 ids, Belady 1.05-1.2x at 64 (slower from 128); LFU, whose records are fewer and
-# deeper, and longer stacks keep the branch.
-FSF_SELECT_MAX_IDS = 128
+# sections 2b and 3). Up to these, the scan without the record branch: FSF in lanes 1.1-1.4x
+# faster than without them at 64 and 128 ids (and that 1.3-1.5x faster than the branch),
+# Belady 1.05-1.2x at 64 (slower from 128; in lanes slower than without); LFU, whose records
+# are fewer and deeper, and longer stacks keep the branch.
+FSF_LANES_MAX_IDS = 128
 BELADY_SELECT_MAX_IDS = 64
-# Above FSF_SELECT_MAX_IDS, FSF leaves its idle entries in place (fsf_hist): 1.2x faster at
+# Above FSF_LANES_MAX_IDS, FSF leaves its idle entries in place (fsf_hist): 1.2x faster at
 # 1 024 ids, 2x at 256 per layer and at 4 096, 5x at 14 848; with every size or with a cap
 # above this (a short capped stack scans faster: 256 of 1 024 ids, 98 ns against 115).
 FSF_IDLE_MIN_CAP = 512
@@ -583,11 +620,13 @@ def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
     elif (policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS) or \
             (policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP):
         segment_hist(ids, tok, n_ids, policy, hist, cap)
-    elif policy == FSF and n_ids > FSF_SELECT_MAX_IDS and (cap == n_ids or cap > FSF_IDLE_MIN_CAP):
+    elif policy == FSF and n_ids > FSF_LANES_MAX_IDS and (cap == n_ids or cap > FSF_IDLE_MIN_CAP):
         fsf_hist(ids, tok, n_ids, m, hist, cap)
+    elif policy == FSF and n_ids <= FSF_LANES_MAX_IDS:
+        priority_hist(ids, tok, n_ids, policy, m, hist, cap, LANES)
     else:
-        select = n_ids <= (FSF_SELECT_MAX_IDS if policy == FSF else BELADY_SELECT_MAX_IDS if policy == BELADY else 0)
-        priority_hist(ids, tok, n_ids, policy, m, hist, cap, select)
+        select = policy == BELADY and n_ids <= BELADY_SELECT_MAX_IDS
+        priority_hist(ids, tok, n_ids, policy, m, hist, cap, SELECT if select else BRANCH)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -1,0 +1,67 @@
+"""Mattson's update eight keys at a time (LLVM vectors emitted through a numba intrinsic).
+
+The update of a stack of keys is a running minimum: each entry above the request keeps the
+larger of its key and the minimum of the keys above it. The minimum is a loop-carried chain
+one entry long in scalar code; here a block of 8 keys takes its own prefix minimum in three
+shuffle-and-min steps, and only the block's minimum joins the chain (one scalar min per
+block). numba does not vectorise a running minimum by itself, hence the intrinsic. On CPUs
+without 512-bit vectors LLVM splits the same operations into narrower ones.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+_I32 = ir.IntType(32)
+_LANES = 8
+_VECTOR = ir.VectorType(ir.IntType(64), _LANES)
+_LARGEST = (1 << 63) - 1
+
+
+def _lanes_of(builder, scalar):
+    """The scalar in every lane."""
+    one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(_VECTOR, ir.Undefined), ir.Constant(ir.VectorType(_I32, _LANES), [0] * _LANES))
+
+
+def _shuffle(builder, a, b, lanes):
+    """Lane i takes lanes[i] of a ++ b (0-7: a, 8-15: b)."""
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, _LANES), lanes))
+
+
+def _smaller(builder, a, b):
+    return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+
+@intrinsic
+def mattson_block(typingctx, key, start, carry, n):
+    """Update key[start:start + n] (n <= 8; key must hold start + 8 entries) by Mattson's rule:
+    key[j] = max(key[j], min(carry, key[start:j])). Returns min(carry, key[start:start + n]),
+    the running minimum after the block. Lanes from n on are read and written back unchanged.
+    """
+    if not (isinstance(key, types.Array) and key.dtype == types.int64 and key.ndim == 1 and key.layout == "C"):
+        return None
+    signature = types.int64(key, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        array, j0, chain, live_lanes = args
+        data = context.make_array(sig.args[0])(context, builder, value=array).data
+        pointer = builder.bitcast(builder.gep(data, [j0]), _VECTOR.as_pointer())
+        keys = builder.load(pointer, align=8)
+        largest = ir.Constant(_VECTOR, [_LARGEST] * _LANES)
+        live = builder.icmp_signed("<", ir.Constant(_VECTOR, list(range(_LANES))), _lanes_of(builder, live_lanes))
+        running = builder.select(live, keys, largest)  # dead lanes take no part in the minimum
+        for step in (1, 2, 4):  # inclusive prefix minimum: lane i takes lane i - step's minimum
+            shifted = _shuffle(builder, running, largest, [_LANES + i if i < step else i - step for i in range(_LANES)])
+            running = _smaller(builder, running, shifted)
+        block_min = builder.extract_element(running, ir.Constant(_I32, _LANES - 1))  # off the chain
+        chain_lanes = _lanes_of(builder, chain)
+        running = _smaller(builder, running, chain_lanes)
+        above = _shuffle(builder, running, chain_lanes, [_LANES] + list(range(_LANES - 1)))  # exclusive
+        kept = builder.select(builder.icmp_signed(">", keys, above), keys, above)
+        builder.store(builder.select(live, kept, keys), pointer, align=8)
+        return _smaller(builder, chain, block_min)
+
+    return signature, codegen
