@@ -633,9 +633,9 @@ def test_a_runs_trace_holds_the_sequence_in_progress(checkpoints, tmp_path, monk
     and at the end the whole sequence, once."""
     import sys
 
-    offload_module = sys.modules["expertcache.runtime.offload"]
-    monkeypatch.setattr(offload_module, "PROGRESS_SECONDS", 0.0)
-    monkeypatch.setattr(offload_module, "PROGRESS_SHARE", float("inf"))  # saving may take any share here
+    recording = sys.modules["expertcache.runtime.recording"]
+    monkeypatch.setattr(recording, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(recording, "PROGRESS_SHARE", float("inf"))  # saving may take any share here
     model = offload(checkpoints("olmoe"), budget_x=1.0, trace=tmp_path / "tr")
     seen = []
     model.register_forward_hook(lambda *_: seen.append(ec.Trace.load(tmp_path / "tr").seq_lengths.tolist()))
@@ -704,14 +704,15 @@ def test_a_layer_call_interrupted_midway_stops_later_calls(where, checkpoints, m
     close(model)
 
 
-def test_a_model_dropped_without_close_frees_its_memory_and_threads(checkpoints):
-    """As a transformers model: `del model` frees it (slots, weights), and its read threads end."""
+def test_a_model_dropped_without_close_frees_its_memory_and_threads_and_finishes_its_trace(checkpoints, tmp_path):
+    """As a transformers model: `del model` frees it (slots, weights), its read threads end, and
+    its trace holds every token, as after close() (the sequence in progress was not saved yet)."""
     import gc
     import weakref
 
-    model = offload(checkpoints("qwen3_moe"), budget_x=1.0, prefetch="previous")
+    model = offload(checkpoints("qwen3_moe"), budget_x=1.0, prefetch="previous", trace=tmp_path / "tr")
     with torch.no_grad():
-        model.generate(prompt(), max_new_tokens=3, do_sample=False)
+        model.generate(prompt(), max_new_tokens=3, min_new_tokens=3, do_sample=False)
     threads = model._expertcache_runtime.store._reads._threads
     alive = weakref.ref(model)
     del model
@@ -720,3 +721,16 @@ def test_a_model_dropped_without_close_frees_its_memory_and_threads(checkpoints)
     for thread in threads:
         thread.join(5)
     assert not any(thread.is_alive() for thread in threads)
+    assert ec.Trace.load(tmp_path / "tr").seq_lengths.tolist() == [14 + 3 - 1]  # the last token is not run
+
+
+def test_a_script_that_ends_without_close_leaves_the_whole_trace(checkpoints, tmp_path):
+    """The model still alive at exit: its trace is finished then."""
+    import subprocess
+    import sys
+
+    script = (f"import torch, expertcache as ec\n"
+              f"model = ec.offload({str(checkpoints('olmoe'))!r}, budget_x=1.0, trace={str(tmp_path / 'tr')!r})\n"
+              f"model.generate(torch.tensor([[5, 6, 7, 8]]), max_new_tokens=5, min_new_tokens=5, do_sample=False)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    assert ec.Trace.load(tmp_path / "tr").seq_lengths.tolist() == [4 + 5 - 1]

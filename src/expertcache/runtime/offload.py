@@ -43,11 +43,9 @@ from .experts import DENSE, IMPLEMENTATIONS, slot_compute
 from .loading import LoadedCheckpoint, load_checkpoint
 from .placement import misses_on_cpu_below
 from .prefetchers import PredictionTally, online_prefetcher
+from .recording import RUN_SOURCE, RunRecording
 from .store import TIERS, ExpertStore
 
-RUN_SOURCE = "expertcache run"  # a run's trace says so in its manifest: a later run may replace it
-PROGRESS_SECONDS = 5.0  # a run's trace holds the sequence in progress up to this long ago (what a kill -9 loses)
-PROGRESS_SHARE = 0.05  # and saving it takes at most this share of the run (a long sequence rewrites more)
 
 __all__ = ["offload", "stats", "OffloadStats", "REGISTRY_NAME", "close"]
 
@@ -114,20 +112,13 @@ class Runtime:
         self.prefetcher = None if prefetch is None else online_prefetcher(prefetch, self.L, self.E, self.K)
         self.want_stale = self.prefetcher is not None and self.prefetcher.needs_stale_gate
         self.tally = PredictionTally()
-        self.writer = None
-        if trace_path is not None:
-            from ..trace.writer import TraceWriter
-
-            capture = {"source": RUN_SOURCE, "policy": policy_name,
-                       "misses_on_cpu_below": cache.misses_on_cpu_below}
-            self.writer = TraceWriter(trace_path, info, capture=capture,
-                                      optional=("stale_gate",) if self.want_stale else (), overwrite=True,
-                                      shard_tokens=256)
-        self._seq: dict[str, list] = {}  # the current sequence's routing, per forward
+        self.recording = None if trace_path is None else RunRecording(
+            trace_path, info, {"policy": policy_name, "misses_on_cpu_below": cache.misses_on_cpu_below},
+            self.want_stale)
+        self.finish = functools.partial(_finish, self.recording, store)  # offload() makes it the model's finalizer
         self._forward: dict | None = None
         self.timings = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
         self._forward_start = 0.0
-        self._next_progress = time.monotonic() + PROGRESS_SECONDS
 
     # ------------------------------------------------------------------ model hooks
     def before_forward(self, module, args, kwargs) -> None:
@@ -138,17 +129,17 @@ class Runtime:
             raise ExpertcacheError("the offloading runtime generates one sequence at a time (batch size 1)")
         past = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5.2x names it `cache`
         new = past is None or past.get_seq_length() == 0
-        if new:
-            self._end_sequence()
-            if self.prefetcher is not None:
-                self.prefetcher.start_sequence()
+        if new and self.recording is not None:
+            self.recording.end_sequence()
+        if new and self.prefetcher is not None:
+            self.prefetcher.start_sequence()
         T = shape[1]
         self._forward = {
             "phase": PREFILL if new else DECODE, "T": T,
             "tokens": ids.reshape(-1).cpu().numpy() if ids is not None else np.full(T, -1),
             "experts": np.full((T, self.L, self.K), -1, np.int64),
-            "weights": np.zeros((T, self.L, self.K), np.float32) if self.writer is not None else None,
-            "stale": np.full((T, self.L, self.E), np.nan, np.float32) if self.want_stale and self.writer is not None else None,
+            "weights": np.zeros((T, self.L, self.K), np.float32) if self.recording is not None else None,
+            "stale": np.full((T, self.L, self.E), np.nan, np.float32) if self.want_stale and self.recording is not None else None,
         }
         if not new and self.prefetcher is not None:  # the prefetch after the previous token's last layer
             with self._engine_ahead():
@@ -163,18 +154,12 @@ class Runtime:
         label = "prefill" if f["phase"] == PREFILL else "decode"
         self.timings[f"{label}_tokens"] += f["T"]
         self.timings[f"{label}_s"] += seconds
-        for name in ("experts", "weights", "tokens", "stale"):
-            self._seq.setdefault(name, []).append(f[name])
-        self._seq.setdefault("phase", []).append(np.full(f["T"], f["phase"], np.uint8))
         if self.prefetcher is not None:
             for t in range(f["T"]):
                 self.prefetcher.end_token(f["experts"][t])
         self._forward = None
-        if self.writer is not None and time.monotonic() >= self._next_progress:
-            start = time.monotonic()
-            self.writer.save_progress(**self._sequence_so_far())
-            took = time.monotonic() - start
-            self._next_progress = start + took + max(PROGRESS_SECONDS, took / PROGRESS_SHARE)
+        if self.recording is not None:
+            self.recording.add_forward({**f, "phase": np.full(f["T"], f["phase"], np.uint8)})
 
     # ------------------------------------------------------------------ one MoE layer call
     def read_router(self, router, args, output) -> None:
@@ -187,14 +172,14 @@ class Runtime:
         K = top_k_index.shape[-1]
         ids = top_k_index.reshape(-1, K).tolist()  # [T][K]: a decode call's few ids cost less as Python ints
         weights = None
-        if self.sort_by_weight or self.writer is not None:
+        if self.sort_by_weight or self.recording is not None:
             weights = top_k_weights.reshape(-1, K).tolist()
         if self.sort_by_weight:  # lookup order = the trace's order: descending weight
             ids, weights = _by_descending_weight(ids, weights)
         f = self._forward
         if f is not None and len(ids) == f["T"]:
             f["experts"][:, layer, :K] = ids
-            if self.writer is not None:
+            if self.recording is not None:
                 f["weights"][:, layer, :K] = weights
         offset = int(self.offset[layer])
         keys = np.array([offset + e for row in ids for e in row if e >= 0], np.int64)
@@ -275,13 +260,13 @@ class Runtime:
         f = self._forward
         decode = f is not None and f["phase"] == DECODE
         stale = None
-        if self.want_stale and earlier_input is not None and (decode or self.writer is not None):  # else unread
+        if self.want_stale and earlier_input is not None and (decode or self.recording is not None):  # else unread
             block = self.ckpt.blocks[layer]
             with torch.no_grad():
                 x = earlier_input.reshape(-1, earlier_input.shape[-1])
                 scores = self.ckpt.adapter.stale_gate(block.router, x)
             scores = scores.float().numpy(force=True)  # [T, E]
-            if f is not None and self.writer is not None:
+            if f is not None and self.recording is not None:
                 f["stale"][:, layer, :scores.shape[1]] = scores
             stale = scores[-1]
         if not decode or (self.want_stale and stale is None):
@@ -291,30 +276,10 @@ class Runtime:
         self.tally.predict(layer, keys.tolist())
         self.cache.prefetch(keys, in_use)
 
-    # ------------------------------------------------------------------ trace
-    def _end_sequence(self) -> None:
-        arrays = self._sequence_so_far() if self.writer is not None and self._seq.get("experts") else None
-        self._seq = {}
-        if arrays is not None:
-            self.writer.add_sequence(**arrays)
-
-    def _sequence_so_far(self) -> dict:
-        """The current sequence's routing, as the trace writer takes it (its parts joined, once)."""
-        joined = {name: np.concatenate(parts) for name, parts in self._seq.items() if name != "stale" or self.want_stale}
-        self._seq.update({name: [array] for name, array in joined.items()})
-        return dict(experts=joined["experts"], weights=joined["weights"], tokens=joined["tokens"],
-                    phase=joined["phase"], stale_gate=joined.get("stale"))
-
     def close(self) -> None:
         """Finish the trace (the partial sequence too) and release files and threads."""
         self.cache.drain()
-        try:
-            self._end_sequence()
-        finally:
-            if self.writer is not None:
-                self.writer.close()
-                self.writer = None
-            self.store.close()
+        self.finish()
 
     def stats(self) -> OffloadStats:
         c, b = self.cache.counters, self.cache.budget
@@ -401,10 +366,19 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
         store.close()
         raise
     _install(runtime)
-    # a model dropped without close(): its read threads and files go with it (the store holds no
-    # reference back to the model, which would keep it alive); its trace is not finished
-    weakref.finalize(ckpt.model, store.close)
+    # a model dropped without close(), or alive at exit: its trace is finished and its read threads
+    # and files go with it (recording and store hold no reference back to the model, which would
+    # keep it alive); close() calls the same finalizer, which runs once
+    runtime.finish = weakref.finalize(ckpt.model, runtime.finish)
     return ckpt.model
+
+
+def _finish(recording: RunRecording | None, store: ExpertStore) -> None:
+    try:
+        if recording is not None:
+            recording.close()
+    finally:
+        store.close()
 
 
 def online_policy(policy, scope: str | None):
