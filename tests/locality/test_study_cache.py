@@ -322,3 +322,14 @@ def test_model_level_curves_where_segments_serve_them_match_single_size_simulati
         for size in (1, 3, layers * top_k, 200, cap):
             hits, requests = np.sum([reference.simulate(tokens, size, policy, m) for tokens in streams], axis=0)
             assert fast[size - 1] == pytest.approx(hits / requests, abs=1e-12), (policy, size)
+
+
+def test_a_sequence_with_more_requests_than_keys_can_number_is_refused(monkeypatch):
+    from expertcache.locality import _stack
+
+    trace = one_layer([[[0, 1], [1, 2], [2, 3]]], 4)  # one sequence: 3 tokens x 1 layer x k = 2
+    monkeypatch.setattr(_stack, "MAX_SEQUENCE_REQUESTS", 5)
+    with pytest.raises(ExpertcacheError, match="a sequence of 6 expert requests .* more than the curves can number"):
+        curves(trace, "lfu")
+    monkeypatch.setattr(_stack, "MAX_SEQUENCE_REQUESTS", 6)
+    assert curves(trace, "lfu").model_level.shape == (4,)

@@ -704,12 +704,15 @@ def test_a_layer_call_interrupted_midway_stops_later_calls(where, checkpoints, m
     close(model)
 
 
-def test_a_model_dropped_without_close_frees_its_memory_and_threads_and_finishes_its_trace(checkpoints, tmp_path):
-    """As a transformers model: `del model` frees it (slots, weights), its read threads end, and
-    its trace holds every token, as after close() (the sequence in progress was not saved yet)."""
+def test_a_model_dropped_without_close_frees_its_memory_and_threads_and_finishes_its_trace(checkpoints, tmp_path,
+                                                                                         monkeypatch):
+    """As a transformers model: `del model` frees it (slots, weights) once collected, its read
+    threads end, and its trace holds every token, as after close() (no progress saved before)."""
     import gc
+    import sys
     import weakref
 
+    monkeypatch.setattr(sys.modules["expertcache.runtime.recording"], "PROGRESS_SECONDS", float("inf"))
     model = offload(checkpoints("qwen3_moe"), budget_x=1.0, prefetch="previous", trace=tmp_path / "tr")
     with torch.no_grad():
         model.generate(prompt(), max_new_tokens=3, min_new_tokens=3, do_sample=False)
@@ -730,7 +733,41 @@ def test_a_script_that_ends_without_close_leaves_the_whole_trace(checkpoints, tm
     import sys
 
     script = (f"import torch, expertcache as ec\n"
+              f"import expertcache.runtime.recording as recording\n"
+              f"recording.PROGRESS_SECONDS = float('inf')  # no progress saved before the end\n"
               f"model = ec.offload({str(checkpoints('olmoe'))!r}, budget_x=1.0, trace={str(tmp_path / 'tr')!r})\n"
               f"model.generate(torch.tensor([[5, 6, 7, 8]]), max_new_tokens=5, min_new_tokens=5, do_sample=False)\n")
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
     assert ec.Trace.load(tmp_path / "tr").seq_lengths.tolist() == [4 + 5 - 1]
+
+
+def test_a_later_offload_to_the_same_trace_takes_it_over(checkpoints, tmp_path):
+    """A notebook cell run again before the earlier model was closed: when the earlier model is
+    collected, its routing must not land in the later run's trace."""
+    import gc
+
+    model = offload(checkpoints("olmoe"), budget_x=1.0, trace=tmp_path / "tr")
+    with torch.no_grad():
+        model.generate(prompt(), max_new_tokens=3, min_new_tokens=3, do_sample=False)  # 16 tokens, not closed
+    model = offload(checkpoints("olmoe"), budget_x=1.0, trace=tmp_path / "tr")
+    gc.collect()  # the earlier model goes
+    with torch.no_grad():
+        model.generate(prompt(5), max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    close(model)
+    assert ec.Trace.load(tmp_path / "tr").seq_lengths.tolist() == [5 + 2 - 1]
+
+
+def test_a_trace_that_cannot_be_finished_without_close_is_one_line(checkpoints, tmp_path, monkeypatch, capfd):
+    """The finalizer cannot raise: its error is one line on stderr, not a traceback."""
+    import gc
+
+    from expertcache.trace.writer import TraceWriter
+
+    model = offload(checkpoints("olmoe"), budget_x=1.0, trace=tmp_path / "tr")
+    with torch.no_grad():
+        model.generate(prompt(), max_new_tokens=2, do_sample=False)
+    monkeypatch.setattr(TraceWriter, "flush", lambda self: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    del model
+    gc.collect()
+    err = capfd.readouterr().err
+    assert err == f"expertcache: could not finish the trace at {tmp_path / 'tr'}: [Errno 28] No space left on device\n"

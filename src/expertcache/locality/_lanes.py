@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 _I32 = ir.IntType(32)
@@ -35,11 +36,24 @@ def _smaller(builder, a, b):
     return builder.select(builder.icmp_signed("<", a, b), a, b)
 
 
+def _block_pointer(context, builder, array_type, array, start):
+    """Pointer to the 8 keys from `start`, after checking they lie inside the array (IndexError
+    otherwise: a mis-sized array must not be read or written past its end)."""
+    view = context.make_array(array_type)(context, builder, value=array)
+    length = builder.extract_value(view.shape, 0)
+    outside = builder.or_(builder.icmp_signed("<", start, ir.Constant(start.type, 0)),
+                          builder.icmp_signed(">", builder.add(start, ir.Constant(start.type, _LANES)), length))
+    with cgutils.if_unlikely(builder, outside):
+        context.call_conv.return_user_exc(builder, IndexError, ("8 keys from start do not fit the array",))
+    return builder.bitcast(builder.gep(view.data, [start]), _VECTOR.as_pointer())
+
+
 @intrinsic
 def mattson_block(typingctx, key, start, carry, n):
-    """Update key[start:start + n] (n <= 8; key must hold start + 8 entries) by Mattson's rule:
-    key[j] = max(key[j], min(carry, key[start:j])). Returns min(carry, key[start:start + n]),
-    the running minimum after the block. Lanes from n on are read and written back unchanged.
+    """Update key[start:start + n] (n <= 8) by Mattson's rule: key[j] = max(key[j], min(carry,
+    key[start:j])). Returns min(carry, key[start:start + n]), the running minimum after the
+    block. Lanes from n on are read and written back unchanged, so key must hold start + 8
+    entries (IndexError otherwise).
     """
     if not (isinstance(key, types.Array) and key.dtype == types.int64 and key.ndim == 1 and key.layout == "C"):
         return None
@@ -47,8 +61,7 @@ def mattson_block(typingctx, key, start, carry, n):
 
     def codegen(context, builder, sig, args):
         array, j0, chain, live_lanes = args
-        data = context.make_array(sig.args[0])(context, builder, value=array).data
-        pointer = builder.bitcast(builder.gep(data, [j0]), _VECTOR.as_pointer())
+        pointer = _block_pointer(context, builder, sig.args[0], array, j0)
         keys = builder.load(pointer, align=8)
         largest = ir.Constant(_VECTOR, [_LARGEST] * _LANES)
         live = builder.icmp_signed("<", ir.Constant(_VECTOR, list(range(_LANES))), _lanes_of(builder, live_lanes))

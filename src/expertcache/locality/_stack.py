@@ -19,12 +19,11 @@ requested before it), then applied one by one.
   O(p) per request, p being the request's reuse depth (grows with I). Where records are
   dense and unpredictable (FSF up to 128 ids, Belady up to 64) the scan runs without the
   record branch (max / min and selects), which costs less than the mispredictions; FSF's
-  8 keys at a time (_lanes). A min-tree
-  that jumps from record to record was measured slower at every size up to I = 14 848
-  (records are 10-35 % of the depth for LFU and FSF), see docs/metrics.md. With a size cap
-  the stack holds only its top `cap` entries (the caches of sizes 1..cap): a deeper or new
-  request scans cap entries at most and the last record falls out, so the cost is
-  O(min(depth, cap)) whatever I.
+  8 keys at a time (_lanes). A min-tree that jumps from record to record was measured slower
+  at every size up to I = 14 848 (records are 10-35 % of the depth for LFU and FSF), see
+  docs/metrics.md. With a size cap the stack holds only its top `cap` entries (the caches of
+  sizes 1..cap): a deeper or new request scans cap entries at most and the last record falls
+  out, so the cost is O(min(depth, cap)) whatever I.
 - LFU and Belady at model level (segment_hist): below its top the stack is a few strictly
   descending runs of keys (LFU 2-5, Belady 10-40), since only the requested entry's key
   changes. Records are then the tail of each run below the running minimum: a run is
@@ -61,6 +60,7 @@ LRU, LFU, BELADY, FSF = 0, 1, 2, 3
 POLICY_CODES = {"lru": LRU, "lfu": LFU, "belady": BELADY, "fsf": FSF}
 
 _SHIFT = np.int64(1) << np.int64(32)
+MAX_SEQUENCE_REQUESTS = (1 << 32) - 1  # a key's low 32 bits hold the index of the request that set it
 LRU_COUNT_MAX_IDS = 256  # up to this, counting beats the Fenwick tree (benchmarks/bench_locality.py)
 # Above it, moving each token's ids to the front beats the tree while ids per request (E / k at
 # model level) stay below this (benchmarks/bench_locality.py, section 3, 2026-12-01): 1 024 to
@@ -265,8 +265,8 @@ def _priority_hist(ids, tok, n_ids, policy, m, hist, cap, scan):
     FSF_LANES_MAX_IDS, in lanes).
     """
     T = tok.shape[0] - 1
-    stack = np.empty(cap + 1, np.int32)  # stack[i] = id at depth i (not kept by LANES)
-    key = np.zeros(cap + _LANES, np.int64)  # key[i] = priority of stack[i]; room for a last block of 8
+    stack = np.empty(0 if scan == LANES else cap + 1, np.int32)  # stack[i] = id at depth i (LANES: the key says)
+    key = np.zeros(cap + _LANES, np.int64)  # key[i] = priority of the entry at depth i; room for a last block of 8
     where = np.full(n_ids, -1, np.int64)  # depth of each id (cap: below the cap), -1 if never used
     count = np.zeros(n_ids, np.int64)
     future = np.zeros(n_ids, np.int64)
@@ -295,8 +295,6 @@ def _priority_hist(ids, tok, n_ids, policy, m, hist, cap, scan):
             if p > 0:
                 # Cache size i < p evicts the lowest key of depths 0..i-1: the running minimum,
                 # which moves down to the next record's depth; the last one lands at depth p.
-                carry = stack[0]
-                carry_key = key[0]
                 if scan == LANES:
                     carry_key = _LARGEST  # depth 0 joins the minimum; its key is replaced below
                     for j0 in range(0, p, _LANES):
@@ -304,23 +302,27 @@ def _priority_hist(ids, tok, n_ids, policy, m, hist, cap, scan):
                     for j in range(1, p):
                         where[_key_id(policy, key[j], ids)] = j
                     carry = _key_id(policy, carry_key, ids)
-                elif scan == SELECT:
-                    for j in range(1, p):
-                        y_key = key[j]
-                        y = stack[j]
-                        record = y_key < carry_key
-                        stack[j] = carry if record else y
-                        carry = y if record else carry
-                        key[j] = max(y_key, carry_key)
-                        carry_key = min(y_key, carry_key)
-                    for j in range(1, p):
-                        where[stack[j]] = j
                 else:
-                    carry, carry_key = _scan(stack, key, where, 1, p, carry, carry_key)
-                stack[p] = carry
+                    carry = stack[0]
+                    carry_key = key[0]
+                    if scan == SELECT:
+                        for j in range(1, p):
+                            y_key = key[j]
+                            y = stack[j]
+                            record = y_key < carry_key
+                            stack[j] = carry if record else y
+                            carry = y if record else carry
+                            key[j] = max(y_key, carry_key)
+                            carry_key = min(y_key, carry_key)
+                        for j in range(1, p):
+                            where[stack[j]] = j
+                    else:
+                        carry, carry_key = _scan(stack, key, where, 1, p, carry, carry_key)
+                    stack[p] = carry
                 key[p] = carry_key
                 where[carry] = p
-            stack[0] = x
+            if scan != LANES:
+                stack[0] = x
             key[0] = kx
             where[x] = 0
 

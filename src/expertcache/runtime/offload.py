@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 import time
 import weakref
 from contextlib import contextmanager
@@ -115,7 +116,7 @@ class Runtime:
         self.recording = None if trace_path is None else RunRecording(
             trace_path, info, {"policy": policy_name, "misses_on_cpu_below": cache.misses_on_cpu_below},
             self.want_stale)
-        self.finish = functools.partial(_finish, self.recording, store)  # offload() makes it the model's finalizer
+        self.finalizer: weakref.finalize | None = None  # set by offload()
         self._forward: dict | None = None
         self.timings = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
         self._forward_start = 0.0
@@ -279,7 +280,9 @@ class Runtime:
     def close(self) -> None:
         """Finish the trace (the partial sequence too) and release files and threads."""
         self.cache.drain()
-        self.finish()
+        if self.finalizer is not None:
+            self.finalizer.detach()
+        _finish(self.recording, self.store)  # errors raise here, where the finalizer could only print them
 
     def stats(self) -> OffloadStats:
         c, b = self.cache.counters, self.cache.budget
@@ -366,10 +369,10 @@ def offload(model: str | os.PathLike, *, budget_mib: float | None = None, budget
         store.close()
         raise
     _install(runtime)
-    # a model dropped without close(), or alive at exit: its trace is finished and its read threads
-    # and files go with it (recording and store hold no reference back to the model, which would
-    # keep it alive); close() calls the same finalizer, which runs once
-    runtime.finish = weakref.finalize(ckpt.model, runtime.finish)
+    # a model dropped without close() (once collected) or alive at exit: its trace is finished and
+    # its read threads and files go with it (recording and store hold no reference back to the
+    # model, which would keep it alive); close() detaches this and does the same itself
+    runtime.finalizer = weakref.finalize(ckpt.model, _finish_unclosed, runtime.recording, store)
     return ckpt.model
 
 
@@ -379,6 +382,15 @@ def _finish(recording: RunRecording | None, store: ExpertStore) -> None:
             recording.close()
     finally:
         store.close()
+
+
+def _finish_unclosed(recording: RunRecording | None, store: ExpertStore) -> None:
+    """_finish for a model never closed: an error is one line on stderr (a finalizer cannot raise)."""
+    try:
+        _finish(recording, store)
+    except Exception as e:
+        print(f"expertcache: could not finish the trace at {recording.path}: {e}" if recording is not None
+              else f"expertcache: could not release an offloaded model's files: {e}", file=sys.stderr)
 
 
 def online_policy(policy, scope: str | None):

@@ -85,4 +85,5 @@ class UrgentFirst:
             self._closing = True
             self._ready.notify_all()
         for thread in self._threads:
-            thread.join()
+            if thread is not threading.current_thread():  # a finalizer the collector ran on a worker
+                thread.join()
