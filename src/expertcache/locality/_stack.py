@@ -596,9 +596,15 @@ BELADY_SEGMENTS_MIN_CAP = 512
 FSF_LANES_MAX_IDS = 128
 BELADY_SELECT_MAX_IDS = 64
 # Above FSF_LANES_MAX_IDS, FSF leaves its idle entries in place (fsf_hist): 1.2x faster at
-# 1 024 ids, 2x at 256 per layer and at 4 096, 5x at 14 848; with every size or with a cap
-# above this (a short capped stack scans faster: 256 of 1 024 ids, 98 ns against 115).
+# 1 024 ids, 2x at 256 per layer and at 4 096, 5x at 14 848; with every size, with a cap above
+# FSF_IDLE_MIN_CAP, or where the cap times the ids per request reaches the second figure. Below,
+# a short capped stack scans faster: the scan passes about the cap's entries, the idle kernel
+# the pending ones, which are more where a token's requests are more of the ids. Measured
+# (2026-12-01, ns per request, scan / idle): 1 024 ids at E / k = 8, cap 256: 83 / 97, cap 512:
+# 114 / 107; 4 096 at E / k = 64, cap 64: 38 / 45, cap 128: 63 / 54, cap 512: 167 / 62; 14 848
+# at E / k = 32, cap 128: 37 / 45, cap 256: 70 / 70, cap 384: 99 / 91.
 FSF_IDLE_MIN_CAP = 512
+FSF_IDLE_MIN_SIZES_X_IDS_PER_REQUEST = 8192
 
 
 @numba.njit(cache=True)
@@ -622,7 +628,8 @@ def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
     elif (policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS) or \
             (policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP):
         segment_hist(ids, tok, n_ids, policy, hist, cap)
-    elif policy == FSF and n_ids > FSF_LANES_MAX_IDS and (cap == n_ids or cap > FSF_IDLE_MIN_CAP):
+    elif policy == FSF and n_ids > FSF_LANES_MAX_IDS and (cap == n_ids or cap > FSF_IDLE_MIN_CAP or
+                                                          cap * n_ids * tokens >= FSF_IDLE_MIN_SIZES_X_IDS_PER_REQUEST * requests):
         fsf_hist(ids, tok, n_ids, m, hist, cap)
     elif policy == FSF and n_ids <= FSF_LANES_MAX_IDS:
         priority_hist(ids, tok, n_ids, policy, m, hist, cap, LANES)
