@@ -75,5 +75,5 @@ class RunRecording:
             try:
                 self.end_sequence()
             finally:
-                self.writer.close()
-                self.writer = None
+                writer, self.writer = self.writer, None
+                writer.close()
