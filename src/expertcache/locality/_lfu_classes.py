@@ -34,10 +34,10 @@ join, so its rank there is its rank by last use; and an expert joins a class onc
 is known before the pass. An expert's depth is the r-th depth of its class, r its rank there.
 Cost per request O(chain x log I + I / 512) (the counts per 512 bits are summed one by one).
 
-Used for LFU where the sizes computed times the ids per request reach 70 000
-(_stack.lfu_takes_classes: model level of large models, 231-238 ns per request at 14 848 keys
-where moving the records took 681-716); below, moving the records costs less than these
-structures.
+Used for LFU at model level (at least 64 requests per token) where the sizes computed times the
+ids per request reach 70 000 (_stack.lfu_takes_classes: large models, 231-238 ns per request at
+14 848 keys where moving the records took 681-716); below, moving the records costs less than
+these structures, and per layer the scan.
 
 Shape key: R requests of one sequence, I ids, cap sizes tracked; the min-tree has N >= cap
 leaves.

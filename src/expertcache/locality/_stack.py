@@ -576,8 +576,16 @@ def segment_hist(ids, tok, n_ids, policy, hist, cap):
             where[x] = 0
 
 
-# Where segment_hist beats priority_hist's scan (benchmarks/bench_locality.py, section 3).
+# Where segment_hist beats priority_hist's scan (benchmarks/bench_locality.py, section 3): more
+# than 256 ids, and at least 64 requests per token, i.e. a model-level stack interleaving many
+# layers' experts. Per layer (k requests per token) the records of an update lie in about one
+# run, which the scan passes faster: measured 2026-12-01 (ns per request, scan / runs / classes,
+# synthetic routing with locality) one layer of 512 experts at k = 1, 4, 8: 55 / 89 / 99,
+# 51 / 82 / 129, 51 / 81 / 141; model level 4 x 256 at k = 8 (32 requests per token):
+# 85 / 102 / 154; 8 x 256 (64): 141 / 143 / 171; 16 x 128 at k = 4 (64): 163 / 146 / 174;
+# 12 x 128 (96): 106 / 99 / 170; 16 x 128 (128): 130 / 112 / 174.
 LFU_SEGMENTS_MIN_IDS = 256
+LFU_SEGMENTS_MIN_REQUESTS_PER_TOKEN = 64
 # Where LFU's use-count classes beat moving the records: the records moved grow with the sizes
 # computed times the ids per request (ids over a token's requests: E / k at model level), the
 # classes' cost barely. From about 73 000 on the classes were faster in every shape measured,
@@ -608,10 +616,18 @@ FSF_IDLE_MIN_SIZES_X_IDS_PER_REQUEST = 8192
 
 
 @numba.njit(cache=True)
+def lfu_takes_segments(n_ids, tokens, requests):
+    """Whether LFU moves runs (segment_hist) or classes rather than scanning: more than 256 ids and
+    at least 64 requests per token."""
+    return n_ids > LFU_SEGMENTS_MIN_IDS and requests >= LFU_SEGMENTS_MIN_REQUESTS_PER_TOKEN * tokens
+
+
+@numba.njit(cache=True)
 def lfu_takes_classes(n_ids, cap, tokens, requests):
-    """Whether LFU keeps use-count classes (lfu_class_hist) rather than runs or the scan: sizes
-    computed x ids per request (n_ids x tokens / requests) reach 70 000."""
-    return n_ids > LFU_SEGMENTS_MIN_IDS and cap * n_ids * tokens >= LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST * requests
+    """Whether LFU keeps use-count classes (lfu_class_hist) rather than runs or the scan: where it
+    would take the runs, sizes computed x ids per request (n_ids x tokens / requests) reach 70 000."""
+    return lfu_takes_segments(n_ids, tokens, requests) and \
+        cap * n_ids * tokens >= LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST * requests
 
 
 @numba.njit(cache=True, nogil=True)
@@ -625,7 +641,7 @@ def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
             lru_hist(ids, tok, n_ids, hist, n_ids <= LRU_COUNT_MAX_IDS)
     elif policy == LFU and lfu_takes_classes(n_ids, cap, tokens, requests):
         lfu_class_hist(ids, tok, n_ids, hist, cap)
-    elif (policy == LFU and n_ids > LFU_SEGMENTS_MIN_IDS) or \
+    elif (policy == LFU and lfu_takes_segments(n_ids, tokens, requests)) or \
             (policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP):
         segment_hist(ids, tok, n_ids, policy, hist, cap)
     elif policy == FSF and n_ids > FSF_LANES_MAX_IDS and (cap == n_ids or cap > FSF_IDLE_MIN_CAP or
