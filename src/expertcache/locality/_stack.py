@@ -615,6 +615,13 @@ FSF_IDLE_MIN_CAP = 512
 FSF_IDLE_MIN_SIZES_X_IDS_PER_REQUEST = 8192
 
 
+@numba.njit(cache=True, inline="always")
+def _sizes_x_ids_per_request_reach(bound, cap, n_ids, tokens, requests):
+    """Whether the sizes computed (cap) times the ids per request (n_ids x tokens / requests, E / k
+    at model level) reach `bound`, in integers."""
+    return cap * n_ids * tokens >= bound * requests
+
+
 @numba.njit(cache=True)
 def lfu_takes_segments(n_ids, tokens, requests):
     """Whether LFU moves runs (segment_hist) or classes rather than scanning: more than 256 ids and
@@ -627,7 +634,7 @@ def lfu_takes_classes(n_ids, cap, tokens, requests):
     """Whether LFU keeps use-count classes (lfu_class_hist) rather than runs or the scan: where it
     would take the runs, sizes computed x ids per request (n_ids x tokens / requests) reach 70 000."""
     return lfu_takes_segments(n_ids, tokens, requests) and \
-        cap * n_ids * tokens >= LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST * requests
+        _sizes_x_ids_per_request_reach(LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST, cap, n_ids, tokens, requests)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -644,8 +651,9 @@ def sequence_hist(ids, tok, n_ids, policy, m, hist, cap):
     elif (policy == LFU and lfu_takes_segments(n_ids, tokens, requests)) or \
             (policy == BELADY and n_ids > BELADY_SEGMENTS_MIN_IDS and cap > BELADY_SEGMENTS_MIN_CAP):
         segment_hist(ids, tok, n_ids, policy, hist, cap)
-    elif policy == FSF and n_ids > FSF_LANES_MAX_IDS and (cap == n_ids or cap > FSF_IDLE_MIN_CAP or
-                                                          cap * n_ids * tokens >= FSF_IDLE_MIN_SIZES_X_IDS_PER_REQUEST * requests):
+    elif policy == FSF and n_ids > FSF_LANES_MAX_IDS and (
+            cap == n_ids or cap > FSF_IDLE_MIN_CAP
+            or _sizes_x_ids_per_request_reach(FSF_IDLE_MIN_SIZES_X_IDS_PER_REQUEST, cap, n_ids, tokens, requests)):
         fsf_hist(ids, tok, n_ids, m, hist, cap)
     elif policy == FSF and n_ids <= FSF_LANES_MAX_IDS:
         priority_hist(ids, tok, n_ids, policy, m, hist, cap, LANES)

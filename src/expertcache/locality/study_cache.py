@@ -137,8 +137,9 @@ def hit_counts(trace: Trace, policy: str, m: int | None = None, *, model_level: 
     model_requests = np.zeros(D, np.int64)
     # A window reaching past a sequence's end sees all of its future, so FSF(m) for m beyond the
     # longest sequence equals FSF(longest); clamping also keeps a huge m inside the kernel's int64.
-    fsf_m = max(1, min(m or 1, int(np.max(trace.seq_lengths))))
-    most = int(np.max(trace.seq_lengths)) * L * trace.top_k
+    longest = int(np.max(trace.seq_lengths))
+    fsf_m = max(1, min(m or 1, longest))
+    most = longest * L * trace.top_k
     if most > _stack.MAX_SEQUENCE_REQUESTS:  # keys carry a request's index in their low 32 bits
         raise ExpertcacheError(f"a sequence of {most:,} expert requests (tokens x layers x k) is more than the "
                                f"curves can number ({_stack.MAX_SEQUENCE_REQUESTS:,}); split the sequences")

@@ -140,7 +140,8 @@ class ExpertStore:
         return self._reads.submit(urgent, self._fetch_on_stream, layer, expert, dest, ready)
 
     def hurry(self, fetch: Future) -> None:
-        """A call is about to wait for `fetch`: read it next if it has not started."""
+        """A call is about to wait for `fetch`: if it has not started, read it before every queued
+        prefetch (after the misses queued before it)."""
         self._reads.hurry(fetch)
 
     def _fetch_on_stream(self, layer: int, expert: int, dest: dict[str, torch.Tensor], ready):
