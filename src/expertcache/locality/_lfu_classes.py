@@ -92,10 +92,8 @@ def _count_above(bits, block, w0, b0, n_blocks, i):
         total += block[b0 + u]
     for w in range((i >> 6) + 1, (j + 1) * _BLOCK_WORDS):
         total += np.int64(_popcount(bits[w0 + w]))
-    shift = np.uint64((i & 63) + 1)
-    if shift < 64:
-        total += np.int64(_popcount(bits[w0 + (i >> 6)] >> shift))
-    return total
+    above = ~((np.uint64(2) << np.uint64(i & 63)) - _ONE)  # bits i + 1 .. 63 (none for i = 63): no branch
+    return total + np.int64(_popcount(bits[w0 + (i >> 6)] & above))
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting

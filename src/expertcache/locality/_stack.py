@@ -434,20 +434,16 @@ def fsf_hist(ids, tok, n_ids, m, hist, cap):
             kx = future[x] * _SHIFT + q
             p, size = _depth_to_update(where, x, size, cap)
             if p > 0:
-                shift = idle[0] & np.uint64(1)  # an idle top: the idle entries above p move down
-                if shift:
-                    _flip(idle, per_word, 0, False)
-                else:  # the scan, down to the first idle entry (a record: it takes the carry)
+                f = 0  # the first idle entry: an idle top, or where the scan stops (a record: it takes the carry)
+                if not idle[0] & np.uint64(1):
                     f = _next_set(idle, 1, p)
                     carry, carry_key = _scan(stack, key, where, 1, f, stack[0], key[0])
                     d = min(f, p)
                     stack[d] = carry
                     key[d] = carry_key
                     where[carry] = d
-                    if f < p:
-                        _flip(idle, per_word, f, False)
-                        shift = 1
-                if shift:  # the last idle entry above p lands at p
+                if f < p:  # the idle entries from f to p move down: f's bit leaves, the last lands at p
+                    _flip(idle, per_word, f, False)  # one flip for both ways: in each branch, numba kept refcounts
                     if p < cap:
                         _flip(idle, per_word, p, True)
                     else:  # ... below the cap: the least recently used idle expert leaves
