@@ -17,7 +17,7 @@ _PROGRAM = """
 import json, re
 import numpy as np
 from expertcache.locality import _stack
-from expertcache.locality._lfu_classes import lfu_class_hist
+from expertcache.locality import _lfu_classes
 
 ids = np.array([0, 1, 2, 1, 3, 0, 2, 4, 1, 0, 5, 2], np.int32)
 tok = np.array([0, 2, 4, 6, 8, 10, 12], np.int64)
@@ -27,14 +27,15 @@ runs = {
     "lru_front_hist": lambda h: _stack.lru_front_hist(ids, tok, n, h),
     "priority_hist": lambda h: [_stack.priority_hist(ids, tok, n, 3, 2, h, n, s) for s in (0, 1, 2)],
     "segment_hist": lambda h: _stack.segment_hist(ids, tok, n, 2, h, n),
-    "lfu_class_hist": lambda h: lfu_class_hist(ids, tok, n, h, n),
+    "lfu_class_hist": lambda h: _lfu_classes.lfu_class_hist(ids, tok, n, h, n),
     "fsf_hist": lambda h: _stack.fsf_hist(ids, tok, n, 2, h, 4),
 }
 found = {}
 for name, run in runs.items():
     run(np.zeros(n + 2, np.int64))
-    kernel = lfu_class_hist if name == "lfu_class_hist" else getattr(_stack, name)
-    for ir in kernel.inspect_llvm().values():
+    kernels = [_lfu_classes.lfu_class_hist, _lfu_classes._class_pass] if name == "lfu_class_hist" \
+        else [getattr(_stack, name)]
+    for ir in (ir for kernel in kernels for ir in kernel.inspect_llvm().values()):
         for body in re.split(r"\\ndefine ", ir)[1:]:
             blocks = re.split(r"\\n(?=[A-Za-z0-9_.\\-]+:)", body.split("\\n}")[0])
             first = 1 if blocks[0].split("{", 1)[-1].strip() else 2  # the entry block may be unlabelled

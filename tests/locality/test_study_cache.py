@@ -267,15 +267,16 @@ def test_lfu_classes_equal_the_scan_across_bitset_blocks():
 @pytest.mark.parametrize("n_ids, cap, tokens, requests, segments, classes", [
     (58 * 256, 58 * 256, 512, 512 * 58 * 8, True, True),  # model level of a 58 x 256, k = 8 model: 14 848 x 32
     (16 * 64, 16 * 64, 512, 512 * 16 * 8, True, False),  # 16 x 64, k = 8: 1 024 x 8 = 2^13
-    (7000, 1000, 10, 1000, True, True),  # 100 requests per token; 1 000 sizes x 70 ids per request = 70 000
-    (7000, 999, 10, 1000, True, False),  # one size fewer
-    (4096, 4096, 512, 512 * 256, True, False),  # 4 096 keys at E / k = 16: 65 536
-    (8 * 256, 8 * 256, 100, 100 * 64, True, False),  # 8 x 256 at k = 8: 64 requests per token
+    (7000, 572, 10, 1000, True, True),  # 100 requests per token; 572 sizes x 70 ids per request = 40 040
+    (7000, 571, 10, 1000, True, False),  # one size fewer: 39 970
+    (4096, 4096, 512, 512 * 256, True, True),  # 4 096 keys at E / k = 16: 65 536
+    (8 * 256, 8 * 256, 100, 100 * 64, True, True),  # 8 x 256 at k = 8: 64 requests per token, 2 048 x 32
+    (8 * 256, 1000, 100, 100 * 64, True, False),  # capped at 1 000 sizes: 32 000
     (4 * 256, 4 * 256, 100, 100 * 32, False, False),  # 4 x 256 at k = 8: 32, the scan
     (512, 512, 100, 100, False, False),  # one layer of 512 experts, k = 1 (512 x 512): the scan
     (256, 256, 100, 100 * 64, False, False),  # 256 ids: the scan, whatever the rest
 ])
-def test_lfu_moves_runs_or_classes_from_64_requests_per_token_and_classes_from_70_000(
+def test_lfu_moves_runs_or_classes_from_64_requests_per_token_and_classes_from_40_000(
         n_ids, cap, tokens, requests, segments, classes):
     from expertcache.locality import _stack
 
@@ -301,14 +302,15 @@ def test_fsf_skipping_to_idle_entries_equals_the_scan_across_bitset_words():
         np.testing.assert_array_equal(idle, scan, err_msg=f"trial {trial}: n={n_ids} k={K} cap={cap} m={m}")
 
 
-@pytest.mark.parametrize("layers, top_k, max_multiple", [(17, 4, None), (33, 2, None), (33, 2, 125), (17, 4, 10),
-                                                         (9, 8, None), (4, 8, None)])
+@pytest.mark.parametrize("layers, top_k, max_multiple", [(17, 4, None), (33, 2, None), (33, 2, 125), (17, 4, 9),
+                                                         (9, 8, None), (9, 16, None),
+                                                         (4, 8, None)])
 def test_model_level_curves_where_segments_serve_them_match_single_size_simulations(layers, top_k, max_multiple):
-    # 17 x 256 = 4 352 keys: Belady takes segment_hist, and LFU too with a cap of 10 x 68 = 680
-    # (sizes x ids per request below 70 000); LFU keeps use-count classes (lfu_class_hist) at
+    # 17 x 256 = 4 352 keys: Belady takes segment_hist, and LFU too with a cap of 9 x 68 = 612
+    # (sizes x ids per request, 612 x 64, below 40 000); LFU keeps use-count classes (lfu_class_hist) at
     # 64 requests per token or more (k = 8, 4 and 2), every size or a cap of 125 x 66 = 8 250 of
     # 8 448 keys (the random-stream tests cover experts falling below a cap). LRU moves each
-    # token's ids to the front at k = 8 (E / k = 32; at 64 and 128, the Fenwick tree).
+    # token's ids to the front at k = 16 (E / k = 16; at 32, 64 and 128, the Fenwick tree).
     # 4 x 256 = 1 024 keys at k = 8 (32 requests per token): LFU and Belady scan, FSF skips to
     # its idle entries (fsf_hist).
     from expertcache.locality import _stack

@@ -1,4 +1,5 @@
-"""Mattson's update eight keys at a time (LLVM vectors emitted through a numba intrinsic).
+"""LLVM vector operations emitted through numba intrinsics: Mattson's update eight keys at a
+time, and which of 64 entries lie below a value (one compare).
 
 The update of a stack of keys is a running minimum: each entry above the request keeps the
 larger of its key and the minimum of the keys above it. The minimum is a loop-carried chain
@@ -6,6 +7,10 @@ one entry long in scalar code; here a block of 8 keys takes its own prefix minim
 shuffle-and-min steps, and only the block's minimum joins the chain (one scalar min per
 block). numba does not vectorise a running minimum by itself, hence the intrinsic. On CPUs
 without 512-bit vectors LLVM splits the same operations into narrower ones.
+
+`below_mask` answers "the first entry below c from here" for LFU's use-count classes
+(_lfu_classes): 64 small integers compared in one vector instruction (two or four 512-bit
+registers), the answer a 64-bit mask.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ _VECTOR = ir.VectorType(ir.IntType(64), _LANES)
 _LARGEST = (1 << 63) - 1
 
 
-def _lanes_of(builder, scalar):
+def _lanes_of(builder, scalar, vector=_VECTOR):
     """The scalar in every lane."""
-    one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(_VECTOR, ir.Undefined), ir.Constant(ir.VectorType(_I32, _LANES), [0] * _LANES))
+    one = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(_I32, vector.count), [0] * vector.count))
 
 
 def _shuffle(builder, a, b, lanes):
@@ -36,16 +41,16 @@ def _smaller(builder, a, b):
     return builder.select(builder.icmp_signed("<", a, b), a, b)
 
 
-def _block_pointer(context, builder, array_type, array, start):
-    """Pointer to the 8 keys from `start`, after checking they lie inside the array (IndexError
-    otherwise: a mis-sized array must not be read or written past its end)."""
+def _block_pointer(context, builder, array_type, array, start, vector=_VECTOR):
+    """Pointer to the `vector` of entries from `start`, after checking they lie inside the array
+    (IndexError otherwise: a mis-sized array must not be read or written past its end)."""
     view = context.make_array(array_type)(context, builder, value=array)
     length = builder.extract_value(view.shape, 0)
     outside = builder.or_(builder.icmp_signed("<", start, ir.Constant(start.type, 0)),
-                          builder.icmp_signed(">", builder.add(start, ir.Constant(start.type, _LANES)), length))
+                          builder.icmp_signed(">", builder.add(start, ir.Constant(start.type, vector.count)), length))
     with cgutils.if_unlikely(builder, outside):
-        context.call_conv.return_user_exc(builder, IndexError, ("8 keys from start do not fit the array",))
-    return builder.bitcast(builder.gep(view.data, [start]), _VECTOR.as_pointer())
+        context.call_conv.return_user_exc(builder, IndexError, (f"{vector.count} entries from start do not fit the array",))
+    return builder.bitcast(builder.gep(view.data, [start]), vector.as_pointer())
 
 
 @intrinsic
@@ -76,5 +81,24 @@ def mattson_block(typingctx, key, start, carry, n):
         kept = builder.select(builder.icmp_signed(">", keys, above), keys, above)
         builder.store(builder.select(live, kept, keys), pointer, align=8)
         return _smaller(builder, chain, block_min)
+
+    return signature, codegen
+
+
+@intrinsic
+def below_mask(typingctx, values, start, c):
+    """uint64 whose bit i says values[start + i] < c, for the 64 entries from start (a 1-D
+    C-contiguous array of int16 or int32; c is taken as that type). values must hold start + 64
+    entries (IndexError otherwise)."""
+    if not (isinstance(values, types.Array) and values.dtype in (types.int16, types.int32)
+            and values.ndim == 1 and values.layout == "C"):
+        return None
+    signature = types.uint64(values, types.int64, values.dtype)
+
+    def codegen(context, builder, sig, args):
+        array, j0, value = args
+        vector = ir.VectorType(context.get_value_type(sig.args[0].dtype), 64)
+        entries = builder.load(_block_pointer(context, builder, sig.args[0], array, j0, vector), align=2)
+        return builder.bitcast(builder.icmp_signed("<", entries, _lanes_of(builder, value, vector)), ir.IntType(64))
 
     return signature, codegen

@@ -27,36 +27,38 @@ The chain has 2.6 classes per request on average on the benchmark's routing at 1
 14 848 keys (where the runs of _stack.segment_hist moved 20 and 650 records), at most the number
 of distinct use counts (<= sqrt(2R)).
 
-Kept per sequence: the class at each depth in a min-tree (the chain's query), each class's depths
+Kept per sequence: the class at each depth in a flat array (the chain's query: 64 depths per
+vector compare, _lanes.below_mask; int16 while no expert reaches 32 767 uses), each class's depths
 as a bitset with counts per 512 bits (select the r-th depth), each class's experts as a bitset
 over the order in which they joined the class. A member's last use is the request that made it
 join, so its rank there is its rank by last use; and an expert joins a class once, so the order
 is known before the pass. An expert's depth is the r-th depth of its class, r its rank there.
-Cost per request O(chain x log I + I / 512) (the counts per 512 bits are summed one by one).
+Cost per request O(p / 64 + chain + I / 512) (the counts per 512 bits are summed one by one).
 
 Used for LFU at model level (at least 64 requests per token) where the sizes computed times the
-ids per request reach 70 000 (_stack.lfu_takes_classes: large models, 231-238 ns per request at
-14 848 keys where moving the records took 681-716); below, moving the records costs less than
-these structures, and per layer the scan.
+ids per request reach 40 000 (_stack.lfu_takes_classes: large models; at 14 848 keys, every
+size, 286-394 ns per request where moving the records took 2 122 and the min-tree this array
+replaced 475-523, stop 30); below, moving the records costs less than these structures, and per
+layer the scan.
 
-Shape key: R requests of one sequence, I ids, cap sizes tracked; the min-tree has N >= cap
-leaves.
+Shape key: R requests of one sequence, I ids, cap sizes tracked, p the request's depth.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ._bits import _popcount, _put_bit, _select_in_word
 from ._judge import _judge_token, _widest_token
+from ._lanes import below_mask
 
 __all__ = ["lfu_class_hist"]
 
 _ONE = np.uint64(1)
 _BLOCK_WORDS = 8  # 64-bit words per counted block of a bitset (512 bits)
-_EMPTY = np.int32(2**31 - 1)  # the class of a depth below the stack: never a running minimum
+_INT16_CLASSES = 2**15 - 1  # classes below this are kept in int16 (and this marks "no class")
 
 
 # A counted bitset: bits[w0 + i // 64] holds bit i, block[b0 + i // 512] counts the set bits of
@@ -97,37 +99,19 @@ def _count_above(bits, block, w0, b0, n_blocks, i):
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
-def _first_lower_class(tree, N, lo, c, hi):
-    """First leaf j in [lo, hi) of the min-tree (leaf j at N + j) with a value below c, else hi.
-    The right siblings along lo's path that start before hi are tested together (independent
-    loads), then one branch-free descent."""
+def _first_lower_class(at, lo, c, hi):
+    """First depth j in [lo, hi) whose class at[j] is below c, else hi: 64 depths per compare
+    (at holds 64 entries past the block of hi - 1)."""
     if lo >= hi:
         return hi
-    u = lo + N
-    if tree[u] < c:
-        return lo
-    found = np.uint64(0)
-    for h in range(64 - np.int64(leading_zeros(np.uint64(lo ^ (hi - 1))))):  # siblings starting before hi
-        v = u >> h
-        found |= np.uint64(((v & 1) == 0) & (tree[v + 1] < c)) << np.uint64(h)
-    if found == 0:
-        return hi
-    h = np.int64(trailing_zeros(found))
-    i = (u >> h) + 1
-    for _ in range(h):
-        i = 2 * i + np.int64(tree[2 * i] >= c)
-    return min(i - N, hi)
-
-
-@numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
-def _set_class(tree, N, j, value):
-    """Set leaf j and every minimum above it, all the way up: no data-dependent exit."""
-    i = N + j
-    tree[i] = value
-    while i > 1:
-        value = min(value, tree[i ^ 1])
-        i >>= 1
-        tree[i] = value
+    w = lo >> 6
+    below = below_mask(at, w << 6, c) & (~np.uint64(0) << np.uint64(lo & 63))
+    while below == 0:
+        w += 1
+        if w << 6 >= hi:
+            return hi
+        below = below_mask(at, w << 6, c)
+    return min((w << 6) + np.int64(trailing_zeros(below)), hi)
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
@@ -142,17 +126,28 @@ def _depth_in_class(m_bits, m_count, m_word, m_block, d_bits, d_count, d_words, 
 def lfu_class_hist(ids, tok, n_ids, hist, cap):
     """Accumulate one sequence's LFU hit histogram (as _stack.priority_hist, exact for sizes
     1..cap) with the stack kept as use-count classes (module docstring)."""
+    uses = np.zeros(n_ids, np.int64)
+    top = 0
+    for q in range(ids.shape[0]):
+        uses[ids[q]] += 1
+        top = max(top, uses[ids[q]])
+    # the class at each depth; below the stack the largest value, never a running minimum
+    if top < _INT16_CLASSES:
+        _class_pass(ids, tok, n_ids, hist, cap, top, np.full(cap + 64, _INT16_CLASSES, np.int16))
+    else:
+        _class_pass(ids, tok, n_ids, hist, cap, top, np.full(cap + 64, 2**31 - 1, np.int32))
+
+
+@numba.njit(cache=True, nogil=True)
+def _class_pass(ids, tok, n_ids, hist, cap, top, at):
+    """lfu_class_hist with the most uses of one expert (top) known and the depths' classes (at)
+    allocated: int16 where they fit, so that one compare covers twice the depths."""
     T = tok.shape[0] - 1
     R = ids.shape[0]
     # Offline: the class each request moves its expert into, and its place in that class's order.
     uses = np.zeros(n_ids, np.int64)
-    top = 0
-    for q in range(R):
-        uses[ids[q]] += 1
-        top = max(top, uses[ids[q]])
     joined = np.zeros(top + 2, np.int64)  # experts that join each class
     place = np.empty(R, np.int32)  # request q's expert is the place[q]-th to join its class
-    uses[:] = 0
     for q in range(R):
         c = uses[ids[q]] + 1
         uses[ids[q]] = c
@@ -187,11 +182,6 @@ def lfu_class_hist(ids, tok, n_ids, hist, cap):
     slot_of = np.full(top + 2, -1, np.int64)
     free = np.arange(slots - 1, -1, -1)
     n_free = slots
-    N = 1
-    while N < cap:
-        N *= 2
-    # leaf N + j: the class at depth j; one more entry, read (and ignored) next to the last leaf
-    tree = np.full(2 * N + 1, _EMPTY, np.int32)
     state = np.zeros(n_ids, np.int8)  # 0 never used, 1 in the stack, 2 below the cap
     place_of = np.zeros(n_ids, np.int64)  # an expert's place in its class's order
     uses[:] = 0
@@ -229,19 +219,19 @@ def lfu_class_hist(ids, tok, n_ids, hist, cap):
                 p = cap
             if p > 0:  # the chain of classes from depth 0 down to p
                 d = 0
-                c = tree[N]
+                c = at[0]
                 while True:
-                    z = _first_lower_class(tree, N, d + 1, c, p)
+                    z = _first_lower_class(at, d + 1, c, p)
                     s = slot_of[c]
                     _flip_bit(d_bits, d_count, s * d_words, s * d_blocks, d, False)
                     if z < p:
                         _flip_bit(d_bits, d_count, s * d_words, s * d_blocks, z, True)
-                        below = tree[N + z]
-                        _set_class(tree, N, z, c)
+                        below = at[z]
+                        at[z] = c
                         c, d = below, z
                     elif p < cap:
                         _flip_bit(d_bits, d_count, s * d_words, s * d_blocks, p, True)
-                        _set_class(tree, N, p, c)
+                        at[p] = c
                         break
                     else:  # the class's oldest member falls below the cap
                         i = oldest[c]
@@ -266,5 +256,5 @@ def lfu_class_hist(ids, tok, n_ids, hist, cap):
             place_of[x] = place[q]
             _flip_bit(m_bits, m_count, m_word[c], m_block[c], place[q], True)
             _flip_bit(d_bits, d_count, s * d_words, s * d_blocks, 0, True)
-            _set_class(tree, N, 0, c)
+            at[0] = c
             state[x] = 1

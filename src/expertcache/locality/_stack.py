@@ -33,7 +33,7 @@ requested before it), then applied one by one.
 - LFU with thousands of sizes (_lfu_classes.lfu_class_hist): within a use count the experts
   lie in order of last use, and the records of one update form a chain of use counts (2.6 on
   average on synthetic routing, at most the distinct counts), so each count's set of depths
-  changes by two bits and nothing moves. Cost O(chain x log I + I / 512) per request.
+  changes by two bits and nothing moves. Cost O(p / 64 + chain + I / 512) per request.
 - FSF above 128 ids (fsf_hist): experts with no pending request in the window lie in order of
   last use and, once the running minimum is one of them, are exactly the records; they are
   left in place (a bitset of their depths changes by two bits), so the scan stops at the
@@ -64,9 +64,11 @@ MAX_SEQUENCE_REQUESTS = (1 << 32) - 1  # a key's low 32 bits hold the index of t
 LRU_COUNT_MAX_IDS = 256  # up to this, counting beats the Fenwick tree (benchmarks/bench_locality.py)
 # Above it, moving each token's ids to the front beats the tree while ids per request (E / k at
 # model level) stay below this (benchmarks/bench_locality.py, section 3, 2026-12-01): 1 024 to
-# 6 144 keys with E / k = 8 or 16, 8-16 ns against 21-24; E / k = 32 is even (8 192 and 14 848
-# keys, 27-28 against 26-28); E / k = 64 loses to the tree (43-44 ns against 24-25).
-LRU_FRONT_MAX_IDS_PER_REQUEST = 40
+# 6 144 keys with E / k = 8 or 16, 8-16 ns against 21-24; E / k = 32 was even on an AMD EPYC
+# (8 192 and 14 848 keys, 27-28 against 26-28) and lost on an Intel Xeon (stop 30: 72-97
+# against 54-57; 16 x 128 at k = 4, 48-51 against 43), where E / k = 16 still won (28 against
+# 38, 36-40 against 39-50); E / k = 64 loses to the tree (43-44 ns against 24-25).
+LRU_FRONT_MAX_IDS_PER_REQUEST = 24
 
 
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
@@ -584,12 +586,13 @@ LFU_SEGMENTS_MIN_IDS = 256
 LFU_SEGMENTS_MIN_REQUESTS_PER_TOKEN = 64
 # Where LFU's use-count classes beat moving the records: the records moved grow with the sizes
 # computed times the ids per request (ids over a token's requests: E / k at model level), the
-# classes' cost barely. From about 73 000 on the classes were faster in every shape measured,
-# at 65 536 one or the other, below it the runs (ns per request, runs / classes: 14 848 keys,
-# every size, 681-716 / 231-238; 6 144 keys at E / k = 16 (98 304), 228 / 213; 2 304 of 4 608
-# at E / k = 32 (73 728), 206 / 181; at 65 536, 4 096 keys at E / k = 16, 167-173 / 202-208,
-# and 1 024 of 4 096 at E / k = 64, 151-152 / 138; 8 192 keys at E / k = 8, 212 / 226).
-LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST = 70_000
+# classes' cost barely. Measured 2026-12-01 (stop 30, the classes searched 64 depths per
+# compare), ns per request, classes / runs: from 44 544 on the classes in every shape (58 x 256
+# keys at k = 8 capped at 1 392 and 1 856: 180 / 228, 207 / 331; 8 x 256 at 1 536, 248 / 353;
+# every size of 14 848 keys, 286-394 / 2 122); at 32 768 one or the other (16 x 256 at k = 4
+# capped at 512, 155 / 180; 32 x 128 at 2 048, 266 / 328; 58 x 256 at 1 024, 103 / 94); below,
+# the runs (24 576: 90 / 78 and 177 / 154; 8 192: 171-201 / 115-119).
+LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST = 40_000
 BELADY_SEGMENTS_MIN_IDS = 2048
 BELADY_SEGMENTS_MIN_CAP = 512
 # Chosen by the number of ids, per layer or model level alike (benchmarks/bench_locality.py,
@@ -628,7 +631,7 @@ def lfu_takes_segments(n_ids, tokens, requests):
 @numba.njit(cache=True)
 def lfu_takes_classes(n_ids, cap, tokens, requests):
     """Whether LFU keeps use-count classes (lfu_class_hist) rather than runs or the scan: where it
-    would take the runs, sizes computed x ids per request (n_ids x tokens / requests) reach 70 000."""
+    would take the runs, sizes computed x ids per request (n_ids x tokens / requests) reach 40 000."""
     return lfu_takes_segments(n_ids, tokens, requests) and \
         _sizes_x_ids_per_request_reach(LFU_CLASSES_MIN_SIZES_X_IDS_PER_REQUEST, cap, n_ids, tokens, requests)
 
