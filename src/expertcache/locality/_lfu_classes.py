@@ -38,7 +38,7 @@ Cost per request O(p / 64 + chain + I / 512) (the counts per 512 bits are summed
 Used for LFU at model level (at least 64 requests per token) where the sizes computed times the
 ids per request reach 40 000 (_stack.lfu_takes_classes: large models; at 14 848 keys, every
 size, 286-394 ns per request where moving the records took 2 122 and the min-tree this array
-replaced 475-523, stop 30); below, moving the records costs less than these structures, and per
+replaced 360-458 in the same runs, stop 30); below, moving the records costs less than these structures, and per
 layer the scan.
 
 Shape key: R requests of one sequence, I ids, cap sizes tracked, p the request's depth.
@@ -101,7 +101,7 @@ def _count_above(bits, block, w0, b0, n_blocks, i):
 @numba.njit(cache=True, inline="always")  # array arguments: a call would cost refcounting
 def _first_lower_class(at, lo, c, hi):
     """First depth j in [lo, hi) whose class at[j] is below c, else hi: 64 depths per compare
-    (at holds 64 entries past the block of hi - 1)."""
+    (at holds the whole 64-entry block that contains hi - 1: at most cap + 63 entries)."""
     if lo >= hi:
         return hi
     w = lo >> 6
@@ -127,7 +127,7 @@ def lfu_class_hist(ids, tok, n_ids, hist, cap):
     """Accumulate one sequence's LFU hit histogram (as _stack.priority_hist, exact for sizes
     1..cap) with the stack kept as use-count classes (module docstring)."""
     uses = np.zeros(n_ids, np.int64)
-    top = 0
+    top = np.int64(0)  # one integer type, so _class_pass compiles once per class width
     for q in range(ids.shape[0]):
         uses[ids[q]] += 1
         top = max(top, uses[ids[q]])
@@ -141,7 +141,8 @@ def lfu_class_hist(ids, tok, n_ids, hist, cap):
 @numba.njit(cache=True, nogil=True)
 def _class_pass(ids, tok, n_ids, hist, cap, top, at):
     """lfu_class_hist with the most uses of one expert (top) known and the depths' classes (at)
-    allocated: int16 where they fit, so that one compare covers twice the depths."""
+    allocated: int16 where they fit, which halves the bytes a 64-depth compare loads (two
+    vector registers instead of four)."""
     T = tok.shape[0] - 1
     R = ids.shape[0]
     # Offline: the class each request moves its expert into, and its place in that class's order.
