@@ -9,7 +9,6 @@ first block of each compiled function (the call's own arguments) may hold them.
 
 import json
 import os
-import re
 import subprocess
 import sys
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import ExpertcacheError
+from .format import save_array
 from .trace import Trace
 
 __all__ = ["export_arrays", "import_arrays"]
@@ -70,7 +71,7 @@ def export_arrays(
         for path, array in ((experts_path, experts), (weights_path, weights), (tokens_path, tokens)):
             if path is not None:
                 with open(renames.enter_context(atomic_path(path)), "wb") as f:
-                    np.save(f, array, allow_pickle=False)
+                    save_array(f, array)
 
 
 def _load(path, what: str) -> np.ndarray:

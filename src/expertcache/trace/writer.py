@@ -34,6 +34,7 @@ from .format import (
     expert_dtype,
     pad_id,
     read_json,
+    save_array,
 )
 from .model_info import ModelInfo
 from .validate import check_expert_ids, check_phase, file_crc32
@@ -231,7 +232,7 @@ class TraceWriter:
             for array_name, array in arrays.items():
                 file = tmp / f"{array_name}.npy"
                 with open(file, "wb") as f:
-                    np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+                    save_array(f, array)
                     f.flush()
                     os.fsync(f.fileno())
                 files[array_name] = {"shape": list(array.shape), "dtype": array.dtype.name,
