@@ -38,8 +38,8 @@ Cost per request O(p / 64 + chain + I / 512) (the counts per 512 bits are summed
 Used for LFU at model level (at least 64 requests per token) where the sizes computed times the
 ids per request reach 40 000 (_stack.lfu_takes_classes: large models; at 14 848 keys, every
 size, 286-394 ns per request where moving the records took 2 122 and the min-tree this array
-replaced 360-458 in the same runs, stop 30); below, moving the records costs less than these structures, and per
-layer the scan.
+replaced 360-458 in the same runs, stop 30); below, moving the records costs less than these
+structures, and per layer the scan.
 
 Shape key: R requests of one sequence, I ids, cap sizes tracked, p the request's depth.
 """

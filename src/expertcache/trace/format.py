@@ -87,9 +87,8 @@ def save_array(f: BinaryIO, array: np.ndarray) -> None:
 
     np.save hands a real file to ndarray.tofile, which turns a Ctrl-C arriving during the
     write into a TypeError about the file object (numpy 2.x: 12 of 2 056 timed interrupts
-    here),
-    so an interrupted capture would end in a traceback instead of saving what it has. Here
-    numpy writes only the header and Python writes the data, so the interrupt stays one.
+    here), so an interrupted capture would end in a traceback instead of saving what it has.
+    Here numpy writes only the header and Python writes the data, so the interrupt stays one.
     """
     array = np.ascontiguousarray(array)
     np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
